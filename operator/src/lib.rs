@@ -1,0 +1,3 @@
+//! meshfed: joins Kubernetes clusters into one Istio multi-primary mesh.
+pub mod api;
+pub mod pki;
