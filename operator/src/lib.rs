@@ -1,3 +1,7 @@
 //! meshfed: joins Kubernetes clusters into one Istio multi-primary mesh.
 pub mod api;
+pub mod members;
 pub mod pki;
+pub mod reconcile;
+pub mod render;
+pub mod telemetry;

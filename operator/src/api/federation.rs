@@ -1,0 +1,328 @@
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, KubeSchema, core::Duration};
+use serde::{Deserialize, Serialize};
+
+use super::KeyAlgorithm;
+
+/// DNS-1123 label: what Kubernetes and Istio accept as a cluster ID.
+const DNS1123_LABEL: &str = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
+/// A Kubernetes label value (networks become `topology.istio.io/network` labels).
+const LABEL_VALUE: &str = "^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$";
+
+/// Defaults live in code, not in the schema, so that the stored object is exactly
+/// what the user (or Argo CD) applied and never shows as OutOfSync.
+pub mod defaults {
+    use std::time::Duration;
+    pub const TRUST_DOMAIN: &str = "cluster.local";
+    pub const ROOT_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+    pub const INTERMEDIATE_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
+    pub const RENEW_BEFORE: Duration = Duration::from_secs(30 * 24 * 3600);
+    pub const TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+    pub const KUBECONFIG_KEY: &str = "kubeconfig";
+}
+
+/// A set of Kubernetes clusters joined into one Istio multi-primary mesh.
+///
+/// meshfed gives every member an intermediate CA signed by one shared root (the
+/// `cacerts` Secret), a read-only identity for its peers, and a remote secret for
+/// every peer, and reports each member's health in `status`.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "meshfed.io",
+    version = "v1alpha1",
+    kind = "MeshFederation",
+    plural = "meshfederations",
+    shortname = "mfed",
+    status = "MeshFederationStatus",
+    printcolumn = r#"{"name":"Members","type":"integer","jsonPath":".status.memberCount"}"#,
+    printcolumn = r#"{"name":"Ready-Members","type":"integer","jsonPath":".status.readyMembers"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    validation = Rule::new("self.members.all(m, self.members.exists_one(n, n.name == m.name))").message("spec.members[].name must be unique").field_path(".members"),
+    validation = Rule::new("self.members.size() == 1 || self.members.all(m, !has(m.credentials.local) || has(m.apiServer))").message("a member with credentials.local needs spec.members[].apiServer: peers cannot reach the in-cluster address").field_path(".members"),
+)]
+#[serde(rename_all = "camelCase")]
+pub struct MeshFederationSpec {
+    /// Mesh ID shared by every member (Istio's `global.meshID`). Changing it later
+    /// means reinstalling Istio in every member.
+    #[serde(rename = "meshID")]
+    #[schemars(length(min = 1, max = 63), regex(pattern = DNS1123_LABEL))]
+    pub mesh_id: String,
+
+    /// SPIFFE trust domain of the mesh. Default: cluster.local.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub trust_domain: Option<String>,
+
+    /// The member clusters. Each ordered pair of members gets a remote secret.
+    #[schemars(length(min = 1, max = 64))]
+    pub members: Vec<Member>,
+
+    /// Certificate authority: the shared root and the per-member intermediates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<CaSpec>,
+
+    /// Remote secrets: the kubeconfigs that let each member's istiod read its peers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote_secrets: Option<RemoteSecretsSpec>,
+}
+
+/// One member cluster of the federation.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Member {
+    /// The member's Istio cluster ID (`global.multiCluster.clusterName`): a DNS-1123
+    /// label, unique in the federation. Peers' remote secrets are keyed by it.
+    #[schemars(length(min = 1, max = 63), regex(pattern = DNS1123_LABEL))]
+    pub name: String,
+
+    /// The member's network (`topology.istio.io/network` on istio-system). Members
+    /// whose pods can reach each other directly share a network.
+    #[schemars(length(min = 1, max = 63), regex(pattern = LABEL_VALUE))]
+    pub network: String,
+
+    /// How the operator reaches this member's API server.
+    pub credentials: MemberCredentials,
+
+    /// Where peers' istiods reach this member's API server, when that differs from
+    /// the address in the credentials (required for a `local` member when there are
+    /// peers). Written into the remote secrets for this member.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_server: Option<ApiServerEndpoint>,
+}
+
+/// Credentials for a member: exactly one of `secretRef` or `local`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.secretRef) != has(self.local)").message("set exactly one of credentials.secretRef or credentials.local"))]
+pub struct MemberCredentials {
+    /// A Secret in the operator's namespace holding a kubeconfig for the member.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_ref: Option<KubeconfigSecretRef>,
+
+    /// The cluster the operator runs in (its own service account).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local: Option<LocalCluster>,
+}
+
+/// Reference to a kubeconfig stored in a Secret in the operator's namespace.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash)]
+#[serde(rename_all = "camelCase")]
+pub struct KubeconfigSecretRef {
+    /// Name of the Secret.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Data key holding the kubeconfig. Default: kubeconfig.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+}
+
+/// Marker for "the cluster the operator runs in".
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+pub struct LocalCluster {}
+
+/// An API server address as peers see it.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ApiServerEndpoint {
+    /// HTTPS URL of the API server, e.g. https://10.0.0.1:6443.
+    #[schemars(length(min = 1, max = 2048), regex(pattern = "^https://"))]
+    pub url: String,
+    /// PEM CA bundle that signs the API server's certificate. Default: the CA from
+    /// the member's credentials.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_bundle: Option<String>,
+}
+
+/// The shared root and the per-member intermediate CAs.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("duration(has(self.renewBefore) ? self.renewBefore : '720h') < duration(has(self.intermediateLifetime) ? self.intermediateLifetime : '8760h')").message("spec.ca.renewBefore must be shorter than spec.ca.intermediateLifetime (defaults 720h and 8760h)"))]
+pub struct CaSpec {
+    /// A Secret in the operator's namespace with your own root CA (`tls.crt`,
+    /// `tls.key`). Default: meshfed generates a root and keeps it in the Secret
+    /// `<federation>-root-ca` in the operator's namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root_secret_ref: Option<SecretRef>,
+
+    /// Key algorithm of the generated root and of every intermediate.
+    /// One of ECDSA-P256 (default), ECDSA-P384, RSA-2048, RSA-4096.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_algorithm: Option<KeyAlgorithm>,
+
+    /// Lifetime of each member's intermediate CA. Default: 8760h (one year).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('1h')").message("spec.ca.intermediateLifetime must be at least 1h"))]
+    pub intermediate_lifetime: Option<Duration>,
+
+    /// How long before expiry an intermediate is re-issued. Default: 720h (30 days).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("duration(self) > duration('0s')").message("spec.ca.renewBefore must be positive"))]
+    pub renew_before: Option<Duration>,
+
+    /// What happens to each member's `cacerts` (and a generated root) when the
+    /// member leaves or the federation is deleted: Retain (default) keeps them so a
+    /// running Istio keeps working; Delete removes them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_removal: Option<RemovalPolicy>,
+}
+
+/// Reference to a Secret in the operator's namespace.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct SecretRef {
+    /// Name of the Secret.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+}
+
+/// Fate of CA material meshfed wrote when its member or federation goes away.
+#[derive(
+    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default,
+)]
+pub enum RemovalPolicy {
+    /// Leave it in place (running istiods keep their CA).
+    #[default]
+    Retain,
+    /// Delete it.
+    Delete,
+}
+
+/// Remote secrets settings.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct RemoteSecretsSpec {
+    /// Lifetime of the bound service-account tokens in remote secrets; meshfed
+    /// refreshes a token when a third of its lifetime is left. Default: 24h.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('10m')").message("spec.remoteSecrets.tokenLifetime must be at least 10m (the TokenRequest minimum)"))]
+    pub token_lifetime: Option<Duration>,
+}
+
+/// Observed state of a MeshFederation.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct MeshFederationStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Ready (summary), CertificatesReady, RemoteSecretsReady, MembersReachable.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// Number of members in the spec.
+    #[serde(default)]
+    pub member_count: i32,
+    /// Number of members with everything in place.
+    #[serde(default)]
+    pub ready_members: i32,
+    /// The shared root CA.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root: Option<CertificateStatus>,
+    /// Per-member state, in spec order; members still being cleaned up after
+    /// leaving the spec come last.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub members: Vec<MemberStatus>,
+}
+
+/// Where one member stands.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct MemberStatus {
+    /// The member's cluster ID.
+    pub name: String,
+    /// Whether the operator reached the member's API server in the last reconcile.
+    pub reachable: bool,
+    /// Whether every object meshfed manages in the member is in place.
+    pub ready: bool,
+    /// True while meshfed removes its objects from a member that left the spec.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub leaving: bool,
+    /// Kubernetes version reported by the member's API server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes_version: Option<String>,
+    /// The member's intermediate CA (from its `cacerts`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub intermediate: Option<CertificateStatus>,
+    /// Remote secrets for peers present in this member.
+    #[serde(default)]
+    pub remote_secrets_present: i32,
+    /// Remote secrets this member should hold (one per peer).
+    #[serde(default)]
+    pub remote_secrets_expected: i32,
+    /// Earliest expiry of the tokens in this member's remote secrets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_expiry: Option<Time>,
+    /// Credentials used for this member, kept so that a member that leaves the spec
+    /// can still be cleaned up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials: Option<MemberCredentials>,
+    /// What went wrong last, if anything (never secret material).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+/// A CA certificate meshfed manages.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CertificateStatus {
+    /// Serial number, lowercase hex.
+    pub serial: String,
+    /// End of validity.
+    pub not_after: Time,
+}
+
+impl MeshFederationSpec {
+    /// The trust domain, defaulted.
+    pub fn trust_domain(&self) -> &str {
+        self.trust_domain
+            .as_deref()
+            .unwrap_or(defaults::TRUST_DOMAIN)
+    }
+
+    /// The CA settings, defaulted.
+    pub fn ca(&self) -> CaSpec {
+        self.ca.clone().unwrap_or_default()
+    }
+
+    /// Lifetime of the bound tokens in remote secrets, defaulted.
+    pub fn token_lifetime(&self) -> std::time::Duration {
+        self.remote_secrets
+            .as_ref()
+            .and_then(|r| r.token_lifetime)
+            .map_or(defaults::TOKEN_LIFETIME, Into::into)
+    }
+
+    /// The member with this name.
+    pub fn member(&self, name: &str) -> Option<&Member> {
+        self.members.iter().find(|m| m.name == name)
+    }
+}
+
+impl CaSpec {
+    /// Key algorithm, defaulted.
+    pub fn key_algorithm(&self) -> KeyAlgorithm {
+        self.key_algorithm.unwrap_or_default()
+    }
+
+    /// Intermediate lifetime, defaulted.
+    pub fn intermediate_lifetime(&self) -> std::time::Duration {
+        self.intermediate_lifetime
+            .map_or(defaults::INTERMEDIATE_LIFETIME, Into::into)
+    }
+
+    /// Renewal margin, defaulted.
+    pub fn renew_before(&self) -> std::time::Duration {
+        self.renew_before.map_or(defaults::RENEW_BEFORE, Into::into)
+    }
+
+    /// Removal policy, defaulted.
+    pub fn on_removal(&self) -> RemovalPolicy {
+        self.on_removal.unwrap_or_default()
+    }
+}
+
+impl KubeconfigSecretRef {
+    /// The data key holding the kubeconfig, defaulted.
+    pub fn key(&self) -> &str {
+        self.key.as_deref().unwrap_or(defaults::KUBECONFIG_KEY)
+    }
+}

@@ -1,0 +1,224 @@
+//! Connections to member clusters, built from kubeconfig Secrets (or the
+//! operator's own cluster) and cached while the credentials are unchanged.
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use k8s_openapi::api::core::v1::Secret;
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Api, Client, Config};
+
+use crate::api::{Member, MemberCredentials};
+use crate::render::PeerEndpoint;
+use crate::telemetry::RequestCounter;
+
+/// Why a member could not be connected to. Messages name the field to fix and
+/// never carry the kubeconfig itself.
+#[derive(thiserror::Error, Debug)]
+pub enum ConnectError {
+    #[error(
+        "credentials Secret {namespace}/{name} not found (spec.members[].credentials.secretRef)"
+    )]
+    SecretMissing { namespace: String, name: String },
+    #[error(
+        "credentials Secret {namespace}/{name} has no key {key:?} (spec.members[].credentials.secretRef.key)"
+    )]
+    KeyMissing {
+        namespace: String,
+        name: String,
+        key: String,
+    },
+    #[error("kubeconfig in Secret {namespace}/{name} is not usable: {reason}")]
+    InvalidKubeconfig {
+        namespace: String,
+        name: String,
+        reason: String,
+    },
+    #[error("credentials name neither secretRef nor local")]
+    NoCredentials,
+    #[error("reading credentials: {0}")]
+    Kube(#[from] kube::Error),
+}
+
+/// A live connection to one member.
+#[derive(Clone)]
+pub struct MemberConnection {
+    pub client: Client,
+    /// The API server address and CA the operator uses (peers may use others).
+    pub server: String,
+    pub ca_pem: Option<String>,
+    pub requests: RequestCounter,
+}
+
+impl MemberConnection {
+    /// Where peers should reach this member: the spec's override, else what the
+    /// operator itself uses.
+    pub fn peer_endpoint(&self, member: &Member) -> Result<PeerEndpoint, String> {
+        let over = member.api_server.as_ref();
+        let server = over.map_or(self.server.clone(), |a| a.url.clone());
+        let ca_pem = over
+            .and_then(|a| a.ca_bundle.clone())
+            .or_else(|| self.ca_pem.clone())
+            .ok_or_else(|| {
+                format!(
+                    "no CA known for member {}'s API server; set spec.members[].apiServer.caBundle",
+                    member.name
+                )
+            })?;
+        Ok(PeerEndpoint { server, ca_pem })
+    }
+}
+
+/// Builds member connections and keeps them while their credentials are unchanged.
+pub struct MemberPool {
+    operator_namespace: String,
+    local: MemberConnection,
+    request_timeout: Duration,
+    cache: Mutex<HashMap<String, (String, MemberConnection)>>,
+}
+
+impl MemberPool {
+    /// `local` is the operator's own cluster (for `credentials.local`).
+    pub fn new(
+        operator_namespace: String,
+        local: (Client, Config),
+        request_timeout: Duration,
+    ) -> Self {
+        let (client, config) = local;
+        let local = MemberConnection {
+            client,
+            server: server_url(&config),
+            ca_pem: ca_pem(&config),
+            requests: RequestCounter::default(),
+        };
+        Self {
+            operator_namespace,
+            local,
+            request_timeout,
+            cache: Mutex::default(),
+        }
+    }
+
+    /// The operator's own cluster.
+    pub fn local(&self) -> &MemberConnection {
+        &self.local
+    }
+
+    /// A connection to the member behind `credentials`.
+    pub async fn connect(
+        &self,
+        credentials: &MemberCredentials,
+    ) -> Result<MemberConnection, ConnectError> {
+        let secret_ref = match (&credentials.secret_ref, &credentials.local) {
+            (Some(r), _) => r,
+            (None, Some(_)) => return Ok(self.local.clone()),
+            (None, None) => return Err(ConnectError::NoCredentials),
+        };
+        let ns = self.operator_namespace.clone();
+        let name = secret_ref.name.clone();
+        let secret = Api::<Secret>::namespaced(self.local.client.clone(), &ns)
+            .get_opt(&name)
+            .await?
+            .ok_or_else(|| ConnectError::SecretMissing {
+                namespace: ns.clone(),
+                name: name.clone(),
+            })?;
+        let version = secret.metadata.resource_version.clone().unwrap_or_default();
+        let cache_key = format!("{name}/{}", secret_ref.key());
+        if let Some((v, conn)) = self.cache.lock().expect("pool lock").get(&cache_key) {
+            if *v == version {
+                return Ok(conn.clone());
+            }
+        }
+        let bytes = secret
+            .data
+            .as_ref()
+            .and_then(|d| d.get(secret_ref.key()))
+            .ok_or_else(|| ConnectError::KeyMissing {
+                namespace: ns.clone(),
+                name: name.clone(),
+                key: secret_ref.key().into(),
+            })?;
+        let invalid = |reason: String| ConnectError::InvalidKubeconfig {
+            namespace: ns.clone(),
+            name: name.clone(),
+            reason,
+        };
+        let text = std::str::from_utf8(&bytes.0).map_err(|_| invalid("not UTF-8".into()))?;
+        // The parse errors of kube's kubeconfig loader quote no content, only structure.
+        let kubeconfig = Kubeconfig::from_yaml(text).map_err(|e| invalid(e.to_string()))?;
+        let mut config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+            .await
+            .map_err(|e| invalid(e.to_string()))?;
+        config.connect_timeout = Some(self.request_timeout.min(Duration::from_secs(5)));
+        config.read_timeout = Some(self.request_timeout);
+        config.write_timeout = Some(self.request_timeout);
+        let conn = connection(config).map_err(|e| invalid(e.to_string()))?;
+        self.cache
+            .lock()
+            .expect("pool lock")
+            .insert(cache_key, (version, conn.clone()));
+        Ok(conn)
+    }
+}
+
+/// A client for `config` whose requests are counted.
+pub fn connection(config: Config) -> Result<MemberConnection, kube::Error> {
+    let requests = RequestCounter::default();
+    let server = server_url(&config);
+    let ca_pem = ca_pem(&config);
+    let client = kube::client::ClientBuilder::try_from(config)?
+        .with_layer(&requests)
+        .build();
+    Ok(MemberConnection {
+        client,
+        server,
+        ca_pem,
+        requests,
+    })
+}
+
+fn server_url(config: &Config) -> String {
+    config
+        .cluster_url
+        .to_string()
+        .trim_end_matches('/')
+        .to_string()
+}
+
+fn ca_pem(config: &Config) -> Option<String> {
+    let certs = config.root_cert.as_ref().filter(|c| !c.is_empty())?;
+    Some(certs.iter().map(|der| der_to_pem(der)).collect())
+}
+
+fn der_to_pem(der: &[u8]) -> String {
+    let b64 = STANDARD.encode(der);
+    let lines: Vec<&str> = b64
+        .as_bytes()
+        .chunks(64)
+        .map(|c| std::str::from_utf8(c).expect("base64 is ASCII"))
+        .collect();
+    format!(
+        "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
+        lines.join("\n")
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn der_is_wrapped_at_64_columns() {
+        let pem = der_to_pem(&[0u8; 100]);
+        let body: Vec<&str> = pem
+            .lines()
+            .skip(1)
+            .take_while(|l| !l.starts_with("-----"))
+            .collect();
+        assert!(body.iter().all(|l| l.len() <= 64));
+        assert_eq!(STANDARD.decode(body.concat()).unwrap(), vec![0u8; 100]);
+    }
+}

@@ -1,0 +1,148 @@
+//! "Make it so" for single objects: apply only what differs, never over
+//! objects meshfed does not own, delete only what carries meshfed's labels.
+use std::fmt::Debug;
+
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use kube::{Api, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::render::{FIELD_MANAGER, is_ours, managed_selector};
+
+/// What [`ensure`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Applied {
+    /// The live object already says everything the desired one does.
+    Unchanged,
+    /// Created or updated with server-side apply.
+    Written,
+    /// An object of that name exists and meshfed did not create it.
+    Foreign,
+}
+
+/// Whether an object may already exist without meshfed's labels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ownership {
+    /// Only ever write over objects meshfed created (or the user handed over).
+    Exclusive,
+    /// Shared object (istio-system): meshfed owns only the fields it applies.
+    Shared,
+}
+
+/// Server-side applies `desired` unless the live object already matches it.
+/// Reading first keeps a steady-state reconcile free of writes.
+pub async fn ensure<K>(
+    api: &Api<K>,
+    desired: &K,
+    federation: &str,
+    ownership: Ownership,
+) -> Result<Applied, kube::Error>
+where
+    K: Resource + Clone + Debug + Serialize + DeserializeOwned,
+{
+    let name = desired.meta().name.clone().unwrap_or_default();
+    if let Some(live) = api.get_opt(&name).await? {
+        if ownership == Ownership::Exclusive && !is_ours(live.meta(), federation) {
+            return Ok(Applied::Foreign);
+        }
+        if contains(&to_value(&live), &to_value(desired)) {
+            return Ok(Applied::Unchanged);
+        }
+    }
+    write(api, desired).await?;
+    Ok(Applied::Written)
+}
+
+/// Server-side applies `desired` unconditionally (the caller decided it must change).
+pub async fn write<K>(api: &Api<K>, desired: &K) -> Result<K, kube::Error>
+where
+    K: Resource + Clone + Debug + Serialize + DeserializeOwned,
+{
+    let name = desired.meta().name.clone().unwrap_or_default();
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    api.patch(&name, &params, &Patch::Apply(desired)).await
+}
+
+/// Deletes every object meshfed labelled for `federation` that `keep` rejects.
+/// Returns the names deleted.
+pub async fn prune<K>(
+    api: &Api<K>,
+    federation: &str,
+    keep: impl Fn(&K) -> bool,
+) -> Result<Vec<String>, kube::Error>
+where
+    K: Resource + Clone + Debug + DeserializeOwned,
+{
+    let mut deleted = Vec::new();
+    let objects = api
+        .list(&ListParams::default().labels(&managed_selector(federation)))
+        .await?;
+    for obj in objects.items.iter().filter(|o| !keep(o)) {
+        match api.delete(&obj.name_any(), &DeleteParams::default()).await {
+            Ok(_) => deleted.push(obj.name_any()),
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(deleted)
+}
+
+fn to_value<T: Serialize>(v: &T) -> Value {
+    serde_json::to_value(v).unwrap_or(Value::Null)
+}
+
+/// Whether `live` says everything `desired` says: every field of `desired` is
+/// in `live` with an equal value; lists must match element by element. Fields
+/// only `live` has (status, defaults, other managers' fields) are ignored.
+pub fn contains(live: &Value, desired: &Value) -> bool {
+    match (live, desired) {
+        (Value::Object(l), Value::Object(d)) => d
+            .iter()
+            .all(|(k, dv)| dv.is_null() || l.get(k).is_some_and(|lv| contains(lv, dv))),
+        (Value::Array(l), Value::Array(d)) => {
+            l.len() == d.len() && l.iter().zip(d).all(|(lv, dv)| contains(lv, dv))
+        }
+        (l, d) => l == d,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn extra_live_fields_do_not_count_as_drift() {
+        let live = json!({"metadata": {"name": "a", "uid": "u", "labels": {"x": "1", "y": "2"}}, "status": {}});
+        assert!(contains(
+            &live,
+            &json!({"metadata": {"name": "a", "labels": {"x": "1"}}})
+        ));
+    }
+
+    #[test]
+    fn changed_missing_or_reordered_values_are_drift() {
+        let live = json!({"data": {"k": "v"}, "rules": [{"verbs": ["get", "list"]}]});
+        assert!(!contains(&live, &json!({"data": {"k": "w"}})));
+        assert!(!contains(&live, &json!({"data": {"other": "v"}})));
+        assert!(!contains(
+            &live,
+            &json!({"rules": [{"verbs": ["list", "get"]}]})
+        ));
+        assert!(!contains(
+            &live,
+            &json!({"rules": [{"verbs": ["get", "list"]}, {"verbs": []}]})
+        ));
+        assert!(contains(
+            &live,
+            &json!({"rules": [{"verbs": ["get", "list"]}]})
+        ));
+    }
+
+    #[test]
+    fn null_desired_fields_are_ignored() {
+        assert!(contains(&json!({}), &json!({"spec": null})));
+        assert!(!contains(&json!({"a": 1}), &json!({"a": null, "b": 2})));
+    }
+}

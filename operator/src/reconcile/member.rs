@@ -1,0 +1,254 @@
+//! Per member, the objects that depend only on that member: the network label,
+//! the reader identity and `cacerts`. Also collects what the remote-secret
+//! step needs to know about the member.
+use std::collections::BTreeMap;
+
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::ListParams;
+use kube::{Api, ResourceExt};
+
+use super::apply::{Applied, Ownership, ensure, write};
+use super::status::MemberReport;
+use super::{Context, Event};
+use crate::api::{CertificateStatus, Member, MeshFederation};
+use crate::members::MemberConnection;
+use crate::pki::{self, IntermediatePolicy, ReissueReason, RootCa};
+use crate::render::{
+    CACERTS, ISTIO_NAMESPACE, PeerEndpoint, cacerts_bundle, is_ours, keys, render_cacerts,
+    render_istio_namespace, render_reader_identity,
+};
+
+/// A member after the per-member step.
+pub struct PreparedMember {
+    pub name: String,
+    /// Set when the member's API server answered.
+    pub connection: Option<MemberConnection>,
+    /// Where peers reach it (known even when it is down).
+    pub endpoint: Result<PeerEndpoint, String>,
+    /// Every `istio/multiCluster` Secret in its istio-system, by name.
+    pub multicluster_secrets: BTreeMap<String, Secret>,
+    pub report: MemberReport,
+    pub events: Vec<Event>,
+}
+
+/// Connects to `member` and makes its network label, reader identity and
+/// `cacerts` right. Never fails: what went wrong lands in the report.
+pub async fn prepare_member(
+    ctx: &Context,
+    fed: &MeshFederation,
+    member: &Member,
+    root: &RootCa,
+    policy: &IntermediatePolicy,
+    now: Timestamp,
+) -> PreparedMember {
+    let mut prepared = PreparedMember {
+        name: member.name.clone(),
+        connection: None,
+        endpoint: Err("credentials not usable".into()),
+        multicluster_secrets: BTreeMap::new(),
+        report: MemberReport::new(&member.name),
+        events: Vec::new(),
+    };
+    prepared.report.status.credentials = Some(member.credentials.clone());
+    let conn = match ctx.members.connect(&member.credentials).await {
+        Ok(c) => c,
+        Err(e) => {
+            prepared.report.unreachable = Some(e.to_string());
+            return prepared;
+        }
+    };
+    prepared.endpoint = conn.peer_endpoint(member);
+    if let Err(e) = &prepared.endpoint {
+        prepared.report.other_problems.push(e.clone());
+    }
+    let work = sync_member(&conn, fed, member, root, policy, now, &mut prepared);
+    match tokio::time::timeout(ctx.settings.member_timeout, work).await {
+        Ok(Ok(())) => {
+            prepared.report.status.reachable = true;
+            prepared.connection = Some(conn);
+        }
+        Ok(Err(e)) => prepared.report.unreachable = Some(unreachable_reason(&e)),
+        Err(_) => {
+            prepared.report.unreachable = Some(format!(
+                "no answer within {:?}",
+                ctx.settings.member_timeout
+            ))
+        }
+    }
+    prepared
+}
+
+/// Short, stable text for an API error (no bodies, no secret material).
+pub fn unreachable_reason(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(s) => format!("API error {}: {}", s.code, s.message),
+        other => {
+            let text = other.to_string();
+            text.split(": ").last().unwrap_or(&text).to_string()
+        }
+    }
+}
+
+async fn sync_member(
+    conn: &MemberConnection,
+    fed: &MeshFederation,
+    member: &Member,
+    root: &RootCa,
+    policy: &IntermediatePolicy,
+    now: Timestamp,
+    prepared: &mut PreparedMember,
+) -> Result<(), kube::Error> {
+    let federation = fed.name_any();
+    let client = conn.client.clone();
+    let version = client.apiserver_version().await?;
+    prepared.report.status.kubernetes_version = Some(version.git_version);
+
+    ensure(
+        &Api::<Namespace>::all(client.clone()),
+        &render_istio_namespace(&member.network),
+        &federation,
+        Ownership::Shared,
+    )
+    .await?;
+
+    let reader = render_reader_identity(&federation);
+    let sa_api = Api::<ServiceAccount>::namespaced(client.clone(), ISTIO_NAMESPACE);
+    let foreign = |kind: &str, name: &str| {
+        format!(
+            "{kind} {name} exists and was not created by meshfed; remove it or annotate it {}=true to let meshfed manage it",
+            keys::ADOPT
+        )
+    };
+    if ensure(
+        &sa_api,
+        &reader.service_account,
+        &federation,
+        Ownership::Exclusive,
+    )
+    .await?
+        == Applied::Foreign
+    {
+        prepared.report.other_problems.push(foreign(
+            "ServiceAccount",
+            &format!("{ISTIO_NAMESPACE}/{}", reader.service_account.name_any()),
+        ));
+    }
+    if ensure(
+        &Api::<ClusterRole>::all(client.clone()),
+        &reader.cluster_role,
+        &federation,
+        Ownership::Exclusive,
+    )
+    .await?
+        == Applied::Foreign
+    {
+        prepared
+            .report
+            .other_problems
+            .push(foreign("ClusterRole", &reader.cluster_role.name_any()));
+    }
+    if ensure(
+        &Api::<ClusterRoleBinding>::all(client.clone()),
+        &reader.binding,
+        &federation,
+        Ownership::Exclusive,
+    )
+    .await?
+        == Applied::Foreign
+    {
+        prepared
+            .report
+            .other_problems
+            .push(foreign("ClusterRoleBinding", &reader.binding.name_any()));
+    }
+
+    let secrets = Api::<Secret>::namespaced(client.clone(), ISTIO_NAMESPACE);
+    sync_cacerts(&secrets, &federation, member, root, policy, now, prepared).await?;
+
+    let multicluster = secrets
+        .list(&ListParams::default().labels(&format!("{}=true", keys::MULTICLUSTER)))
+        .await?;
+    prepared.multicluster_secrets = multicluster
+        .items
+        .into_iter()
+        .map(|s| (s.name_any(), s))
+        .collect();
+    Ok(())
+}
+
+async fn sync_cacerts(
+    secrets: &Api<Secret>,
+    federation: &str,
+    member: &Member,
+    root: &RootCa,
+    policy: &IntermediatePolicy,
+    now: Timestamp,
+    prepared: &mut PreparedMember,
+) -> Result<(), kube::Error> {
+    let live = secrets.get_opt(CACERTS).await?;
+    if let Some(live) = &live {
+        if !is_ours(&live.metadata, federation) {
+            prepared.report.certificate_problem = Some(format!(
+                "{ISTIO_NAMESPACE}/{CACERTS} exists and was not created by meshfed; it is left untouched. To let meshfed replace it with an intermediate of the federation's root, annotate it {}=true",
+                keys::ADOPT
+            ));
+            return Ok(());
+        }
+    }
+    let trust_bundle = root.cert_pem.as_str();
+    let existing = live.as_ref().and_then(cacerts_bundle);
+    let current = match pki::reissue_reason(
+        existing.as_ref(),
+        root,
+        trust_bundle,
+        &member.name,
+        policy,
+        now,
+    ) {
+        None => existing.expect("no reissue reason implies an existing bundle"),
+        Some(reason) => {
+            let bundle =
+                match pki::issue_intermediate(root, trust_bundle, &member.name, policy, now) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        prepared.report.certificate_problem =
+                            Some(format!("issuing intermediate: {e}"));
+                        return Ok(());
+                    }
+                };
+            write(secrets, &render_cacerts(federation, &bundle)).await?;
+            prepared
+                .events
+                .push(intermediate_event(&member.name, reason));
+            bundle
+        }
+    };
+    match pki::inspect(&current.ca_cert_pem) {
+        Ok(info) => {
+            prepared.report.status.intermediate = Some(CertificateStatus {
+                serial: info.serial,
+                not_after: Time(info.not_after),
+            })
+        }
+        Err(e) => prepared.report.certificate_problem = Some(format!("reading intermediate: {e}")),
+    }
+    Ok(())
+}
+
+fn intermediate_event(member: &str, reason: ReissueReason) -> Event {
+    let (reason_code, verb) = if reason == ReissueReason::Missing {
+        ("IntermediateIssued", "issued")
+    } else {
+        ("IntermediateRotated", "rotated")
+    };
+    Event::normal(
+        reason_code,
+        format!(
+            "member {member}: intermediate CA {verb} ({})",
+            reason.describe()
+        ),
+    )
+}

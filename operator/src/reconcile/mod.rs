@@ -1,0 +1,480 @@
+//! The controller: reads the federation, drives every member, writes status.
+mod apply;
+mod cleanup;
+mod member;
+mod remote_secrets;
+mod root;
+pub mod status;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use futures::future::join_all;
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
+use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Api, Client, Config, Resource, ResourceExt};
+use tracing::{info, warn};
+
+use crate::api::{CertificateStatus, MeshFederation, MeshFederationStatus};
+use crate::members::MemberPool;
+use crate::pki::IntermediatePolicy;
+use crate::render::{FIELD_MANAGER, reader_name};
+use crate::telemetry::RequestCount;
+use member::{PreparedMember, prepare_member};
+use status::{MemberReport, build_status};
+
+pub use root::generated_root_name;
+
+/// Finalizer that lets meshfed clean members up before the federation goes.
+pub const FINALIZER: &str = "meshfed.io/cleanup";
+
+/// How the controller behaves.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Namespace holding member credentials and generated roots.
+    pub namespace: String,
+    /// Reconcile every federation at least this often (tokens, health, drift).
+    pub resync: Duration,
+    /// Give up on a member's step after this long.
+    pub member_timeout: Duration,
+}
+
+/// Errors that fail a whole reconcile (member problems go to status instead).
+#[derive(thiserror::Error, Debug)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("{0}")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+    #[error("cleanup incomplete: {0}")]
+    Cleanup(String),
+}
+
+/// A Kubernetes Event to publish on the federation.
+#[derive(Clone, Debug)]
+pub struct Event {
+    pub warning: bool,
+    pub reason: &'static str,
+    pub note: String,
+}
+
+impl Event {
+    fn normal(reason: &'static str, note: String) -> Self {
+        Self {
+            warning: false,
+            reason,
+            note,
+        }
+    }
+    fn warning(reason: &'static str, note: String) -> Self {
+        Self {
+            warning: true,
+            reason,
+            note,
+        }
+    }
+}
+
+/// What the last reconcile of a federation cost, per member.
+#[derive(Clone, Debug, Default)]
+pub struct ReconcileStats {
+    pub duration: Duration,
+    pub requests: HashMap<String, RequestCount>,
+    pub ready: bool,
+}
+
+/// Shared by every reconcile.
+pub struct Context {
+    client: Client,
+    settings: Settings,
+    members: MemberPool,
+    recorder: Recorder,
+    failures: Mutex<HashMap<String, u32>>,
+    stats: Mutex<HashMap<String, ReconcileStats>>,
+}
+
+impl Context {
+    /// `client`/`config` talk to the cluster the operator runs in.
+    pub fn new(client: Client, config: Config, settings: Settings) -> Arc<Self> {
+        let reporter = Reporter {
+            controller: "meshfed".into(),
+            instance: std::env::var("POD_NAME").ok(),
+        };
+        Arc::new(Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            members: MemberPool::new(
+                settings.namespace.clone(),
+                (client.clone(), config),
+                settings.member_timeout,
+            ),
+            client,
+            settings,
+            failures: Mutex::default(),
+            stats: Mutex::default(),
+        })
+    }
+
+    /// Figures of the last finished reconcile of `federation`.
+    pub fn last_reconcile(&self, federation: &str) -> Option<ReconcileStats> {
+        self.stats
+            .lock()
+            .expect("stats lock")
+            .get(federation)
+            .cloned()
+    }
+
+    async fn publish(&self, fed: &MeshFederation, events: Vec<Event>) {
+        let reference = fed.object_ref(&());
+        for e in events {
+            let event = KubeEvent {
+                type_: if e.warning {
+                    EventType::Warning
+                } else {
+                    EventType::Normal
+                },
+                reason: e.reason.into(),
+                note: Some(e.note),
+                action: "Reconcile".into(),
+                secondary: None,
+            };
+            if let Err(err) = self.recorder.publish(&event, &reference).await {
+                warn!(error = %err, "publishing event failed");
+            }
+        }
+    }
+}
+
+/// Runs the controller until the process is asked to stop.
+pub async fn run(ctx: Arc<Context>) {
+    let feds = Api::<MeshFederation>::all(ctx.client.clone());
+    let secrets = Api::<Secret>::namespaced(ctx.client.clone(), &ctx.settings.namespace);
+    let controller = Controller::new(feds, watcher::Config::default());
+    let store = controller.store();
+    controller
+        // A changed credentials or root Secret re-runs the federations using it.
+        .watches(secrets, watcher::Config::default(), move |secret| {
+            let name = secret.name_any();
+            store
+                .state()
+                .iter()
+                .filter(|f| uses_secret(f, &name))
+                .map(|f| ObjectRef::from_obj(f.as_ref()))
+                .collect::<Vec<_>>()
+        })
+        .shutdown_on_signal()
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                warn!(error = %e, "reconcile failed");
+            }
+        })
+        .await;
+}
+
+fn uses_secret(fed: &MeshFederation, secret: &str) -> bool {
+    let spec = &fed.spec;
+    let root = spec
+        .ca
+        .as_ref()
+        .and_then(|c| c.root_secret_ref.as_ref())
+        .map(|r| r.name.as_str());
+    root == Some(secret)
+        || *secret == generated_root_name(&fed.name_any())
+        || spec.members.iter().any(|m| {
+            m.credentials
+                .secret_ref
+                .as_ref()
+                .is_some_and(|r| r.name == secret)
+        })
+}
+
+async fn reconcile(fed: Arc<MeshFederation>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let api = Api::<MeshFederation>::all(ctx.client.clone());
+    finalizer(&api, FINALIZER, fed, |event| async {
+        match event {
+            Finalizer::Apply(fed) => converge(&fed, &ctx).await,
+            Finalizer::Cleanup(fed) => clean_up(&fed, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)))
+}
+
+fn error_policy(fed: Arc<MeshFederation>, error: &Error, ctx: Arc<Context>) -> Action {
+    warn!(federation = %fed.name_any(), error = %error, "reconcile error");
+    Action::requeue(ctx.backoff(&fed.name_any(), false))
+}
+
+impl Context {
+    /// Exponential backoff while a federation is not ready, reset once it is.
+    fn backoff(&self, federation: &str, ready: bool) -> Duration {
+        let mut failures = self.failures.lock().expect("failures lock");
+        if ready {
+            failures.remove(federation);
+            return self.settings.resync;
+        }
+        let n = failures.entry(federation.into()).or_insert(0);
+        *n = (*n + 1).min(8);
+        Duration::from_millis(500 * (1 << *n)).min(self.settings.resync)
+    }
+}
+
+/// One pass towards the desired state of every member.
+async fn converge(fed: &MeshFederation, ctx: &Context) -> Result<Action, Error> {
+    let started = Instant::now();
+    let name = fed.name_any();
+    let now = Timestamp::now();
+    let spec = &fed.spec;
+    let ca = spec.ca();
+    let policy = IntermediatePolicy {
+        algorithm: ca.key_algorithm(),
+        lifetime: ca.intermediate_lifetime(),
+        renew_before: ca.renew_before(),
+    };
+    let mut events = Vec::new();
+
+    let root = root::load_or_create_root(&ctx.client, &ctx.settings.namespace, fed, now).await;
+    let (mut prepared, root_status) = match &root {
+        Ok(root) => {
+            if root.created {
+                events.push(Event::normal(
+                    "RootCreated",
+                    format!("generated root CA {}", root.ca.info().serial),
+                ));
+            }
+            let prepared = join_all(
+                spec.members
+                    .iter()
+                    .map(|m| prepare_member(ctx, fed, m, &root.ca, &policy, now)),
+            )
+            .await;
+            let info = root.ca.info();
+            (
+                prepared,
+                Ok(CertificateStatus {
+                    serial: info.serial.clone(),
+                    not_after: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(info.not_after),
+                }),
+            )
+        }
+        Err(e) => (Vec::new(), Err(e.clone())),
+    };
+
+    remote_secrets::sync_remote_secrets(
+        &name,
+        &reader_name(&name),
+        &mut prepared,
+        spec.token_lifetime(),
+        ctx.settings.member_timeout,
+        now,
+    )
+    .await;
+
+    let mut reports: Vec<MemberReport> = Vec::new();
+    let previous = fed.status.as_ref();
+    for p in prepared.iter_mut() {
+        events.append(&mut p.events);
+        reachability_events(previous, &p.report, &mut events);
+    }
+    reports.extend(prepared.iter().map(|p: &PreparedMember| p.report.clone()));
+    if root.is_err() {
+        reports.extend(spec.members.iter().map(|m| {
+            let mut r = MemberReport::new(&m.name);
+            r.status.credentials = Some(m.credentials.clone());
+            r.certificate_problem = Some("waiting for the root CA".into());
+            r
+        }));
+    }
+    reports.extend(leave_departed(fed, ctx, &mut events).await);
+
+    let status = build_status(fed.metadata.generation, reports, root_status, previous, now);
+    let ready = status
+        .conditions
+        .iter()
+        .any(|c| c.type_ == status::READY && c.status == "True");
+    if previous != Some(&status) {
+        patch_status(ctx, &name, &status).await?;
+    }
+    ctx.publish(fed, events).await;
+
+    let stats = ReconcileStats {
+        duration: started.elapsed(),
+        requests: prepared
+            .iter()
+            .filter_map(|p| {
+                p.connection
+                    .as_ref()
+                    .map(|c| (p.name.clone(), c.requests.snapshot()))
+            })
+            .collect(),
+        ready,
+    };
+    info!(federation = %name, ready, members = spec.members.len(), elapsed_ms = stats.duration.as_millis() as u64, "reconciled");
+    ctx.stats
+        .lock()
+        .expect("stats lock")
+        .insert(name.clone(), stats);
+    Ok(Action::requeue(ctx.backoff(&name, ready)))
+}
+
+fn reachability_events(
+    previous: Option<&MeshFederationStatus>,
+    report: &MemberReport,
+    events: &mut Vec<Event>,
+) {
+    let name = &report.status.name;
+    let was = previous
+        .and_then(|s| s.members.iter().find(|m| &m.name == name))
+        .map(|m| m.reachable);
+    match (was, report.unreachable.as_ref()) {
+        (Some(true) | None, Some(why)) => events.push(Event::warning(
+            "MemberUnreachable",
+            format!("member {name}: {why}"),
+        )),
+        (Some(false), None) => events.push(Event::normal(
+            "MemberRecovered",
+            format!("member {name} is reachable again"),
+        )),
+        _ => {}
+    }
+}
+
+/// Members that were in the status but left the spec: clean them up with the
+/// credentials recorded in status, keep reporting them until that succeeds.
+async fn leave_departed(
+    fed: &MeshFederation,
+    ctx: &Context,
+    events: &mut Vec<Event>,
+) -> Vec<MemberReport> {
+    let name = fed.name_any();
+    let policy = fed.spec.ca().on_removal();
+    let departed: Vec<_> = fed
+        .status
+        .iter()
+        .flat_map(|s| s.members.iter())
+        .filter(|m| fed.spec.member(&m.name).is_none())
+        .cloned()
+        .collect();
+    let mut reports = Vec::new();
+    for gone in departed {
+        let mut report = MemberReport::new(&gone.name);
+        report.status = crate::api::MemberStatus {
+            leaving: true,
+            reachable: false,
+            ..gone.clone()
+        };
+        let Some(credentials) = gone.credentials.clone() else {
+            continue;
+        };
+        let result = match ctx.members.connect(&credentials).await {
+            Ok(conn) => tokio::time::timeout(
+                ctx.settings.member_timeout,
+                cleanup::remove_from_member(&conn.client, &name, policy),
+            )
+            .await
+            .map_err(|_| "no answer".to_string())
+            .and_then(|r| r.map_err(|e| member::unreachable_reason(&e))),
+            // Credentials gone: nothing meshfed can reach any more.
+            Err(crate::members::ConnectError::SecretMissing { .. }) => Ok(Vec::new()),
+            Err(e) => Err(e.to_string()),
+        };
+        match result {
+            Ok(removed) => {
+                events.push(Event::normal(
+                    "MemberRemoved",
+                    format!(
+                        "member {} left; removed {} objects",
+                        gone.name,
+                        removed.len()
+                    ),
+                ));
+            }
+            Err(e) => {
+                report.status.reachable = false;
+                report.unreachable = Some(format!("cleanup after leaving: {e}"));
+                reports.push(report);
+            }
+        }
+    }
+    reports
+}
+
+/// Finalizer: remove meshfed's objects from every member it can reach.
+async fn clean_up(fed: &MeshFederation, ctx: &Context) -> Result<Action, Error> {
+    let name = fed.name_any();
+    let policy = fed.spec.ca().on_removal();
+    let mut credentials: Vec<_> = fed
+        .spec
+        .members
+        .iter()
+        .map(|m| (m.name.clone(), m.credentials.clone()))
+        .collect();
+    credentials.extend(
+        fed.status
+            .iter()
+            .flat_map(|s| s.members.iter())
+            .filter(|m| fed.spec.member(&m.name).is_none())
+            .filter_map(|m| m.credentials.clone().map(|c| (m.name.clone(), c))),
+    );
+    let name = name.as_str();
+    let results = join_all(credentials.iter().map(|(member, creds)| async move {
+        let outcome = match ctx.members.connect(creds).await {
+            Ok(conn) => tokio::time::timeout(
+                ctx.settings.member_timeout,
+                cleanup::remove_from_member(&conn.client, &name, policy),
+            )
+            .await
+            .map_err(|_| "no answer".to_string())
+            .and_then(|r| r.map(|_| ()).map_err(|e| member::unreachable_reason(&e))),
+            Err(crate::members::ConnectError::SecretMissing { .. }) => Ok(()),
+            Err(e) => Err(e.to_string()),
+        };
+        outcome.map_err(|e| format!("{member}: {e}"))
+    }))
+    .await;
+    let failures: Vec<String> = results.into_iter().filter_map(Result::err).collect();
+    if !failures.is_empty() {
+        return Err(Error::Cleanup(failures.join("; ")));
+    }
+    if policy == crate::api::RemovalPolicy::Delete && fed.spec.ca().root_secret_ref.is_none() {
+        let secrets = Api::<Secret>::namespaced(ctx.client.clone(), &ctx.settings.namespace);
+        match secrets
+            .delete(&generated_root_name(name), &Default::default())
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    info!(federation = %name, "cleaned up every member");
+    Ok(Action::await_change())
+}
+
+async fn patch_status(
+    ctx: &Context,
+    name: &str,
+    status: &MeshFederationStatus,
+) -> Result<(), Error> {
+    let api = Api::<MeshFederation>::all(ctx.client.clone());
+    let patch = serde_json::json!({
+        "apiVersion": "meshfed.io/v1alpha1",
+        "kind": "MeshFederation",
+        "status": status,
+    });
+    api.patch_status(
+        name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    Ok(())
+}

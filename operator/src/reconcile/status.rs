@@ -1,0 +1,447 @@
+//! Pure status aggregation: member reports in, `MeshFederationStatus` out.
+//! Every condition type meshfed sets is defined here.
+use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+use crate::api::{CertificateStatus, MemberStatus, MeshFederationStatus};
+
+/// Summary condition for `kubectl wait --for=condition=Ready` and Argo CD.
+pub const READY: &str = "Ready";
+/// Every member reached in the last reconcile.
+pub const MEMBERS_REACHABLE: &str = "MembersReachable";
+/// Root usable and every member's `cacerts` signed by it.
+pub const CERTIFICATES_READY: &str = "CertificatesReady";
+/// Every member holds a current remote secret for every peer.
+pub const REMOTE_SECRETS_READY: &str = "RemoteSecretsReady";
+
+/// What one reconcile learnt about one member.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct MemberReport {
+    /// Facts for `status.members[]`; `ready` and `last_error` are derived here.
+    pub status: MemberStatus,
+    /// Why the member could not be reached, if it could not.
+    pub unreachable: Option<String>,
+    /// Why its `cacerts` is not in place.
+    pub certificate_problem: Option<String>,
+    /// Why some of its remote secrets are missing or stale.
+    pub remote_secret_problems: Vec<String>,
+    /// Anything else (reader identity, namespace, cleanup).
+    pub other_problems: Vec<String>,
+}
+
+impl MemberReport {
+    /// A report for a member named `name`, filled in as the reconcile goes.
+    pub fn new(name: &str) -> Self {
+        Self {
+            status: MemberStatus {
+                name: name.into(),
+                ..MemberStatus::default()
+            },
+            ..Self::default()
+        }
+    }
+
+    fn problems(&self) -> impl Iterator<Item = &String> {
+        self.unreachable
+            .iter()
+            .chain(&self.certificate_problem)
+            .chain(&self.remote_secret_problems)
+            .chain(&self.other_problems)
+    }
+
+    fn is_ready(&self) -> bool {
+        self.status.reachable && !self.status.leaving && self.problems().next().is_none()
+    }
+}
+
+/// The status to write: conditions keep their `lastTransitionTime` unless
+/// their status flips, so an unchanged world yields an identical status.
+pub fn build_status(
+    generation: Option<i64>,
+    reports: Vec<MemberReport>,
+    root: Result<CertificateStatus, String>,
+    previous: Option<&MeshFederationStatus>,
+    now: Timestamp,
+) -> MeshFederationStatus {
+    let in_spec = reports.iter().filter(|r| !r.status.leaving).count();
+    let ready = reports.iter().filter(|r| r.is_ready()).count();
+
+    let unreachable: Vec<String> = reports
+        .iter()
+        .filter_map(|r| {
+            r.unreachable
+                .as_ref()
+                .map(|why| format!("{}: {why}", r.status.name))
+        })
+        .collect();
+    let cert_problems: Vec<String> = reports
+        .iter()
+        .filter(|r| !r.status.leaving)
+        .filter_map(|r| match (&r.certificate_problem, &r.unreachable) {
+            (Some(p), _) => Some(format!("{}: {p}", r.status.name)),
+            (None, Some(_)) => Some(format!("{}: unreachable", r.status.name)),
+            _ => None,
+        })
+        .collect();
+    let remote_problems: Vec<String> = reports
+        .iter()
+        .filter(|r| !r.status.leaving)
+        .flat_map(|r| {
+            let unreachable = r.unreachable.as_ref().map(|_| "unreachable".to_string());
+            r.remote_secret_problems
+                .iter()
+                .cloned()
+                .chain(unreachable)
+                .map(move |p| format!("{}: {p}", r.status.name))
+        })
+        .collect();
+    let other_problems: Vec<String> = reports
+        .iter()
+        .flat_map(|r| {
+            let leaving = r
+                .status
+                .leaving
+                .then(|| "leaving the federation".to_string());
+            r.other_problems
+                .iter()
+                .cloned()
+                .chain(leaving)
+                .map(move |p| format!("{}: {p}", r.status.name))
+        })
+        .collect();
+
+    let mut conditions = Conditions::new(previous, generation, now);
+    conditions.set(
+        MEMBERS_REACHABLE,
+        unreachable.is_empty(),
+        if unreachable.is_empty() {
+            "AllReachable"
+        } else {
+            "MembersUnreachable"
+        },
+        &if unreachable.is_empty() {
+            format!("all {in_spec} members reachable")
+        } else {
+            unreachable.join("; ")
+        },
+    );
+    let root_serial = root.as_ref().map(|r| r.serial.clone());
+    let (certs_ok, certs_reason, certs_message): (bool, &str, String) =
+        match (&root_serial, cert_problems.is_empty()) {
+            (Err(e), _) => (false, "RootUnavailable", e.to_string()),
+            (Ok(_), false) => (false, "IntermediatesNotReady", cert_problems.join("; ")),
+            (Ok(serial), true) => (
+                true,
+                "IntermediatesIssued",
+                format!("{in_spec} intermediates signed by root {serial}"),
+            ),
+        };
+    conditions.set(CERTIFICATES_READY, certs_ok, certs_reason, &certs_message);
+    let secrets_ok = remote_problems.is_empty();
+    conditions.set(
+        REMOTE_SECRETS_READY,
+        secrets_ok,
+        if secrets_ok {
+            "RemoteSecretsCurrent"
+        } else {
+            "RemoteSecretsNotReady"
+        },
+        &if secrets_ok {
+            "every member holds a current remote secret for each of its peers".to_string()
+        } else {
+            remote_problems.join("; ")
+        },
+    );
+    let all_ready = unreachable.is_empty() && certs_ok && secrets_ok && other_problems.is_empty();
+    let (ready_reason, ready_detail) = if all_ready {
+        ("Ready", String::new())
+    } else if !unreachable.is_empty() {
+        ("MembersUnreachable", unreachable.join("; "))
+    } else if !certs_ok {
+        (certs_reason, certs_message.clone())
+    } else if !secrets_ok {
+        ("RemoteSecretsNotReady", remote_problems.join("; "))
+    } else {
+        ("MembersNotReady", other_problems.join("; "))
+    };
+    let ready_message = if ready_detail.is_empty() {
+        format!("{ready}/{in_spec} members ready")
+    } else {
+        format!("{ready}/{in_spec} members ready; {ready_detail}")
+    };
+    conditions.set(READY, all_ready, ready_reason, &ready_message);
+
+    let members = reports
+        .into_iter()
+        .map(|r| {
+            let ready = r.is_ready();
+            let last_error = r.problems().next().cloned();
+            MemberStatus {
+                ready,
+                last_error,
+                ..r.status
+            }
+        })
+        .collect();
+    MeshFederationStatus {
+        observed_generation: generation,
+        conditions: conditions.into_vec(),
+        member_count: in_spec as i32,
+        ready_members: ready as i32,
+        root: root.ok(),
+        members,
+    }
+}
+
+/// Builds conditions, carrying `lastTransitionTime` over from the previous status.
+struct Conditions<'a> {
+    previous: &'a [Condition],
+    generation: Option<i64>,
+    now: Timestamp,
+    out: Vec<Condition>,
+}
+
+impl<'a> Conditions<'a> {
+    fn new(
+        previous: Option<&'a MeshFederationStatus>,
+        generation: Option<i64>,
+        now: Timestamp,
+    ) -> Self {
+        let previous = previous.map_or(&[][..], |s| s.conditions.as_slice());
+        Self {
+            previous,
+            generation,
+            now,
+            out: Vec::new(),
+        }
+    }
+
+    fn set(&mut self, type_: &str, ok: bool, reason: &str, message: &str) {
+        let status = if ok { "True" } else { "False" };
+        let last_transition_time = self
+            .previous
+            .iter()
+            .find(|c| c.type_ == type_ && c.status == status)
+            .map_or(Time(self.now), |c| c.last_transition_time.clone());
+        self.out.push(Condition {
+            type_: type_.into(),
+            status: status.into(),
+            reason: reason.into(),
+            message: message.into(),
+            observed_generation: self.generation,
+            last_transition_time,
+        });
+    }
+
+    fn into_vec(self) -> Vec<Condition> {
+        self.out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(s: &str) -> Timestamp {
+        s.parse().unwrap()
+    }
+
+    fn healthy(name: &str) -> MemberReport {
+        let mut r = MemberReport::new(name);
+        r.status.reachable = true;
+        r.status.remote_secrets_expected = 2;
+        r.status.remote_secrets_present = 2;
+        r
+    }
+
+    fn root() -> Result<CertificateStatus, String> {
+        Ok(CertificateStatus {
+            serial: "0a".into(),
+            not_after: Time(t("2036-01-01T00:00:00Z")),
+        })
+    }
+
+    fn condition<'a>(s: &'a MeshFederationStatus, type_: &str) -> &'a Condition {
+        s.conditions.iter().find(|c| c.type_ == type_).unwrap()
+    }
+
+    #[test]
+    fn all_healthy_is_ready() {
+        let s = build_status(
+            Some(3),
+            vec![healthy("a"), healthy("b"), healthy("c")],
+            root(),
+            None,
+            t("2026-01-01T00:00:00Z"),
+        );
+        for type_ in [
+            READY,
+            MEMBERS_REACHABLE,
+            CERTIFICATES_READY,
+            REMOTE_SECRETS_READY,
+        ] {
+            let c = condition(&s, type_);
+            assert_eq!(c.status, "True", "{type_}: {}", c.message);
+            assert_eq!(c.observed_generation, Some(3));
+        }
+        assert_eq!(condition(&s, READY).message, "3/3 members ready");
+        assert_eq!((s.member_count, s.ready_members), (3, 3));
+        assert!(s.members.iter().all(|m| m.ready && m.last_error.is_none()));
+        assert_eq!(s.observed_generation, Some(3));
+    }
+
+    #[test]
+    fn unreachable_member_is_named_and_others_stay_ready() {
+        let mut down = healthy("b");
+        down.status.reachable = false;
+        down.unreachable = Some("connection refused".into());
+        let s = build_status(
+            Some(1),
+            vec![healthy("a"), down, healthy("c")],
+            root(),
+            None,
+            t("2026-01-01T00:00:00Z"),
+        );
+        let reach = condition(&s, MEMBERS_REACHABLE);
+        assert_eq!(
+            (reach.status.as_str(), reach.reason.as_str()),
+            ("False", "MembersUnreachable")
+        );
+        assert_eq!(reach.message, "b: connection refused");
+        let ready = condition(&s, READY);
+        assert_eq!(ready.status, "False");
+        assert_eq!(ready.reason, "MembersUnreachable");
+        assert!(
+            ready.message.starts_with("2/3 members ready"),
+            "{}",
+            ready.message
+        );
+        assert_eq!(s.ready_members, 2);
+        let b = s.members.iter().find(|m| m.name == "b").unwrap();
+        assert!(!b.ready);
+        assert_eq!(b.last_error.as_deref(), Some("connection refused"));
+    }
+
+    #[test]
+    fn foreign_cacerts_fails_certificates_with_the_members_message() {
+        let mut a = healthy("a");
+        a.certificate_problem = Some("istio-system/cacerts was not created by meshfed".into());
+        let s = build_status(
+            None,
+            vec![a, healthy("b")],
+            root(),
+            None,
+            t("2026-01-01T00:00:00Z"),
+        );
+        let c = condition(&s, CERTIFICATES_READY);
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", "IntermediatesNotReady")
+        );
+        assert!(
+            c.message
+                .contains("a: istio-system/cacerts was not created by meshfed")
+        );
+        assert_eq!(condition(&s, READY).reason, "IntermediatesNotReady");
+        assert_eq!(condition(&s, REMOTE_SECRETS_READY).status, "True");
+    }
+
+    #[test]
+    fn missing_root_is_reported() {
+        let s = build_status(
+            None,
+            vec![healthy("a")],
+            Err("Secret meshfed/x not found".into()),
+            None,
+            t("2026-01-01T00:00:00Z"),
+        );
+        let c = condition(&s, CERTIFICATES_READY);
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", "RootUnavailable")
+        );
+        assert_eq!(condition(&s, READY).status, "False");
+        assert!(s.root.is_none());
+    }
+
+    #[test]
+    fn remote_secret_problems_and_leaving_members() {
+        let mut a = healthy("a");
+        a.remote_secret_problems
+            .push("istio-remote-secret-b: token for b not refreshed".into());
+        let mut gone = MemberReport::new("old");
+        gone.status.leaving = true;
+        gone.status.reachable = true;
+        let s = build_status(
+            None,
+            vec![a, healthy("b"), gone],
+            root(),
+            None,
+            t("2026-01-01T00:00:00Z"),
+        );
+        assert_eq!(
+            s.member_count, 2,
+            "leaving members are not counted as members"
+        );
+        let c = condition(&s, REMOTE_SECRETS_READY);
+        assert_eq!(c.status, "False");
+        assert!(c.message.contains("a: istio-remote-secret-b"));
+        let mut a2 = healthy("a");
+        a2.status.name = "a".into();
+        let mut gone2 = MemberReport::new("old");
+        gone2.status.leaving = true;
+        let s2 = build_status(
+            None,
+            vec![a2, healthy("b"), gone2],
+            root(),
+            None,
+            t("2026-01-01T00:00:00Z"),
+        );
+        let ready = condition(&s2, READY);
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", "MembersNotReady")
+        );
+        assert!(ready.message.contains("old: leaving the federation"));
+    }
+
+    #[test]
+    fn transition_time_moves_only_when_status_flips() {
+        let first = build_status(
+            Some(1),
+            vec![healthy("a")],
+            root(),
+            None,
+            t("2026-01-01T00:00:00Z"),
+        );
+        let again = build_status(
+            Some(1),
+            vec![healthy("a")],
+            root(),
+            Some(&first),
+            t("2026-01-01T01:00:00Z"),
+        );
+        assert_eq!(
+            first, again,
+            "an unchanged world gives a byte-identical status"
+        );
+        let mut down = healthy("a");
+        down.unreachable = Some("timeout".into());
+        let flipped = build_status(
+            Some(1),
+            vec![down],
+            root(),
+            Some(&again),
+            t("2026-01-01T02:00:00Z"),
+        );
+        assert_eq!(
+            condition(&flipped, READY).last_transition_time,
+            Time(t("2026-01-01T02:00:00Z"))
+        );
+        assert_eq!(
+            condition(&flipped, CERTIFICATES_READY).last_transition_time,
+            Time(t("2026-01-01T02:00:00Z")),
+            "unreachable means certificates cannot be confirmed"
+        );
+    }
+}

@@ -1,0 +1,117 @@
+//! What each member should contain: pure functions from the federation spec,
+//! member facts and PKI material to Kubernetes objects. No I/O here.
+mod cacerts;
+mod kubeconfig;
+mod namespace;
+mod reader;
+mod remote_secret;
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+pub use cacerts::{cacerts_bundle, render_cacerts};
+pub use kubeconfig::{KubeconfigInputs, render_kubeconfig};
+pub use namespace::render_istio_namespace;
+pub use reader::{ReaderIdentity, reader_name, render_reader_identity};
+pub use remote_secret::{
+    PeerEndpoint, RemoteSecretState, remote_secret_name, remote_secret_peer, remote_secret_state,
+    render_remote_secret,
+};
+
+/// Namespace where Istio's control plane and its multicluster Secrets live.
+pub const ISTIO_NAMESPACE: &str = "istio-system";
+/// Name istiod reads its plug-in CA from.
+pub const CACERTS: &str = "cacerts";
+/// Field manager for every server-side apply meshfed makes.
+pub const FIELD_MANAGER: &str = "meshfed";
+
+/// Labels and annotations meshfed reads or writes, in one place.
+pub mod keys {
+    pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+    pub const MANAGED_BY_VALUE: &str = "meshfed";
+    pub const FEDERATION: &str = "meshfed.io/federation";
+    /// Set by a user on an object meshfed did not create to let meshfed take it over.
+    pub const ADOPT: &str = "meshfed.io/adopt";
+    pub const NETWORK: &str = "topology.istio.io/network";
+    pub const MULTICLUSTER: &str = "istio/multiCluster";
+    pub const CLUSTER: &str = "networking.istio.io/cluster";
+    pub const TOKEN_EXPIRES_AT: &str = "meshfed.io/token-expires-at";
+    pub const ENDPOINT_HASH: &str = "meshfed.io/endpoint-hash";
+}
+
+/// Labels every object meshfed creates carries, so pruning and `kubectl get -l` work.
+pub fn managed_labels(federation: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (keys::MANAGED_BY.into(), keys::MANAGED_BY_VALUE.into()),
+        (keys::FEDERATION.into(), federation.into()),
+    ])
+}
+
+/// Label selector matching everything meshfed created for `federation`.
+pub fn managed_selector(federation: &str) -> String {
+    format!(
+        "{}={},{}={federation}",
+        keys::MANAGED_BY,
+        keys::MANAGED_BY_VALUE,
+        keys::FEDERATION
+    )
+}
+
+/// Metadata for a managed object.
+fn managed_meta(federation: &str, name: &str, namespace: Option<&str>) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name.into()),
+        namespace: namespace.map(Into::into),
+        labels: Some(managed_labels(federation)),
+        ..ObjectMeta::default()
+    }
+}
+
+/// Who may meshfed write over: what it created for this federation, or what a
+/// user explicitly handed over with the `meshfed.io/adopt: "true"` annotation.
+pub fn is_ours(meta: &ObjectMeta, federation: &str) -> bool {
+    let label = |k: &str| meta.labels.as_ref().and_then(|l| l.get(k));
+    let adopted = meta
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(keys::ADOPT))
+        .is_some_and(|v| v == "true");
+    adopted
+        || (label(keys::MANAGED_BY).map(String::as_str) == Some(keys::MANAGED_BY_VALUE)
+            && label(keys::FEDERATION).map(String::as_str) == Some(federation))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ownership_needs_both_labels_or_adoption() {
+        let mut meta = managed_meta("prod", "x", None);
+        assert!(is_ours(&meta, "prod"));
+        assert!(!is_ours(&meta, "staging"), "another federation's object");
+        meta.labels.as_mut().unwrap().remove(keys::MANAGED_BY);
+        assert!(!is_ours(&meta, "prod"));
+        let foreign = ObjectMeta::default();
+        assert!(!is_ours(&foreign, "prod"));
+        let adopted = ObjectMeta {
+            annotations: Some(BTreeMap::from([(keys::ADOPT.into(), "true".into())])),
+            ..ObjectMeta::default()
+        };
+        assert!(is_ours(&adopted, "prod"));
+        let not_adopted = ObjectMeta {
+            annotations: Some(BTreeMap::from([(keys::ADOPT.into(), "yes".into())])),
+            ..ObjectMeta::default()
+        };
+        assert!(!is_ours(&not_adopted, "prod"));
+    }
+
+    #[test]
+    fn selector_matches_labels() {
+        assert_eq!(
+            managed_selector("prod"),
+            "app.kubernetes.io/managed-by=meshfed,meshfed.io/federation=prod"
+        );
+    }
+}

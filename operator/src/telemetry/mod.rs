@@ -1,0 +1,16 @@
+//! Observability plumbing kept out of the reconcile logic.
+mod request_counter;
+
+pub use request_counter::{RequestCount, RequestCounter};
+
+/// Installs the global tracing subscriber: human-readable, or JSON lines.
+pub fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
