@@ -56,6 +56,6 @@ async fn main() -> anyhow::Result<()> {
         resync: args.resync,
         member_timeout: args.member_timeout,
     };
-    run(Context::new(client, config, settings)).await;
+    run(Context::new(client, config, settings)?).await;
     Ok(())
 }

@@ -37,7 +37,9 @@ pub mod defaults {
     printcolumn = r#"{"name":"Members","type":"integer","jsonPath":".status.memberCount"}"#,
     printcolumn = r#"{"name":"Ready-Members","type":"integer","jsonPath":".status.readyMembers"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[x_kube(
     validation = Rule::new("self.members.all(m, self.members.exists_one(n, n.name == m.name))").message("spec.members[].name must be unique").field_path(".members"),
     validation = Rule::new("self.members.size() == 1 || self.members.all(m, !has(m.credentials.local) || has(m.apiServer))").message("a member with credentials.local needs spec.members[].apiServer: peers cannot reach the in-cluster address").field_path(".members"),
 )]

@@ -83,22 +83,15 @@ impl MemberPool {
     /// `local` is the operator's own cluster (for `credentials.local`).
     pub fn new(
         operator_namespace: String,
-        local: (Client, Config),
+        local: Config,
         request_timeout: Duration,
-    ) -> Self {
-        let (client, config) = local;
-        let local = MemberConnection {
-            client,
-            server: server_url(&config),
-            ca_pem: ca_pem(&config),
-            requests: RequestCounter::default(),
-        };
-        Self {
+    ) -> Result<Self, kube::Error> {
+        Ok(Self {
             operator_namespace,
-            local,
+            local: connection(local)?,
             request_timeout,
             cache: Mutex::default(),
-        }
+        })
     }
 
     /// The operator's own cluster.

@@ -103,23 +103,23 @@ pub struct Context {
 
 impl Context {
     /// `client`/`config` talk to the cluster the operator runs in.
-    pub fn new(client: Client, config: Config, settings: Settings) -> Arc<Self> {
+    pub fn new(
+        client: Client,
+        config: Config,
+        settings: Settings,
+    ) -> Result<Arc<Self>, kube::Error> {
         let reporter = Reporter {
             controller: "meshfed".into(),
             instance: std::env::var("POD_NAME").ok(),
         };
-        Arc::new(Self {
+        Ok(Arc::new(Self {
             recorder: Recorder::new(client.clone(), reporter),
-            members: MemberPool::new(
-                settings.namespace.clone(),
-                (client.clone(), config),
-                settings.member_timeout,
-            ),
+            members: MemberPool::new(settings.namespace.clone(), config, settings.member_timeout)?,
             client,
             settings,
             failures: Mutex::default(),
             stats: Mutex::default(),
-        })
+        }))
     }
 
     /// Figures of the last finished reconcile of `federation`.

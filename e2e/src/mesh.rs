@@ -1,0 +1,294 @@
+//! Running meshfed against a test-bed fleet: install the CRD, hand the
+//! operator each member's kubeconfig, run the operator, wait on conditions.
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail};
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::{Api, Client};
+use meshfed::api::{
+    ApiServerEndpoint, KubeconfigSecretRef, LocalCluster, Member, MemberCredentials,
+    MeshFederation, MeshFederationSpec,
+};
+use meshfed::reconcile::{Context, Settings};
+use tokio::task::JoinHandle;
+
+use crate::Cluster;
+
+/// Namespace the operator keeps credentials and generated roots in.
+pub const OPERATOR_NAMESPACE: &str = "meshfed-system";
+
+/// The generated CRD, as checked in.
+pub const CRD_YAML: &str = include_str!("../../config/crd/meshfed.io_meshfederations.yaml");
+
+/// Installs the MeshFederation CRD and the operator namespace on `host`, and
+/// waits until the CRD is served.
+pub async fn install_operator_prerequisites(host: &Client) -> Result<()> {
+    let crd: CustomResourceDefinition = serde_yaml::from_str(CRD_YAML)?;
+    let crds = Api::<CustomResourceDefinition>::all(host.clone());
+    let params = PatchParams::apply("meshfed-e2e").force();
+    crds.patch("meshfederations.meshfed.io", &params, &Patch::Apply(&crd))
+        .await?;
+    let ns = Namespace {
+        metadata: kube::api::ObjectMeta {
+            name: Some(OPERATOR_NAMESPACE.into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    Api::<Namespace>::all(host.clone())
+        .patch(OPERATOR_NAMESPACE, &params, &Patch::Apply(&ns))
+        .await?;
+    poll(Duration::from_secs(30), "CRD established", || async {
+        let crd = crds.get("meshfederations.meshfed.io").await?;
+        let established = crd
+            .status
+            .and_then(|s| s.conditions)
+            .unwrap_or_default()
+            .iter()
+            .any(|c| c.type_ == "Established" && c.status == "True");
+        // Discovery lags the condition a little; ask for the resource itself.
+        Ok(established
+            && Api::<MeshFederation>::all(host.clone())
+                .list(&Default::default())
+                .await
+                .is_ok())
+    })
+    .await
+}
+
+/// Name of the Secret holding `cluster`'s kubeconfig in the operator namespace.
+pub fn credentials_secret_name(cluster: &Cluster) -> String {
+    format!("{}-kubeconfig", cluster.name())
+}
+
+/// Stores `cluster`'s admin kubeconfig where the operator looks for it.
+pub async fn store_credentials(host: &Client, cluster: &Cluster) -> Result<()> {
+    let name = credentials_secret_name(cluster);
+    let secret = Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some(name.clone()),
+            ..Default::default()
+        },
+        data: Some(BTreeMap::from([(
+            "kubeconfig".to_string(),
+            ByteString(cluster.kubeconfig_yaml().as_bytes().to_vec()),
+        )])),
+        ..Default::default()
+    };
+    Api::<Secret>::namespaced(host.clone(), OPERATOR_NAMESPACE)
+        .patch(
+            &name,
+            &PatchParams::apply("meshfed-e2e").force(),
+            &Patch::Apply(&secret),
+        )
+        .await?;
+    Ok(())
+}
+
+/// A member entry for `cluster` on `network`, reached through its kubeconfig Secret.
+pub fn member(cluster: &Cluster, network: &str) -> Member {
+    Member {
+        name: cluster.name().into(),
+        network: network.into(),
+        credentials: MemberCredentials {
+            secret_ref: Some(KubeconfigSecretRef {
+                name: credentials_secret_name(cluster),
+                key: None,
+            }),
+            local: None,
+        },
+        api_server: None,
+    }
+}
+
+/// A member entry for the cluster the operator runs in.
+pub fn local_member(cluster: &Cluster, network: &str) -> Member {
+    Member {
+        name: cluster.name().into(),
+        network: network.into(),
+        credentials: MemberCredentials {
+            secret_ref: None,
+            local: Some(LocalCluster {}),
+        },
+        api_server: Some(ApiServerEndpoint {
+            url: cluster.server_url().into(),
+            ca_bundle: Some(cluster.ca_pem().into()),
+        }),
+    }
+}
+
+/// A federation of `members` with meshfed's defaults.
+pub fn federation(name: &str, members: Vec<Member>) -> MeshFederation {
+    MeshFederation::new(
+        name,
+        MeshFederationSpec {
+            mesh_id: "mesh1".into(),
+            trust_domain: None,
+            members,
+            ca: None,
+            remote_secrets: None,
+        },
+    )
+}
+
+/// The operator running inside this process against `host`.
+pub struct RunningOperator {
+    pub context: Arc<Context>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for RunningOperator {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Starts the operator with `host` as its own cluster.
+pub fn start_operator(
+    host: &Cluster,
+    resync: Duration,
+    member_timeout: Duration,
+) -> Result<RunningOperator> {
+    let settings = Settings {
+        namespace: OPERATOR_NAMESPACE.into(),
+        resync,
+        member_timeout,
+    };
+    let context = Context::new(host.client(), host.kube_config(), settings)?;
+    let task = tokio::spawn(meshfed::reconcile::run(context.clone()));
+    Ok(RunningOperator { context, task })
+}
+
+/// Creates or replaces the federation's spec (as a user or Argo CD would).
+pub async fn apply_federation(host: &Client, fed: &MeshFederation) -> Result<()> {
+    let api = Api::<MeshFederation>::all(host.clone());
+    let name = fed
+        .metadata
+        .name
+        .clone()
+        .context("federation without a name")?;
+    api.patch(
+        &name,
+        &PatchParams::apply("meshfed-e2e-user").force(),
+        &Patch::Apply(fed),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Creates the federation, failing if the API server rejects it.
+pub async fn create_federation(host: &Client, fed: &MeshFederation) -> Result<(), kube::Error> {
+    Api::<MeshFederation>::all(host.clone())
+        .create(&PostParams::default(), fed)
+        .await
+        .map(|_| ())
+}
+
+/// Status of condition `type_` ("True"/"False"), if set.
+pub fn condition<'a>(
+    fed: &'a MeshFederation,
+    type_: &str,
+) -> Option<&'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+    fed.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+}
+
+/// Whether the federation's status describes its current generation and says `type_`=`status`.
+pub fn has_condition(fed: &MeshFederation, type_: &str, status: &str) -> bool {
+    let current =
+        fed.status.as_ref().and_then(|s| s.observed_generation) == fed.metadata.generation;
+    current && condition(fed, type_).is_some_and(|c| c.status == status)
+}
+
+/// Waits until `pred` holds for the federation; returns it.
+pub async fn wait_for_federation(
+    host: &Client,
+    name: &str,
+    timeout: Duration,
+    what: &str,
+    pred: impl Fn(&MeshFederation) -> bool,
+) -> Result<MeshFederation> {
+    let api = Api::<MeshFederation>::all(host.clone());
+    let start = Instant::now();
+    loop {
+        let fed = api.get_opt(name).await?;
+        if let Some(fed) = &fed {
+            if pred(fed) {
+                return Ok(fed.clone());
+            }
+        }
+        if start.elapsed() > timeout {
+            let status = fed
+                .and_then(|f| f.status)
+                .map(|s| serde_json::to_string_pretty(&s).unwrap_or_default());
+            bail!(
+                "timed out after {timeout:?} waiting for {what}; last status: {}",
+                status.unwrap_or_else(|| "none".into())
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Polls `check` every 100 ms until it returns true or `timeout` passes.
+pub async fn poll<F, Fut>(timeout: Duration, what: &str, mut check: F) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<bool>>,
+{
+    let start = Instant::now();
+    let mut last_error = None;
+    loop {
+        match check().await {
+            Ok(true) => return Ok(()),
+            Ok(false) => {}
+            Err(e) => last_error = Some(e),
+        }
+        if start.elapsed() > timeout {
+            bail!("timed out after {timeout:?} waiting for {what} (last error: {last_error:?})");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A per-member status table, as `make demo` prints it.
+pub fn status_table(fed: &MeshFederation) -> String {
+    let mut out = format!(
+        "{:<12} {:<10} {:<10} {:<8} {:<22} {:<8} {}\n",
+        "MEMBER", "REACHABLE", "NETWORK", "READY", "INTERMEDIATE EXPIRES", "REMOTE", "LAST ERROR"
+    );
+    let Some(status) = &fed.status else {
+        return out;
+    };
+    for m in &status.members {
+        let network = fed.spec.member(&m.name).map_or("-", |x| x.network.as_str());
+        let expires = m.intermediate.as_ref().map_or("-".to_string(), |i| {
+            i.not_after.0.strftime("%Y-%m-%d %H:%M").to_string()
+        });
+        out += &format!(
+            "{:<12} {:<10} {:<10} {:<8} {:<22} {:<8} {}\n",
+            m.name,
+            m.reachable,
+            network,
+            m.ready,
+            expires,
+            format!("{}/{}", m.remote_secrets_present, m.remote_secrets_expected),
+            m.last_error.as_deref().unwrap_or("-")
+        );
+    }
+    for c in &status.conditions {
+        out += &format!(
+            "condition {:<20} {:<6} {:<24} {}\n",
+            c.type_, c.status, c.reason, c.message
+        );
+    }
+    out
+}
