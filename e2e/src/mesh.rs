@@ -292,3 +292,46 @@ pub fn status_table(fed: &MeshFederation) -> String {
     }
     out
 }
+
+/// Path of the `meshfed-operator` binary, built (debug) if needed.
+pub fn operator_binary() -> Result<std::path::PathBuf> {
+    let workspace = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let status =
+        std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args([
+                "build",
+                "-q",
+                "-p",
+                "meshfed-operator",
+                "--bin",
+                "meshfed-operator",
+            ])
+            .current_dir(&workspace)
+            .status()?;
+    if !status.success() {
+        bail!("building meshfed-operator failed");
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR").map_or(workspace.join("target"), Into::into);
+    Ok(target.join("debug").join("meshfed-operator"))
+}
+
+/// A plain HTTP GET against the operator's metrics/health port: (status code, body).
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await?;
+    let code = response
+        .split_whitespace()
+        .nth(1)
+        .context("empty HTTP response")?
+        .parse()?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_string();
+    Ok((code, body))
+}

@@ -41,13 +41,27 @@ fn verify_cacerts(cacerts: &Secret, trust_bundle: &str) -> Result<(), webpki::Er
     let issuer = Issuer::from_ca_cert_pem(&secret_text(cacerts, "ca-cert.pem"), key).unwrap();
     let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
     params.is_ca = IsCa::ExplicitNoCa;
-    params.subject_alt_names = vec![SanType::URI("spiffe://cluster.local/ns/default/sa/demo".try_into().unwrap())];
-    params.distinguished_name.push(DnType::CommonName, "workload");
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
-    let leaf = params.signed_by(&KeyPair::generate().unwrap(), &issuer).unwrap();
+    params.subject_alt_names = vec![SanType::URI(
+        "spiffe://cluster.local/ns/default/sa/demo"
+            .try_into()
+            .unwrap(),
+    )];
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "workload");
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    let leaf = params
+        .signed_by(&KeyPair::generate().unwrap(), &issuer)
+        .unwrap();
     let leaf_der = CertificateDer::from(leaf.der().to_vec());
     let anchors_der = pem_ders(trust_bundle);
-    let anchors: Vec<_> = anchors_der.iter().map(|d| webpki::anchor_from_trusted_cert(d).unwrap()).collect();
+    let anchors: Vec<_> = anchors_der
+        .iter()
+        .map(|d| webpki::anchor_from_trusted_cert(d).unwrap())
+        .collect();
     // cert-chain.pem is intermediate then root: present the intermediate.
     let chain = pem_ders(&secret_text(cacerts, "cert-chain.pem"));
     let ee = webpki::EndEntityCert::try_from(&leaf_der).unwrap();
@@ -65,7 +79,9 @@ fn verify_cacerts(cacerts: &Secret, trust_bundle: &str) -> Result<(), webpki::Er
 
 async fn client_from_kubeconfig(yaml: &str) -> Client {
     let kc = Kubeconfig::from_yaml(yaml).unwrap();
-    let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await.unwrap();
+    let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+        .await
+        .unwrap();
     Client::try_from(config).unwrap()
 }
 
@@ -74,8 +90,15 @@ fn istio_secrets(c: &Client) -> Api<Secret> {
 }
 
 async fn remote_secret_names(c: &Client) -> Vec<String> {
-    let list = istio_secrets(c).list(&ListParams::default().labels("istio/multiCluster=true")).await.unwrap();
-    let mut names: Vec<_> = list.items.into_iter().filter_map(|s| s.metadata.name).collect();
+    let list = istio_secrets(c)
+        .list(&ListParams::default().labels("istio/multiCluster=true"))
+        .await
+        .unwrap();
+    let mut names: Vec<_> = list
+        .items
+        .into_iter()
+        .filter_map(|s| s.metadata.name)
+        .collect();
     names.sort();
     names
 }
@@ -85,7 +108,10 @@ async fn managed_versions(c: &Client) -> BTreeMap<String, String> {
     let lp = ListParams::default().labels("app.kubernetes.io/managed-by=meshfed");
     let mut out = BTreeMap::new();
     for s in istio_secrets(c).list(&lp).await.unwrap() {
-        out.insert(format!("secret/{}", s.metadata.name.unwrap()), s.metadata.resource_version.unwrap());
+        out.insert(
+            format!("secret/{}", s.metadata.name.unwrap()),
+            s.metadata.resource_version.unwrap(),
+        );
     }
     out
 }
@@ -99,7 +125,11 @@ async fn federation_lifecycle_on_three_real_clusters() -> Result<()> {
     for c in &fleet.clusters()[1..] {
         store_credentials(&host, c).await?;
     }
-    let operator = start_operator(fleet.cluster(0), Duration::from_secs(2), Duration::from_secs(3))?;
+    let operator = start_operator(
+        fleet.cluster(0),
+        Duration::from_secs(2),
+        Duration::from_secs(3),
+    )?;
     let members = vec![
         local_member(fleet.cluster(0), "net-a"),
         member(fleet.cluster(1), "net-a"),
@@ -109,12 +139,19 @@ async fn federation_lifecycle_on_three_real_clusters() -> Result<()> {
     let started = std::time::Instant::now();
     apply_federation(&host, &fed).await?;
     let status = wait_for_federation(&host, FED, WAIT, "Ready", ready).await?;
-    eprintln!("apply -> Ready in {:?}\n{}", started.elapsed(), status_table(&status));
+    eprintln!(
+        "apply -> Ready in {:?}\n{}",
+        started.elapsed(),
+        status_table(&status)
+    );
     let st = status.status.as_ref().unwrap();
     assert_eq!((st.member_count, st.ready_members), (3, 3));
     for m in &st.members {
         assert!(m.reachable && m.ready, "{m:?}");
-        assert_eq!((m.remote_secrets_present, m.remote_secrets_expected), (2, 2));
+        assert_eq!(
+            (m.remote_secrets_present, m.remote_secrets_expected),
+            (2, 2)
+        );
         assert!(m.kubernetes_version.as_deref().unwrap().starts_with("v1."));
         assert!(m.intermediate.is_some() && m.token_expiry.is_some());
     }
@@ -125,60 +162,111 @@ async fn federation_lifecycle_on_three_real_clusters() -> Result<()> {
     for c in &clients {
         cacerts.push(istio_secrets(c).get("cacerts").await?);
     }
-    let roots: Vec<String> = cacerts.iter().map(|s| secret_text(s, "root-cert.pem")).collect();
+    let roots: Vec<String> = cacerts
+        .iter()
+        .map(|s| secret_text(s, "root-cert.pem"))
+        .collect();
     assert!(roots.iter().all(|r| *r == roots[0]), "one shared root");
     for (i, own) in cacerts.iter().enumerate() {
         for (j, peer_root) in roots.iter().enumerate() {
-            verify_cacerts(own, peer_root).unwrap_or_else(|e| panic!("member {i} chain vs member {j} bundle: {e:?}"));
+            verify_cacerts(own, peer_root)
+                .unwrap_or_else(|e| panic!("member {i} chain vs member {j} bundle: {e:?}"));
         }
     }
     let stranger = rcgen::generate_simple_self_signed(vec!["x".into()]).unwrap();
-    assert!(verify_cacerts(&cacerts[0], &stranger.cert.pem()).is_err(), "a foreign root must not validate");
+    assert!(
+        verify_cacerts(&cacerts[0], &stranger.cert.pem()).is_err(),
+        "a foreign root must not validate"
+    );
     for (i, c) in clients.iter().enumerate() {
-        let ns = Api::<k8s_openapi::api::core::v1::Namespace>::all(c.clone()).get("istio-system").await?;
-        assert_eq!(ns.metadata.labels.unwrap()["topology.istio.io/network"], members[i].network);
+        let ns = Api::<k8s_openapi::api::core::v1::Namespace>::all(c.clone())
+            .get("istio-system")
+            .await?;
+        assert_eq!(
+            ns.metadata.labels.unwrap()["topology.istio.io/network"],
+            members[i].network
+        );
     }
 
     // --- every remote secret's kubeconfig, used as is, reads its peer and cannot write
     for (i, c) in clients.iter().enumerate() {
         let expected: Vec<String> = {
-            let mut v: Vec<_> = (0..3).filter(|j| *j != i).map(|j| format!("istio-remote-secret-{}", fleet.cluster(j).name())).collect();
+            let mut v: Vec<_> = (0..3)
+                .filter(|j| *j != i)
+                .map(|j| format!("istio-remote-secret-{}", fleet.cluster(j).name()))
+                .collect();
             v.sort();
             v
         };
         assert_eq!(remote_secret_names(c).await, expected);
         for j in (0..3).filter(|j| *j != i) {
             let peer = fleet.cluster(j).name();
-            let s = istio_secrets(c).get(&format!("istio-remote-secret-{peer}")).await?;
-            assert_eq!(s.metadata.annotations.as_ref().unwrap()["networking.istio.io/cluster"], peer);
+            let s = istio_secrets(c)
+                .get(&format!("istio-remote-secret-{peer}"))
+                .await?;
+            assert_eq!(
+                s.metadata.annotations.as_ref().unwrap()["networking.istio.io/cluster"],
+                peer
+            );
             assert_eq!(s.data.as_ref().unwrap().keys().collect::<Vec<_>>(), [peer]);
             let remote = client_from_kubeconfig(&secret_text(&s, peer)).await;
-            Api::<Service>::all(remote.clone()).list(&ListParams::default()).await?;
-            Api::<EndpointSlice>::all(remote.clone()).list(&ListParams::default()).await?;
-            Api::<Pod>::all(remote.clone()).list(&ListParams::default()).await?;
+            Api::<Service>::all(remote.clone())
+                .list(&ListParams::default())
+                .await?;
+            Api::<EndpointSlice>::all(remote.clone())
+                .list(&ListParams::default())
+                .await?;
+            Api::<Pod>::all(remote.clone())
+                .list(&ListParams::default())
+                .await?;
             let write = Api::<ConfigMap>::namespaced(remote.clone(), "default")
-                .create(&PostParams::default(), &ConfigMap { metadata: kube::api::ObjectMeta { name: Some("nope".into()), ..Default::default() }, ..Default::default() })
+                .create(
+                    &PostParams::default(),
+                    &ConfigMap {
+                        metadata: kube::api::ObjectMeta {
+                            name: Some("nope".into()),
+                            ..Default::default()
+                        },
+                        ..Default::default()
+                    },
+                )
                 .await;
-            assert!(matches!(write, Err(kube::Error::Api(ref e)) if e.code == 403), "reader wrote: {write:?}");
-            let secrets = Api::<Secret>::all(remote).list(&ListParams::default()).await;
-            assert!(matches!(secrets, Err(kube::Error::Api(ref e)) if e.code == 403), "reader read secrets");
+            assert!(
+                matches!(write, Err(kube::Error::Api(ref e)) if e.code == 403),
+                "reader wrote: {write:?}"
+            );
+            let secrets = Api::<Secret>::all(remote)
+                .list(&ListParams::default())
+                .await;
+            assert!(
+                matches!(secrets, Err(kube::Error::Api(ref e)) if e.code == 403),
+                "reader read secrets"
+            );
         }
     }
 
     // --- steady state: a reconcile with nothing changed writes nothing
-    let versions_before: Vec<_> = futures::future::join_all(clients.iter().map(managed_versions)).await;
+    let versions_before: Vec<_> =
+        futures::future::join_all(clients.iter().map(managed_versions)).await;
     let before = operator.context.last_reconcile(FED).unwrap();
     tokio::time::sleep(Duration::from_secs(5)).await; // at least two resyncs
     let after = operator.context.last_reconcile(FED).unwrap();
     for (member, count) in &after.requests {
         let delta = count.since(before.requests[member]);
-        assert_eq!(delta.writes, 0, "member {member} got writes in steady state: {delta:?}");
+        assert_eq!(
+            delta.writes, 0,
+            "member {member} got writes in steady state: {delta:?}"
+        );
         assert!(delta.reads > 0, "member {member} was not reconciled again");
     }
-    let versions_after: Vec<_> = futures::future::join_all(clients.iter().map(managed_versions)).await;
+    let versions_after: Vec<_> =
+        futures::future::join_all(clients.iter().map(managed_versions)).await;
     assert_eq!(versions_before, versions_after, "no managed object changed");
     let again = Api::<MeshFederation>::all(host.clone()).get(FED).await?;
-    assert_eq!(again.metadata.resource_version, status.metadata.resource_version, "status not rewritten");
+    assert_eq!(
+        again.metadata.resource_version, status.metadata.resource_version,
+        "status not rewritten"
+    );
 
     // --- a member leaves: its secrets vanish everywhere, its objects are cleaned
     let leaving = fleet.cluster(2).name().to_string();
@@ -188,35 +276,88 @@ async fn federation_lifecycle_on_three_real_clusters() -> Result<()> {
     })
     .await?;
     for c in &clients[..2] {
-        assert!(!remote_secret_names(c).await.contains(&format!("istio-remote-secret-{leaving}")));
+        assert!(
+            !remote_secret_names(c)
+                .await
+                .contains(&format!("istio-remote-secret-{leaving}"))
+        );
     }
-    assert!(remote_secret_names(&clients[2]).await.is_empty(), "left member keeps no remote secrets");
-    let sa = Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(clients[2].clone(), "istio-system");
-    assert!(sa.get_opt("meshfed-reader-prod").await?.is_none(), "reader identity removed");
-    assert!(istio_secrets(&clients[2]).get_opt("cacerts").await?.is_some(), "cacerts retained by default policy");
+    assert!(
+        remote_secret_names(&clients[2]).await.is_empty(),
+        "left member keeps no remote secrets"
+    );
+    let sa = Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(
+        clients[2].clone(),
+        "istio-system",
+    );
+    assert!(
+        sa.get_opt("meshfed-reader-prod").await?.is_none(),
+        "reader identity removed"
+    );
+    assert!(
+        istio_secrets(&clients[2])
+            .get_opt("cacerts")
+            .await?
+            .is_some(),
+        "cacerts retained by default policy"
+    );
 
     // --- a foreign cacerts is never overwritten, and adoption is opt-in
-    istio_secrets(&clients[2]).delete("cacerts", &DeleteParams::default()).await?;
+    istio_secrets(&clients[2])
+        .delete("cacerts", &DeleteParams::default())
+        .await?;
     let foreign = Secret {
-        metadata: kube::api::ObjectMeta { name: Some("cacerts".into()), ..Default::default() },
-        data: Some(BTreeMap::from([("ca-cert.pem".to_string(), ByteString(b"hand-made".to_vec()))])),
+        metadata: kube::api::ObjectMeta {
+            name: Some("cacerts".into()),
+            ..Default::default()
+        },
+        data: Some(BTreeMap::from([(
+            "ca-cert.pem".to_string(),
+            ByteString(b"hand-made".to_vec()),
+        )])),
         ..Default::default()
     };
-    istio_secrets(&clients[2]).create(&PostParams::default(), &foreign).await?;
+    istio_secrets(&clients[2])
+        .create(&PostParams::default(), &foreign)
+        .await?;
     apply_federation(&host, &fed).await?;
-    let blocked = wait_for_federation(&host, FED, WAIT, "CertificatesReady=False for the foreign cacerts", |f| {
-        has_condition(f, "CertificatesReady", "False")
-    })
+    let blocked = wait_for_federation(
+        &host,
+        FED,
+        WAIT,
+        "CertificatesReady=False for the foreign cacerts",
+        |f| has_condition(f, "CertificatesReady", "False"),
+    )
     .await?;
     let message = &condition(&blocked, "CertificatesReady").unwrap().message;
-    assert!(message.contains(&leaving) && message.contains("istio-system/cacerts") && message.contains("meshfed.io/adopt"), "{message}");
+    assert!(
+        message.contains(&leaving)
+            && message.contains("istio-system/cacerts")
+            && message.contains("meshfed.io/adopt"),
+        "{message}"
+    );
     let untouched = istio_secrets(&clients[2]).get("cacerts").await?;
-    assert_eq!(untouched.data, foreign.data, "foreign cacerts left byte-identical");
-    let others_ready = blocked.status.as_ref().unwrap().members.iter().filter(|m| m.ready).count();
+    assert_eq!(
+        untouched.data, foreign.data,
+        "foreign cacerts left byte-identical"
+    );
+    let others_ready = blocked
+        .status
+        .as_ref()
+        .unwrap()
+        .members
+        .iter()
+        .filter(|m| m.ready)
+        .count();
     assert_eq!(others_ready, 2, "the other members still converge");
     let mut adopt = untouched.clone();
-    adopt.metadata.annotations = Some(BTreeMap::from([("meshfed.io/adopt".to_string(), "true".to_string())]));
-    istio_secrets(&clients[2]).replace("cacerts", &PostParams::default(), &adopt).await?;
+    adopt.metadata.annotations = Some(BTreeMap::from([(
+        "meshfed.io/adopt".to_string(),
+        "true".to_string(),
+    )]));
+    istio_secrets(&clients[2])
+        .replace("cacerts", &PostParams::default(), &adopt)
+        .await?;
     wait_for_federation(&host, FED, WAIT, "Ready after adoption", ready).await?;
     let adopted = istio_secrets(&clients[2]).get("cacerts").await?;
     verify_cacerts(&adopted, &roots[0]).expect("adopted cacerts re-issued under the shared root");
@@ -228,7 +369,12 @@ async fn federation_lifecycle_on_three_real_clusters() -> Result<()> {
     })
     .await?;
     let down = fleet.cluster(1).name();
-    assert!(condition(&degraded, "MembersReachable").unwrap().message.contains(down));
+    assert!(
+        condition(&degraded, "MembersReachable")
+            .unwrap()
+            .message
+            .contains(down)
+    );
     assert!(has_condition(&degraded, "Ready", "False"));
     let st = degraded.status.as_ref().unwrap();
     for m in &st.members {
@@ -239,9 +385,14 @@ async fn federation_lifecycle_on_three_real_clusters() -> Result<()> {
     wait_for_federation(&host, FED, WAIT, "Ready after restart", ready).await?;
 
     // --- deleting the federation cleans every member up
-    Api::<MeshFederation>::all(host.clone()).delete(FED, &DeleteParams::default()).await?;
+    Api::<MeshFederation>::all(host.clone())
+        .delete(FED, &DeleteParams::default())
+        .await?;
     poll(WAIT, "federation deleted", || async {
-        Ok(Api::<MeshFederation>::all(host.clone()).get_opt(FED).await?.is_none())
+        Ok(Api::<MeshFederation>::all(host.clone())
+            .get_opt(FED)
+            .await?
+            .is_none())
     })
     .await?;
     for c in &clients {
@@ -261,36 +412,78 @@ async fn invalid_specs_are_rejected_by_the_api_server() -> Result<()> {
     install_operator_prerequisites(&host).await?;
     let c = fleet.cluster(0);
     let valid = federation("ok", vec![member(c, "net-a")]);
-    create_federation(&host, &valid).await.expect("a valid spec is accepted");
+    create_federation(&host, &valid)
+        .await
+        .expect("a valid spec is accepted");
 
     let mut cases: Vec<(&str, MeshFederation, &str)> = Vec::new();
-    cases.push(("duplicate names", federation("dup", vec![member(c, "a"), member(c, "b")]), "spec.members[].name must be unique"));
+    cases.push((
+        "duplicate names",
+        federation("dup", vec![member(c, "a"), member(c, "b")]),
+        "spec.members[].name must be unique",
+    ));
     let mut bad_name = member(c, "a");
     bad_name.name = "Not_A_Label".into();
-    cases.push(("non DNS-1123 name", federation("badname", vec![bad_name]), "spec.members[0].name"));
+    cases.push((
+        "non DNS-1123 name",
+        federation("badname", vec![bad_name]),
+        "spec.members[0].name",
+    ));
     cases.push(("no members", federation("empty", vec![]), "spec.members"));
     let mut both = member(c, "a");
     both.credentials.local = Some(Default::default());
-    cases.push(("two credentials", federation("both", vec![both]), "exactly one of credentials.secretRef or credentials.local"));
+    cases.push((
+        "two credentials",
+        federation("both", vec![both]),
+        "exactly one of credentials.secretRef or credentials.local",
+    ));
     let mut local = local_member(c, "a");
     local.api_server = None;
-    cases.push(("local without apiServer", federation("local", vec![local, member(fleet.cluster(0), "b")].into_iter().enumerate().map(|(i, mut m)| { m.name = format!("m{i}"); m }).collect()), "needs spec.members[].apiServer"));
+    cases.push((
+        "local without apiServer",
+        federation(
+            "local",
+            vec![local, member(fleet.cluster(0), "b")]
+                .into_iter()
+                .enumerate()
+                .map(|(i, mut m)| {
+                    m.name = format!("m{i}");
+                    m
+                })
+                .collect(),
+        ),
+        "needs spec.members[].apiServer",
+    ));
     let mut renew = federation("renew", vec![member(c, "a")]);
     renew.spec.ca = Some(meshfed::api::CaSpec {
         intermediate_lifetime: Some("24h".parse().unwrap()),
         renew_before: Some("48h".parse().unwrap()),
         ..Default::default()
     });
-    cases.push(("renewBefore >= lifetime", renew, "spec.ca.renewBefore must be shorter than spec.ca.intermediateLifetime"));
+    cases.push((
+        "renewBefore >= lifetime",
+        renew,
+        "spec.ca.renewBefore must be shorter than spec.ca.intermediateLifetime",
+    ));
     let mut short = federation("short", vec![member(c, "a")]);
-    short.spec.remote_secrets = Some(meshfed::api::RemoteSecretsSpec { token_lifetime: Some("1m".parse().unwrap()) });
-    cases.push(("token lifetime below TokenRequest minimum", short, "spec.remoteSecrets.tokenLifetime"));
+    short.spec.remote_secrets = Some(meshfed::api::RemoteSecretsSpec {
+        token_lifetime: Some("1m".parse().unwrap()),
+    });
+    cases.push((
+        "token lifetime below TokenRequest minimum",
+        short,
+        "spec.remoteSecrets.tokenLifetime",
+    ));
 
     for (what, fed, expected) in cases {
         match create_federation(&host, &fed).await {
             Err(kube::Error::Api(e)) => {
                 assert_eq!(e.code, 422, "{what}: {e:?}");
-                assert!(e.message.contains(expected), "{what}: message {:?} should name {expected:?}", e.message);
+                assert!(
+                    e.message.contains(expected),
+                    "{what}: message {:?} should name {expected:?}",
+                    e.message
+                );
             }
             other => panic!("{what}: expected rejection, got {other:?}"),
         }

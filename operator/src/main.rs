@@ -1,21 +1,28 @@
 //! meshfed-operator: reconciles MeshFederation resources.
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use clap::Parser;
 use kube::{Client, Config};
+use meshfed::leader::LeaderElector;
 use meshfed::reconcile::{Context, Settings, run};
+use meshfed::telemetry::{Health, serve};
+use tracing::{error, info};
 
 /// Joins Kubernetes clusters into one Istio multi-primary mesh: watches
 /// MeshFederation resources (group meshfed.io) and drives every member
 /// cluster's CA material, reader identity and remote secrets.
 ///
 /// Talks to the cluster it runs in through the in-cluster service account, or
-/// outside a cluster through $KUBECONFIG / ~/.kube/config.
+/// outside a cluster through $KUBECONFIG / ~/.kube/config. Every flag can also
+/// be set through the environment variable named in brackets.
 #[derive(Parser, Debug)]
 #[command(name = "meshfed-operator", version)]
 struct Args {
-    /// Namespace holding member kubeconfig Secrets and generated root CAs
-    /// (the operator's own namespace).
+    /// Namespace holding member kubeconfig Secrets, generated root CAs and the
+    /// leader-election Lease (the operator's own namespace).
     #[arg(long, env = "MESHFED_NAMESPACE", default_value = "meshfed-system")]
     namespace: String,
 
@@ -29,6 +36,32 @@ struct Args {
     #[arg(long, env = "MESHFED_MEMBER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     member_timeout: Duration,
 
+    /// Elect a leader through a Lease so that of several replicas only one
+    /// reconciles; the others stand by and take over when it stops.
+    #[arg(long, env = "MESHFED_LEADER_ELECT")]
+    leader_elect: bool,
+
+    /// Name of the leader-election Lease.
+    #[arg(
+        long,
+        env = "MESHFED_LEADER_LEASE",
+        default_value = "meshfed-operator-leader"
+    )]
+    leader_lease: String,
+
+    /// How long a leader's Lease stays valid without renewal; a standby takes
+    /// over at most this long after the leader dies (at once if it exits cleanly).
+    #[arg(long, env = "MESHFED_LEADER_LEASE_DURATION", default_value = "15s", value_parser = parse_duration)]
+    leader_lease_duration: Duration,
+
+    /// Identity in the Lease. Default: $POD_NAME, else the host name and process id.
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+
+    /// Address for /metrics (Prometheus), /healthz and /readyz.
+    #[arg(long, env = "MESHFED_METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    metrics_addr: SocketAddr,
+
     /// Log JSON lines instead of human-readable text.
     #[arg(long, env = "MESHFED_LOG_JSON")]
     log_json: bool,
@@ -38,8 +71,8 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     let d: kube::core::Duration = text
         .parse()
         .map_err(|e| format!("{e} (examples: 30s, 5m, 1h)"))?;
-    if d.is_negative() {
-        return Err("must not be negative".into());
+    if d.is_negative() || Duration::from(d).is_zero() {
+        return Err("must be positive".into());
     }
     Ok(d.into())
 }
@@ -50,12 +83,61 @@ async fn main() -> anyhow::Result<()> {
     meshfed::telemetry::init_logging(args.log_json);
     let config = Config::infer().await?;
     let client = Client::try_from(config.clone())?;
-    tracing::info!(namespace = %args.namespace, "meshfed-operator starting");
     let settings = Settings {
-        namespace: args.namespace,
+        namespace: args.namespace.clone(),
         resync: args.resync,
         member_timeout: args.member_timeout,
     };
-    run(Context::new(client, config, settings)?).await;
+    let ctx = Context::new(client.clone(), config, settings)?;
+    let health = Arc::new(Health::default());
+    let server = tokio::spawn(serve(args.metrics_addr, ctx.metrics(), health.clone()));
+
+    let version = client.apiserver_version().await?;
+    info!(namespace = %args.namespace, kubernetes = %version.git_version, "meshfed-operator starting");
+    health.ready.store(true, Ordering::Relaxed);
+
+    if !args.leader_elect {
+        tokio::select! {
+            () = run(ctx) => {}
+            r = server => error!(result = ?r, "metrics server stopped"),
+        }
+        return Ok(());
+    }
+    let identity = args.identity.unwrap_or_else(default_identity);
+    let elector = LeaderElector::new(
+        client,
+        &args.namespace,
+        &args.leader_lease,
+        identity,
+        args.leader_lease_duration,
+    );
+    tokio::select! {
+        () = elector.acquire() => {}
+        () = shutdown_signal() => return Ok(()),
+    }
+    tokio::select! {
+        () = run(ctx) => {}
+        () = elector.hold() => {
+            // Another replica may already be reconciling: stop at once.
+            error!("leadership lost; exiting so a fresh start can stand by");
+            std::process::exit(1);
+        }
+    }
+    elector.release().await;
     Ok(())
+}
+
+fn default_identity() -> String {
+    let host =
+        std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_else(|_| "meshfed".into());
+    format!("{}-{}", host.trim(), std::process::id())
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
 }

@@ -120,10 +120,10 @@ impl MemberPool {
             })?;
         let version = secret.metadata.resource_version.clone().unwrap_or_default();
         let cache_key = format!("{name}/{}", secret_ref.key());
-        if let Some((v, conn)) = self.cache.lock().expect("pool lock").get(&cache_key) {
-            if *v == version {
-                return Ok(conn.clone());
-            }
+        if let Some((v, conn)) = self.cache.lock().expect("pool lock").get(&cache_key)
+            && *v == version
+        {
+            return Ok(conn.clone());
         }
         let bytes = secret
             .data

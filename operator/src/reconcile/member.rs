@@ -189,14 +189,14 @@ async fn sync_cacerts(
     prepared: &mut PreparedMember,
 ) -> Result<(), kube::Error> {
     let live = secrets.get_opt(CACERTS).await?;
-    if let Some(live) = &live {
-        if !is_ours(&live.metadata, federation) {
-            prepared.report.certificate_problem = Some(format!(
-                "{ISTIO_NAMESPACE}/{CACERTS} exists and was not created by meshfed; it is left untouched. To let meshfed replace it with an intermediate of the federation's root, annotate it {}=true",
-                keys::ADOPT
-            ));
-            return Ok(());
-        }
+    if let Some(live) = &live
+        && !is_ours(&live.metadata, federation)
+    {
+        prepared.report.certificate_problem = Some(format!(
+            "{ISTIO_NAMESPACE}/{CACERTS} exists and was not created by meshfed; it is left untouched. To let meshfed replace it with an intermediate of the federation's root, annotate it {}=true",
+            keys::ADOPT
+        ));
+        return Ok(());
     }
     let trust_bundle = root.cert_pem.as_str();
     let existing = live.as_ref().and_then(cacerts_bundle);

@@ -27,7 +27,7 @@ use crate::api::{CertificateStatus, MeshFederation, MeshFederationStatus};
 use crate::members::MemberPool;
 use crate::pki::IntermediatePolicy;
 use crate::render::{FIELD_MANAGER, reader_name};
-use crate::telemetry::RequestCount;
+use crate::telemetry::{Metrics, ReconcileResult, RequestCount};
 use member::{PreparedMember, prepare_member};
 use status::{MemberReport, build_status};
 
@@ -99,6 +99,7 @@ pub struct Context {
     recorder: Recorder,
     failures: Mutex<HashMap<String, u32>>,
     stats: Mutex<HashMap<String, ReconcileStats>>,
+    metrics: Arc<Metrics>,
 }
 
 impl Context {
@@ -119,7 +120,13 @@ impl Context {
             settings,
             failures: Mutex::default(),
             stats: Mutex::default(),
+            metrics: Arc::default(),
         }))
+    }
+
+    /// The operator's Prometheus metrics.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.metrics.clone()
     }
 
     /// Figures of the last finished reconcile of `federation`.
@@ -197,15 +204,22 @@ fn uses_secret(fed: &MeshFederation, secret: &str) -> bool {
 }
 
 async fn reconcile(fed: Arc<MeshFederation>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let name = fed.name_any();
     let api = Api::<MeshFederation>::all(ctx.client.clone());
-    finalizer(&api, FINALIZER, fed, |event| async {
+    let result = finalizer(&api, FINALIZER, fed, |event| async {
         match event {
             Finalizer::Apply(fed) => converge(&fed, &ctx).await,
             Finalizer::Cleanup(fed) => clean_up(&fed, &ctx).await,
         }
     })
     .await
-    .map_err(|e| Error::Finalizer(Box::new(e)))
+    .map_err(|e| Error::Finalizer(Box::new(e)));
+    if result.is_err() {
+        ctx.metrics
+            .reconciled(&name, ReconcileResult::Error, started.elapsed());
+    }
+    result
 }
 
 fn error_policy(fed: Arc<MeshFederation>, error: &Error, ctx: Arc<Context>) -> Action {
@@ -296,6 +310,7 @@ async fn converge(fed: &MeshFederation, ctx: &Context) -> Result<Action, Error> 
     reports.extend(leave_departed(fed, ctx, &mut events).await);
 
     let status = build_status(fed.metadata.generation, reports, root_status, previous, now);
+    ctx.metrics.members(&name, previous, &status, now);
     let ready = status
         .conditions
         .iter()
@@ -304,6 +319,12 @@ async fn converge(fed: &MeshFederation, ctx: &Context) -> Result<Action, Error> 
         patch_status(ctx, &name, &status).await?;
     }
     ctx.publish(fed, events).await;
+    let result = if ready {
+        ReconcileResult::Ready
+    } else {
+        ReconcileResult::NotReady
+    };
+    ctx.metrics.reconciled(&name, result, started.elapsed());
 
     let stats = ReconcileStats {
         duration: started.elapsed(),
@@ -429,7 +450,7 @@ async fn clean_up(fed: &MeshFederation, ctx: &Context) -> Result<Action, Error> 
         let outcome = match ctx.members.connect(creds).await {
             Ok(conn) => tokio::time::timeout(
                 ctx.settings.member_timeout,
-                cleanup::remove_from_member(&conn.client, &name, policy),
+                cleanup::remove_from_member(&conn.client, name, policy),
             )
             .await
             .map_err(|_| "no answer".to_string())
@@ -455,6 +476,7 @@ async fn clean_up(fed: &MeshFederation, ctx: &Context) -> Result<Action, Error> 
             Err(e) => return Err(e.into()),
         }
     }
+    ctx.metrics.forget_federation(name, fed.status.as_ref());
     info!(federation = %name, "cleaned up every member");
     Ok(Action::await_change())
 }

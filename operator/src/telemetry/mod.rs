@@ -1,7 +1,12 @@
-//! Observability plumbing kept out of the reconcile logic.
+//! Observability plumbing kept out of the reconcile logic: logs, metrics,
+//! health endpoints, request counting.
+mod metrics;
 mod request_counter;
+mod server;
 
+pub use metrics::{Metrics, ReconcileResult};
 pub use request_counter::{RequestCount, RequestCounter};
+pub use server::{Health, serve};
 
 /// Installs the global tracing subscriber: human-readable, or JSON lines.
 pub fn init_logging(json: bool) {

@@ -1,0 +1,214 @@
+//! The real `meshfed-operator` binary: two replicas elect one leader through
+//! a Lease, the standby takes over when the leader dies, /metrics, /healthz
+//! and /readyz answer, and no secret material reaches the logs.
+use std::net::{SocketAddr, TcpListener};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::Result;
+use e2e::Fleet;
+use e2e::mesh::*;
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::Api;
+use meshfed::api::RemoteSecretsSpec;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+struct Operator {
+    child: Child,
+    metrics: SocketAddr,
+    log: std::path::PathBuf,
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_addr() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+fn start(
+    binary: &std::path::Path,
+    kubeconfig: &std::path::Path,
+    identity: &str,
+    dir: &std::path::Path,
+) -> Operator {
+    let metrics = free_addr();
+    let log = dir.join(format!("{identity}.log"));
+    let child = Command::new(binary)
+        .args([
+            "--leader-elect",
+            "--leader-lease-duration",
+            "3s",
+            "--resync",
+            "2s",
+            "--member-timeout",
+            "3s",
+        ])
+        .args([
+            "--identity",
+            identity,
+            "--metrics-addr",
+            &metrics.to_string(),
+            "--namespace",
+            OPERATOR_NAMESPACE,
+        ])
+        .env("KUBECONFIG", kubeconfig)
+        .env(
+            "RUST_LOG",
+            "debug,hyper=info,tower=info,rustls=info,h2=info",
+        )
+        .stdout(Stdio::from(std::fs::File::create(&log).unwrap()))
+        .stderr(Stdio::from(
+            std::fs::File::create(dir.join(format!("{identity}.stderr"))).unwrap(),
+        ))
+        .spawn()
+        .unwrap();
+    Operator {
+        child,
+        metrics,
+        log,
+    }
+}
+
+async fn lease_holder(client: &kube::Client) -> Option<String> {
+    let lease = Api::<Lease>::namespaced(client.clone(), OPERATOR_NAMESPACE)
+        .get_opt("meshfed-operator-leader")
+        .await
+        .ok()??;
+    lease.spec?.holder_identity
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_one_leader_and_a_takeover() -> Result<()> {
+    let binary = operator_binary()?;
+    let fleet = Fleet::start(2).await?;
+    let _logs = fleet.log_guard();
+    let host = fleet.cluster(0).client();
+    install_operator_prerequisites(&host).await?;
+    store_credentials(&host, fleet.cluster(1)).await?;
+    let kubeconfig = fleet.cluster(0).kubeconfig_path().to_path_buf();
+
+    let a = start(&binary, &kubeconfig, "op-a", fleet.dir());
+    poll(WAIT, "op-a leads", || async {
+        Ok(lease_holder(&host).await.as_deref() == Some("op-a"))
+    })
+    .await?;
+    let mut b = start(&binary, &kubeconfig, "op-b", fleet.dir());
+    poll(WAIT, "op-b ready (standing by)", || async {
+        Ok(http_get(b.metrics, "/readyz").await?.0 == 200)
+    })
+    .await?;
+    assert_eq!(http_get(b.metrics, "/healthz").await?.0, 200);
+
+    let fed = federation(
+        "prod",
+        vec![
+            local_member(fleet.cluster(0), "net-a"),
+            member(fleet.cluster(1), "net-b"),
+        ],
+    );
+    apply_federation(&host, &fed).await?;
+    wait_for_federation(&host, "prod", WAIT, "Ready", |f| {
+        has_condition(f, "Ready", "True")
+    })
+    .await?;
+    assert_eq!(
+        lease_holder(&host).await.as_deref(),
+        Some("op-a"),
+        "the leader stays put"
+    );
+
+    let (_, leader_metrics) = http_get(a.metrics, "/metrics").await?;
+    for needle in [
+        r#"meshfed_reconciles_total{federation="prod",result="ready"}"#,
+        "meshfed_reconcile_duration_seconds_bucket",
+        r#"meshfed_member_reachable{federation="prod",member="cluster-1"} 1"#,
+        r#"meshfed_intermediate_expiry_seconds{federation="prod",member="cluster-0"}"#,
+        r#"meshfed_remote_secret_token_expiry_seconds{federation="prod",member="cluster-1"}"#,
+    ] {
+        assert!(
+            leader_metrics.contains(needle),
+            "leader /metrics lacks {needle}:\n{leader_metrics}"
+        );
+    }
+    let (_, standby_metrics) = http_get(b.metrics, "/metrics").await?;
+    assert!(
+        !standby_metrics.contains("meshfed_reconciles_total{"),
+        "the standby must not reconcile:\n{standby_metrics}"
+    );
+
+    // The leader dies without releasing the Lease: the standby takes over once it expires.
+    let mut a = a;
+    a.child.kill()?;
+    a.child.wait()?;
+    poll(WAIT, "op-b takes over", || async {
+        Ok(lease_holder(&host).await.as_deref() == Some("op-b"))
+    })
+    .await?;
+    let mut changed = fed.clone();
+    changed.spec.remote_secrets = Some(RemoteSecretsSpec {
+        token_lifetime: Some("2h".parse().unwrap()),
+    });
+    apply_federation(&host, &changed).await?;
+    let after = wait_for_federation(
+        &host,
+        "prod",
+        WAIT,
+        "new generation reconciled by op-b",
+        |f| has_condition(f, "Ready", "True"),
+    )
+    .await?;
+    assert!(after.metadata.generation > Some(1));
+    let (_, b_metrics) = http_get(b.metrics, "/metrics").await?;
+    assert!(b_metrics.contains(r#"meshfed_reconciles_total{federation="prod",result="ready"}"#));
+
+    // A clean stop releases the Lease at once.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(b.child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )?;
+    b.child.wait()?;
+    poll(Duration::from_secs(10), "lease released", || async {
+        Ok(lease_holder(&host).await.is_none())
+    })
+    .await?;
+
+    // Nothing secret in any log line, even at debug level.
+    let secrets = Api::<k8s_openapi::api::core::v1::Secret>::namespaced(
+        fleet.cluster(1).client(),
+        "istio-system",
+    );
+    let cacerts = secrets.get("cacerts").await?;
+    let key = String::from_utf8(cacerts.data.unwrap()["ca-key.pem"].0.clone())?;
+    let key_line = key.lines().nth(1).unwrap().to_string();
+    for log in [&a.log, &b.log] {
+        let text = std::fs::read_to_string(log)?;
+        assert!(
+            text.contains("reconciled"),
+            "{} has no reconcile lines",
+            log.display()
+        );
+        for forbidden in [
+            "PRIVATE KEY",
+            "eyJhbGci",
+            "client-key-data",
+            "token:",
+            key_line.as_str(),
+        ] {
+            assert!(
+                !text.contains(forbidden),
+                "{} contains {forbidden:?}",
+                log.display()
+            );
+        }
+    }
+    Ok(())
+}

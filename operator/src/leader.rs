@@ -1,0 +1,248 @@
+//! Leader election on a coordination.k8s.io Lease, so that of several
+//! replicas exactly one reconciles at a time.
+use std::time::Duration;
+
+use jiff::Timestamp;
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use kube::api::{ObjectMeta, PostParams};
+use kube::{Api, Client};
+use tracing::{info, warn};
+
+/// One candidate for the lease.
+pub struct LeaderElector {
+    api: Api<Lease>,
+    lease: String,
+    identity: String,
+    lease_duration: Duration,
+}
+
+/// What a look at the lease says.
+#[derive(Debug, PartialEq, Eq)]
+enum Claim {
+    /// We may take or renew it (with this lease as the base).
+    Take,
+    /// Someone else holds it and is renewing.
+    Held(String),
+}
+
+/// Pure decision: may `identity` take `lease` at `now`?
+fn claim(lease: &LeaseSpec, identity: &str, now: Timestamp) -> Claim {
+    let holder = lease.holder_identity.clone().unwrap_or_default();
+    if holder.is_empty() || holder == identity {
+        return Claim::Take;
+    }
+    let duration =
+        jiff::SignedDuration::from_secs(lease.lease_duration_seconds.unwrap_or(15).into());
+    let renewed = lease
+        .renew_time
+        .as_ref()
+        .map(|t| t.0)
+        .unwrap_or(Timestamp::UNIX_EPOCH);
+    if renewed
+        .checked_add(duration)
+        .is_ok_and(|expiry| expiry < now)
+    {
+        Claim::Take
+    } else {
+        Claim::Held(holder)
+    }
+}
+
+impl LeaderElector {
+    /// A candidate named `identity` for Lease `namespace/lease`.
+    pub fn new(
+        client: Client,
+        namespace: &str,
+        lease: &str,
+        identity: String,
+        lease_duration: Duration,
+    ) -> Self {
+        Self {
+            api: Api::namespaced(client, namespace),
+            lease: lease.into(),
+            identity,
+            lease_duration,
+        }
+    }
+
+    /// Waits until this candidate holds the lease.
+    pub async fn acquire(&self) {
+        let mut logged_holder = String::new();
+        loop {
+            match self.try_acquire().await {
+                Ok(None) => {
+                    info!(identity = %self.identity, lease = %self.lease, "became leader");
+                    return;
+                }
+                Ok(Some(holder)) => {
+                    if holder != logged_holder {
+                        info!(leader = %holder, "standing by while another replica leads");
+                        logged_holder = holder;
+                    }
+                }
+                Err(e) => warn!(error = %e, "leader election attempt failed"),
+            }
+            tokio::time::sleep(self.retry_period()).await;
+        }
+    }
+
+    /// Renews the lease until renewal fails; returns when leadership is lost.
+    pub async fn hold(&self) {
+        let deadline = self.lease_duration;
+        let mut last_renewal = tokio::time::Instant::now();
+        loop {
+            tokio::time::sleep(self.retry_period()).await;
+            match self.try_acquire().await {
+                Ok(None) => last_renewal = tokio::time::Instant::now(),
+                Ok(Some(holder)) => {
+                    warn!(leader = %holder, "lost the lease to another replica");
+                    return;
+                }
+                Err(e) => {
+                    warn!(error = %e, "renewing the lease failed");
+                    if last_renewal.elapsed() >= deadline {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Gives the lease up so a standby takes over at once.
+    pub async fn release(&self) {
+        if let Ok(Some(mut lease)) = self.api.get_opt(&self.lease).await {
+            let spec = lease.spec.get_or_insert_default();
+            if spec.holder_identity.as_deref() == Some(&self.identity) {
+                spec.holder_identity = None;
+                if let Err(e) = self
+                    .api
+                    .replace(&self.lease, &PostParams::default(), &lease)
+                    .await
+                {
+                    warn!(error = %e, "releasing the lease failed");
+                }
+            }
+        }
+    }
+
+    fn retry_period(&self) -> Duration {
+        self.lease_duration / 3
+    }
+
+    /// Takes or renews the lease; `Some(holder)` when someone else holds it.
+    async fn try_acquire(&self) -> Result<Option<String>, kube::Error> {
+        let now = Timestamp::now();
+        let mine = |previous: Option<&LeaseSpec>| {
+            let changed =
+                previous.is_none_or(|p| p.holder_identity.as_deref() != Some(&self.identity));
+            LeaseSpec {
+                holder_identity: Some(self.identity.clone()),
+                lease_duration_seconds: Some(self.lease_duration.as_secs() as i32),
+                acquire_time: if changed {
+                    Some(MicroTime(now))
+                } else {
+                    previous.and_then(|p| p.acquire_time.clone())
+                },
+                renew_time: Some(MicroTime(now)),
+                lease_transitions: Some(
+                    previous.and_then(|p| p.lease_transitions).unwrap_or(0)
+                        + i32::from(changed && previous.is_some()),
+                ),
+                ..LeaseSpec::default()
+            }
+        };
+        let Some(mut lease) = self.api.get_opt(&self.lease).await? else {
+            let lease = Lease {
+                metadata: ObjectMeta {
+                    name: Some(self.lease.clone()),
+                    ..ObjectMeta::default()
+                },
+                spec: Some(mine(None)),
+            };
+            return match self.api.create(&PostParams::default(), &lease).await {
+                Ok(_) => Ok(None),
+                Err(kube::Error::Api(e)) if e.code == 409 => Ok(Some("another replica".into())),
+                Err(e) => Err(e),
+            };
+        };
+        let current = lease.spec.clone().unwrap_or_default();
+        if let Claim::Held(holder) = claim(&current, &self.identity, now) {
+            return Ok(Some(holder));
+        }
+        lease.spec = Some(mine(Some(&current)));
+        // replace carries the resourceVersion we read: a racing replica gets a 409.
+        match self
+            .api
+            .replace(&self.lease, &PostParams::default(), &lease)
+            .await
+        {
+            Ok(_) => Ok(None),
+            Err(kube::Error::Api(e)) if e.code == 409 => Ok(Some("another replica".into())),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lease(holder: Option<&str>, renewed: &str) -> LeaseSpec {
+        LeaseSpec {
+            holder_identity: holder.map(Into::into),
+            lease_duration_seconds: Some(15),
+            renew_time: Some(MicroTime(renewed.parse().unwrap())),
+            ..LeaseSpec::default()
+        }
+    }
+
+    fn t(s: &str) -> Timestamp {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn a_fresh_lease_of_another_holder_is_respected() {
+        let l = lease(Some("b"), "2026-01-01T00:00:00Z");
+        assert_eq!(
+            claim(&l, "a", t("2026-01-01T00:00:15Z")),
+            Claim::Held("b".into())
+        );
+    }
+
+    #[test]
+    fn an_expired_released_or_own_lease_can_be_taken() {
+        assert_eq!(
+            claim(
+                &lease(Some("b"), "2026-01-01T00:00:00Z"),
+                "a",
+                t("2026-01-01T00:00:15.001Z")
+            ),
+            Claim::Take
+        );
+        assert_eq!(
+            claim(
+                &lease(None, "2026-01-01T00:00:00Z"),
+                "a",
+                t("2026-01-01T00:00:01Z")
+            ),
+            Claim::Take
+        );
+        assert_eq!(
+            claim(
+                &lease(Some(""), "2026-01-01T00:00:00Z"),
+                "a",
+                t("2026-01-01T00:00:01Z")
+            ),
+            Claim::Take
+        );
+        assert_eq!(
+            claim(
+                &lease(Some("a"), "2026-01-01T00:00:00Z"),
+                "a",
+                t("2026-01-01T00:00:01Z")
+            ),
+            Claim::Take
+        );
+    }
+}

@@ -1,0 +1,245 @@
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::api::MeshFederationStatus;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReconcileLabels {
+    federation: String,
+    /// ready, not_ready or error.
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MemberLabels {
+    federation: String,
+    member: String,
+}
+
+/// Outcome of one reconcile, as counted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReconcileResult {
+    Ready,
+    NotReady,
+    Error,
+}
+
+/// meshfed's Prometheus metrics.
+pub struct Metrics {
+    registry: Registry,
+    reconciles: Family<ReconcileLabels, Counter>,
+    reconcile_duration: Family<ReconcileLabels, Histogram, fn() -> Histogram>,
+    member_reachable: Family<MemberLabels, Gauge>,
+    member_ready: Family<MemberLabels, Gauge>,
+    intermediate_expiry: Family<MemberLabels, Gauge<f64, AtomicU64>>,
+    token_expiry: Family<MemberLabels, Gauge<f64, AtomicU64>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("meshfed");
+        let reconciles = Family::default();
+        registry.register(
+            "reconciles",
+            "Reconciles of a federation by result (ready, not_ready, error)",
+            reconciles.clone(),
+        );
+        let reconcile_duration: Family<ReconcileLabels, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(duration_histogram);
+        registry.register(
+            "reconcile_duration_seconds",
+            "Time one reconcile took, by result",
+            reconcile_duration.clone(),
+        );
+        let member_reachable = Family::default();
+        registry.register(
+            "member_reachable",
+            "1 when the member's API server answered in the last reconcile",
+            member_reachable.clone(),
+        );
+        let member_ready = Family::default();
+        registry.register(
+            "member_ready",
+            "1 when everything meshfed manages in the member is in place",
+            member_ready.clone(),
+        );
+        let intermediate_expiry = Family::default();
+        registry.register(
+            "intermediate_expiry_seconds",
+            "Seconds until the member's intermediate CA expires",
+            intermediate_expiry.clone(),
+        );
+        let token_expiry = Family::default();
+        registry.register(
+            "remote_secret_token_expiry_seconds",
+            "Seconds until the earliest token in the member's remote secrets expires",
+            token_expiry.clone(),
+        );
+        Self {
+            registry,
+            reconciles,
+            reconcile_duration,
+            member_reachable,
+            member_ready,
+            intermediate_expiry,
+            token_expiry,
+        }
+    }
+}
+
+/// 10 ms to ~80 s.
+fn duration_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.01, 2.0, 14))
+}
+
+impl Metrics {
+    /// Counts one reconcile.
+    pub fn reconciled(&self, federation: &str, result: ReconcileResult, took: Duration) {
+        let labels = ReconcileLabels {
+            federation: federation.into(),
+            result: match result {
+                ReconcileResult::Ready => "ready",
+                ReconcileResult::NotReady => "not_ready",
+                ReconcileResult::Error => "error",
+            },
+        };
+        self.reconciles.get_or_create(&labels).inc();
+        self.reconcile_duration
+            .get_or_create(&labels)
+            .observe(took.as_secs_f64());
+    }
+
+    /// Sets the per-member gauges from a freshly built status, dropping the
+    /// series of members that are gone.
+    pub fn members(
+        &self,
+        federation: &str,
+        previous: Option<&MeshFederationStatus>,
+        current: &MeshFederationStatus,
+        now: Timestamp,
+    ) {
+        let labels = |member: &str| MemberLabels {
+            federation: federation.into(),
+            member: member.into(),
+        };
+        for gone in previous
+            .iter()
+            .flat_map(|s| &s.members)
+            .filter(|m| !current.members.iter().any(|c| c.name == m.name))
+        {
+            self.forget_member(&labels(&gone.name));
+        }
+        let seconds_until = |t: Timestamp| t.duration_since(now).as_secs_f64();
+        for m in &current.members {
+            let l = labels(&m.name);
+            self.member_reachable
+                .get_or_create(&l)
+                .set(i64::from(m.reachable));
+            self.member_ready.get_or_create(&l).set(i64::from(m.ready));
+            if let Some(i) = &m.intermediate {
+                self.intermediate_expiry
+                    .get_or_create(&l)
+                    .set(seconds_until(i.not_after.0));
+            }
+            if let Some(t) = &m.token_expiry {
+                self.token_expiry.get_or_create(&l).set(seconds_until(t.0));
+            }
+        }
+    }
+
+    /// Drops every series of a deleted federation's members.
+    pub fn forget_federation(&self, federation: &str, status: Option<&MeshFederationStatus>) {
+        for m in status.iter().flat_map(|s| &s.members) {
+            self.forget_member(&MemberLabels {
+                federation: federation.into(),
+                member: m.name.clone(),
+            });
+        }
+    }
+
+    fn forget_member(&self, l: &MemberLabels) {
+        self.member_reachable.remove(l);
+        self.member_ready.remove(l);
+        self.intermediate_expiry.remove(l);
+        self.token_expiry.remove(l);
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{CertificateStatus, MemberStatus};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+    fn status(members: &[(&str, bool)]) -> MeshFederationStatus {
+        MeshFederationStatus {
+            members: members
+                .iter()
+                .map(|(n, up)| MemberStatus {
+                    name: n.to_string(),
+                    reachable: *up,
+                    ready: *up,
+                    intermediate: Some(CertificateStatus {
+                        serial: "01".into(),
+                        not_after: Time("2026-01-02T00:00:00Z".parse().unwrap()),
+                    }),
+                    ..MemberStatus::default()
+                })
+                .collect(),
+            ..MeshFederationStatus::default()
+        }
+    }
+
+    #[test]
+    fn exposition_has_prefixed_conventional_names() {
+        let m = Metrics::default();
+        m.reconciled("prod", ReconcileResult::Ready, Duration::from_millis(20));
+        m.members(
+            "prod",
+            None,
+            &status(&[("a", true), ("b", false)]),
+            "2026-01-01T00:00:00Z".parse().unwrap(),
+        );
+        let text = m.encode();
+        assert!(
+            text.contains(r#"meshfed_reconciles_total{federation="prod",result="ready"} 1"#),
+            "{text}"
+        );
+        assert!(text.contains("meshfed_reconcile_duration_seconds_bucket"));
+        assert!(text.contains(r#"meshfed_member_reachable{federation="prod",member="b"} 0"#));
+        assert!(
+            text.contains(
+                r#"meshfed_intermediate_expiry_seconds{federation="prod",member="a"} 86400"#
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn departed_members_lose_their_series() {
+        let m = Metrics::default();
+        let now = "2026-01-01T00:00:00Z".parse().unwrap();
+        let before = status(&[("a", true), ("b", true)]);
+        m.members("prod", None, &before, now);
+        m.members("prod", Some(&before), &status(&[("a", true)]), now);
+        assert!(!m.encode().contains(r#"member="b""#));
+        m.forget_federation("prod", Some(&status(&[("a", true)])));
+        assert!(!m.encode().contains(r#"member="a""#));
+    }
+}
