@@ -20,6 +20,7 @@ use crate::render::{
     CACERTS, ISTIO_NAMESPACE, PeerEndpoint, cacerts_bundle, is_ours, keys, render_cacerts,
     render_istio_namespace, render_reader_identity,
 };
+use crate::telemetry::RequestCount;
 
 /// A member after the per-member step.
 pub struct PreparedMember {
@@ -28,6 +29,8 @@ pub struct PreparedMember {
     pub connection: Option<MemberConnection>,
     /// Where peers reach it (known even when it is down).
     pub endpoint: Result<PeerEndpoint, String>,
+    /// The member's request counter when this reconcile started with it.
+    pub request_baseline: RequestCount,
     /// Every `istio/multiCluster` Secret in its istio-system, by name.
     pub multicluster_secrets: BTreeMap<String, Secret>,
     pub report: MemberReport,
@@ -48,6 +51,7 @@ pub async fn prepare_member(
         name: member.name.clone(),
         connection: None,
         endpoint: Err("credentials not usable".into()),
+        request_baseline: RequestCount::default(),
         multicluster_secrets: BTreeMap::new(),
         report: MemberReport::new(&member.name),
         events: Vec::new(),
@@ -60,6 +64,7 @@ pub async fn prepare_member(
             return prepared;
         }
     };
+    prepared.request_baseline = conn.requests.snapshot();
     prepared.endpoint = conn.peer_endpoint(member);
     if let Err(e) = &prepared.endpoint {
         prepared.report.other_problems.push(e.clone());

@@ -83,10 +83,11 @@ impl Event {
     }
 }
 
-/// What the last reconcile of a federation cost, per member.
+/// What the last reconcile of a federation cost.
 #[derive(Clone, Debug, Default)]
 pub struct ReconcileStats {
     pub duration: Duration,
+    /// API requests this reconcile sent to each reachable member.
     pub requests: HashMap<String, RequestCount>,
     pub ready: bool,
 }
@@ -331,14 +332,19 @@ async fn converge(fed: &MeshFederation, ctx: &Context) -> Result<Action, Error> 
         requests: prepared
             .iter()
             .filter_map(|p| {
-                p.connection
-                    .as_ref()
-                    .map(|c| (p.name.clone(), c.requests.snapshot()))
+                let conn = p.connection.as_ref()?;
+                Some((
+                    p.name.clone(),
+                    conn.requests.snapshot().since(p.request_baseline),
+                ))
             })
             .collect(),
         ready,
     };
     info!(federation = %name, ready, members = spec.members.len(), elapsed_ms = stats.duration.as_millis() as u64, "reconciled");
+    for (member, count) in &stats.requests {
+        ctx.metrics.member_requests(&name, member, *count);
+    }
     ctx.stats
         .lock()
         .expect("stats lock")

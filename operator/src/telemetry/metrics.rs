@@ -10,6 +10,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::api::MeshFederationStatus;
+use crate::telemetry::RequestCount;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReconcileLabels {
@@ -41,6 +42,15 @@ pub struct Metrics {
     member_ready: Family<MemberLabels, Gauge>,
     intermediate_expiry: Family<MemberLabels, Gauge<f64, AtomicU64>>,
     token_expiry: Family<MemberLabels, Gauge<f64, AtomicU64>>,
+    member_requests: Family<RequestLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    federation: String,
+    member: String,
+    /// read (GET) or write (everything else).
+    kind: &'static str,
 }
 
 impl Default for Metrics {
@@ -83,7 +93,14 @@ impl Default for Metrics {
             "Seconds until the earliest token in the member's remote secrets expires",
             token_expiry.clone(),
         );
+        let member_requests = Family::default();
+        registry.register(
+            "member_api_requests",
+            "API requests sent to a member's API server while reconciling, by kind (read, write)",
+            member_requests.clone(),
+        );
         Self {
+            member_requests,
             registry,
             reconciles,
             reconcile_duration,
@@ -152,6 +169,18 @@ impl Metrics {
             if let Some(t) = &m.token_expiry {
                 self.token_expiry.get_or_create(&l).set(seconds_until(t.0));
             }
+        }
+    }
+
+    /// Counts the requests one reconcile sent to a member.
+    pub fn member_requests(&self, federation: &str, member: &str, count: RequestCount) {
+        for (kind, n) in [("read", count.reads), ("write", count.writes)] {
+            let labels = RequestLabels {
+                federation: federation.into(),
+                member: member.into(),
+                kind,
+            };
+            self.member_requests.get_or_create(&labels).inc_by(n);
         }
     }
 
