@@ -8,7 +8,9 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=versions.env
 source "$here/versions.env"
 
-key="$( (cat "$here/versions.env" "$here/build-tools.sh"; go env GOVERSION) | sha256sum | cut -c1-16)"
+# Bump when the recipe below changes in a way that changes the binaries.
+recipe=1
+key="$(echo "$recipe $KUBERNETES_VERSION $ETCD_VERSION $KWOK_VERSION $(go env GOVERSION)" | sha256sum | cut -c1-16)"
 cache_root="${MESHFED_TESTBED_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/meshfed/testbed}"
 root="$cache_root/$key"
 bin="$root/bin"

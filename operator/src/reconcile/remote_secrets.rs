@@ -298,6 +298,7 @@ mod tests {
             name: name.into(),
             connection,
             endpoint: Ok(endpoint(name)),
+            request_baseline: Default::default(),
             multicluster_secrets: secrets
                 .into_iter()
                 .map(|s| (s.metadata.name.clone().unwrap(), s))
