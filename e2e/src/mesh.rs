@@ -68,7 +68,12 @@ pub fn credentials_secret_name(cluster: &Cluster) -> String {
 
 /// Stores `cluster`'s admin kubeconfig where the operator looks for it.
 pub async fn store_credentials(host: &Client, cluster: &Cluster) -> Result<()> {
-    let name = credentials_secret_name(cluster);
+    store_credentials_as(host, cluster, &credentials_secret_name(cluster)).await
+}
+
+/// Stores `cluster`'s admin kubeconfig in the operator namespace as Secret `name`.
+pub async fn store_credentials_as(host: &Client, cluster: &Cluster, name: &str) -> Result<()> {
+    let name = name.to_string();
     let secret = Secret {
         metadata: kube::api::ObjectMeta {
             name: Some(name.clone()),
