@@ -108,6 +108,8 @@ pub fn member(cluster: &Cluster, network: &str) -> Member {
             local: None,
         },
         api_server: None,
+        control_plane_values: None,
+        east_west_gateway: None,
     }
 }
 
@@ -124,6 +126,8 @@ pub fn local_member(cluster: &Cluster, network: &str) -> Member {
             url: cluster.server_url().into(),
             ca_bundle: Some(cluster.ca_pem().into()),
         }),
+        control_plane_values: None,
+        east_west_gateway: None,
     }
 }
 
@@ -137,6 +141,7 @@ pub fn federation(name: &str, members: Vec<Member>) -> MeshFederation {
             members,
             ca: None,
             remote_secrets: None,
+            control_plane: None,
         },
     )
 }
@@ -159,11 +164,17 @@ pub fn start_operator(
     resync: Duration,
     member_timeout: Duration,
 ) -> Result<RunningOperator> {
-    let settings = Settings {
-        namespace: OPERATOR_NAMESPACE.into(),
+    let mut settings = Settings {
         resync,
         member_timeout,
+        ..Settings::new(OPERATOR_NAMESPACE)
     };
+    if let Some(helm) = std::env::var_os("MESHFED_HELM") {
+        settings.helm = helm.into();
+    }
+    if let Some(dir) = std::env::var_os("MESHFED_CHARTS_DIR") {
+        settings.charts_dir = dir.into();
+    }
     let context = Context::new(host.client(), host.kube_config(), settings)?;
     let task = tokio::spawn(meshfed::reconcile::run(context.clone()));
     Ok(RunningOperator { context, task })
@@ -225,10 +236,10 @@ pub async fn wait_for_federation(
     let start = Instant::now();
     loop {
         let fed = api.get_opt(name).await?;
-        if let Some(fed) = &fed {
-            if pred(fed) {
-                return Ok(fed.clone());
-            }
+        if let Some(fed) = &fed
+            && pred(fed)
+        {
+            return Ok(fed.clone());
         }
         if start.elapsed() > timeout {
             let status = fed

@@ -1,5 +1,6 @@
 //! meshfed: joins Kubernetes clusters into one Istio multi-primary mesh.
 pub mod api;
+pub mod charts;
 pub mod leader;
 pub mod members;
 pub mod pki;

@@ -62,6 +62,16 @@ struct Args {
     #[arg(long, env = "MESHFED_METRICS_ADDR", default_value = "0.0.0.0:8080")]
     metrics_addr: SocketAddr,
 
+    /// Istio chart sets for `spec.controlPlane`, one directory per Istio
+    /// version, each holding Istio's `manifests/charts` layout (base,
+    /// istio-control/istio-discovery, gateway).
+    #[arg(long, env = "MESHFED_CHARTS_DIR", default_value = "/charts")]
+    charts_dir: std::path::PathBuf,
+
+    /// The helm binary used to render Istio's charts (`helm template`).
+    #[arg(long, env = "MESHFED_HELM", default_value = "helm")]
+    helm: std::path::PathBuf,
+
     /// Log JSON lines instead of human-readable text.
     #[arg(long, env = "MESHFED_LOG_JSON")]
     log_json: bool,
@@ -87,6 +97,8 @@ async fn main() -> anyhow::Result<()> {
         namespace: args.namespace.clone(),
         resync: args.resync,
         member_timeout: args.member_timeout,
+        helm: args.helm,
+        charts_dir: args.charts_dir,
     };
     let ctx = Context::new(client.clone(), config, settings)?;
     let health = Arc::new(Health::default());

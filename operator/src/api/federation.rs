@@ -67,6 +67,88 @@ pub struct MeshFederationSpec {
     /// Remote secrets: the kubeconfigs that let each member's istiod read its peers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub remote_secrets: Option<RemoteSecretsSpec>,
+
+    /// Istio's control plane in every member. Unset: meshfed installs nothing
+    /// and does not look at istiod (CA material and remote secrets only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub control_plane: Option<ControlPlaneSpec>,
+}
+
+/// How Istio's control plane gets into each member.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.mode == 'External' || has(self.version)").message("spec.controlPlane.version is required when spec.controlPlane.mode is Managed"))]
+pub struct ControlPlaneSpec {
+    /// Managed: meshfed installs Istio's official charts (base, istiod, and the
+    /// gateway chart for east-west gateways). External: you install Istio;
+    /// meshfed wires CA, remote secrets and gateways and reports istiod's health.
+    pub mode: ControlPlaneMode,
+
+    /// Istio version to install (Managed): the chart set the operator carries
+    /// under `--charts-dir/<version>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63), regex(pattern = "^[A-Za-z0-9._-]+$"))]
+    pub version: Option<String>,
+
+    /// Helm values for the istiod chart in every member (Managed), under
+    /// meshfed's own (meshID, clusterName, network, trust domain and
+    /// ISTIO_MULTIROOT_MESH always win).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "free_form")]
+    pub values: Option<serde_json::Value>,
+
+    /// East-west gateways. Default: one per member when members span more than
+    /// one network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub east_west_gateway: Option<EastWestGatewaySpec>,
+}
+
+/// Who installs Istio.
+#[derive(
+    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default,
+)]
+pub enum ControlPlaneMode {
+    /// meshfed installs and upgrades Istio from its official charts.
+    #[default]
+    Managed,
+    /// You install Istio; meshfed reads istiod's health.
+    External,
+}
+
+/// East-west gateway settings.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct EastWestGatewaySpec {
+    /// Always (true) or never (false) give members a gateway. Default: when
+    /// members span more than one network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    /// Service type of the gateway: LoadBalancer (default), NodePort or ClusterIP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_type: Option<GatewayServiceType>,
+    /// Gateway replicas. Default: 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
+    pub replicas: Option<i32>,
+}
+
+/// Service type of an east-west gateway.
+#[derive(
+    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default,
+)]
+pub enum GatewayServiceType {
+    #[default]
+    LoadBalancer,
+    NodePort,
+    ClusterIP,
+}
+
+/// Any JSON object (Helm values).
+fn free_form(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "x-kubernetes-preserve-unknown-fields": true,
+    })
 }
 
 /// One member cluster of the federation.
@@ -91,6 +173,16 @@ pub struct Member {
     /// peers). Written into the remote secrets for this member.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_server: Option<ApiServerEndpoint>,
+
+    /// Helm values for this member's istiod, over spec.controlPlane.values.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "free_form")]
+    pub control_plane_values: Option<serde_json::Value>,
+
+    /// Give this member an east-west gateway even when all members share one
+    /// network (true), or never (false).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub east_west_gateway: Option<bool>,
 }
 
 /// Credentials for a member: exactly one of `secretRef` or `local`.
@@ -241,6 +333,15 @@ pub struct MemberStatus {
     /// Kubernetes version reported by the member's API server.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kubernetes_version: Option<String>,
+    /// Istio version meshfed installed (Managed) in the member.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub istio_version: Option<String>,
+    /// Whether istiod is available in the member (when spec.controlPlane is set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub control_plane_ready: Option<bool>,
+    /// Address of the member's east-west gateway Service, once it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway_address: Option<String>,
     /// The member's intermediate CA (from its `cacerts`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub intermediate: Option<CertificateStatus>,
@@ -291,6 +392,21 @@ impl MeshFederationSpec {
             .as_ref()
             .and_then(|r| r.token_lifetime)
             .map_or(defaults::TOKEN_LIFETIME, Into::into)
+    }
+
+    /// Whether `member` gets an east-west gateway: its own wish, the spec's, or
+    /// by default when members span more than one network.
+    pub fn wants_gateway(&self, member: &Member) -> bool {
+        let Some(cp) = &self.control_plane else {
+            return false;
+        };
+        let spec_wide = cp.east_west_gateway.as_ref().and_then(|g| g.enabled);
+        let networks: std::collections::BTreeSet<&str> =
+            self.members.iter().map(|m| m.network.as_str()).collect();
+        member
+            .east_west_gateway
+            .or(spec_wide)
+            .unwrap_or(networks.len() > 1)
     }
 
     /// The member with this name.

@@ -11,6 +11,7 @@ use kube::api::ListParams;
 use kube::{Api, ResourceExt};
 
 use super::apply::{Applied, Ownership, ensure, write};
+use super::control_plane::sync_control_plane;
 use super::status::MemberReport;
 use super::{Context, Event};
 use crate::api::{CertificateStatus, Member, MeshFederation};
@@ -69,7 +70,7 @@ pub async fn prepare_member(
     if let Err(e) = &prepared.endpoint {
         prepared.report.other_problems.push(e.clone());
     }
-    let work = sync_member(&conn, fed, member, root, policy, now, &mut prepared);
+    let work = sync_member(ctx, &conn, fed, member, root, policy, now, &mut prepared);
     match tokio::time::timeout(ctx.settings.member_timeout, work).await {
         Ok(Ok(())) => {
             prepared.report.status.reachable = true;
@@ -97,7 +98,9 @@ pub fn unreachable_reason(e: &kube::Error) -> String {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn sync_member(
+    ctx: &Context,
     conn: &MemberConnection,
     fed: &MeshFederation,
     member: &Member,
@@ -172,6 +175,33 @@ async fn sync_member(
 
     let secrets = Api::<Secret>::namespaced(client.clone(), ISTIO_NAMESPACE);
     sync_cacerts(&secrets, &federation, member, root, policy, now, prepared).await?;
+
+    let certificates_ready = prepared.report.certificate_problem.is_none();
+    let version = prepared
+        .report
+        .status
+        .kubernetes_version
+        .clone()
+        .unwrap_or_default();
+    let cp = sync_control_plane(
+        ctx,
+        &client,
+        &federation,
+        &fed.spec,
+        member,
+        &version,
+        certificates_ready,
+    )
+    .await?;
+    if fed.spec.control_plane.is_some() {
+        let status = &mut prepared.report.status;
+        status.istio_version = cp.istio_version;
+        status.control_plane_ready = Some(cp.ready);
+        status.gateway_address = cp.gateway.as_ref().and_then(|g| g.address.clone());
+        prepared.report.control_plane_problem = cp.problem;
+        prepared.report.gateway_expected = cp.gateway.is_some();
+        prepared.report.gateway_problem = cp.gateway.and_then(|g| g.problem);
+    }
 
     let multicluster = secrets
         .list(&ListParams::default().labels(&format!("{}=true", keys::MULTICLUSTER)))

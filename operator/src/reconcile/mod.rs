@@ -1,6 +1,7 @@
 //! The controller: reads the federation, drives every member, writes status.
 mod apply;
 mod cleanup;
+mod control_plane;
 mod member;
 mod remote_secrets;
 mod root;
@@ -45,6 +46,23 @@ pub struct Settings {
     pub resync: Duration,
     /// Give up on a member's step after this long.
     pub member_timeout: Duration,
+    /// The `helm` binary that renders Istio's charts.
+    pub helm: std::path::PathBuf,
+    /// Istio chart sets, one directory per version (`<dir>/<version>/base`, ...).
+    pub charts_dir: std::path::PathBuf,
+}
+
+impl Settings {
+    /// The defaults `meshfed-operator --help` shows, for the given namespace.
+    pub fn new(namespace: impl Into<String>) -> Self {
+        Self {
+            namespace: namespace.into(),
+            resync: Duration::from_secs(60),
+            member_timeout: Duration::from_secs(10),
+            helm: "helm".into(),
+            charts_dir: "/charts".into(),
+        }
+    }
 }
 
 /// Errors that fail a whole reconcile (member problems go to status instead).
@@ -97,6 +115,8 @@ pub struct Context {
     client: Client,
     settings: Settings,
     members: MemberPool,
+    charts: crate::charts::ChartRenderer,
+    kinds: control_plane::KindCache,
     recorder: Recorder,
     failures: Mutex<HashMap<String, u32>>,
     stats: Mutex<HashMap<String, ReconcileStats>>,
@@ -117,6 +137,11 @@ impl Context {
         Ok(Arc::new(Self {
             recorder: Recorder::new(client.clone(), reporter),
             members: MemberPool::new(settings.namespace.clone(), config, settings.member_timeout)?,
+            charts: crate::charts::ChartRenderer::new(
+                settings.helm.clone(),
+                settings.charts_dir.clone(),
+            ),
+            kinds: Default::default(),
             client,
             settings,
             failures: Mutex::default(),

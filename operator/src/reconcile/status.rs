@@ -13,6 +13,10 @@ pub const MEMBERS_REACHABLE: &str = "MembersReachable";
 pub const CERTIFICATES_READY: &str = "CertificatesReady";
 /// Every member holds a current remote secret for every peer.
 pub const REMOTE_SECRETS_READY: &str = "RemoteSecretsReady";
+/// istiod available in every member (only when spec.controlPlane is set).
+pub const CONTROL_PLANES_READY: &str = "ControlPlanesReady";
+/// Every member that should have an east-west gateway has one with an address.
+pub const GATEWAYS_READY: &str = "GatewaysReady";
 
 /// What one reconcile learnt about one member.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -27,6 +31,12 @@ pub struct MemberReport {
     pub remote_secret_problems: Vec<String>,
     /// Anything else (reader identity, namespace, cleanup).
     pub other_problems: Vec<String>,
+    /// Why istiod is not in place (when meshfed manages or watches it).
+    pub control_plane_problem: Option<String>,
+    /// Whether the member should have an east-west gateway.
+    pub gateway_expected: bool,
+    /// Why its east-west gateway is not in place.
+    pub gateway_problem: Option<String>,
 }
 
 impl MemberReport {
@@ -47,6 +57,8 @@ impl MemberReport {
             .chain(&self.certificate_problem)
             .chain(&self.remote_secret_problems)
             .chain(&self.other_problems)
+            .chain(&self.control_plane_problem)
+            .chain(&self.gateway_problem)
     }
 
     fn is_ready(&self) -> bool {
@@ -152,7 +164,53 @@ pub fn build_status(
             remote_problems.join("; ")
         },
     );
-    let all_ready = unreachable.is_empty() && certs_ok && secrets_ok && other_problems.is_empty();
+    let in_spec_reports = || reports.iter().filter(|r| !r.status.leaving);
+    let mut control_planes_ok = true;
+    if in_spec_reports().any(|r| r.status.control_plane_ready.is_some()) {
+        let problems = member_problems(in_spec_reports(), |r| r.control_plane_problem.clone());
+        control_planes_ok = problems.is_empty();
+        conditions.set(
+            CONTROL_PLANES_READY,
+            control_planes_ok,
+            if control_planes_ok {
+                "IstiodAvailable"
+            } else {
+                "ControlPlanesNotReady"
+            },
+            &if control_planes_ok {
+                format!("istiod available in all {in_spec} members")
+            } else {
+                problems.join("; ")
+            },
+        );
+    }
+    let mut gateways_ok = true;
+    if in_spec_reports().any(|r| r.gateway_expected) {
+        let problems = member_problems(in_spec_reports().filter(|r| r.gateway_expected), |r| {
+            r.gateway_problem.clone()
+        });
+        gateways_ok = problems.is_empty();
+        conditions.set(
+            GATEWAYS_READY,
+            gateways_ok,
+            if gateways_ok {
+                "GatewaysAvailable"
+            } else {
+                "GatewaysNotReady"
+            },
+            &if gateways_ok {
+                "every east-west gateway is available and has an address".to_string()
+            } else {
+                problems.join("; ")
+            },
+        );
+    }
+    let all_ready = unreachable.is_empty()
+        && certs_ok
+        && secrets_ok
+        && control_planes_ok
+        && gateways_ok
+        && other_problems.is_empty();
     let (ready_reason, ready_detail) = if all_ready {
         ("Ready", String::new())
     } else if !unreachable.is_empty() {
@@ -161,6 +219,16 @@ pub fn build_status(
         (certs_reason, certs_message.clone())
     } else if !secrets_ok {
         ("RemoteSecretsNotReady", remote_problems.join("; "))
+    } else if !control_planes_ok {
+        (
+            "ControlPlanesNotReady",
+            member_problems(reports.iter(), |r| r.control_plane_problem.clone()).join("; "),
+        )
+    } else if !gateways_ok {
+        (
+            "GatewaysNotReady",
+            member_problems(reports.iter(), |r| r.gateway_problem.clone()).join("; "),
+        )
     } else {
         ("MembersNotReady", other_problems.join("; "))
     };
@@ -191,6 +259,21 @@ pub fn build_status(
         root: root.ok(),
         members,
     }
+}
+
+/// "member: problem" for every report with one; unreachable members count
+/// as "unreachable".
+fn member_problems<'a>(
+    reports: impl Iterator<Item = &'a MemberReport>,
+    problem: impl Fn(&MemberReport) -> Option<String>,
+) -> Vec<String> {
+    reports
+        .filter_map(|r| {
+            let p =
+                problem(r).or_else(|| r.unreachable.as_ref().map(|_| "unreachable".to_string()))?;
+            Some(format!("{}: {p}", r.status.name))
+        })
+        .collect()
 }
 
 /// Builds conditions, carrying `lastTransitionTime` over from the previous status.

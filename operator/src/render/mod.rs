@@ -1,6 +1,7 @@
 //! What each member should contain: pure functions from the federation spec,
 //! member facts and PKI material to Kubernetes objects. No I/O here.
 mod cacerts;
+pub mod control_plane;
 mod kubeconfig;
 mod namespace;
 mod reader;

@@ -1,0 +1,1213 @@
+//! Packaging: the Helm chart, the kustomize tree in config/, and the Argo CD
+//! health check.
+//!
+//! * the chart lints, its schema rejects bad values, and its values reach the
+//!   rendered Deployment;
+//! * `kubectl kustomize config/default` renders the same objects as `helm
+//!   template` (names, namespaces, RBAC rules, the container);
+//! * both render to objects a real API server accepts (server-side dry-run),
+//!   and `helm install` brings the Deployment to Available under the
+//!   restricted Pod Security Standard;
+//! * the operator, authenticated as the chart's ServiceAccount (not admin),
+//!   takes a two-member federation (itself a `local` member) to Ready and
+//!   cleans it up, and is refused what the chart does not grant;
+//! * deploy/argocd/health.lua gives the expected health for every fixture.
+//!
+//! Needs `helm` (built by e2e/testbed/build-helm.sh), the test bed's kubectl
+//! (e2e/testbed/build-tools.sh) and `lua5.1` (`apt-get install lua5.1`).
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, ensure};
+use base64::Engine;
+use e2e::Fleet;
+use e2e::mesh::{
+    OPERATOR_NAMESPACE, credentials_secret_name, federation, has_condition, local_member, member,
+    poll, store_credentials, wait_for_federation,
+};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
+use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::api::rbac::v1::ClusterRole;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Api, Client, Config};
+use meshfed::api::MeshFederation;
+use meshfed::reconcile::{Context, Settings, run as run_operator};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+const RELEASE: &str = "meshfed";
+const FULLNAME: &str = "meshfed-operator";
+const ISTIO_NAMESPACE: &str = "istio-system";
+
+// ---------------------------------------------------------------------------
+// Tools and rendering
+// ---------------------------------------------------------------------------
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn chart_dir() -> PathBuf {
+    workspace().join("charts/meshfed-operator")
+}
+
+/// Output of a script that prints one path (cold caches build; slow once).
+fn script_output(script: &str) -> PathBuf {
+    let out = Command::new("bash")
+        .arg(workspace().join(script))
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap_or_else(|e| panic!("running {script}: {e}"));
+    assert!(out.status.success(), "{script} failed");
+    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+}
+
+/// helm, built by e2e/testbed/build-helm.sh at the pinned version.
+fn helm_path() -> &'static Path {
+    static HELM: OnceLock<PathBuf> = OnceLock::new();
+    HELM.get_or_init(|| script_output("e2e/testbed/build-helm.sh"))
+}
+
+/// The test bed's kubectl (kustomize built in).
+fn kubectl_path() -> &'static Path {
+    static KUBECTL: OnceLock<PathBuf> = OnceLock::new();
+    KUBECTL.get_or_init(|| {
+        let bin = std::env::var_os(e2e::fleet::tools::BIN_ENV)
+            .filter(|d| !d.is_empty())
+            .map(PathBuf::from)
+            .unwrap_or_else(|| script_output("e2e/testbed/build-tools.sh"));
+        bin.join("kubectl")
+    })
+}
+
+/// Helm's own state (repositories, cache, plugins) in a throwaway directory,
+/// so tests never read or write the user's.
+fn helm_home() -> &'static Path {
+    static HOME: OnceLock<tempfile::TempDir> = OnceLock::new();
+    HOME.get_or_init(|| tempfile::tempdir().unwrap()).path()
+}
+
+/// Runs a program; Ok(stdout) on success, Err(stdout + stderr) otherwise.
+fn run(program: &Path, args: &[&str], stdin: Option<&str>) -> Result<String, String> {
+    let home = helm_home();
+    let mut child = Command::new(program)
+        .args(args)
+        .current_dir(workspace())
+        .env("HELM_CACHE_HOME", home.join("cache"))
+        .env("HELM_CONFIG_HOME", home.join("config"))
+        .env("HELM_DATA_HOME", home.join("data"))
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {}: {e}", program.display()));
+    if let Some(input) = stdin {
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    if out.status.success() {
+        Ok(stdout)
+    } else {
+        Err(format!(
+            "{} {} failed ({}):\n{stdout}\n{}",
+            program.display(),
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+fn helm(args: &[&str]) -> Result<String, String> {
+    run(helm_path(), args, None)
+}
+
+fn kubectl(args: &[&str], stdin: Option<&str>) -> Result<String, String> {
+    run(kubectl_path(), args, stdin)
+}
+
+/// `helm template meshfed charts/meshfed-operator -n meshfed-system` plus `extra`.
+fn helm_template(extra: &[&str]) -> String {
+    let chart = chart_dir();
+    let mut args = vec![
+        "template",
+        RELEASE,
+        chart.to_str().unwrap(),
+        "--namespace",
+        OPERATOR_NAMESPACE,
+    ];
+    args.extend_from_slice(extra);
+    helm(&args).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn kustomize(dir: &str) -> String {
+    kubectl(&["kustomize", dir], None).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Every non-empty document of a YAML stream, as JSON.
+fn documents(yaml: &str) -> Vec<Value> {
+    serde_yaml::Deserializer::from_str(yaml)
+        .map(|doc| Value::deserialize(doc).expect("valid YAML"))
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+/// kind/namespace/name, e.g. `Role/istio-system/meshfed-member`.
+fn key(obj: &Value) -> String {
+    format!(
+        "{}/{}/{}",
+        obj["kind"].as_str().unwrap(),
+        obj["metadata"]["namespace"].as_str().unwrap_or(""),
+        obj["metadata"]["name"].as_str().unwrap()
+    )
+}
+
+fn by_key(objects: Vec<Value>) -> BTreeMap<String, Value> {
+    let mut map = BTreeMap::new();
+    for o in objects {
+        let k = key(&o);
+        assert!(map.insert(k.clone(), o).is_none(), "{k} rendered twice");
+    }
+    map
+}
+
+fn find<'a>(objects: &'a [Value], kind: &str, name: &str) -> Option<&'a Value> {
+    objects
+        .iter()
+        .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
+}
+
+fn container(objects: &[Value]) -> &Value {
+    &find(objects, "Deployment", FULLNAME).expect("the Deployment")["spec"]["template"]["spec"]["containers"]
+        [0]
+}
+
+fn args(objects: &[Value]) -> Vec<String> {
+    container(objects)["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_string())
+        .collect()
+}
+
+// ---------------------------------------------------------------------------
+// Chart: lint, schema, values
+// ---------------------------------------------------------------------------
+
+#[test]
+fn chart_lints_and_its_schema_rejects_bad_values() {
+    let started = Instant::now();
+    let chart = chart_dir();
+    let chart = chart.to_str().unwrap();
+    let lint = helm(&["lint", "--strict", chart]).unwrap_or_else(|e| panic!("{e}"));
+    assert!(lint.contains("0 chart(s) failed"), "{lint}");
+    // Every optional template switched on lints too.
+    helm(&[
+        "lint",
+        "--strict",
+        chart,
+        "--set",
+        "replicaCount=3,metrics.serviceMonitor.enabled=true,podDisruptionBudget.enabled=true,logJson=true",
+    ])
+    .unwrap_or_else(|e| panic!("{e}"));
+
+    for (set, complaint) in [
+        ("resync=5 minutes", "/resync"),
+        ("resync=0s", "/resync"),
+        ("memberTimeout=10", "/memberTimeout"),
+        ("replicaCount=0", "/replicaCount"),
+        ("replicas=2", "additional properties 'replicas'"),
+        ("image.pullPolicy=Sometimes", "/image/pullPolicy"),
+        ("image.digest=latest", "/image/digest"),
+        ("metrics.port=80", "/metrics/port"),
+        ("rbac.localMember=maybe", "/rbac/localMember"),
+        (
+            "leaderElection.leaseName=Not_A_Name",
+            "/leaderElection/leaseName",
+        ),
+        ("serviceAccount.name=Bad Name", "/serviceAccount/name"),
+        (
+            "podDisruptionBudget.minAvailable=lots",
+            "/podDisruptionBudget/minAvailable",
+        ),
+    ] {
+        let err = helm(&["template", "x", chart, "--set", set])
+            .expect_err(&format!("--set {set} must be rejected"));
+        assert!(
+            err.contains("values don't meet the specifications of the schema")
+                && err.contains(complaint),
+            "--set {set}: expected a schema error about {complaint}, got:\n{err}"
+        );
+    }
+    let err = helm(&[
+        "template",
+        "x",
+        chart,
+        "--set",
+        "podDisruptionBudget.enabled=true,podDisruptionBudget.maxUnavailable=1",
+    ])
+    .expect_err("minAvailable and maxUnavailable together");
+    assert!(
+        err.contains("set only one of minAvailable and maxUnavailable"),
+        "{err}"
+    );
+
+    // Defaults: one replica, no leader election, Recreate so two pods never
+    // reconcile at once; only the default objects.
+    let defaults = documents(&helm_template(&[]));
+    assert_eq!(
+        args(&defaults),
+        [
+            "--metrics-addr=0.0.0.0:8080",
+            "--resync=60s",
+            "--member-timeout=10s"
+        ]
+    );
+    let deployment = find(&defaults, "Deployment", FULLNAME).unwrap();
+    assert_eq!(deployment["spec"]["replicas"], 1);
+    assert_eq!(deployment["spec"]["strategy"]["type"], "Recreate");
+    assert_eq!(
+        container(&defaults)["image"],
+        "ghcr.io/meshfed/meshfed-operator:0.1.0",
+        "image tag defaults to appVersion"
+    );
+    for kind in ["ServiceMonitor", "PodDisruptionBudget"] {
+        assert!(
+            !defaults.iter().any(|o| o["kind"] == kind),
+            "{kind} is opt-in"
+        );
+    }
+    assert!(find(&defaults, "ClusterRole", "meshfed-member").is_some());
+
+    // More replicas turn leader election on, and the rollout keeps one leading.
+    let ha = documents(&helm_template(&[
+        "--set",
+        "replicaCount=2,resync=5m,memberTimeout=3s,logJson=true,leaderElection.leaseDuration=20s",
+    ]));
+    assert_eq!(
+        args(&ha),
+        [
+            "--metrics-addr=0.0.0.0:8080",
+            "--resync=5m",
+            "--member-timeout=3s",
+            "--leader-elect",
+            "--leader-lease=meshfed-operator-leader",
+            "--leader-lease-duration=20s",
+            "--log-json"
+        ]
+    );
+    let deployment = find(&ha, "Deployment", FULLNAME).unwrap();
+    assert_eq!(deployment["spec"]["replicas"], 2);
+    assert_eq!(deployment["spec"]["strategy"]["type"], "RollingUpdate");
+    // Or it is asked for with one replica.
+    let forced = documents(&helm_template(&["--set", "leaderElection.enabled=true"]));
+    assert!(args(&forced).contains(&"--leader-elect".to_string()));
+
+    // The Lease Role is limited to the configured Lease.
+    let renamed = documents(&helm_template(&["--set", "leaderElection.leaseName=other"]));
+    let lease_role = find(&renamed, "Role", "meshfed-operator-leader-election").unwrap();
+    assert_eq!(lease_role["rules"][1]["resourceNames"], json!(["other"]));
+
+    // Optional objects.
+    let extras = documents(&helm_template(&[
+        "--set",
+        "metrics.serviceMonitor.enabled=true,metrics.serviceMonitor.labels.release=prom",
+        "--set",
+        "podDisruptionBudget.enabled=true,replicaCount=2,metrics.port=9090",
+    ]));
+    let sm = find(&extras, "ServiceMonitor", FULLNAME).expect("ServiceMonitor");
+    assert_eq!(sm["metadata"]["labels"]["release"], "prom");
+    assert_eq!(sm["spec"]["endpoints"][0]["port"], "metrics");
+    let pdb = find(&extras, "PodDisruptionBudget", FULLNAME).expect("PDB");
+    assert_eq!(pdb["spec"]["minAvailable"], 1);
+    assert_eq!(container(&extras)["ports"][0]["containerPort"], 9090);
+    assert_eq!(
+        find(&extras, "Service", "meshfed-operator-metrics").unwrap()["spec"]["ports"][0]["port"],
+        9090
+    );
+    assert!(args(&extras).contains(&"--metrics-addr=0.0.0.0:9090".to_string()));
+
+    // Without the local member, no member-side permissions at all.
+    let remote_only = documents(&helm_template(&["--set", "rbac.localMember=false"]));
+    let member_objects: Vec<String> = remote_only
+        .iter()
+        .filter(|o| serde_json::to_string(o).unwrap().contains("meshfed-member"))
+        .map(key)
+        .collect();
+    assert!(member_objects.is_empty(), "{member_objects:?}");
+    assert!(
+        !remote_only
+            .iter()
+            .any(|o| o["metadata"]["namespace"] == ISTIO_NAMESPACE),
+        "nothing in istio-system without rbac.localMember"
+    );
+
+    // `helm install meshfed` and `helm install meshfed-operator` both name
+    // things meshfed-operator; other release names prefix it.
+    let other = helm(&["template", "prod", chart]).unwrap();
+    assert!(other.contains("name: prod-meshfed-operator"));
+    eprintln!("chart lint/schema/values: {:?}", started.elapsed());
+}
+
+/// The operator's own rules hold no wildcard, and the rules a member needs
+/// mirror the reader role meshfed creates (RBAC escalation prevention).
+#[test]
+fn rbac_is_least_privilege_and_covers_the_reader_role() {
+    let objects = documents(&helm_template(&[]));
+    for (kind, name) in [
+        ("ClusterRole", "meshfed-operator"),
+        ("Role", "meshfed-operator"),
+        ("Role", "meshfed-operator-leader-election"),
+        ("Role", "meshfed-operator-events"),
+        ("Role", "meshfed-member"),
+    ] {
+        let role = find(&objects, kind, name).unwrap_or_else(|| panic!("{kind} {name}"));
+        let text = serde_json::to_string(&role["rules"]).unwrap();
+        assert!(!text.contains('*'), "{kind} {name} has a wildcard: {text}");
+    }
+    // Secrets only in the operator's namespace and istio-system, never cluster-wide.
+    for o in objects.iter().filter(|o| o["kind"] == "ClusterRole") {
+        for rule in o["rules"].as_array().unwrap() {
+            let core = rule["apiGroups"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|g| g == "");
+            let resources = rule["resources"].as_array().unwrap();
+            assert!(
+                !core || !resources.iter().any(|r| r == "secrets" || r == "*"),
+                "{} grants Secrets cluster-wide",
+                key(o)
+            );
+        }
+    }
+    let events = find(&objects, "Role", "meshfed-operator-events").unwrap();
+    assert_eq!(events["metadata"]["namespace"], "default");
+
+    // Every rule of the reader role must be held by the member ClusterRole.
+    let member: Vec<k8s_openapi::api::rbac::v1::PolicyRule> = serde_json::from_value(
+        find(&objects, "ClusterRole", "meshfed-member").unwrap()["rules"].clone(),
+    )
+    .unwrap();
+    let reader = meshfed::render::render_reader_identity("prod");
+    for rule in reader.cluster_role.rules.unwrap() {
+        for group in rule.api_groups.clone().unwrap() {
+            for resource in rule.resources.clone().unwrap() {
+                for verb in &rule.verbs {
+                    let held = member.iter().any(|m| {
+                        m.resource_names.is_none()
+                            && m.api_groups.as_ref().unwrap().contains(&group)
+                            && m.resources.as_ref().unwrap().contains(&resource)
+                            && m.verbs.contains(verb)
+                    });
+                    assert!(
+                        held,
+                        "meshfed-member lacks {verb} {group}/{resource}, which the reader role grants"
+                    );
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// kustomize == helm
+// ---------------------------------------------------------------------------
+
+/// What must agree between kustomize and Helm for one object (everything but
+/// labels and annotations Helm adds).
+fn essence(obj: &Value) -> Value {
+    match obj["kind"].as_str().unwrap() {
+        "ClusterRole" | "Role" => obj["rules"].clone(),
+        "ClusterRoleBinding" | "RoleBinding" => {
+            json!({"roleRef": obj["roleRef"], "subjects": obj["subjects"]})
+        }
+        "Deployment" => {
+            let spec = &obj["spec"];
+            let pod = &spec["template"]["spec"];
+            json!({
+                "replicas": spec["replicas"],
+                "strategy": spec["strategy"],
+                "selector": spec["selector"],
+                "podLabels": {
+                    "app.kubernetes.io/name": spec["template"]["metadata"]["labels"]["app.kubernetes.io/name"],
+                    "app.kubernetes.io/instance": spec["template"]["metadata"]["labels"]["app.kubernetes.io/instance"],
+                },
+                "serviceAccountName": pod["serviceAccountName"],
+                "automountServiceAccountToken": pod["automountServiceAccountToken"],
+                "podSecurityContext": pod["securityContext"],
+                "volumes": pod["volumes"],
+                "containers": pod["containers"],
+            })
+        }
+        "Service" => obj["spec"].clone(),
+        "CustomResourceDefinition" => obj["spec"].clone(),
+        "ServiceAccount" => json!({}),
+        other => panic!("unexpected kind {other}"),
+    }
+}
+
+#[test]
+fn kustomize_default_renders_what_helm_template_renders() {
+    let started = Instant::now();
+    let kustomized = by_key(documents(&kustomize("config/default")));
+    let helmed = by_key(documents(&helm_template(&["--include-crds"])));
+
+    let k_keys: BTreeSet<_> = kustomized.keys().cloned().collect();
+    let h_keys: BTreeSet<_> = helmed.keys().cloned().collect();
+    // Helm creates the namespace itself (--create-namespace); kustomize ships it.
+    let only_kustomize: Vec<_> = k_keys.difference(&h_keys).collect();
+    let only_helm: Vec<_> = h_keys.difference(&k_keys).collect();
+    assert_eq!(
+        only_kustomize,
+        ["Namespace//meshfed-system"],
+        "objects only kustomize renders"
+    );
+    assert!(
+        only_helm.is_empty(),
+        "objects only Helm renders: {only_helm:?}"
+    );
+
+    for (k, h) in &helmed {
+        let kz = &kustomized[k];
+        assert_eq!(
+            essence(kz),
+            essence(h),
+            "{k} differs between config/default and the chart"
+        );
+    }
+    eprintln!(
+        "{} objects agree; kustomize == helm in {:?}",
+        helmed.len(),
+        started.elapsed()
+    );
+
+    // The member roles for remote clusters are the chart's member roles.
+    let member = by_key(documents(&kustomize("config/member-rbac")));
+    for k in [
+        "ClusterRole//meshfed-member",
+        "Role/istio-system/meshfed-member",
+    ] {
+        assert_eq!(
+            member[k]["rules"], helmed[k]["rules"],
+            "{k}: config/member-rbac and the chart disagree"
+        );
+    }
+    let binding = &member["ClusterRoleBinding//meshfed-member"];
+    assert_eq!(
+        binding["subjects"],
+        json!([{"kind": "ServiceAccount", "name": "meshfed-member", "namespace": "istio-system"}])
+    );
+    let sample = documents(&kustomize("config/samples"));
+    assert_eq!(sample.len(), 1);
+    let fed: MeshFederation = serde_json::from_value(sample[0].clone()).unwrap();
+    assert_eq!(fed.metadata.name.as_deref(), Some("prod"));
+    let names: Vec<_> = fed.spec.members.iter().map(|m| m.name.as_str()).collect();
+    assert_eq!(names, ["east", "west", "central"]);
+}
+
+// ---------------------------------------------------------------------------
+// Argo CD health check
+// ---------------------------------------------------------------------------
+
+/// A Lua string literal for arbitrary text (bytes outside printable ASCII as
+/// `\ddd`, which Lua 5.1 understands).
+fn lua_string(s: &str) -> String {
+    let mut out = String::from("\"");
+    for b in s.bytes() {
+        match b {
+            b'\\' => out.push_str("\\\\"),
+            b'"' => out.push_str("\\\""),
+            0x20..=0x7e => out.push(b as char),
+            _ => out.push_str(&format!("\\{b:03}")),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// A Lua table constructor for a JSON value, as Argo CD hands `obj` to the script.
+fn lua_value(v: &Value) -> String {
+    match v {
+        Value::Null => "nil".into(),
+        Value::Bool(b) => b.to_string(),
+        Value::Number(n) => n.to_string(),
+        Value::String(s) => lua_string(s),
+        Value::Array(items) => format!(
+            "{{{}}}",
+            items.iter().map(lua_value).collect::<Vec<_>>().join(", ")
+        ),
+        Value::Object(fields) => format!(
+            "{{{}}}",
+            fields
+                .iter()
+                .map(|(k, v)| format!("[{}] = {}", lua_string(k), lua_value(v)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+/// Runs `script` on `obj` with lua5.1 the way Argo CD does: `obj` global, the
+/// script returns the health table. Returns (status, message).
+fn lua_health(script: &Path, obj: &Value) -> (String, String) {
+    let program = format!(
+        "obj = {}\nlocal check = assert(loadfile({}))\nlocal hs = check()\nio.write(tostring(hs.status), \"\\0\", tostring(hs.message))\n",
+        lua_value(obj),
+        lua_string(script.to_str().unwrap())
+    );
+    let mut child = match Command::new("lua5.1")
+        .arg("-")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+    {
+        Ok(c) => c,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!(
+            "lua5.1 is not installed: `apt-get install -y lua5.1` (Argo CD runs health \
+             checks in a Lua 5.1, so the check is tested with one)"
+        ),
+        Err(e) => panic!("starting lua5.1: {e}"),
+    };
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(program.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "lua5.1 failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let (status, message) = text.split_once('\0').expect("status and message");
+    (status.into(), message.into())
+}
+
+#[derive(Deserialize)]
+struct HealthTests {
+    tests: Vec<HealthTest>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct HealthTest {
+    input_path: String,
+    health_status: ExpectedHealth,
+}
+
+#[derive(Deserialize)]
+struct ExpectedHealth {
+    status: String,
+    message: String,
+}
+
+#[test]
+fn argocd_health_check_gives_the_expected_health_for_every_fixture() {
+    let dir = workspace().join("deploy/argocd");
+    let script = dir.join("health.lua");
+    let tests: HealthTests =
+        serde_yaml::from_str(&std::fs::read_to_string(dir.join("health_test.yaml")).unwrap())
+            .unwrap();
+    // Every fixture is listed, so none sits there untested.
+    let listed: BTreeSet<String> = tests.tests.iter().map(|t| t.input_path.clone()).collect();
+    let on_disk: BTreeSet<String> = std::fs::read_dir(dir.join("testdata"))
+        .unwrap()
+        .map(|e| format!("testdata/{}", e.unwrap().file_name().to_string_lossy()))
+        .collect();
+    assert_eq!(listed, on_disk, "health_test.yaml must list every fixture");
+    let mut seen = BTreeSet::new();
+    for t in &tests.tests {
+        let text = std::fs::read_to_string(dir.join(&t.input_path)).unwrap();
+        let obj: Value = serde_yaml::from_str(&text).unwrap();
+        // Fixtures are real MeshFederations, not free-form YAML.
+        serde_json::from_value::<MeshFederation>(obj.clone())
+            .unwrap_or_else(|e| panic!("{} is not a MeshFederation: {e}", t.input_path));
+        let (status, message) = lua_health(&script, &obj);
+        assert_eq!(
+            (status.as_str(), message.as_str()),
+            (
+                t.health_status.status.as_str(),
+                t.health_status.message.as_str()
+            ),
+            "{}",
+            t.input_path
+        );
+        seen.insert(status);
+    }
+    assert_eq!(
+        seen,
+        BTreeSet::from(["Degraded".into(), "Healthy".into(), "Progressing".into()])
+    );
+
+    // The ConfigMap snippet carries the script verbatim under Argo CD's key.
+    let cm: Value =
+        serde_yaml::from_str(&std::fs::read_to_string(dir.join("argocd-cm-patch.yaml")).unwrap())
+            .unwrap();
+    assert_eq!(cm["kind"], "ConfigMap");
+    assert_eq!(cm["metadata"]["name"], "argocd-cm");
+    assert_eq!(
+        cm["data"]["resource.customizations.health.meshfed.io_MeshFederation"]
+            .as_str()
+            .expect("health key"),
+        std::fs::read_to_string(&script).unwrap(),
+        "argocd-cm-patch.yaml must embed health.lua verbatim"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// On real API servers
+// ---------------------------------------------------------------------------
+
+async fn ensure_namespace(client: &Client, name: &str, labels: Value) -> Result<()> {
+    let ns: Namespace = serde_json::from_value(json!({
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {"name": name, "labels": labels},
+    }))?;
+    Api::<Namespace>::all(client.clone())
+        .patch(
+            name,
+            &PatchParams::apply("meshfed-packaging-test").force(),
+            &Patch::Apply(&ns),
+        )
+        .await?;
+    Ok(())
+}
+
+/// The operator namespace under the restricted Pod Security Standard, so a
+/// pod that breaks it is refused; and istio-system (the member Role lives there).
+async fn prepare_namespaces(client: &Client) -> Result<()> {
+    ensure_namespace(
+        client,
+        OPERATOR_NAMESPACE,
+        json!({"pod-security.kubernetes.io/enforce": "restricted"}),
+    )
+    .await?;
+    ensure_namespace(client, ISTIO_NAMESPACE, json!({})).await
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f).await.expect("blocking task")
+}
+
+fn helm_install(kubeconfig: &Path, extra: &[&str]) -> Result<String, String> {
+    let chart = chart_dir();
+    let mut args = vec![
+        "install",
+        RELEASE,
+        chart.to_str().unwrap(),
+        "--namespace",
+        OPERATOR_NAMESPACE,
+        "--kubeconfig",
+        kubeconfig.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    helm(&args)
+}
+
+async fn wait_crd_established(client: &Client) -> Result<()> {
+    let crds = Api::<CustomResourceDefinition>::all(client.clone());
+    let feds = Api::<MeshFederation>::all(client.clone());
+    poll(Duration::from_secs(30), "CRD established", || {
+        let (crds, feds) = (crds.clone(), feds.clone());
+        async move {
+            let Some(crd) = crds.get_opt("meshfederations.meshfed.io").await? else {
+                return Ok(false);
+            };
+            let established = crd
+                .status
+                .and_then(|s| s.conditions)
+                .unwrap_or_default()
+                .iter()
+                .any(|c| c.type_ == "Established" && c.status == "True");
+            Ok(established && feds.list(&ListParams::default()).await.is_ok())
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chart_and_kustomize_apply_to_a_real_api_server_and_the_operator_becomes_available()
+-> Result<()> {
+    let fleet = Fleet::start(1).await?;
+    let cluster = fleet.cluster(0);
+    let client = cluster.client();
+    let kubeconfig = cluster.kubeconfig_path().to_str().unwrap().to_string();
+    // Warm the tool caches outside the timed part.
+    blocking(|| {
+        helm_path();
+        kubectl_path();
+    })
+    .await;
+
+    // Without istio-system the chart says what to do, and installs nothing.
+    let kc = kubeconfig.clone();
+    let refused = blocking(move || helm_install(Path::new(&kc), &["--create-namespace"]))
+        .await
+        .expect_err("install without istio-system must fail");
+    ensure!(
+        refused.contains("kubectl create namespace istio-system")
+            && refused.contains("rbac.localMember=false"),
+        "{refused}"
+    );
+    // Helm installs crds/ before rendering, so only the CRD may be there.
+    ensure!(
+        Api::<Deployment>::namespaced(client.clone(), OPERATOR_NAMESPACE)
+            .get_opt(FULLNAME)
+            .await?
+            .is_none(),
+        "a refused install creates no operator"
+    );
+    prepare_namespaces(&client).await?;
+
+    // Server-side dry-run: the API server validates every object (schemas,
+    // RBAC references, CRD structure), nothing is stored.
+    let started = Instant::now();
+    let kc = kubeconfig.clone();
+    blocking(move || -> Result<(), String> {
+        let dry_run = |yaml: &str, what: &str| -> Result<(), String> {
+            let out = kubectl(
+                &[
+                    "apply",
+                    "--kubeconfig",
+                    &kc,
+                    "--server-side",
+                    "--field-manager=packaging-test",
+                    "--dry-run=server",
+                    "-f",
+                    "-",
+                ],
+                Some(yaml),
+            )
+            .map_err(|e| format!("{what}: {e}"))?;
+            let applied = out
+                .lines()
+                .filter(|l| l.contains("(server dry run)"))
+                .count();
+            let expected = documents(yaml).len();
+            if applied != expected {
+                return Err(format!(
+                    "{what}: {applied} of {expected} objects accepted:\n{out}"
+                ));
+            }
+            Ok(())
+        };
+        dry_run(
+            &helm_template(&["--include-crds"]),
+            "helm template (defaults)",
+        )?;
+        dry_run(
+            &helm_template(&[
+                "--set",
+                "replicaCount=2,podDisruptionBudget.enabled=true,logJson=true",
+            ]),
+            "helm template (HA)",
+        )?;
+        dry_run(&kustomize("config/default"), "kustomize config/default")?;
+        dry_run(
+            &kustomize("config/member-rbac"),
+            "kustomize config/member-rbac",
+        )
+    })
+    .await
+    .map_err(anyhow::Error::msg)?;
+    eprintln!("server-side dry-runs: {:?}", started.elapsed());
+
+    // A real install; kwok plays the kubelet, so the image need not exist, but
+    // the pod must pass the restricted Pod Security admission.
+    let started = Instant::now();
+    let kc = kubeconfig.clone();
+    let out = blocking(move || helm_install(Path::new(&kc), &["--wait", "--timeout", "120s"]))
+        .await
+        .map_err(anyhow::Error::msg)?;
+    ensure!(out.contains("STATUS: deployed"), "{out}");
+    ensure!(out.contains("NOTES:"), "NOTES.txt is shown:\n{out}");
+    let deployments = Api::<Deployment>::namespaced(client.clone(), OPERATOR_NAMESPACE);
+    poll(Duration::from_secs(60), "Deployment Available", || {
+        let deployments = deployments.clone();
+        async move {
+            let d = deployments.get(FULLNAME).await?;
+            Ok(d.status
+                .and_then(|s| s.conditions)
+                .unwrap_or_default()
+                .iter()
+                .any(|c| c.type_ == "Available" && c.status == "True"))
+        }
+    })
+    .await?;
+    eprintln!("helm install to Available: {:?}", started.elapsed());
+    // ...and that admission is really on: a plain pod is refused there.
+    let kc = kubeconfig.clone();
+    let refused = blocking(move || {
+        kubectl(
+            &[
+                "run",
+                "plain",
+                "--image=busybox",
+                "--namespace",
+                OPERATOR_NAMESPACE,
+                "--kubeconfig",
+                &kc,
+                "--dry-run=server",
+            ],
+            None,
+        )
+    })
+    .await
+    .expect_err("a pod without the restricted securityContext must be refused");
+    ensure!(refused.contains("violates PodSecurity"), "{refused}");
+
+    // Helm installed the CRD from crds/: the sample federation validates
+    // against it (OpenAPI schema and CEL rules) on the server.
+    wait_crd_established(&client).await?;
+    let kc = kubeconfig.clone();
+    blocking(move || {
+        kubectl(
+            &[
+                "apply",
+                "--kubeconfig",
+                &kc,
+                "--dry-run=server",
+                "-f",
+                "config/samples/meshfederation.yaml",
+            ],
+            None,
+        )
+    })
+    .await
+    .map_err(anyhow::Error::msg)?;
+
+    // Uninstall removes the cluster-scoped objects too.
+    let kc = kubeconfig.clone();
+    blocking(move || {
+        helm(&[
+            "uninstall",
+            RELEASE,
+            "--namespace",
+            OPERATOR_NAMESPACE,
+            "--kubeconfig",
+            &kc,
+            "--wait",
+        ])
+    })
+    .await
+    .map_err(anyhow::Error::msg)?;
+    let roles = Api::<ClusterRole>::all(client.clone());
+    ensure!(roles.get_opt(FULLNAME).await?.is_none());
+    ensure!(roles.get_opt("meshfed-member").await?.is_none());
+    Ok(())
+}
+
+/// A client for `cluster` authenticated with a bound token of the chart's
+/// ServiceAccount (as the operator's pod would be).
+async fn service_account_config(cluster: &e2e::Cluster, admin: &Client) -> Result<Config> {
+    let request = TokenRequest {
+        spec: TokenRequestSpec {
+            expiration_seconds: Some(3600),
+            ..TokenRequestSpec::default()
+        },
+        ..TokenRequest::default()
+    };
+    let token = Api::<ServiceAccount>::namespaced(admin.clone(), OPERATOR_NAMESPACE)
+        .create_token_request(FULLNAME, &PostParams::default(), &request)
+        .await?
+        .status
+        .context("TokenRequest without status")?
+        .token;
+    let ca = base64::engine::general_purpose::STANDARD.encode(cluster.ca_pem());
+    let yaml = format!(
+        "apiVersion: v1
+kind: Config
+clusters:
+- name: c
+  cluster:
+    server: {}
+    certificate-authority-data: {ca}
+users:
+- name: operator
+  user:
+    token: {token}
+contexts:
+- name: c
+  context: {{cluster: c, user: operator}}
+current-context: c
+",
+        cluster.server_url()
+    );
+    let mut config = Config::from_custom_kubeconfig(
+        Kubeconfig::from_yaml(&yaml)?,
+        &KubeConfigOptions::default(),
+    )
+    .await?;
+    config.connect_timeout = Some(Duration::from_secs(5));
+    Ok(config)
+}
+
+fn is_forbidden<T: std::fmt::Debug>(result: Result<T, kube::Error>) -> bool {
+    matches!(result, Err(kube::Error::Api(e)) if e.code == 403)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_with_only_the_charts_rbac_takes_a_two_member_federation_to_ready() -> Result<()> {
+    let fleet = Fleet::start(2).await?;
+    let _logs = fleet.log_guard();
+    let (host, remote) = (fleet.cluster(0), fleet.cluster(1));
+    let admin = host.client();
+    prepare_namespaces(&admin).await?;
+    let kc = host.kubeconfig_path().to_path_buf();
+    let started = Instant::now();
+    blocking(move || helm_install(&kc, &[]))
+        .await
+        .map_err(anyhow::Error::msg)?;
+    wait_crd_established(&admin).await?;
+    eprintln!("helm install: {:?}", started.elapsed());
+    // cluster-1 is reached through an admin kubeconfig in a Secret; cluster-0
+    // is the operator's own cluster, reached with the operator's identity.
+    store_credentials(&admin, remote).await?;
+
+    let config = service_account_config(host, &admin).await?;
+    let sa = Client::try_from(config.clone())?;
+
+    // Refused what the chart does not grant.
+    ensure!(
+        is_forbidden(
+            Api::<Secret>::namespaced(sa.clone(), "default")
+                .list(&ListParams::default())
+                .await
+        ),
+        "the operator must not list Secrets in default"
+    );
+    ensure!(
+        is_forbidden(
+            Api::<Secret>::all(sa.clone())
+                .list(&ListParams::default())
+                .await
+        ),
+        "the operator must not list Secrets cluster-wide"
+    );
+    ensure!(
+        is_forbidden(
+            Api::<Secret>::namespaced(sa.clone(), "kube-system")
+                .get_opt("anything")
+                .await
+        ),
+        "the operator must not read Secrets in kube-system"
+    );
+    ensure!(
+        is_forbidden(
+            Api::<Lease>::namespaced(sa.clone(), OPERATOR_NAMESPACE)
+                .get_opt("someone-elses-lease")
+                .await
+        ),
+        "the Lease Role is limited to meshfed-operator-leader"
+    );
+    ensure!(
+        is_forbidden(
+            Api::<Deployment>::namespaced(sa.clone(), OPERATOR_NAMESPACE)
+                .list(&ListParams::default())
+                .await
+        ),
+        "the operator has no business with Deployments"
+    );
+    // Granted: its credentials Secret, and leader election on its Lease.
+    ensure!(
+        Api::<Secret>::namespaced(sa.clone(), OPERATOR_NAMESPACE)
+            .get_opt(&credentials_secret_name(remote))
+            .await?
+            .is_some()
+    );
+    let elector = meshfed::leader::LeaderElector::new(
+        sa.clone(),
+        OPERATOR_NAMESPACE,
+        "meshfed-operator-leader",
+        "packaging-test".into(),
+        Duration::from_secs(15),
+    );
+    tokio::time::timeout(Duration::from_secs(20), elector.acquire())
+        .await
+        .context("acquiring the leader Lease as the operator's ServiceAccount")?;
+    elector.release().await;
+    let lease = Api::<Lease>::namespaced(admin.clone(), OPERATOR_NAMESPACE)
+        .get("meshfed-operator-leader")
+        .await?;
+    ensure!(
+        lease.spec.and_then(|s| s.holder_identity).is_none(),
+        "release (update) went through"
+    );
+
+    // The operator in this process, as the ServiceAccount.
+    let settings = Settings {
+        namespace: OPERATOR_NAMESPACE.into(),
+        resync: Duration::from_secs(2),
+        member_timeout: Duration::from_secs(5),
+        ..Settings::new(OPERATOR_NAMESPACE)
+    };
+    let ctx = Context::new(sa.clone(), config, settings)?;
+    let operator = AbortOnDrop(tokio::spawn(run_operator(ctx)));
+
+    let fed = federation(
+        "prod",
+        vec![local_member(host, "net-a"), member(remote, "net-b")],
+    );
+    let started = Instant::now();
+    Api::<MeshFederation>::all(admin.clone())
+        .create(&PostParams::default(), &fed)
+        .await?;
+    let ready = wait_for_federation(&admin, "prod", Duration::from_secs(90), "Ready", |f| {
+        has_condition(f, "Ready", "True")
+    })
+    .await?;
+    eprintln!(
+        "2-member federation Ready as the chart's ServiceAccount in {:?}",
+        started.elapsed()
+    );
+    let status = ready.status.unwrap();
+    ensure!(status.ready_members == 2, "{status:?}");
+
+    // What the operator's identity did in its own cluster (member side) and
+    // in the operator namespace.
+    for (cluster, peer) in [(host, remote), (remote, host)] {
+        let secrets = Api::<Secret>::namespaced(cluster.client(), ISTIO_NAMESPACE);
+        ensure!(secrets.get_opt("cacerts").await?.is_some());
+        ensure!(
+            secrets
+                .get_opt(&format!("istio-remote-secret-{}", peer.name()))
+                .await?
+                .is_some()
+        );
+    }
+    ensure!(
+        Api::<ClusterRole>::all(admin.clone())
+            .get_opt("meshfed-reader-prod")
+            .await?
+            .is_some(),
+        "reader ClusterRole created in the local member (no escalation error)"
+    );
+    ensure!(
+        Api::<Secret>::namespaced(admin.clone(), OPERATOR_NAMESPACE)
+            .get_opt("prod-root-ca")
+            .await?
+            .is_some()
+    );
+    // Events about the cluster-scoped federation land in `default`.
+    let events = Api::<Event>::namespaced(admin.clone(), "default");
+    poll(Duration::from_secs(20), "an Event from meshfed", || {
+        let events = events.clone();
+        async move {
+            Ok(events
+                .list(&ListParams::default())
+                .await?
+                .items
+                .iter()
+                .any(|e| {
+                    e.reporting_controller.as_deref() == Some("meshfed")
+                        && e.regarding.as_ref().and_then(|r| r.kind.as_deref())
+                            == Some("MeshFederation")
+                }))
+        }
+    })
+    .await?;
+
+    // Deletion: the finalizer's cleanup runs with the same identity.
+    let started = Instant::now();
+    Api::<MeshFederation>::all(admin.clone())
+        .delete("prod", &DeleteParams::default())
+        .await?;
+    let feds = Api::<MeshFederation>::all(admin.clone());
+    poll(Duration::from_secs(60), "federation deleted", || {
+        let feds = feds.clone();
+        async move { Ok(feds.get_opt("prod").await?.is_none()) }
+    })
+    .await?;
+    ensure!(
+        Api::<ClusterRole>::all(admin.clone())
+            .get_opt("meshfed-reader-prod")
+            .await?
+            .is_none(),
+        "cleanup removed the reader ClusterRole"
+    );
+    eprintln!("cleanup as the ServiceAccount: {:?}", started.elapsed());
+    drop(operator);
+    Ok(())
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+#[test]
+fn sample_federation_uses_only_known_fields() {
+    // The README quick start applies this file: parse it as the operator would
+    // and make sure nothing in it is silently dropped.
+    let text =
+        std::fs::read_to_string(workspace().join("config/samples/meshfederation.yaml")).unwrap();
+    let value: Value = serde_yaml::from_str(&text).unwrap();
+    let fed: MeshFederation = serde_json::from_value(value.clone()).unwrap();
+    let round_trip = serde_json::to_value(&fed).unwrap();
+    assert_eq!(
+        round_trip["spec"], value["spec"],
+        "the sample has a field the API does not know"
+    );
+}
+
+/// No container runtime here: check what the image promises, statically.
+#[test]
+fn dockerfile_builds_a_non_root_image_with_helm_and_an_empty_charts_dir() {
+    let text = std::fs::read_to_string(workspace().join("Dockerfile")).unwrap();
+    let final_stage = text
+        .rsplit_once("\nFROM ")
+        .map(|(_, s)| s)
+        .expect("a multi-stage Dockerfile");
+    assert!(
+        final_stage.starts_with("gcr.io/distroless/"),
+        "final stage is distroless: {final_stage}"
+    );
+    for needle in [
+        "USER 65532:65532",
+        "/usr/local/bin/meshfed-operator",
+        "/usr/local/bin/helm",
+        " /charts",
+        "ENTRYPOINT [\"/usr/local/bin/meshfed-operator\"]",
+    ] {
+        assert!(final_stage.contains(needle), "final stage lacks {needle:?}");
+    }
+    assert!(
+        text.contains("e2e/testbed/build-helm.sh"),
+        "helm in the image is the pinned one the tests use"
+    );
+    let ignore = std::fs::read_to_string(workspace().join(".dockerignore")).unwrap();
+    for needle in ["target", ".git"] {
+        assert!(
+            ignore.lines().any(|l| l.trim_start_matches('/') == needle),
+            ".dockerignore lacks {needle}"
+        );
+    }
+}

@@ -1,0 +1,202 @@
+//! Istio's official Helm charts, rendered with the `helm` binary (Rust has no
+//! Helm engine). The operator's image carries helm and one chart set per
+//! supported Istio version under `--charts-dir/<version>/`.
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use kube::api::DynamicObject;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use tokio::process::Command;
+
+/// The charts meshfed installs, by their path in Istio's `manifests/charts`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Chart {
+    Base,
+    Istiod,
+    Gateway,
+}
+
+impl Chart {
+    fn path(self) -> &'static str {
+        match self {
+            Chart::Base => "base",
+            Chart::Istiod => "istio-control/istio-discovery",
+            Chart::Gateway => "gateway",
+        }
+    }
+
+    /// Helm release name, also the value of meshfed's component label.
+    pub fn release(self) -> &'static str {
+        match self {
+            Chart::Base => "istio-base",
+            Chart::Istiod => "istiod",
+            Chart::Gateway => "istio-eastwestgateway",
+        }
+    }
+}
+
+/// Why a chart could not be rendered.
+#[derive(thiserror::Error, Debug)]
+pub enum ChartError {
+    #[error(
+        "no charts for Istio {version} in {dir} (spec.controlPlane.version; the operator carries: {available})"
+    )]
+    UnknownVersion {
+        version: String,
+        dir: String,
+        available: String,
+    },
+    #[error("running {helm}: {reason}")]
+    Helm { helm: String, reason: String },
+    #[error("helm template {chart}: {stderr}")]
+    Template { chart: &'static str, stderr: String },
+    #[error("parsing rendered {chart}: {reason}")]
+    Parse { chart: &'static str, reason: String },
+}
+
+/// Renders charts with `helm template`, remembering results: a steady-state
+/// reconcile runs no helm at all.
+pub struct ChartRenderer {
+    helm: PathBuf,
+    charts_dir: PathBuf,
+    cache: Mutex<HashMap<String, Vec<DynamicObject>>>,
+}
+
+impl ChartRenderer {
+    pub fn new(helm: PathBuf, charts_dir: PathBuf) -> Self {
+        Self {
+            helm,
+            charts_dir,
+            cache: Mutex::default(),
+        }
+    }
+
+    /// The objects `chart` of Istio `version` renders to with `values`.
+    pub async fn render(
+        &self,
+        version: &str,
+        chart: Chart,
+        values: &Value,
+        kube_version: &str,
+    ) -> Result<Vec<DynamicObject>, ChartError> {
+        let key = {
+            let mut h = Sha256::new();
+            h.update(format!(
+                "{version}\0{}\0{kube_version}\0{values}",
+                chart.path()
+            ));
+            format!("{:x}", h.finalize())
+        };
+        if let Some(objects) = self.cache.lock().expect("chart cache").get(&key) {
+            return Ok(objects.clone());
+        }
+        let dir = self.charts_dir.join(version);
+        if !dir.join(chart.path()).is_dir() {
+            let available = std::fs::read_dir(&self.charts_dir)
+                .map(|d| {
+                    d.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                })
+                .unwrap_or_default();
+            return Err(ChartError::UnknownVersion {
+                version: version.into(),
+                dir: self.charts_dir.display().to_string(),
+                available,
+            });
+        }
+        let helm_error = |reason: String| ChartError::Helm {
+            helm: self.helm.display().to_string(),
+            reason,
+        };
+        let values_file = tempfile_with(&serde_json::to_string(values).unwrap_or_default())
+            .map_err(|e| helm_error(e.to_string()))?;
+        let output = Command::new(&self.helm)
+            .args(["template", chart.release()])
+            .arg(dir.join(chart.path()))
+            .args([
+                "--namespace",
+                crate::render::ISTIO_NAMESPACE,
+                "--include-crds",
+                "--kube-version",
+                kube_version,
+            ])
+            .arg("--values")
+            .arg(values_file.path())
+            .output()
+            .await
+            .map_err(|e| helm_error(e.to_string()))?;
+        if !output.status.success() {
+            return Err(ChartError::Template {
+                chart: chart.release(),
+                stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
+            });
+        }
+        let text = String::from_utf8_lossy(&output.stdout);
+        let objects = parse_manifests(&text).map_err(|reason| ChartError::Parse {
+            chart: chart.release(),
+            reason,
+        })?;
+        self.cache
+            .lock()
+            .expect("chart cache")
+            .insert(key, objects.clone());
+        Ok(objects)
+    }
+}
+
+/// Splits a multi-document YAML stream into objects, skipping empty documents.
+pub fn parse_manifests(text: &str) -> Result<Vec<DynamicObject>, String> {
+    let mut objects = Vec::new();
+    for doc in serde_yaml::Deserializer::from_str(text) {
+        let value: Value = serde::Deserialize::deserialize(doc).map_err(|e| e.to_string())?;
+        if value.is_null() || value.as_object().is_some_and(|o| o.is_empty()) {
+            continue;
+        }
+        objects.push(serde_json::from_value(value).map_err(|e| e.to_string())?);
+    }
+    Ok(objects)
+}
+
+/// A temporary file holding `content`, removed on drop.
+struct TempFile(PathBuf);
+
+impl TempFile {
+    fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn tempfile_with(content: &str) -> std::io::Result<TempFile> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let path = std::env::temp_dir().join(format!(
+        "meshfed-values-{}-{}.json",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::write(&path, content)?;
+    Ok(TempFile(path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn manifests_split_and_skip_empty_documents() {
+        let text = "---\n# Source: x\n---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: a\n---\n\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: b\n";
+        let objects = parse_manifests(text).unwrap();
+        assert_eq!(objects.len(), 2);
+        assert_eq!(objects[1].types.as_ref().unwrap().kind, "Deployment");
+        assert!(parse_manifests("kind: [").is_err());
+    }
+}

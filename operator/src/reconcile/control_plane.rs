@@ -1,0 +1,383 @@
+//! Istio's control plane in a member: the official charts applied in order
+//! (base, istiod, east-west gateway), what a new render no longer contains
+//! pruned, and istiod's and the gateway's health read back.
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Mutex;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Service;
+use kube::api::{
+    ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams,
+};
+use kube::discovery::{Scope, pinned_kind};
+use kube::{Api, Client, ResourceExt};
+
+use super::Context;
+use crate::api::{ControlPlaneMode, Member, MeshFederationSpec};
+use crate::charts::Chart;
+use crate::render::control_plane::{
+    COMPONENT, CROSS_NETWORK_GATEWAY, EAST_WEST_GATEWAY, base_values, cross_network_gateway,
+    gateway_values, is_current, istiod_values, prepare_chart_object,
+};
+use crate::render::{FIELD_MANAGER, ISTIO_NAMESPACE, is_ours, keys, managed_selector};
+
+/// What the control-plane step found in one member.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ControlPlaneReport {
+    pub istio_version: Option<String>,
+    pub ready: bool,
+    pub problem: Option<String>,
+    /// None when the member gets no gateway.
+    pub gateway: Option<GatewayReport>,
+}
+
+/// The member's east-west gateway.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct GatewayReport {
+    pub ready: bool,
+    pub address: Option<String>,
+    pub problem: Option<String>,
+}
+
+/// API resources by member and kind, found once through discovery.
+#[derive(Default)]
+pub struct KindCache(Mutex<HashMap<String, (ApiResource, bool)>>);
+
+impl KindCache {
+    async fn resolve(
+        &self,
+        client: &Client,
+        member: &str,
+        gvk: &GroupVersionKind,
+    ) -> Result<(ApiResource, bool), kube::Error> {
+        let key = format!("{member}/{}/{}/{}", gvk.group, gvk.version, gvk.kind);
+        if let Some(found) = self.0.lock().expect("kind cache").get(&key) {
+            return Ok(found.clone());
+        }
+        let (resource, caps) = pinned_kind(client, gvk).await?;
+        let found = (resource, caps.scope == Scope::Namespaced);
+        self.0
+            .lock()
+            .expect("kind cache")
+            .insert(key, found.clone());
+        Ok(found)
+    }
+}
+
+/// Drives the control plane of one member. `certificates_ready` gates the
+/// install: istiod must start with the federation's CA, never a self-signed one.
+pub async fn sync_control_plane(
+    ctx: &Context,
+    client: &Client,
+    federation: &str,
+    spec: &MeshFederationSpec,
+    member: &Member,
+    kube_version: &str,
+    certificates_ready: bool,
+) -> Result<ControlPlaneReport, kube::Error> {
+    let Some(cp) = &spec.control_plane else {
+        return Ok(ControlPlaneReport::default());
+    };
+    let mut report = ControlPlaneReport::default();
+    let wants_gateway = spec.wants_gateway(member);
+    let managed = cp.mode == ControlPlaneMode::Managed;
+    if !certificates_ready && managed {
+        report.problem = Some("waiting for cacerts before installing istiod".into());
+        report.gateway = wants_gateway.then(GatewayReport::default);
+        return Ok(report);
+    }
+
+    let mut steps: Vec<(Chart, serde_json::Value, bool)> = Vec::new();
+    if managed {
+        steps.push((Chart::Base, base_values(), true));
+        steps.push((Chart::Istiod, istiod_values(spec, member), true));
+    }
+    if cp.version.is_some() {
+        steps.push((Chart::Gateway, gateway_values(spec, member), wants_gateway));
+    }
+    let version = cp.version.clone().unwrap_or_default();
+    for (chart, values, wanted) in steps {
+        let rendered = match ctx
+            .charts
+            .render(&version, chart, &values, kube_version)
+            .await
+        {
+            Ok(objects) => objects,
+            Err(e) => {
+                report.problem = Some(e.to_string());
+                return Ok(report);
+            }
+        };
+        let desired: Vec<DynamicObject> = if wanted {
+            rendered
+                .into_iter()
+                .map(|o| prepare_chart_object(o, federation, chart.release()))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let kinds_of_chart = kinds_in_order(&desired);
+        if let Some(problem) = converge_component(
+            &ctx.kinds,
+            client,
+            &member.name,
+            federation,
+            chart.release(),
+            &desired,
+            &kinds_of_chart,
+        )
+        .await?
+        {
+            report.problem = Some(problem);
+            return Ok(report);
+        }
+    }
+    if cp.version.is_some() {
+        let gateway = if wants_gateway {
+            vec![cross_network_gateway(federation)]
+        } else {
+            vec![]
+        };
+        let kinds_of_gateway = kinds_in_order(&[cross_network_gateway(federation)]);
+        if let Some(problem) = converge_component(
+            &ctx.kinds,
+            client,
+            &member.name,
+            federation,
+            CROSS_NETWORK_GATEWAY,
+            &gateway,
+            &kinds_of_gateway,
+        )
+        .await?
+        {
+            report.gateway = Some(GatewayReport {
+                problem: Some(problem),
+                ..GatewayReport::default()
+            });
+        }
+    }
+
+    report.istio_version = managed.then(|| version.clone());
+    let deployments = Api::<Deployment>::namespaced(client.clone(), ISTIO_NAMESPACE);
+    report.ready = available(&deployments, "istiod").await?;
+    if !report.ready && report.problem.is_none() {
+        report.problem = Some("istiod Deployment in istio-system is not available".into());
+    }
+    if wants_gateway && report.gateway.is_none() {
+        let ready = available(&deployments, EAST_WEST_GATEWAY).await?;
+        let service = Api::<Service>::namespaced(client.clone(), ISTIO_NAMESPACE)
+            .get_opt(EAST_WEST_GATEWAY)
+            .await?;
+        let address = service.as_ref().and_then(gateway_address);
+        let problem = match (ready, &address) {
+            (false, _) => Some(format!("{EAST_WEST_GATEWAY} Deployment is not available")),
+            (true, None) => Some(format!("{EAST_WEST_GATEWAY} Service has no address yet")),
+            _ => None,
+        };
+        report.gateway = Some(GatewayReport {
+            ready: problem.is_none(),
+            address,
+            problem,
+        });
+    }
+    Ok(report)
+}
+
+/// The kinds among `objects`, in the order they first appear (CRDs first).
+fn kinds_in_order(objects: &[DynamicObject]) -> Vec<GroupVersionKind> {
+    let mut kinds: Vec<GroupVersionKind> = Vec::new();
+    for gvk in objects.iter().filter_map(gvk_of) {
+        if !kinds.contains(&gvk) {
+            kinds.push(gvk);
+        }
+    }
+    kinds.sort_by_key(|k| k.kind != "CustomResourceDefinition");
+    kinds
+}
+
+fn gvk_of(o: &DynamicObject) -> Option<GroupVersionKind> {
+    let t = o.types.as_ref()?;
+    let (group, version) = t
+        .api_version
+        .split_once('/')
+        .unwrap_or(("", t.api_version.as_str()));
+    Some(GroupVersionKind::gvk(group, version, &t.kind))
+}
+
+/// Applies `desired` (one chart's objects) and deletes what the component
+/// carried before but no longer renders. CRDs are never deleted: that would
+/// delete every Istio resource in the cluster. Returns a problem to report.
+async fn converge_component(
+    kinds: &KindCache,
+    client: &Client,
+    member: &str,
+    federation: &str,
+    component: &str,
+    desired: &[DynamicObject],
+    kinds_of_component: &[GroupVersionKind],
+) -> Result<Option<String>, kube::Error> {
+    let selector = format!("{},{COMPONENT}={component}", managed_selector(federation));
+    for gvk in kinds_of_component {
+        let (resource, namespaced) = match kinds.resolve(client, member, gvk).await {
+            Ok(found) => found,
+            // The kind is not served yet (Istio's CRDs are still being established).
+            Err(kube::Error::Discovery(_)) | Err(kube::Error::Api(_)) => {
+                return Ok(Some(format!(
+                    "waiting for {} {} to be served",
+                    gvk.group, gvk.kind
+                )));
+            }
+            Err(e) => return Err(e),
+        };
+        let api_for = |ns: Option<&str>| match (namespaced, ns) {
+            (true, Some(ns)) => {
+                Api::<DynamicObject>::namespaced_with(client.clone(), ns, &resource)
+            }
+            (true, None) => {
+                Api::<DynamicObject>::namespaced_with(client.clone(), ISTIO_NAMESPACE, &resource)
+            }
+            (false, _) => Api::<DynamicObject>::all_with(client.clone(), &resource),
+        };
+        let live: BTreeMap<(String, String), DynamicObject> = api_for(None)
+            .list(&ListParams::default().labels(&selector))
+            .await?
+            .items
+            .into_iter()
+            .map(|o| ((o.namespace().unwrap_or_default(), o.name_any()), o))
+            .collect();
+        let mine: Vec<&DynamicObject> = desired
+            .iter()
+            .filter(|o| gvk_of(o).as_ref() == Some(gvk))
+            .collect();
+        let mut wanted = BTreeSet::new();
+        for obj in mine {
+            let ns = namespaced.then(|| obj.namespace().unwrap_or_else(|| ISTIO_NAMESPACE.into()));
+            let key = (ns.clone().unwrap_or_default(), obj.name_any());
+            wanted.insert(key.clone());
+            if live.get(&key).is_some_and(|l| is_current(l, obj)) {
+                continue;
+            }
+            let api = api_for(ns.as_deref());
+            if !live.contains_key(&key)
+                && let Some(existing) = api.get_opt(&obj.name_any()).await?
+                && !is_ours(&existing.metadata, federation)
+            {
+                return Ok(Some(format!(
+                    "{} {} exists and was not created by meshfed; use spec.controlPlane.mode: External for an Istio you installed, or annotate it {}=true",
+                    gvk.kind,
+                    existing.name_any(),
+                    keys::ADOPT
+                )));
+            }
+            let mut obj = obj.clone();
+            obj.metadata.namespace = ns.clone();
+            api.patch(
+                &obj.name_any(),
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&obj),
+            )
+            .await?;
+        }
+        if gvk.kind == "CustomResourceDefinition" {
+            continue;
+        }
+        for ((ns, name), _) in live.iter().filter(|(k, _)| !wanted.contains(*k)) {
+            let api = api_for((!ns.is_empty()).then_some(ns.as_str()));
+            match api.delete(name, &DeleteParams::default()).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(e)) if e.code == 404 => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(None)
+}
+
+async fn available(api: &Api<Deployment>, name: &str) -> Result<bool, kube::Error> {
+    Ok(api
+        .get_opt(name)
+        .await?
+        .and_then(|d| d.status)
+        .and_then(|s| s.conditions)
+        .unwrap_or_default()
+        .iter()
+        .any(|c| c.type_ == "Available" && c.status == "True"))
+}
+
+/// Where peers reach the gateway: the load balancer's address, else (NodePort,
+/// ClusterIP) the cluster IP.
+fn gateway_address(service: &Service) -> Option<String> {
+    let lb = service
+        .status
+        .as_ref()?
+        .load_balancer
+        .as_ref()
+        .and_then(|lb| lb.ingress.as_ref())
+        .and_then(|i| i.first());
+    let lb_address = lb.and_then(|i| i.ip.clone().or_else(|| i.hostname.clone()));
+    let service_type = service
+        .spec
+        .as_ref()
+        .and_then(|s| s.type_.clone())
+        .unwrap_or_default();
+    lb_address.or_else(|| {
+        (service_type != "LoadBalancer")
+            .then(|| service.spec.as_ref()?.cluster_ip.clone())
+            .flatten()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::{
+        LoadBalancerIngress, LoadBalancerStatus, ServiceSpec, ServiceStatus,
+    };
+
+    fn service(type_: &str, ip: Option<&str>, hostname: Option<&str>) -> Service {
+        let ingress = (ip.is_some() || hostname.is_some()).then(|| {
+            vec![LoadBalancerIngress {
+                ip: ip.map(Into::into),
+                hostname: hostname.map(Into::into),
+                ..Default::default()
+            }]
+        });
+        Service {
+            spec: Some(ServiceSpec {
+                type_: Some(type_.into()),
+                cluster_ip: Some("10.96.0.9".into()),
+                ..Default::default()
+            }),
+            status: Some(ServiceStatus {
+                load_balancer: Some(LoadBalancerStatus { ingress }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn gateway_address_prefers_the_load_balancer() {
+        assert_eq!(
+            gateway_address(&service("LoadBalancer", Some("1.2.3.4"), None)).as_deref(),
+            Some("1.2.3.4")
+        );
+        assert_eq!(
+            gateway_address(&service("LoadBalancer", None, Some("gw.example.com"))).as_deref(),
+            Some("gw.example.com")
+        );
+        assert_eq!(
+            gateway_address(&service("LoadBalancer", None, None)),
+            None,
+            "pending load balancer"
+        );
+        assert_eq!(
+            gateway_address(&service("NodePort", None, None)).as_deref(),
+            Some("10.96.0.9")
+        );
+        assert_eq!(
+            gateway_address(&service("ClusterIP", None, None)).as_deref(),
+            Some("10.96.0.9")
+        );
+    }
+}

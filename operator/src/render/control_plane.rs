@@ -1,0 +1,338 @@
+//! Istio's control plane per member: Helm values for the official charts,
+//! the cross-network Gateway, and what meshfed changes in rendered objects.
+use std::collections::BTreeMap;
+
+use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use super::{ISTIO_NAMESPACE, keys, managed_labels};
+use crate::api::{GatewayServiceType, Member, MeshFederationSpec};
+
+/// Label naming which chart (release) an object came from, for pruning.
+pub const COMPONENT: &str = "meshfed.io/component";
+/// Hash of what meshfed last applied: equal hash, nothing to write.
+pub const APPLIED_HASH: &str = "meshfed.io/applied-hash";
+/// Name of the east-west gateway's Deployment and Service.
+pub const EAST_WEST_GATEWAY: &str = "istio-eastwestgateway";
+/// Name of the Gateway that exposes `*.local` through the east-west gateway.
+pub const CROSS_NETWORK_GATEWAY: &str = "cross-network-gateway";
+
+/// `b` merged into `a`: objects key by key, anything else replaced.
+pub fn merge(a: &mut Value, b: &Value) {
+    match (a, b) {
+        (Value::Object(a), Value::Object(b)) => {
+            for (k, v) in b {
+                merge(a.entry(k.clone()).or_insert(Value::Null), v);
+            }
+        }
+        (a, b) => *a = b.clone(),
+    }
+}
+
+/// Values for the istiod chart: the user's mesh-wide values, then the
+/// member's, then what the federation requires (which always wins).
+pub fn istiod_values(spec: &MeshFederationSpec, member: &Member) -> Value {
+    let mut values = json!({});
+    if let Some(v) = spec.control_plane.as_ref().and_then(|c| c.values.as_ref()) {
+        merge(&mut values, v);
+    }
+    if let Some(v) = &member.control_plane_values {
+        merge(&mut values, v);
+    }
+    merge(
+        &mut values,
+        &json!({
+            "global": {
+                "meshID": spec.mesh_id,
+                "multiCluster": { "clusterName": member.name },
+                "network": member.network,
+            },
+            "meshConfig": { "trustDomain": spec.trust_domain() },
+            // A changed root-cert.pem is only honoured with multi-root enabled:
+            // needed for root rotation without restarts.
+            "pilot": { "env": { "ISTIO_MULTIROOT_MESH": "true" } },
+        }),
+    );
+    values
+}
+
+/// Values for the base chart (CRDs and cluster-wide bits).
+pub fn base_values() -> Value {
+    json!({ "defaultRevision": "default" })
+}
+
+/// Values for the gateway chart that make it the member's east-west gateway:
+/// network label and requested network view, ports 15021/15443/15012/15017.
+pub fn gateway_values(spec: &MeshFederationSpec, member: &Member) -> Value {
+    let gw = spec
+        .control_plane
+        .as_ref()
+        .and_then(|c| c.east_west_gateway.clone())
+        .unwrap_or_default();
+    let service_type = match gw.service_type.unwrap_or_default() {
+        GatewayServiceType::LoadBalancer => "LoadBalancer",
+        GatewayServiceType::NodePort => "NodePort",
+        GatewayServiceType::ClusterIP => "ClusterIP",
+    };
+    json!({
+        "name": EAST_WEST_GATEWAY,
+        "labels": { "app": EAST_WEST_GATEWAY, "istio": "eastwestgateway" },
+        "networkGateway": member.network,
+        "service": { "type": service_type },
+        "replicaCount": gw.replicas.unwrap_or(1),
+        "autoscaling": { "enabled": false },
+    })
+}
+
+/// The Gateway that routes `*.local` mTLS traffic from other networks through
+/// the east-west gateway, untouched (AUTO_PASSTHROUGH).
+pub fn cross_network_gateway(federation: &str) -> DynamicObject {
+    let resource = ApiResource::from_gvk(&GroupVersionKind::gvk(
+        "networking.istio.io",
+        "v1",
+        "Gateway",
+    ));
+    let mut gateway = DynamicObject::new(CROSS_NETWORK_GATEWAY, &resource).within(ISTIO_NAMESPACE);
+    gateway.data = json!({
+        "spec": {
+            "selector": { "istio": "eastwestgateway" },
+            "servers": [{
+                "port": { "number": 15443, "name": "tls", "protocol": "TLS" },
+                "tls": { "mode": "AUTO_PASSTHROUGH" },
+                "hosts": ["*.local"],
+            }],
+        }
+    });
+    mark(gateway, federation, "cross-network-gateway")
+}
+
+/// Makes a rendered chart object meshfed's: its labels (managed-by, federation,
+/// component) and the hash of what is applied. Fields istiod manages are
+/// dropped so server-side apply never takes them: webhook `caBundle`s, and the
+/// validating webhook's `failurePolicy` (istiod flips it to Fail once ready).
+pub fn prepare_chart_object(
+    mut obj: DynamicObject,
+    federation: &str,
+    component: &str,
+) -> DynamicObject {
+    let kind = obj
+        .types
+        .as_ref()
+        .map(|t| t.kind.clone())
+        .unwrap_or_default();
+    if kind.ends_with("WebhookConfiguration")
+        && let Some(webhooks) = obj.data.get_mut("webhooks").and_then(Value::as_array_mut)
+    {
+        for hook in webhooks {
+            if let Some(cc) = hook.get_mut("clientConfig").and_then(Value::as_object_mut) {
+                cc.remove("caBundle");
+            }
+            if kind == "ValidatingWebhookConfiguration"
+                && let Some(h) = hook.as_object_mut()
+            {
+                h.remove("failurePolicy");
+            }
+        }
+    }
+    mark(obj, federation, component)
+}
+
+fn mark(mut obj: DynamicObject, federation: &str, component: &str) -> DynamicObject {
+    let labels = obj.metadata.labels.get_or_insert_with(BTreeMap::new);
+    labels.extend(managed_labels(federation));
+    labels.insert(COMPONENT.into(), component.into());
+    let annotations = obj.metadata.annotations.get_or_insert_with(BTreeMap::new);
+    annotations.remove(APPLIED_HASH);
+    let hash = {
+        let mut h = Sha256::new();
+        h.update(serde_json::to_vec(&obj).unwrap_or_default());
+        h.finalize()[..8]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    };
+    obj.metadata
+        .annotations
+        .get_or_insert_with(BTreeMap::new)
+        .insert(APPLIED_HASH.into(), hash);
+    obj
+}
+
+/// Whether the live object is the one meshfed would apply now.
+pub fn is_current(live: &DynamicObject, desired: &DynamicObject) -> bool {
+    let hash = |o: &DynamicObject| {
+        o.metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(APPLIED_HASH))
+            .cloned()
+    };
+    let ours = live
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(keys::MANAGED_BY))
+        .map(String::as_str)
+        == Some(keys::MANAGED_BY_VALUE);
+    ours && hash(live).is_some() && hash(live) == hash(desired)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{ControlPlaneMode, ControlPlaneSpec, EastWestGatewaySpec, MemberCredentials};
+
+    fn member(name: &str, network: &str) -> Member {
+        Member {
+            name: name.into(),
+            network: network.into(),
+            credentials: MemberCredentials {
+                secret_ref: None,
+                local: Some(Default::default()),
+            },
+            api_server: None,
+            control_plane_values: None,
+            east_west_gateway: None,
+        }
+    }
+
+    fn spec(members: Vec<Member>) -> MeshFederationSpec {
+        MeshFederationSpec {
+            mesh_id: "mesh1".into(),
+            trust_domain: Some("example.org".into()),
+            members,
+            ca: None,
+            remote_secrets: None,
+            control_plane: Some(ControlPlaneSpec {
+                mode: ControlPlaneMode::Managed,
+                version: Some("1.31".into()),
+                values: None,
+                east_west_gateway: None,
+            }),
+        }
+    }
+
+    #[test]
+    fn federation_values_win_over_user_values() {
+        let mut s = spec(vec![member("east", "net-a")]);
+        s.control_plane.as_mut().unwrap().values = Some(
+            json!({"global": {"meshID": "hijack", "hub": "my.registry"}, "pilot": {"resources": {"cpu": "1"}}}),
+        );
+        let mut m = member("east", "net-a");
+        m.control_plane_values =
+            Some(json!({"global": {"hub": "member.registry"}, "pilot": {"env": {"X": "1"}}}));
+        let v = istiod_values(&s, &m);
+        assert_eq!(v["global"]["meshID"], "mesh1");
+        assert_eq!(v["global"]["multiCluster"]["clusterName"], "east");
+        assert_eq!(v["global"]["network"], "net-a");
+        assert_eq!(
+            v["global"]["hub"], "member.registry",
+            "member values over mesh-wide ones"
+        );
+        assert_eq!(v["meshConfig"]["trustDomain"], "example.org");
+        assert_eq!(v["pilot"]["env"]["ISTIO_MULTIROOT_MESH"], "true");
+        assert_eq!(
+            v["pilot"]["env"]["X"], "1",
+            "user env kept beside meshfed's"
+        );
+        assert_eq!(v["pilot"]["resources"]["cpu"], "1");
+    }
+
+    #[test]
+    fn gateways_default_to_multi_network_federations() {
+        let one_net = spec(vec![member("a", "n1"), member("b", "n1")]);
+        assert!(!one_net.wants_gateway(&one_net.members[0]));
+        let two_nets = spec(vec![member("a", "n1"), member("b", "n2")]);
+        assert!(two_nets.wants_gateway(&two_nets.members[0]));
+        let mut asked = spec(vec![member("a", "n1"), member("b", "n1")]);
+        asked.members[1].east_west_gateway = Some(true);
+        assert!(asked.wants_gateway(&asked.members[1]) && !asked.wants_gateway(&asked.members[0]));
+        let mut off = spec(vec![member("a", "n1"), member("b", "n2")]);
+        off.control_plane.as_mut().unwrap().east_west_gateway = Some(EastWestGatewaySpec {
+            enabled: Some(false),
+            ..Default::default()
+        });
+        assert!(!off.wants_gateway(&off.members[0]));
+        let mut none = spec(vec![member("a", "n1"), member("b", "n2")]);
+        none.control_plane = None;
+        assert!(
+            !none.wants_gateway(&none.members[0]),
+            "no control plane, no gateways"
+        );
+    }
+
+    #[test]
+    fn gateway_values_make_a_network_gateway() {
+        let mut s = spec(vec![member("a", "n1")]);
+        s.control_plane.as_mut().unwrap().east_west_gateway = Some(EastWestGatewaySpec {
+            enabled: None,
+            service_type: Some(GatewayServiceType::NodePort),
+            replicas: Some(3),
+        });
+        let v = gateway_values(&s, &s.members[0]);
+        assert_eq!(v["networkGateway"], "n1");
+        assert_eq!(v["service"]["type"], "NodePort");
+        assert_eq!(v["replicaCount"], 3);
+        assert_eq!(v["autoscaling"]["enabled"], false);
+        assert_eq!(v["labels"]["istio"], "eastwestgateway");
+        let default = gateway_values(&spec(vec![member("a", "n1")]), &member("a", "n1"));
+        assert_eq!(
+            (
+                default["service"]["type"].as_str(),
+                default["replicaCount"].as_i64()
+            ),
+            (Some("LoadBalancer"), Some(1))
+        );
+    }
+
+    #[test]
+    fn cross_network_gateway_passes_local_tls_through() {
+        let g = cross_network_gateway("prod");
+        assert_eq!(g.metadata.name.as_deref(), Some("cross-network-gateway"));
+        assert_eq!(g.metadata.namespace.as_deref(), Some("istio-system"));
+        let server = &g.data["spec"]["servers"][0];
+        assert_eq!(server["port"]["number"], 15443);
+        assert_eq!(server["tls"]["mode"], "AUTO_PASSTHROUGH");
+        assert_eq!(server["hosts"], json!(["*.local"]));
+        assert_eq!(g.data["spec"]["selector"]["istio"], "eastwestgateway");
+    }
+
+    #[test]
+    fn webhook_fields_istiod_manages_are_not_applied() {
+        let hook: DynamicObject = serde_json::from_value(json!({
+            "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingWebhookConfiguration",
+            "metadata": {"name": "istio-validator", "labels": {"app.kubernetes.io/managed-by": "Helm"}},
+            "webhooks": [{"name": "v.istio.io", "failurePolicy": "Ignore", "clientConfig": {"caBundle": "", "service": {"name": "istiod"}}}]
+        })).unwrap();
+        let out = prepare_chart_object(hook, "prod", "istiod");
+        let w = &out.data["webhooks"][0];
+        assert!(w.get("failurePolicy").is_none());
+        assert!(w["clientConfig"].get("caBundle").is_none());
+        assert_eq!(w["clientConfig"]["service"]["name"], "istiod");
+        let labels = out.metadata.labels.as_ref().unwrap();
+        assert_eq!(labels["app.kubernetes.io/managed-by"], "meshfed");
+        assert_eq!(labels[COMPONENT], "istiod");
+        assert!(crate::render::is_ours(&out.metadata, "prod"));
+    }
+
+    #[test]
+    fn applied_hash_tracks_content() {
+        let a = cross_network_gateway("prod");
+        assert!(is_current(&a, &cross_network_gateway("prod")));
+        let mut changed = cross_network_gateway("prod");
+        changed.data["spec"]["servers"][0]["hosts"] = json!(["*.mesh"]);
+        let changed = mark(changed, "prod", "cross-network-gateway");
+        assert!(!is_current(&a, &changed));
+        let mut foreign = a.clone();
+        foreign.metadata.labels = None;
+        assert!(!is_current(&foreign, &a));
+        assert_eq!(
+            mark(a.clone(), "prod", "cross-network-gateway")
+                .metadata
+                .annotations,
+            a.metadata.annotations,
+            "re-marking is stable"
+        );
+    }
+}
