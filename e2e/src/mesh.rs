@@ -164,17 +164,18 @@ pub fn start_operator(
     resync: Duration,
     member_timeout: Duration,
 ) -> Result<RunningOperator> {
-    let mut settings = Settings {
-        resync,
-        member_timeout,
-        ..Settings::new(OPERATOR_NAMESPACE)
-    };
-    if let Some(helm) = std::env::var_os("MESHFED_HELM") {
-        settings.helm = helm.into();
-    }
-    if let Some(dir) = std::env::var_os("MESHFED_CHARTS_DIR") {
-        settings.charts_dir = dir.into();
-    }
+    start_operator_with(
+        host,
+        Settings {
+            resync,
+            member_timeout,
+            ..Settings::new(OPERATOR_NAMESPACE)
+        },
+    )
+}
+
+/// Starts the operator with `host` as its own cluster and these settings.
+pub fn start_operator_with(host: &Cluster, settings: Settings) -> Result<RunningOperator> {
     let context = Context::new(host.client(), host.kube_config(), settings)?;
     let task = tokio::spawn(meshfed::reconcile::run(context.clone()));
     Ok(RunningOperator { context, task })
@@ -350,4 +351,49 @@ pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> Result<(u16, St
         .map_or("", |(_, b)| b)
         .to_string();
     Ok((code, body))
+}
+
+/// A chart directory laid out as the operator expects (`<dir>/<version>/base`,
+/// ...), holding the pinned Istio's official charts; and that version's name.
+/// `$MESHFED_ISTIO_CHARTS` may point at a `manifests/charts` directory;
+/// otherwise `e2e/testbed/build-istio.sh` provides it.
+pub fn istio_chart_set(into: &std::path::Path) -> Result<(std::path::PathBuf, String)> {
+    let charts = match std::env::var_os("MESHFED_ISTIO_CHARTS") {
+        Some(dir) => std::path::PathBuf::from(dir),
+        None => {
+            let script =
+                std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("testbed/build-istio.sh");
+            let out = std::process::Command::new("bash").arg(&script).output()?;
+            if !out.status.success() {
+                bail!(
+                    "{} failed: {}",
+                    script.display(),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            std::path::PathBuf::from(String::from_utf8(out.stdout)?.trim()).join("charts")
+        }
+    };
+    let version = "pinned".to_string();
+    let dir = into.join("istio-charts");
+    std::fs::create_dir_all(&dir)?;
+    let link = dir.join(&version);
+    if !link.exists() {
+        std::os::unix::fs::symlink(&charts, &link)?;
+    }
+    Ok((dir, version))
+}
+
+/// The pinned helm binary.
+pub fn helm_binary() -> Result<std::path::PathBuf> {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("testbed/build-helm.sh");
+    let out = std::process::Command::new("bash").arg(&script).output()?;
+    if !out.status.success() {
+        bail!(
+            "{} failed: {}",
+            script.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8(out.stdout)?.trim().into())
 }

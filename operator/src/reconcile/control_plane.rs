@@ -16,8 +16,9 @@ use super::Context;
 use crate::api::{ControlPlaneMode, Member, MeshFederationSpec};
 use crate::charts::Chart;
 use crate::render::control_plane::{
-    COMPONENT, CROSS_NETWORK_GATEWAY, EAST_WEST_GATEWAY, base_values, cross_network_gateway,
-    gateway_values, is_current, istiod_values, prepare_chart_object,
+    BOOTSTRAP_MANAGER, COMPONENT, CROSS_NETWORK_GATEWAY, EAST_WEST_GATEWAY, base_values,
+    creation_defaults, cross_network_gateway, gateway_values, is_current, istiod_values,
+    prepare_chart_object,
 };
 use crate::render::{FIELD_MANAGER, ISTIO_NAMESPACE, is_ours, keys, managed_selector};
 
@@ -108,25 +109,24 @@ pub async fn sync_control_plane(
                 return Ok(report);
             }
         };
-        let desired: Vec<DynamicObject> = if wanted {
-            rendered
-                .into_iter()
-                .map(|o| prepare_chart_object(o, federation, chart.release()))
-                .collect()
-        } else {
-            Vec::new()
+        let bootstraps: Vec<DynamicObject> =
+            rendered.iter().filter_map(creation_defaults).collect();
+        let prepared: Vec<DynamicObject> = rendered
+            .into_iter()
+            .map(|o| prepare_chart_object(o, federation, chart.release()))
+            .collect();
+        // Kinds come from the render even when nothing is wanted, so that
+        // switching a component off prunes it.
+        let kinds = kinds_in_order(&prepared);
+        let desired = if wanted { prepared } else { Vec::new() };
+        let component = Component {
+            name: chart.release(),
+            kinds,
+            desired,
+            bootstraps,
         };
-        let kinds_of_chart = kinds_in_order(&desired);
-        if let Some(problem) = converge_component(
-            &ctx.kinds,
-            client,
-            &member.name,
-            federation,
-            chart.release(),
-            &desired,
-            &kinds_of_chart,
-        )
-        .await?
+        if let Some(problem) =
+            converge_component(&ctx.kinds, client, &member.name, federation, &component).await?
         {
             report.problem = Some(problem);
             return Ok(report);
@@ -138,17 +138,14 @@ pub async fn sync_control_plane(
         } else {
             vec![]
         };
-        let kinds_of_gateway = kinds_in_order(&[cross_network_gateway(federation)]);
-        if let Some(problem) = converge_component(
-            &ctx.kinds,
-            client,
-            &member.name,
-            federation,
-            CROSS_NETWORK_GATEWAY,
-            &gateway,
-            &kinds_of_gateway,
-        )
-        .await?
+        let component = Component {
+            name: CROSS_NETWORK_GATEWAY,
+            kinds: kinds_in_order(&[cross_network_gateway(federation)]),
+            desired: gateway,
+            bootstraps: Vec::new(),
+        };
+        if let Some(problem) =
+            converge_component(&ctx.kinds, client, &member.name, federation, &component).await?
         {
             report.gateway = Some(GatewayReport {
                 problem: Some(problem),
@@ -204,20 +201,34 @@ fn gvk_of(o: &DynamicObject) -> Option<GroupVersionKind> {
     Some(GroupVersionKind::gvk(group, version, &t.kind))
 }
 
-/// Applies `desired` (one chart's objects) and deletes what the component
-/// carried before but no longer renders. CRDs are never deleted: that would
-/// delete every Istio resource in the cluster. Returns a problem to report.
+/// One chart's worth of objects (or the cross-network Gateway).
+struct Component {
+    /// Value of the component label.
+    name: &'static str,
+    /// Every kind the component renders, even when nothing of it is desired.
+    kinds: Vec<GroupVersionKind>,
+    desired: Vec<DynamicObject>,
+    /// Creation defaults (see `creation_defaults`).
+    bootstraps: Vec<DynamicObject>,
+}
+
+/// Applies the component's objects and deletes what it carried before but no
+/// longer renders. CRDs are never deleted: that would delete every Istio
+/// resource in the cluster. Returns a problem to report.
 async fn converge_component(
     kinds: &KindCache,
     client: &Client,
     member: &str,
     federation: &str,
-    component: &str,
-    desired: &[DynamicObject],
-    kinds_of_component: &[GroupVersionKind],
+    component: &Component,
 ) -> Result<Option<String>, kube::Error> {
-    let selector = format!("{},{COMPONENT}={component}", managed_selector(federation));
-    for gvk in kinds_of_component {
+    let selector = format!(
+        "{},{COMPONENT}={}",
+        managed_selector(federation),
+        component.name
+    );
+    let desired = &component.desired;
+    for gvk in &component.kinds {
         let (resource, namespaced) = match kinds.resolve(client, member, gvk).await {
             Ok(found) => found,
             // The kind is not served yet (Istio's CRDs are still being established).
@@ -269,6 +280,7 @@ async fn converge_component(
                     keys::ADOPT
                 )));
             }
+            let created = !live.contains_key(&key) && api.get_opt(&obj.name_any()).await?.is_none();
             let mut obj = obj.clone();
             obj.metadata.namespace = ns.clone();
             api.patch(
@@ -277,6 +289,18 @@ async fn converge_component(
                 &Patch::Apply(&obj),
             )
             .await?;
+            let bootstrap = component
+                .bootstraps
+                .iter()
+                .find(|b| b.metadata.name == obj.metadata.name && b.types == obj.types);
+            if let (true, Some(bootstrap)) = (created, bootstrap) {
+                api.patch(
+                    &obj.name_any(),
+                    &PatchParams::apply(BOOTSTRAP_MANAGER),
+                    &Patch::Apply(bootstrap),
+                )
+                .await?;
+            }
         }
         if gvk.kind == "CustomResourceDefinition" {
             continue;

@@ -183,7 +183,7 @@ async fn sync_member(
         .kubernetes_version
         .clone()
         .unwrap_or_default();
-    let cp = sync_control_plane(
+    let cp = match sync_control_plane(
         ctx,
         &client,
         &federation,
@@ -192,7 +192,15 @@ async fn sync_member(
         &version,
         certificates_ready,
     )
-    .await?;
+    .await
+    {
+        Ok(cp) => cp,
+        // The member answered; what failed is applying Istio, not reaching it.
+        Err(e) => super::control_plane::ControlPlaneReport {
+            problem: Some(format!("applying Istio: {}", unreachable_reason(&e))),
+            ..Default::default()
+        },
+    };
     if fed.spec.control_plane.is_some() {
         let status = &mut prepared.report.status;
         status.istio_version = cp.istio_version;

@@ -138,6 +138,40 @@ pub fn prepare_chart_object(
     mark(obj, federation, component)
 }
 
+/// Field manager for values meshfed sets once, at creation, and then leaves to
+/// their real owner.
+pub const BOOTSTRAP_MANAGER: &str = "meshfed-bootstrap";
+
+/// What a new object must start with that meshfed does not own afterwards:
+/// the chart's initial validating-webhook `failurePolicy` (Ignore until istiod
+/// is ready and flips it to Fail). Without it the API server defaults to Fail
+/// and rejects Istio config before istiod can serve.
+pub fn creation_defaults(rendered: &DynamicObject) -> Option<DynamicObject> {
+    let types = rendered.types.as_ref()?;
+    if types.kind != "ValidatingWebhookConfiguration" {
+        return None;
+    }
+    let webhooks: Vec<Value> = rendered
+        .data
+        .get("webhooks")?
+        .as_array()?
+        .iter()
+        .filter_map(|w| {
+            Some(json!({ "name": w.get("name")?, "failurePolicy": w.get("failurePolicy")? }))
+        })
+        .collect();
+    if webhooks.is_empty() {
+        return None;
+    }
+    let mut patch = DynamicObject {
+        types: Some(types.clone()),
+        metadata: Default::default(),
+        data: json!({ "webhooks": webhooks }),
+    };
+    patch.metadata.name = rendered.metadata.name.clone();
+    Some(patch)
+}
+
 fn mark(mut obj: DynamicObject, federation: &str, component: &str) -> DynamicObject {
     let labels = obj.metadata.labels.get_or_insert_with(BTreeMap::new);
     labels.extend(managed_labels(federation));
@@ -314,6 +348,22 @@ mod tests {
         assert_eq!(labels["app.kubernetes.io/managed-by"], "meshfed");
         assert_eq!(labels[COMPONENT], "istiod");
         assert!(crate::render::is_ours(&out.metadata, "prod"));
+    }
+
+    #[test]
+    fn initial_failure_policy_is_a_creation_default_only() {
+        let hook: DynamicObject = serde_json::from_value(json!({
+            "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingWebhookConfiguration",
+            "metadata": {"name": "istio-validator"},
+            "webhooks": [{"name": "a.istio.io", "failurePolicy": "Ignore", "clientConfig": {}}, {"name": "b.istio.io", "clientConfig": {}}]
+        })).unwrap();
+        let patch = creation_defaults(&hook).unwrap();
+        assert_eq!(patch.metadata.name.as_deref(), Some("istio-validator"));
+        assert_eq!(
+            patch.data["webhooks"],
+            json!([{"name": "a.istio.io", "failurePolicy": "Ignore"}])
+        );
+        assert!(creation_defaults(&cross_network_gateway("prod")).is_none());
     }
 
     #[test]
