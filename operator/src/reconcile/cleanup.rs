@@ -1,46 +1,174 @@
 //! Removing meshfed's objects from a member that leaves, or from every member
 //! when the federation is deleted.
-use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
-use kube::{Api, Client, ResourceExt};
+use std::fmt::Debug;
+
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
+};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
+use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
+use kube::{Api, Client, Resource};
+use serde::de::DeserializeOwned;
 
 use super::apply::prune;
 use crate::api::RemovalPolicy;
+use crate::render::control_plane::COMPONENT;
 use crate::render::{CACERTS, ISTIO_NAMESPACE};
 
-/// Deletes everything meshfed labelled for `federation` in the member: remote
-/// secrets, the reader identity, and `cacerts` unless the policy retains it.
-/// The `istio-system` namespace and its network label stay (they may carry
-/// the user's own Istio install).
+/// Deletes what meshfed labelled for `federation` in the member. Remote
+/// secrets and the reader identity always go. With `Retain`, what a running
+/// Istio needs stays: `cacerts` and the control plane meshfed installed
+/// (istiod, gateways), so the cluster keeps working on its own. Never
+/// deleted: Istio's CRDs (that would delete every Istio resource), and the
+/// `istio-system` namespace.
 pub async fn remove_from_member(
     client: &Client,
     federation: &str,
     policy: RemovalPolicy,
 ) -> Result<Vec<String>, kube::Error> {
-    let retain_cacerts = policy == RemovalPolicy::Retain;
+    let retain = policy == RemovalPolicy::Retain;
+    let keep = |meta: &kube::api::ObjectMeta| {
+        let control_plane = meta
+            .labels
+            .as_ref()
+            .is_some_and(|l| l.contains_key(COMPONENT));
+        retain && (control_plane || meta.name.as_deref() == Some(CACERTS))
+    };
     let mut removed = Vec::new();
-    let secrets = Api::<Secret>::namespaced(client.clone(), ISTIO_NAMESPACE);
     removed.extend(
-        prune(&secrets, federation, |s| {
-            retain_cacerts && s.name_any() == CACERTS
-        })
-        .await?,
-    );
-    let sas = Api::<ServiceAccount>::namespaced(client.clone(), ISTIO_NAMESPACE);
-    removed.extend(prune(&sas, federation, |_| false).await?);
-    removed.extend(
-        prune(
-            &Api::<ClusterRoleBinding>::all(client.clone()),
+        prune_kind(
+            Api::<Secret>::namespaced(client.clone(), ISTIO_NAMESPACE),
             federation,
-            |_| false,
+            &keep,
         )
         .await?,
     );
     removed.extend(
-        prune(&Api::<ClusterRole>::all(client.clone()), federation, |_| {
-            false
-        })
+        prune_kind(
+            Api::<ServiceAccount>::namespaced(client.clone(), ISTIO_NAMESPACE),
+            federation,
+            &keep,
+        )
         .await?,
     );
+    removed.extend(
+        prune_kind(
+            Api::<Deployment>::namespaced(client.clone(), ISTIO_NAMESPACE),
+            federation,
+            &keep,
+        )
+        .await?,
+    );
+    removed.extend(
+        prune_kind(
+            Api::<Service>::namespaced(client.clone(), ISTIO_NAMESPACE),
+            federation,
+            &keep,
+        )
+        .await?,
+    );
+    removed.extend(
+        prune_kind(
+            Api::<ConfigMap>::namespaced(client.clone(), ISTIO_NAMESPACE),
+            federation,
+            &keep,
+        )
+        .await?,
+    );
+    removed.extend(
+        prune_kind(
+            Api::<Role>::namespaced(client.clone(), ISTIO_NAMESPACE),
+            federation,
+            &keep,
+        )
+        .await?,
+    );
+    removed.extend(
+        prune_kind(
+            Api::<RoleBinding>::namespaced(client.clone(), ISTIO_NAMESPACE),
+            federation,
+            &keep,
+        )
+        .await?,
+    );
+    removed.extend(
+        prune_kind(
+            Api::<HorizontalPodAutoscaler>::namespaced(client.clone(), ISTIO_NAMESPACE),
+            federation,
+            &keep,
+        )
+        .await?,
+    );
+    removed.extend(
+        prune_kind(
+            Api::<PodDisruptionBudget>::namespaced(client.clone(), ISTIO_NAMESPACE),
+            federation,
+            &keep,
+        )
+        .await?,
+    );
+    removed.extend(
+        prune_kind(
+            Api::<ClusterRoleBinding>::all(client.clone()),
+            federation,
+            &keep,
+        )
+        .await?,
+    );
+    removed.extend(prune_kind(Api::<ClusterRole>::all(client.clone()), federation, &keep).await?);
+    removed.extend(
+        prune_kind(
+            Api::<MutatingWebhookConfiguration>::all(client.clone()),
+            federation,
+            &keep,
+        )
+        .await?,
+    );
+    removed.extend(
+        prune_kind(
+            Api::<ValidatingWebhookConfiguration>::all(client.clone()),
+            federation,
+            &keep,
+        )
+        .await?,
+    );
+    let gateway = ApiResource::from_gvk(&GroupVersionKind::gvk(
+        "networking.istio.io",
+        "v1",
+        "Gateway",
+    ));
+    match prune_kind(
+        Api::<DynamicObject>::namespaced_with(client.clone(), ISTIO_NAMESPACE, &gateway),
+        federation,
+        &keep,
+    )
+    .await
+    {
+        Ok(names) => removed.extend(names),
+        // Istio's CRDs are not installed: no Gateway can exist.
+        Err(kube::Error::Api(e)) if e.code == 404 => {}
+        Err(e) => return Err(e),
+    }
     Ok(removed)
+}
+
+/// Deletes `federation`'s objects of one kind that `keep` rejects; returns "Kind/name"s.
+async fn prune_kind<K>(
+    api: Api<K>,
+    federation: &str,
+    keep: &impl Fn(&kube::api::ObjectMeta) -> bool,
+) -> Result<Vec<String>, kube::Error>
+where
+    K: Resource + Clone + Debug + DeserializeOwned,
+{
+    let kind = std::any::type_name::<K>()
+        .rsplit("::")
+        .next()
+        .unwrap_or("object");
+    let names = prune(&api, federation, |o: &K| keep(o.meta())).await?;
+    Ok(names.into_iter().map(|n| format!("{kind}/{n}")).collect())
 }
