@@ -278,28 +278,53 @@ where
 
 /// A per-member status table, as `make demo` prints it.
 pub fn status_table(fed: &MeshFederation) -> String {
-    let mut out = format!(
-        "{:<12} {:<10} {:<10} {:<8} {:<22} {:<8} {}\n",
-        "MEMBER", "REACHABLE", "NETWORK", "READY", "INTERMEDIATE EXPIRES", "REMOTE", "LAST ERROR"
-    );
+    let row = |cells: [&str; 8]| {
+        format!(
+            "{:<10} {:<10} {:<9} {:<6} {:<17} {:<7} {:<14} {:<15} {}\n",
+            cells[0], cells[1], cells[2], cells[3], cells[4], cells[5], cells[6], cells[7], ""
+        )
+    };
+    let mut out = row([
+        "MEMBER",
+        "REACHABLE",
+        "NETWORK",
+        "READY",
+        "INTERMEDIATE EXP",
+        "REMOTE",
+        "CONTROL PLANE",
+        "GATEWAY",
+    ]);
     let Some(status) = &fed.status else {
         return out;
     };
     for m in &status.members {
         let network = fed.spec.member(&m.name).map_or("-", |x| x.network.as_str());
-        let expires = m.intermediate.as_ref().map_or("-".to_string(), |i| {
+        let expires = m.intermediate.as_ref().map_or("-".into(), |i| {
             i.not_after.0.strftime("%Y-%m-%d %H:%M").to_string()
         });
-        out += &format!(
-            "{:<12} {:<10} {:<10} {:<8} {:<22} {:<8} {}\n",
-            m.name,
-            m.reachable,
+        let control_plane = match (m.control_plane_ready, &m.istio_version) {
+            (None, _) => "-".to_string(),
+            (Some(ready), version) => format!(
+                "{} {}",
+                version.as_deref().unwrap_or("external"),
+                if ready { "ready" } else { "not ready" }
+            ),
+        };
+        let remote = format!("{}/{}", m.remote_secrets_present, m.remote_secrets_expected);
+        let reachable = m.reachable.to_string();
+        let ready = m.ready.to_string();
+        out += row([
+            &m.name,
+            &reachable,
             network,
-            m.ready,
-            expires,
-            format!("{}/{}", m.remote_secrets_present, m.remote_secrets_expected),
-            m.last_error.as_deref().unwrap_or("-")
-        );
+            &ready,
+            &expires,
+            &remote,
+            &control_plane,
+            m.gateway_address.as_deref().unwrap_or("-"),
+        ])
+        .trim_end();
+        out += &format!("  {}\n", m.last_error.as_deref().unwrap_or(""));
     }
     for c in &status.conditions {
         out += &format!(

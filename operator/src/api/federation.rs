@@ -254,9 +254,11 @@ pub struct CaSpec {
     #[x_kube(validation = Rule::new("duration(self) > duration('0s')").message("spec.ca.renewBefore must be positive"))]
     pub renew_before: Option<Duration>,
 
-    /// What happens to each member's `cacerts` (and a generated root) when the
-    /// member leaves or the federation is deleted: Retain (default) keeps them so a
-    /// running Istio keeps working; Delete removes them.
+    /// What happens to what a running Istio needs when a member leaves or the
+    /// federation is deleted: Retain (default) keeps each member's `cacerts`,
+    /// the control plane meshfed installed, and a generated root, so clusters
+    /// keep working on their own; Delete removes them. Remote secrets and
+    /// reader identities are always removed; Istio's CRDs never are.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_removal: Option<RemovalPolicy>,
 }
