@@ -385,19 +385,7 @@ pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> Result<(u16, St
 pub fn istio_chart_set(into: &std::path::Path) -> Result<(std::path::PathBuf, String)> {
     let charts = match std::env::var_os("MESHFED_ISTIO_CHARTS") {
         Some(dir) => std::path::PathBuf::from(dir),
-        None => {
-            let script =
-                std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("testbed/build-istio.sh");
-            let out = std::process::Command::new("bash").arg(&script).output()?;
-            if !out.status.success() {
-                bail!(
-                    "{} failed: {}",
-                    script.display(),
-                    String::from_utf8_lossy(&out.stderr)
-                );
-            }
-            std::path::PathBuf::from(String::from_utf8(out.stdout)?.trim()).join("charts")
-        }
+        None => build_script_output("build-istio.sh")?.join("charts"),
     };
     let version = "pinned".to_string();
     let dir = into.join("istio-charts");
@@ -411,7 +399,15 @@ pub fn istio_chart_set(into: &std::path::Path) -> Result<(std::path::PathBuf, St
 
 /// The pinned helm binary.
 pub fn helm_binary() -> Result<std::path::PathBuf> {
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("testbed/build-helm.sh");
+    build_script_output("build-helm.sh")
+}
+
+/// Runs `e2e/testbed/<script>` (instant when its cache is warm) and returns
+/// the path it prints.
+fn build_script_output(script: &str) -> Result<std::path::PathBuf> {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("testbed")
+        .join(script);
     let out = std::process::Command::new("bash").arg(&script).output()?;
     if !out.status.success() {
         bail!(

@@ -4,8 +4,7 @@
 use std::collections::BTreeMap;
 
 use jiff::Timestamp;
-use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+use k8s_openapi::api::core::v1::{Namespace, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::ListParams;
 use kube::{Api, ResourceExt};
@@ -123,54 +122,44 @@ async fn sync_member(
     .await?;
 
     let reader = render_reader_identity(&federation);
-    let sa_api = Api::<ServiceAccount>::namespaced(client.clone(), ISTIO_NAMESPACE);
-    let foreign = |kind: &str, name: &str| {
-        format!(
-            "{kind} {name} exists and was not created by meshfed; remove it or annotate it {}=true to let meshfed manage it",
-            keys::ADOPT
+    let owned = [
+        ensure(
+            &Api::namespaced(client.clone(), ISTIO_NAMESPACE),
+            &reader.service_account,
+            &federation,
+            Ownership::Exclusive,
         )
-    };
-    if ensure(
-        &sa_api,
-        &reader.service_account,
-        &federation,
-        Ownership::Exclusive,
-    )
-    .await?
-        == Applied::Foreign
-    {
-        prepared.report.other_problems.push(foreign(
-            "ServiceAccount",
-            &format!("{ISTIO_NAMESPACE}/{}", reader.service_account.name_any()),
-        ));
-    }
-    if ensure(
-        &Api::<ClusterRole>::all(client.clone()),
-        &reader.cluster_role,
-        &federation,
-        Ownership::Exclusive,
-    )
-    .await?
-        == Applied::Foreign
-    {
-        prepared
-            .report
-            .other_problems
-            .push(foreign("ClusterRole", &reader.cluster_role.name_any()));
-    }
-    if ensure(
-        &Api::<ClusterRoleBinding>::all(client.clone()),
-        &reader.binding,
-        &federation,
-        Ownership::Exclusive,
-    )
-    .await?
-        == Applied::Foreign
-    {
-        prepared
-            .report
-            .other_problems
-            .push(foreign("ClusterRoleBinding", &reader.binding.name_any()));
+        .await?,
+        ensure(
+            &Api::all(client.clone()),
+            &reader.cluster_role,
+            &federation,
+            Ownership::Exclusive,
+        )
+        .await?,
+        ensure(
+            &Api::all(client.clone()),
+            &reader.binding,
+            &federation,
+            Ownership::Exclusive,
+        )
+        .await?,
+    ];
+    let names = [
+        format!(
+            "ServiceAccount {ISTIO_NAMESPACE}/{}",
+            reader.service_account.name_any()
+        ),
+        format!("ClusterRole {}", reader.cluster_role.name_any()),
+        format!("ClusterRoleBinding {}", reader.binding.name_any()),
+    ];
+    for (applied, name) in owned.iter().zip(names) {
+        if *applied == Applied::Foreign {
+            prepared.report.other_problems.push(format!(
+                "{name} exists and was not created by meshfed; remove it or annotate it {}=true to let meshfed manage it",
+                keys::ADOPT
+            ));
+        }
     }
 
     let secrets = Api::<Secret>::namespaced(client.clone(), ISTIO_NAMESPACE);
