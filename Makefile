@@ -1,7 +1,7 @@
 # The entry points people type. `make help` lists them.
 CARGO ?= cargo
 
-.PHONY: help demo test lint unit e2e testbed-tools helm crds bench bench-testbed bench-operator clean-testbed-cache
+.PHONY: help demo test lint unit e2e testbed-tools helm istio crds bench bench-testbed bench-operator clean-testbed-cache
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
@@ -9,7 +9,7 @@ help: ## List the targets
 demo: testbed-tools ## Three local clusters + operator + sample federation, ending in a status table
 	$(CARGO) run -q -p e2e --bin demo
 
-test: testbed-tools helm lint ## Everything CI runs: lints, unit tests, end-to-end tests on real clusters
+test: testbed-tools helm istio lint ## Everything CI runs: lints, unit tests, end-to-end tests on real clusters
 	$(CARGO) test --workspace --no-fail-fast
 
 lint: ## cargo fmt --check and clippy -D warnings
@@ -19,7 +19,7 @@ lint: ## cargo fmt --check and clippy -D warnings
 unit: ## Unit tests only (no clusters)
 	$(CARGO) test --workspace --lib --bins
 
-e2e: testbed-tools helm ## End-to-end tests only
+e2e: testbed-tools helm istio ## End-to-end tests only
 	$(CARGO) test -p e2e --tests
 
 testbed-tools: ## Build the test bed's Kubernetes, etcd and kwok binaries (cached by version)
@@ -27,6 +27,9 @@ testbed-tools: ## Build the test bed's Kubernetes, etcd and kwok binaries (cache
 
 helm: ## Build the pinned helm binary (cached by version)
 	@bash e2e/testbed/build-helm.sh >/dev/null
+
+istio: ## Build the pinned Istio (pilot-discovery, istioctl) and copy its charts (cached by version)
+	@bash e2e/testbed/build-istio.sh >/dev/null
 
 crds: ## Regenerate the CRD YAML from operator/src/api
 	$(CARGO) run -q -p crd-gen > config/crd/meshfed.io_meshfederations.yaml
@@ -37,7 +40,7 @@ bench: bench-testbed bench-operator ## All benchmarks
 bench-testbed: testbed-tools ## Fleet start time and memory for 1, 3 and 10 clusters
 	$(CARGO) run -q -p e2e --bin testbed -- bench --sizes 1,3,10
 
-bench-operator: testbed-tools ## apply->Ready, requests per reconcile and RSS for 3 and 10 members
+bench-operator: testbed-tools helm istio ## apply->Ready, requests per reconcile and RSS for 3 and 10 members
 	$(CARGO) run -q -p e2e --bin bench -- --sizes 3,10
 
 clean-testbed-cache: ## Forget the built test bed tools (next run rebuilds, ~10 min)
