@@ -4,7 +4,7 @@ CARGO ?= cargo
 .PHONY: help demo test lint unit e2e testbed-tools helm istio crds bench bench-testbed bench-operator clean-testbed-cache
 
 help: ## List the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
 
 demo: testbed-tools ## Three local clusters + operator + sample federation, ending in a status table
 	$(CARGO) run -q -p e2e --bin demo

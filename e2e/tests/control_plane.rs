@@ -287,17 +287,33 @@ async fn istio_charts_install_istiod_and_east_west_gateways() -> Result<()> {
 
     // Deleting the federation with the default Retain policy keeps each
     // member's Istio running on its own; the cross-cluster wiring goes.
-    Api::<MeshFederation>::all(host.clone()).delete("prod", &Default::default()).await?;
+    Api::<MeshFederation>::all(host.clone())
+        .delete("prod", &Default::default())
+        .await?;
     poll(WAIT, "federation deleted", || async {
-        Ok(Api::<MeshFederation>::all(host.clone()).get_opt("prod").await?.is_none())
+        Ok(Api::<MeshFederation>::all(host.clone())
+            .get_opt("prod")
+            .await?
+            .is_none())
     })
     .await?;
     for c in &clients {
-        assert!(Api::<Deployment>::namespaced(c.clone(), "istio-system").get_opt("istiod").await?.is_some());
-        let secrets = Api::<k8s_openapi::api::core::v1::Secret>::namespaced(c.clone(), "istio-system");
-        let remote = secrets.list(&kube::api::ListParams::default().labels("istio/multiCluster=true")).await?;
+        assert!(
+            Api::<Deployment>::namespaced(c.clone(), "istio-system")
+                .get_opt("istiod")
+                .await?
+                .is_some()
+        );
+        let secrets =
+            Api::<k8s_openapi::api::core::v1::Secret>::namespaced(c.clone(), "istio-system");
+        let remote = secrets
+            .list(&kube::api::ListParams::default().labels("istio/multiCluster=true"))
+            .await?;
         assert!(remote.items.is_empty(), "remote secrets removed");
-        assert!(secrets.get_opt("cacerts").await?.is_some(), "cacerts retained");
+        assert!(
+            secrets.get_opt("cacerts").await?.is_some(),
+            "cacerts retained"
+        );
     }
     drop(operator);
     Ok(())
