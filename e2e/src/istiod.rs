@@ -1,0 +1,936 @@
+//! The real Istio control plane in the test bed: istiod (`pilot-discovery`)
+//! run as a local process against one test-bed cluster, the way it would
+//! run in that cluster, plus Istio's base CRDs and its debug endpoints.
+//!
+//! ```no_run
+//! # async fn demo(fleet: &e2e::Fleet) -> anyhow::Result<()> {
+//! use e2e::istiod::{Istiod, install_base_crds};
+//! let c = fleet.cluster(0);
+//! install_base_crds(&c.client()).await?;
+//! let istiod = Istiod::start(c, "cluster-0", "net-a", "mesh1", &fleet.dir().join("istiod-0")).await?;
+//! for rc in istiod.clusterz().await? {
+//!     println!("{} {}", rc.id, rc.sync_status);
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! The binaries and charts come from `e2e/testbed/build-istio.sh` (pinned by
+//! `ISTIO_MODULE_VERSION` in `versions.env`), or from `$MESHFED_ISTIO_ROOT`.
+//! See `docs/istio.md`.
+
+use std::collections::{BTreeMap, HashSet};
+use std::io::{self, Write as _};
+use std::net::{SocketAddr, TcpListener};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, OnceLock, mpsc};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Patch, PatchParams};
+use kube::{Api, Client};
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use serde::Deserialize;
+use tokio::sync::OnceCell;
+
+use crate::Cluster;
+use crate::fleet::tail_file;
+
+/// A directory holding `bin/{pilot-discovery,istioctl}` and `charts/`; skips
+/// running the build script.
+pub const ROOT_ENV: &str = "MESHFED_ISTIO_ROOT";
+/// Path of a helm binary; skips running `build-helm.sh`.
+pub const HELM_ENV: &str = "MESHFED_HELM";
+/// Istio's system namespace, where istiod reads `cacerts` and remote secrets.
+pub const ISTIO_NAMESPACE: &str = "istio-system";
+/// Label istiod reads a cluster's network from (on the system namespace).
+pub const NETWORK_LABEL: &str = "topology.istio.io/network";
+/// Field manager for what this module applies.
+const MANAGER: &str = "meshfed-e2e-istio";
+
+/// The pinned Istio build: binaries and Helm charts.
+#[derive(Debug, Clone)]
+pub struct Istio {
+    root: PathBuf,
+}
+
+impl Istio {
+    /// The directory holding `bin/` and `charts/`.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// `pilot-discovery`, i.e. istiod.
+    pub fn pilot_discovery(&self) -> PathBuf {
+        self.root.join("bin/pilot-discovery")
+    }
+
+    /// `istioctl`.
+    pub fn istioctl(&self) -> PathBuf {
+        self.root.join("bin/istioctl")
+    }
+
+    /// Istio's charts (`base`, `istio-control/istio-discovery`, `gateway`, ...).
+    pub fn charts_dir(&self) -> PathBuf {
+        self.root.join("charts")
+    }
+
+    fn check(root: PathBuf) -> Result<Istio> {
+        let istio = Istio { root };
+        for p in [
+            istio.pilot_discovery(),
+            istio.istioctl(),
+            istio.charts_dir().join("base/Chart.yaml"),
+        ] {
+            if !p.is_file() {
+                bail!(
+                    "{} missing; run `bash e2e/testbed/build-istio.sh` or point {ROOT_ENV} at its output",
+                    p.display()
+                );
+            }
+        }
+        Ok(istio)
+    }
+}
+
+fn testbed_script(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("testbed")
+        .join(name)
+}
+
+/// Runs a build script and returns the last line it printed.
+async fn script_output(name: &str) -> Result<PathBuf> {
+    let script = testbed_script(name);
+    let out = tokio::process::Command::new("bash")
+        .arg(&script)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .output()
+        .await
+        .with_context(|| format!("run {}", script.display()))?;
+    if !out.status.success() {
+        bail!("{} exited with {}", script.display(), out.status);
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout
+        .lines()
+        .map(str::trim)
+        .rfind(|l| !l.is_empty())
+        .with_context(|| format!("{} printed nothing", script.display()))?;
+    Ok(PathBuf::from(line))
+}
+
+/// Finds the Istio build: `$MESHFED_ISTIO_ROOT`, else what
+/// `e2e/testbed/build-istio.sh` prints (instant when warm; a cold cache
+/// builds, about 5 minutes on 2 cores). Cached for the process.
+pub async fn istio() -> Result<Istio> {
+    static ISTIO: OnceCell<Istio> = OnceCell::const_new();
+    ISTIO
+        .get_or_try_init(|| async {
+            match std::env::var_os(ROOT_ENV).filter(|v| !v.is_empty()) {
+                Some(dir) => Istio::check(dir.into()),
+                None => Istio::check(script_output("build-istio.sh").await?),
+            }
+        })
+        .await
+        .cloned()
+}
+
+/// Finds helm: `$MESHFED_HELM`, else what `e2e/testbed/build-helm.sh` prints.
+pub async fn helm() -> Result<PathBuf> {
+    static HELM: OnceCell<PathBuf> = OnceCell::const_new();
+    HELM.get_or_try_init(|| async {
+        match std::env::var_os(HELM_ENV).filter(|v| !v.is_empty()) {
+            Some(p) => Ok(PathBuf::from(p)),
+            None => script_output("build-helm.sh").await,
+        }
+    })
+    .await
+    .cloned()
+}
+
+/// The CustomResourceDefinitions of Istio's `base` chart, rendered with
+/// `helm template` (rendered once per process). The chart's other objects
+/// (the reader ServiceAccount and the default-revision validating webhook)
+/// are left out: they belong to an installation, not to the API.
+pub async fn base_crds() -> Result<Vec<CustomResourceDefinition>> {
+    static CRDS: OnceCell<Vec<CustomResourceDefinition>> = OnceCell::const_new();
+    CRDS.get_or_try_init(|| async {
+        let istio = istio().await?;
+        let helm = helm().await?;
+        let out = tokio::process::Command::new(&helm)
+            .args(["template", "base"])
+            .arg(istio.charts_dir().join("base"))
+            .args(["--namespace", ISTIO_NAMESPACE])
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .with_context(|| format!("run {}", helm.display()))?;
+        if !out.status.success() {
+            bail!(
+                "helm template base failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let text = String::from_utf8(out.stdout)?;
+        let mut crds = Vec::new();
+        for doc in serde_yaml::Deserializer::from_str(&text) {
+            let value = serde_yaml::Value::deserialize(doc)?;
+            if value.get("kind").and_then(|k| k.as_str()) == Some("CustomResourceDefinition") {
+                crds.push(serde_yaml::from_value(value)?);
+            }
+        }
+        if crds.is_empty() {
+            bail!("helm template base rendered no CustomResourceDefinition");
+        }
+        Ok(crds)
+    })
+    .await
+    .cloned()
+}
+
+/// Applies Istio's base CRDs to a cluster (server-side apply) and waits
+/// until every one is Established. Istio's CRDs must be in before istiod starts.
+pub async fn install_base_crds(client: &Client) -> Result<()> {
+    let crds = base_crds().await?;
+    let api = Api::<CustomResourceDefinition>::all(client.clone());
+    let params = PatchParams::apply(MANAGER).force();
+    let mut names = Vec::new();
+    for crd in &crds {
+        let name = crd.metadata.name.clone().context("CRD without a name")?;
+        api.patch(&name, &params, &Patch::Apply(crd))
+            .await
+            .with_context(|| format!("apply CRD {name}"))?;
+        names.push(name);
+    }
+    poll(
+        Duration::from_secs(60),
+        "Istio CRDs established",
+        || async {
+            for name in &names {
+                let crd = api.get(name).await?;
+                let established = crd
+                    .status
+                    .and_then(|s| s.conditions)
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|c| c.type_ == "Established" && c.status == "True");
+                if !established {
+                    return Ok(false);
+                }
+            }
+            Ok(true)
+        },
+    )
+    .await
+}
+
+/// How to run one istiod.
+#[derive(Debug, Clone)]
+pub struct IstiodOptions {
+    /// `--clusterID`: the name peers' remote secrets use for this cluster.
+    pub cluster_id: String,
+    /// The network this cluster is on. istiod itself reads it from the
+    /// `topology.istio.io/network` label of `istio-system` (which meshfed
+    /// sets); [`Istiod::start_with`] refuses to start if the label differs.
+    pub network: String,
+    /// `meshConfig.defaultConfig.meshId`.
+    pub mesh_id: String,
+    /// `meshConfig.trustDomain` (default `cluster.local`).
+    pub trust_domain: String,
+    /// `PILOT_REMOTE_CLUSTER_TIMEOUT`: how long istiod waits for a remote
+    /// cluster before it reports `timeout` and becomes ready without it
+    /// (default 10 s; Istio's own default is 30 s).
+    pub remote_cluster_timeout: Duration,
+    /// `USE_REMOTE_CERTS=true` (default): istiod fetches the `cacerts`
+    /// Secret from its cluster into `<work_dir>/etc/cacerts` at start-up.
+    pub use_remote_certs: bool,
+    /// Extra environment for pilot-discovery (applied last).
+    pub env: Vec<(String, String)>,
+    /// Give up if `/ready` does not answer 200 within this time (default 90 s).
+    pub ready_timeout: Duration,
+}
+
+impl IstiodOptions {
+    pub fn new(cluster_id: &str, network: &str, mesh_id: &str) -> IstiodOptions {
+        IstiodOptions {
+            cluster_id: cluster_id.into(),
+            network: network.into(),
+            mesh_id: mesh_id.into(),
+            trust_domain: "cluster.local".into(),
+            remote_cluster_timeout: Duration::from_secs(10),
+            use_remote_certs: true,
+            env: Vec::new(),
+            ready_timeout: Duration::from_secs(90),
+        }
+    }
+}
+
+/// The ports one istiod listens on, all on 127.0.0.1.
+#[derive(Debug, Clone, Copy)]
+pub struct IstiodPorts {
+    /// `--httpAddr` (8080 in a pod): `/ready` and the debug endpoints.
+    pub http: u16,
+    /// `--grpcAddr` (15010): plaintext XDS.
+    pub grpc: u16,
+    /// `--secureGRPCAddr` (15012): XDS and the CA over TLS, istiod's DNS cert.
+    pub secure_grpc: u16,
+    /// `--httpsAddr` (15017): webhooks over TLS, istiod's DNS cert.
+    pub https: u16,
+    /// `--monitoringAddr` (15014): `/metrics` and the debug endpoints.
+    pub monitoring: u16,
+    /// `--ctrlz_port` (9876).
+    pub ctrlz: u16,
+}
+
+/// One entry of `/debug/clusterz` (what `istioctl remote-clusters` shows).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct RemoteCluster {
+    /// Cluster ID: the data key of the remote secret (or istiod's own ID).
+    pub id: String,
+    /// `<namespace>/<secret>` it came from; empty for istiod's own cluster.
+    #[serde(rename = "secretName", default)]
+    pub secret_name: String,
+    /// `synced`, `syncing`, `timeout` or `closed`.
+    #[serde(rename = "syncStatus", default)]
+    pub sync_status: String,
+}
+
+/// A service in istiod's registry (`/debug/registryz`), reduced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistryService {
+    pub hostname: String,
+    pub namespace: String,
+    /// Cluster ID → cluster IPs of the service in that cluster.
+    pub cluster_vips: BTreeMap<String, Vec<String>>,
+}
+
+/// An endpoint from `/debug/endpointShardz`, reduced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardEndpoint {
+    pub hostname: String,
+    pub namespace: String,
+    /// The shard key's cluster (`Kubernetes/<cluster>`).
+    pub cluster: String,
+    pub addresses: Vec<String>,
+    pub network: String,
+    pub port: u64,
+    pub workload: String,
+    pub service_account: String,
+}
+
+/// A running istiod. Dropping it kills its process group and reaps it.
+pub struct Istiod {
+    child: Option<Child>,
+    pid: u32,
+    opts: IstiodOptions,
+    ports: IstiodPorts,
+    work_dir: PathBuf,
+    log: PathBuf,
+    started: Instant,
+    ready_after: Duration,
+}
+
+impl Istiod {
+    /// Starts istiod for `cluster` as cluster `cluster_id` of mesh `mesh_id`,
+    /// with its working directory (mesh config, fetched `cacerts`, log) in
+    /// `work_dir`, and waits until `/ready` answers 200.
+    pub async fn start(
+        cluster: &Cluster,
+        cluster_id: &str,
+        network: &str,
+        mesh_id: &str,
+        work_dir: &Path,
+    ) -> Result<Istiod> {
+        Istiod::start_with(
+            cluster,
+            IstiodOptions::new(cluster_id, network, mesh_id),
+            work_dir,
+        )
+        .await
+    }
+
+    /// [`Istiod::start`] with options.
+    pub async fn start_with(
+        cluster: &Cluster,
+        opts: IstiodOptions,
+        work_dir: &Path,
+    ) -> Result<Istiod> {
+        let istio = istio().await?;
+        std::fs::create_dir_all(work_dir)
+            .with_context(|| format!("create {}", work_dir.display()))?;
+        let work_dir = std::path::absolute(work_dir)?;
+
+        // istiod takes its network from the system namespace's label.
+        let ns = Api::<Namespace>::all(cluster.client())
+            .get_opt(ISTIO_NAMESPACE)
+            .await?
+            .with_context(|| format!("{}: namespace {ISTIO_NAMESPACE} missing", cluster.name()))?;
+        let label = ns
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(NETWORK_LABEL))
+            .cloned()
+            .unwrap_or_default();
+        if label != opts.network {
+            bail!(
+                "{}: {ISTIO_NAMESPACE} is labelled {NETWORK_LABEL}={label:?}, expected {:?}",
+                cluster.name(),
+                opts.network
+            );
+        }
+
+        let config_dir = work_dir.join("etc/istio/config");
+        std::fs::create_dir_all(&config_dir)?;
+        std::fs::write(
+            config_dir.join("mesh"),
+            format!(
+                "trustDomain: {}\ndefaultConfig:\n  meshId: {}\n",
+                opts.trust_domain, opts.mesh_id
+            ),
+        )?;
+        std::fs::write(config_dir.join("meshNetworks"), "networks: {}\n")?;
+        // USE_REMOTE_CERTS skips the fetch when a complete bundle is already
+        // on disk: never let a previous run's copy stand in for the Secret.
+        let ca_dir = work_dir.join("etc/cacerts");
+        if ca_dir.exists() {
+            std::fs::remove_dir_all(&ca_dir)?;
+        }
+        let log = work_dir.join("istiod.log");
+
+        let mut last_err = None;
+        for _attempt in 0..3 {
+            let ports = IstiodPorts {
+                http: free_port()?,
+                grpc: free_port()?,
+                secure_grpc: free_port()?,
+                https: free_port()?,
+                monitoring: free_port()?,
+                ctrlz: free_port()?,
+            };
+            let started = Instant::now();
+            let child = spawn(&istio, cluster, &opts, &ports, &work_dir, &log)?;
+            let mut istiod = Istiod {
+                pid: child.id(),
+                child: Some(child),
+                opts: opts.clone(),
+                ports,
+                work_dir: work_dir.clone(),
+                log: log.clone(),
+                started,
+                ready_after: Duration::ZERO,
+            };
+            match istiod.wait_ready(opts.ready_timeout).await {
+                Ok(()) => {
+                    istiod.ready_after = started.elapsed();
+                    return Ok(istiod);
+                }
+                Err(e) if tail_file(&log, 60).contains("address already in use") => {
+                    istiod.stop();
+                    last_err = Some(e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last_err.unwrap_or_else(|| anyhow::anyhow!("istiod did not start")))
+    }
+
+    /// Waits until `/ready` answers 200 (failing early if the process exits).
+    pub async fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            self.check_running()?;
+            if self.is_ready().await {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "istiod {} not ready after {timeout:?}; last lines of {}:\n{}",
+                    self.opts.cluster_id,
+                    self.log.display(),
+                    tail_file(&self.log, 30)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Whether `GET /ready` on the http port answers 200.
+    pub async fn is_ready(&self) -> bool {
+        matches!(http_get(self.http_addr(), "/ready").await, Ok((200, _)))
+    }
+
+    /// Error (with the log's tail) if the process has exited.
+    pub fn check_running(&mut self) -> Result<()> {
+        let Some(child) = self.child.as_mut() else {
+            bail!("istiod {} was stopped", self.opts.cluster_id);
+        };
+        if let Some(status) = child.try_wait()? {
+            bail!(
+                "istiod {} exited ({status}); last lines of {}:\n{}",
+                self.opts.cluster_id,
+                self.log.display(),
+                tail_file(&self.log, 40)
+            );
+        }
+        Ok(())
+    }
+
+    /// SIGKILLs the process group and reaps istiod.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = killpg(Pid::from_raw(self.pid as i32), Signal::SIGKILL);
+            let _ = child.wait();
+        }
+    }
+
+    pub fn cluster_id(&self) -> &str {
+        &self.opts.cluster_id
+    }
+
+    pub fn network(&self) -> &str {
+        &self.opts.network
+    }
+
+    pub fn options(&self) -> &IstiodOptions {
+        &self.opts
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    pub fn ports(&self) -> IstiodPorts {
+        self.ports
+    }
+
+    /// `--httpAddr`: `/ready`, debug endpoints.
+    pub fn http_addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.ports.http))
+    }
+
+    /// `--monitoringAddr`: `/metrics`, debug endpoints.
+    pub fn monitoring_addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.ports.monitoring))
+    }
+
+    /// `--httpsAddr`: TLS with istiod's DNS certificate (issued by its CA).
+    pub fn https_addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.ports.https))
+    }
+
+    /// `--secureGRPCAddr`: XDS/CA over TLS with istiod's DNS certificate.
+    pub fn secure_grpc_addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.ports.secure_grpc))
+    }
+
+    pub fn work_dir(&self) -> &Path {
+        &self.work_dir
+    }
+
+    /// `ROOT_CA_DIR`: where istiod keeps (with `USE_REMOTE_CERTS`, fetches) `cacerts`.
+    pub fn ca_dir(&self) -> PathBuf {
+        self.work_dir.join("etc/cacerts")
+    }
+
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+
+    /// The whole log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Time from spawn to the first `/ready` 200.
+    pub fn ready_after(&self) -> Duration {
+        self.ready_after
+    }
+
+    /// Time since spawn.
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// Resident set size in bytes (0 once gone).
+    pub fn rss_bytes(&self) -> u64 {
+        crate::fleet::rss_bytes(self.pid)
+    }
+
+    /// `GET <path>` on the monitoring port, parsed as JSON.
+    pub async fn debug_json(&self, path: &str) -> Result<serde_json::Value> {
+        let (code, body) = http_get(self.monitoring_addr(), path).await?;
+        if code != 200 {
+            bail!(
+                "GET {path} on istiod {}: HTTP {code}: {body}",
+                self.opts.cluster_id
+            );
+        }
+        serde_json::from_str(&body)
+            .with_context(|| format!("GET {path} on istiod {}: not JSON", self.opts.cluster_id))
+    }
+
+    /// `/debug/clusterz`: istiod's own cluster first, then one entry per
+    /// cluster from remote secrets.
+    pub async fn clusterz(&self) -> Result<Vec<RemoteCluster>> {
+        Ok(serde_json::from_value(
+            self.debug_json("/debug/clusterz").await?,
+        )?)
+    }
+
+    /// `/debug/clusterz` as cluster ID → sync status.
+    pub async fn cluster_statuses(&self) -> Result<BTreeMap<String, String>> {
+        Ok(self
+            .clusterz()
+            .await?
+            .into_iter()
+            .map(|c| (c.id, c.sync_status))
+            .collect())
+    }
+
+    /// Waits until `/debug/clusterz` lists each of `ids` as `synced`.
+    pub async fn wait_synced(
+        &self,
+        ids: &[&str],
+        timeout: Duration,
+    ) -> Result<BTreeMap<String, String>> {
+        let start = Instant::now();
+        loop {
+            let last = self.cluster_statuses().await;
+            if let Ok(s) = &last
+                && ids
+                    .iter()
+                    .all(|id| s.get(*id).is_some_and(|st| st == "synced"))
+            {
+                return last;
+            }
+            if start.elapsed() > timeout {
+                bail!(
+                    "istiod {}: {ids:?} not all synced after {timeout:?}; clusterz: {last:?}",
+                    self.opts.cluster_id
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// `/debug/registryz`, raw.
+    pub async fn registryz(&self) -> Result<serde_json::Value> {
+        self.debug_json("/debug/registryz").await
+    }
+
+    /// `/debug/registryz`, reduced to hostname, namespace and per-cluster VIPs.
+    pub async fn services(&self) -> Result<Vec<RegistryService>> {
+        Ok(parse_registryz(&self.registryz().await?))
+    }
+
+    /// `/debug/endpointShardz`, raw (`/debug/endpointz` is an alias of it).
+    pub async fn endpoint_shardz(&self) -> Result<serde_json::Value> {
+        self.debug_json("/debug/endpointShardz").await
+    }
+
+    /// `/debug/endpointz`, raw.
+    pub async fn endpointz(&self) -> Result<serde_json::Value> {
+        self.debug_json("/debug/endpointz").await
+    }
+
+    /// Every endpoint istiod knows, reduced.
+    pub async fn endpoints(&self) -> Result<Vec<ShardEndpoint>> {
+        Ok(parse_endpoint_shardz(&self.endpoint_shardz().await?))
+    }
+
+    /// `/metrics` (Prometheus text) on the monitoring port.
+    pub async fn metrics(&self) -> Result<String> {
+        let (code, body) = http_get(self.monitoring_addr(), "/metrics").await?;
+        if code != 200 {
+            bail!("GET /metrics: HTTP {code}");
+        }
+        Ok(body)
+    }
+}
+
+impl Drop for Istiod {
+    fn drop(&mut self) {
+        if std::thread::panicking() && self.child.is_some() {
+            eprintln!(
+                "----- tail of {} -----\n{}",
+                self.log.display(),
+                tail_file(&self.log, 40)
+            );
+        }
+        self.stop();
+    }
+}
+
+/// Reduces `/debug/registryz` JSON.
+pub fn parse_registryz(v: &serde_json::Value) -> Vec<RegistryService> {
+    let mut out = Vec::new();
+    for s in v.as_array().into_iter().flatten() {
+        let mut cluster_vips = BTreeMap::new();
+        if let Some(m) = s
+            .pointer("/clusterVIPs/Addresses")
+            .and_then(|a| a.as_object())
+        {
+            for (cluster, ips) in m {
+                let ips = ips
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|i| i.as_str().map(String::from))
+                    .collect();
+                cluster_vips.insert(cluster.clone(), ips);
+            }
+        }
+        out.push(RegistryService {
+            hostname: str_at(s, "/hostname"),
+            namespace: str_at(s, "/Attributes/Namespace"),
+            cluster_vips,
+        });
+    }
+    out
+}
+
+/// Reduces `/debug/endpointShardz` JSON (hostname → namespace → Shards →
+/// `<registry>/<cluster>` → endpoints).
+pub fn parse_endpoint_shardz(v: &serde_json::Value) -> Vec<ShardEndpoint> {
+    let mut out = Vec::new();
+    for (hostname, by_ns) in v.as_object().into_iter().flatten() {
+        for (namespace, shards) in by_ns.as_object().into_iter().flatten() {
+            let Some(shards) = shards.get("Shards").and_then(|s| s.as_object()) else {
+                continue;
+            };
+            for (key, eps) in shards {
+                let cluster = key.rsplit('/').next().unwrap_or(key).to_string();
+                for ep in eps.as_array().into_iter().flatten() {
+                    out.push(ShardEndpoint {
+                        hostname: hostname.clone(),
+                        namespace: namespace.clone(),
+                        cluster: cluster.clone(),
+                        addresses: ep
+                            .get("Addresses")
+                            .and_then(|a| a.as_array())
+                            .into_iter()
+                            .flatten()
+                            .filter_map(|a| a.as_str().map(String::from))
+                            .collect(),
+                        network: str_at(ep, "/Network"),
+                        port: ep.get("EndpointPort").and_then(|p| p.as_u64()).unwrap_or(0),
+                        workload: str_at(ep, "/WorkloadName"),
+                        service_account: str_at(ep, "/ServiceAccount"),
+                    });
+                }
+            }
+        }
+    }
+    out
+}
+
+fn str_at(v: &serde_json::Value, pointer: &str) -> String {
+    v.pointer(pointer)
+        .and_then(|s| s.as_str())
+        .unwrap_or_default()
+        .to_string()
+}
+
+fn spawn(
+    istio: &Istio,
+    cluster: &Cluster,
+    opts: &IstiodOptions,
+    ports: &IstiodPorts,
+    work_dir: &Path,
+    log: &Path,
+) -> Result<Child> {
+    let addr = |p: u16| format!("127.0.0.1:{p}");
+    let args: Vec<String> = vec![
+        "discovery".into(),
+        "--kubeconfig".into(),
+        cluster.kubeconfig_path().display().to_string(),
+        "--clusterID".into(),
+        opts.cluster_id.clone(),
+        "--namespace".into(),
+        ISTIO_NAMESPACE.into(),
+        "--domain".into(),
+        "cluster.local".into(),
+        "--httpAddr".into(),
+        addr(ports.http),
+        "--grpcAddr".into(),
+        addr(ports.grpc),
+        "--secureGRPCAddr".into(),
+        addr(ports.secure_grpc),
+        "--httpsAddr".into(),
+        addr(ports.https),
+        "--monitoringAddr".into(),
+        addr(ports.monitoring),
+        "--ctrlz_address".into(),
+        "127.0.0.1".into(),
+        "--ctrlz_port".into(),
+        ports.ctrlz.to_string(),
+        "--meshConfig".into(),
+        work_dir.join("etc/istio/config/mesh").display().to_string(),
+        "--networksConfig".into(),
+        work_dir
+            .join("etc/istio/config/meshNetworks")
+            .display()
+            .to_string(),
+        "--keepaliveMaxServerConnectionAge".into(),
+        "30m".into(),
+    ];
+    let mut env: Vec<(String, String)> = vec![
+        ("POD_NAMESPACE".into(), ISTIO_NAMESPACE.into()),
+        ("POD_NAME".into(), format!("istiod-{}", opts.cluster_id)),
+        (
+            "ROOT_CA_DIR".into(),
+            work_dir.join("etc/cacerts").display().to_string(),
+        ),
+        ("USE_REMOTE_CERTS".into(), opts.use_remote_certs.to_string()),
+        ("ISTIO_MULTIROOT_MESH".into(), "true".into()),
+        (
+            "PILOT_REMOTE_CLUSTER_TIMEOUT".into(),
+            format!("{}ms", opts.remote_cluster_timeout.as_millis()),
+        ),
+    ];
+    env.extend(opts.env.iter().cloned());
+
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .with_context(|| format!("open {}", log.display()))?;
+    writeln!(
+        file,
+        "=== [meshfed e2e] starting istiod {} for {}: {} {}\n=== env: {}",
+        opts.cluster_id,
+        cluster.name(),
+        istio.pilot_discovery().display(),
+        args.join(" "),
+        env.iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    )?;
+    let mut cmd = Command::new(istio.pilot_discovery());
+    cmd.args(&args)
+        .envs(env)
+        .current_dir(work_dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(file.try_clone()?))
+        .stderr(Stdio::from(file))
+        .process_group(0);
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            ) != 0
+            {
+                return Err(io::Error::last_os_error());
+            }
+            if libc::getppid() != parent {
+                libc::_exit(1);
+            }
+            Ok(())
+        });
+    }
+    spawn_from_dedicated_thread(cmd).context("spawn pilot-discovery")
+}
+
+/// The parent-death signal fires when the *thread* that forked the child
+/// exits, so fork from one thread that lives as long as the process (as the
+/// fleet's processes do).
+fn spawn_from_dedicated_thread(cmd: Command) -> io::Result<Child> {
+    type Job = (Command, mpsc::Sender<io::Result<Child>>);
+    static SPAWNER: OnceLock<Mutex<mpsc::Sender<Job>>> = OnceLock::new();
+    let tx = SPAWNER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("meshfed-istiod-spawner".into())
+            .spawn(move || {
+                while let Ok((mut cmd, reply)) = rx.recv() {
+                    let _ = reply.send(cmd.spawn());
+                }
+            })
+            .expect("spawn the istiod spawner thread");
+        Mutex::new(tx)
+    });
+    let (reply_tx, reply_rx) = mpsc::channel();
+    tx.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .send((cmd, reply_tx))
+        .map_err(|_| io::Error::other("istiod spawner thread is gone"))?;
+    reply_rx
+        .recv()
+        .map_err(|_| io::Error::other("istiod spawner thread is gone"))?
+}
+
+/// A free port on 127.0.0.1, never handed out twice by this process.
+fn free_port() -> Result<u16> {
+    static GIVEN: OnceLock<Mutex<HashSet<u16>>> = OnceLock::new();
+    let given = GIVEN.get_or_init(Default::default);
+    for _ in 0..100 {
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        if given.lock().unwrap_or_else(|e| e.into_inner()).insert(port) {
+            return Ok(port);
+        }
+    }
+    bail!("no free port found")
+}
+
+/// `GET path` over HTTP/1.0: (status, body). Bounded to 10 s.
+pub async fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let fut = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await?;
+        stream
+            .write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+            .await?;
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await?;
+        let response = String::from_utf8_lossy(&response).into_owned();
+        let code = response
+            .split_whitespace()
+            .nth(1)
+            .context("empty HTTP response")?
+            .parse()?;
+        let body = response
+            .split_once("\r\n\r\n")
+            .map_or("", |(_, b)| b)
+            .to_string();
+        anyhow::Ok((code, body))
+    };
+    tokio::time::timeout(Duration::from_secs(10), fut)
+        .await
+        .with_context(|| format!("GET {path} on {addr} timed out"))?
+}
+
+/// Polls `check` every 100 ms until it returns true or `timeout` passes.
+async fn poll<F, Fut>(timeout: Duration, what: &str, mut check: F) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<bool>>,
+{
+    let start = Instant::now();
+    let mut last_error = None;
+    loop {
+        match check().await {
+            Ok(true) => return Ok(()),
+            Ok(false) => {}
+            Err(e) => last_error = Some(e),
+        }
+        if start.elapsed() > timeout {
+            bail!("timed out after {timeout:?} waiting for {what} (last error: {last_error:?})");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
