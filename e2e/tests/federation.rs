@@ -235,12 +235,16 @@ async fn federation_lifecycle_on_three_real_clusters() -> Result<()> {
                 matches!(write, Err(kube::Error::Api(ref e)) if e.code == 403),
                 "reader wrote: {write:?}"
             );
-            let secrets = Api::<Secret>::all(remote)
+            // istiod's remote credentials controller watches Secrets in its peers.
+            Api::<Secret>::all(remote.clone())
                 .list(&ListParams::default())
+                .await?;
+            let delete = Api::<Secret>::namespaced(remote, "istio-system")
+                .delete("cacerts", &Default::default())
                 .await;
             assert!(
-                matches!(secrets, Err(kube::Error::Api(ref e)) if e.code == 403),
-                "reader read secrets"
+                matches!(delete, Err(kube::Error::Api(ref e)) if e.code == 403),
+                "reader deleted a Secret"
             );
         }
     }

@@ -385,7 +385,9 @@ fn rbac_is_least_privilege_and_covers_the_reader_role() {
         let text = serde_json::to_string(&role["rules"]).unwrap();
         assert!(!text.contains('*'), "{kind} {name} has a wildcard: {text}");
     }
-    // Secrets only in the operator's namespace and istio-system, never cluster-wide.
+    // Secrets are written only in the operator's namespace and istio-system;
+    // cluster-wide they are only read, by the mirror of the reader role
+    // (istiod watches Secrets in its peers).
     for o in objects.iter().filter(|o| o["kind"] == "ClusterRole") {
         for rule in o["rules"].as_array().unwrap() {
             let core = rule["apiGroups"]
@@ -394,9 +396,14 @@ fn rbac_is_least_privilege_and_covers_the_reader_role() {
                 .iter()
                 .any(|g| g == "");
             let resources = rule["resources"].as_array().unwrap();
+            let verbs = rule["verbs"].as_array().unwrap();
+            let secrets = core && resources.iter().any(|r| r == "secrets" || r == "*");
             assert!(
-                !core || !resources.iter().any(|r| r == "secrets" || r == "*"),
-                "{} grants Secrets cluster-wide",
+                !secrets
+                    || verbs
+                        .iter()
+                        .all(|v| v == "get" || v == "list" || v == "watch"),
+                "{} may change Secrets cluster-wide",
                 key(o)
             );
         }
@@ -992,30 +999,34 @@ async fn operator_with_only_the_charts_rbac_takes_a_two_member_federation_to_rea
     let config = service_account_config(host, &admin).await?;
     let sa = Client::try_from(config.clone())?;
 
-    // Refused what the chart does not grant.
-    ensure!(
-        is_forbidden(
-            Api::<Secret>::namespaced(sa.clone(), "default")
-                .list(&ListParams::default())
-                .await
-        ),
-        "the operator must not list Secrets in default"
-    );
-    ensure!(
-        is_forbidden(
-            Api::<Secret>::all(sa.clone())
-                .list(&ListParams::default())
-                .await
-        ),
-        "the operator must not list Secrets cluster-wide"
-    );
+    // Refused what the chart does not grant. With `rbac.localMember` the
+    // operator reads Secrets cluster-wide, because it must hold what it grants
+    // the reader (istiod watches Secrets in its peers); it never writes them
+    // outside its own namespace and istio-system.
+    let stray = Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some("meshfed-must-not".into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    for ns in ["default", "kube-system"] {
+        ensure!(
+            is_forbidden(
+                Api::<Secret>::namespaced(sa.clone(), ns)
+                    .create(&kube::api::PostParams::default(), &stray)
+                    .await
+            ),
+            "the operator must not create Secrets in {ns}"
+        );
+    }
     ensure!(
         is_forbidden(
             Api::<Secret>::namespaced(sa.clone(), "kube-system")
-                .get_opt("anything")
+                .delete("anything", &Default::default())
                 .await
         ),
-        "the operator must not read Secrets in kube-system"
+        "the operator must not delete Secrets in kube-system"
     );
     ensure!(
         is_forbidden(

@@ -1,24 +1,41 @@
 //! `make bench`: meshfed on real test-bed fleets. For each fleet size it
 //! measures the time from `kubectl apply` to `Ready`, the API requests one
 //! steady-state reconcile sends to each member, and the operator's peak RSS.
+//!
+//! Then the Istio control plane, meshfed against the manual path: on one
+//! fresh fleet, the time from `kubectl apply` of a Managed federation to
+//! `ControlPlanesReady=True`; on a second fresh fleet of the same size, the
+//! time `e2e/bench/manual-path.sh` takes to do the same by hand (openssl,
+//! helm, istioctl create-remote-secret for every pair, kubectl), and the ratio.
 use std::net::TcpListener;
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use clap::Parser;
 use e2e::Fleet;
 use e2e::mesh::*;
+use meshfed::api::{ControlPlaneMode, ControlPlaneSpec, EastWestGatewaySpec};
 
 /// Benchmarks the meshfed operator binary against real multi-cluster fleets.
 #[derive(Parser)]
 struct Args {
-    /// Fleet sizes (number of members) to measure.
-    #[arg(long, value_delimiter = ',', default_value = "3,10")]
+    /// Fleet sizes (number of members) to measure; `--sizes` alone measures none.
+    #[arg(long, value_delimiter = ',', default_value = "3,10", num_args = 0..)]
     sizes: Vec<usize>,
     /// Steady-state reconciles to average the request counts over.
     #[arg(long, default_value_t = 3)]
     reconciles: u64,
+    /// Members in the Istio control plane comparison (meshfed against the
+    /// manual path, one fresh fleet each); 0 skips it.
+    #[arg(long, default_value_t = 3)]
+    control_plane: usize,
+    /// The operator's --resync in the control plane comparison. While a
+    /// federation is not Ready the operator retries after 1 s, 2 s, 4 s, ...
+    /// capped at this, so it bounds how late istiod's readiness is noticed.
+    #[arg(long, default_value = "60s")]
+    control_plane_resync: String,
 }
 
 struct Figures {
@@ -38,18 +55,22 @@ async fn main() -> Result<()> {
         eprintln!(">> {n} members: starting fleet");
         rows.push(measure(&binary, n, args.reconciles).await?);
     }
-    println!(
-        "\nmeshfed operator benchmark (dev-profile binary, {} cores)",
-        std::thread::available_parallelism()?
-    );
-    println!(
-        "{:>7}  {:>14}  {:>26}  {:>27}  {:>17}",
-        "members",
-        "apply->Ready",
-        "reads/reconcile/member",
-        "writes/reconcile/member",
-        "operator peak RSS"
-    );
+    let comparison = match args.control_plane {
+        0 => None,
+        n => Some(compare_control_plane(&binary, n, &args.control_plane_resync).await?),
+    };
+    let cores = std::thread::available_parallelism()?;
+    if !rows.is_empty() {
+        println!("\nmeshfed operator benchmark (dev-profile binary, {cores} cores)");
+        println!(
+            "{:>7}  {:>14}  {:>26}  {:>27}  {:>17}",
+            "members",
+            "apply->Ready",
+            "reads/reconcile/member",
+            "writes/reconcile/member",
+            "operator peak RSS"
+        );
+    }
     for r in rows {
         println!(
             "{:>7}  {:>12.0}ms  {:>26.1}  {:>27.1}  {:>13.1} MiB",
@@ -59,6 +80,9 @@ async fn main() -> Result<()> {
             r.writes_per_member,
             r.peak_rss_mib
         );
+    }
+    if let Some(c) = comparison {
+        c.print();
     }
     Ok(())
 }
@@ -160,4 +184,330 @@ fn peak_rss_kib(pid: u32) -> Result<u64> {
         .nth(1)
         .context("VmHWM value")?
         .parse()?)
+}
+
+/// Istio's control plane on the same number of members, meshfed against the
+/// manual path.
+struct Comparison {
+    members: usize,
+    resync: String,
+    meshfed: Duration,
+    /// Reconciles meshfed ran until then, and the seconds they took in all.
+    meshfed_reconciles: (u64, f64),
+    manual: Duration,
+    manual_commands: usize,
+    /// (phase, seconds, commands) as manual-path.sh reports them.
+    phases: Vec<(String, f64, usize)>,
+}
+
+impl Comparison {
+    fn print(&self) {
+        let secs = |d: Duration| d.as_secs_f64();
+        println!(
+            "\nIstio control plane on {} members, until istiod is Available in each \
+             (one fresh fleet per path)",
+            self.members
+        );
+        println!("{:<48}  {:>9}  {:>8}", "path", "time", "commands");
+        println!(
+            "{:<48}  {:>7.2} s  {:>8}",
+            "meshfed: kubectl apply -> ControlPlanesReady",
+            secs(self.meshfed),
+            format!("1 (+{})", self.members - 1)
+        );
+        println!(
+            "{:<48}  {:>7.2} s  {:>8}",
+            "manual: e2e/bench/manual-path.sh",
+            secs(self.manual),
+            self.manual_commands
+        );
+        println!(
+            "{:<48}  {:>8.1}x",
+            "manual / meshfed",
+            secs(self.manual) / secs(self.meshfed)
+        );
+        let phases: Vec<String> = self
+            .phases
+            .iter()
+            .map(|(name, s, c)| format!("{name} {s:.2} s ({c})"))
+            .collect();
+        println!("manual phases: {}", phases.join(", "));
+        println!(
+            "meshfed: reconciles {}, working {:.2} s in all; operator --resync {}; (+{}): \
+             member kubeconfig Secrets, stored before the clock starts",
+            self.meshfed_reconciles.0,
+            self.meshfed_reconciles.1,
+            self.resync,
+            self.members - 1
+        );
+    }
+}
+
+/// Times meshfed and the manual path, each on a fresh fleet of `n` clusters.
+async fn compare_control_plane(binary: &Path, n: usize, resync: &str) -> Result<Comparison> {
+    let chart_links = tempfile::tempdir()?;
+    // One chart set for both paths: the operator's layout links to it.
+    let (charts_dir, version) = istio_chart_set(chart_links.path())?;
+    let charts = std::fs::canonicalize(charts_dir.join(&version))?;
+    let helm = helm_binary()?;
+    let istioctl = charts
+        .parent()
+        .map(|root| root.join("bin/istioctl"))
+        .filter(|p| p.is_file())
+        .with_context(|| {
+            format!(
+                "no bin/istioctl next to {}; point MESHFED_ISTIO_CHARTS at the charts/ \
+                 of a `bash e2e/testbed/build-istio.sh` root, or unset it",
+                charts.display()
+            )
+        })?;
+    let kubectl = e2e::fleet::tools().await?.path("kubectl");
+    // Page in every binary both paths start, so neither pays a cold disk.
+    quiet(
+        Command::new(&helm)
+            .args(["template", "istio-base"])
+            .arg(charts.join("base")),
+    )?;
+    quiet(
+        Command::new(&helm)
+            .args(["template", "istiod"])
+            .arg(charts.join("istio-control/istio-discovery")),
+    )?;
+    quiet(Command::new(&istioctl).args(["version", "--remote=false"]))?;
+    quiet(Command::new(&kubectl).args(["version", "--client"]))?;
+    quiet(Command::new("openssl").arg("version"))?;
+
+    eprintln!(">> control plane, {n} members: meshfed");
+    let (meshfed, meshfed_reconciles) =
+        time_meshfed(binary, n, resync, &charts_dir, &version, &helm).await?;
+    eprintln!(">> control plane, {n} members: manual path");
+    let (manual, phases, manual_commands) =
+        time_manual_path(n, &charts, &helm, &istioctl, &kubectl).await?;
+    Ok(Comparison {
+        members: n,
+        resync: resync.into(),
+        meshfed,
+        meshfed_reconciles,
+        manual,
+        manual_commands,
+        phases,
+    })
+}
+
+/// Runs `cmd` to completion, output discarded; fails if it does.
+fn quiet(cmd: &mut Command) -> Result<()> {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("run {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?}: {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
+/// The last `lines` lines of a log file, for error messages.
+fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// meshfed: a Managed federation (no east-west gateways) applied to a fresh
+/// fleet; the time from the apply until `Ready` and `ControlPlanesReady`.
+async fn time_meshfed(
+    binary: &Path,
+    n: usize,
+    resync: &str,
+    charts_dir: &Path,
+    version: &str,
+    helm: &Path,
+) -> Result<(Duration, (u64, f64))> {
+    let fleet = Fleet::start(n).await?;
+    let host = fleet.cluster(0).client();
+    install_operator_prerequisites(&host).await?;
+    for c in &fleet.clusters()[1..] {
+        store_credentials(&host, c).await?;
+    }
+    let metrics_addr = TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    let log = fleet.dir().join("operator.log");
+    let mut operator = Command::new(binary)
+        .args([
+            "--resync",
+            resync,
+            "--metrics-addr",
+            &metrics_addr.to_string(),
+            "--namespace",
+            OPERATOR_NAMESPACE,
+        ])
+        .arg("--charts-dir")
+        .arg(charts_dir)
+        .arg("--helm")
+        .arg(helm)
+        .env("KUBECONFIG", fleet.cluster(0).kubeconfig_path())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log)?)
+        .spawn()?;
+    let result = async {
+        poll(Duration::from_secs(30), "operator ready", || async {
+            Ok(http_get(metrics_addr, "/readyz").await?.0 == 200)
+        })
+        .await?;
+        let members = fleet
+            .clusters()
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let network = format!("net-{}", i % 2);
+                if i == 0 {
+                    local_member(c, &network)
+                } else {
+                    member(c, &network)
+                }
+            })
+            .collect();
+        let mut fed = federation("bench-control-plane", members);
+        fed.spec.control_plane = Some(ControlPlaneSpec {
+            mode: ControlPlaneMode::Managed,
+            version: Some(version.into()),
+            values: None,
+            east_west_gateway: Some(EastWestGatewaySpec {
+                enabled: Some(false),
+                ..Default::default()
+            }),
+        });
+        let started = Instant::now();
+        apply_federation(&host, &fed).await?;
+        wait_for_federation(
+            &host,
+            "bench-control-plane",
+            Duration::from_secs(300),
+            "Ready and ControlPlanesReady",
+            |f| has_condition(f, "Ready", "True") && has_condition(f, "ControlPlanesReady", "True"),
+        )
+        .await?;
+        let elapsed = started.elapsed();
+        // The reconcile that wrote the condition is counted once it returns.
+        poll(Duration::from_secs(10), "a ready reconcile", || async {
+            Ok(scrape(metrics_addr).await?.0 >= 1)
+        })
+        .await?;
+        Ok::<_, anyhow::Error>((elapsed, reconcile_work(metrics_addr).await?))
+    }
+    .await;
+    let _ = operator.kill();
+    let _ = operator.wait();
+    let elapsed = result.with_context(|| format!("operator log tail:\n{}", tail(&log, 30)))?;
+    check_federated(&fleet).await?;
+    Ok(elapsed)
+}
+
+/// (reconciles run, seconds spent in them) from the operator's /metrics.
+async fn reconcile_work(addr: std::net::SocketAddr) -> Result<(u64, f64)> {
+    let (_, text) = http_get(addr, "/metrics").await?;
+    let mut work = (0u64, 0.0);
+    for line in text.lines() {
+        let value = line.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok());
+        if line.starts_with("meshfed_reconciles_total{") {
+            work.0 += value.unwrap_or(0.0) as u64;
+        } else if line.starts_with("meshfed_reconcile_duration_seconds_sum") {
+            work.1 += value.unwrap_or(0.0);
+        }
+    }
+    Ok(work)
+}
+
+/// The manual path on a fresh fleet: manual-path.sh's wall-clock time, its
+/// phases and the number of commands it ran.
+async fn time_manual_path(
+    n: usize,
+    charts: &Path,
+    helm: &Path,
+    istioctl: &Path,
+    kubectl: &Path,
+) -> Result<(Duration, Vec<(String, f64, usize)>, usize)> {
+    let fleet = Fleet::start(n).await?;
+    let work = fleet.dir().join("manual-path");
+    let kubeconfigs = work.join("kubeconfigs");
+    fleet.write_kubeconfigs(&kubeconfigs)?;
+    let log = work.join("stderr.log");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/manual-path.sh");
+    let mut cmd = tokio::process::Command::new("bash");
+    cmd.arg(&script)
+        .arg(&kubeconfigs)
+        .arg(charts)
+        .arg(helm)
+        .arg(istioctl)
+        .arg(kubectl)
+        .arg(work.join("out"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log)?);
+    let started = Instant::now();
+    let out = cmd.output().await?;
+    let elapsed = started.elapsed();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!(
+            "{} failed ({}):\n{stdout}\n{}",
+            script.display(),
+            out.status,
+            tail(&log, 30)
+        );
+    }
+    let mut phases = Vec::new();
+    let mut total = None;
+    for line in stdout.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        match f.as_slice() {
+            ["phase", name, secs, commands] => {
+                phases.push((name.to_string(), secs.parse()?, commands.parse()?))
+            }
+            ["total", _secs, commands] => total = Some(commands.parse()?),
+            _ => {}
+        }
+    }
+    let commands = total.with_context(|| format!("no total line from the script:\n{stdout}"))?;
+    check_federated(&fleet).await?;
+    Ok((elapsed, phases, commands))
+}
+
+/// Both paths end in the same state: in every cluster istiod Available,
+/// `cacerts`, and one remote secret per peer.
+async fn check_federated(fleet: &Fleet) -> Result<()> {
+    use k8s_openapi::api::apps::v1::Deployment;
+    use k8s_openapi::api::core::v1::Secret;
+    use kube::Api;
+    for c in fleet.clusters() {
+        let client = c.client();
+        let istiod = Api::<Deployment>::namespaced(client.clone(), "istio-system")
+            .get("istiod")
+            .await?;
+        let available = istiod
+            .status
+            .and_then(|s| s.conditions)
+            .unwrap_or_default()
+            .iter()
+            .any(|c| c.type_ == "Available" && c.status == "True");
+        let secrets = Api::<Secret>::namespaced(client, "istio-system");
+        let cacerts = secrets.get_opt("cacerts").await?.is_some();
+        let remote = secrets
+            .list(&kube::api::ListParams::default().labels("istio/multiCluster=true"))
+            .await?
+            .items
+            .len();
+        if !available || !cacerts || remote != fleet.len() - 1 {
+            bail!(
+                "{}: istiod available {available}, cacerts {cacerts}, {remote} remote secrets \
+                 (want {})",
+                c.name(),
+                fleet.len() - 1
+            );
+        }
+    }
+    Ok(())
 }

@@ -128,7 +128,7 @@ pub struct EastWestGatewaySpec {
     pub service_type: Option<GatewayServiceType>,
     /// Gateway replicas. Default: 1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1, max = 100))]
+    #[x_kube(validation = Rule::new("self >= 1 && self <= 100").message("spec.controlPlane.eastWestGateway.replicas must be between 1 and 100"))]
     pub replicas: Option<i32>,
 }
 

@@ -10,7 +10,7 @@ use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
-use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
+use kube::api::{ApiResource, DynamicObject, GroupVersionKind, ObjectMeta};
 use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
 
@@ -23,25 +23,49 @@ use crate::render::{CACERTS, ISTIO_NAMESPACE};
 /// secrets and the reader identity always go. With `Retain`, what a running
 /// Istio needs stays: `cacerts` and the control plane meshfed installed
 /// (istiod, gateways), so the cluster keeps working on its own. Never
-/// deleted: Istio's CRDs (that would delete every Istio resource), and the
-/// `istio-system` namespace.
+/// deleted: Istio's CRDs (that would delete every Istio resource) and the
+/// `istio-system` namespace. Control-plane kinds are visited only when the
+/// federation has (or had) a control plane: otherwise the operator has no
+/// business, nor permission, listing them.
 pub async fn remove_from_member(
     client: &Client,
     federation: &str,
     policy: RemovalPolicy,
+    control_plane: bool,
 ) -> Result<Vec<String>, kube::Error> {
     let retain = policy == RemovalPolicy::Retain;
-    let keep = |meta: &kube::api::ObjectMeta| {
-        let control_plane = meta
+    let keep = |meta: &ObjectMeta| {
+        let installed = meta
             .labels
             .as_ref()
             .is_some_and(|l| l.contains_key(COMPONENT));
-        retain && (control_plane || meta.name.as_deref() == Some(CACERTS))
+        retain && (installed || meta.name.as_deref() == Some(CACERTS))
     };
+    let c = || client.clone();
+    let ns = ISTIO_NAMESPACE;
     let mut removed = Vec::new();
+    removed.extend(prune_kind(Api::<Secret>::namespaced(c(), ns), federation, &keep).await?);
     removed.extend(
         prune_kind(
-            Api::<Secret>::namespaced(client.clone(), ISTIO_NAMESPACE),
+            Api::<ServiceAccount>::namespaced(c(), ns),
+            federation,
+            &keep,
+        )
+        .await?,
+    );
+    removed.extend(prune_kind(Api::<ClusterRoleBinding>::all(c()), federation, &keep).await?);
+    removed.extend(prune_kind(Api::<ClusterRole>::all(c()), federation, &keep).await?);
+    if !control_plane {
+        return Ok(removed);
+    }
+    removed.extend(prune_kind(Api::<Deployment>::namespaced(c(), ns), federation, &keep).await?);
+    removed.extend(prune_kind(Api::<Service>::namespaced(c(), ns), federation, &keep).await?);
+    removed.extend(prune_kind(Api::<ConfigMap>::namespaced(c(), ns), federation, &keep).await?);
+    removed.extend(prune_kind(Api::<Role>::namespaced(c(), ns), federation, &keep).await?);
+    removed.extend(prune_kind(Api::<RoleBinding>::namespaced(c(), ns), federation, &keep).await?);
+    removed.extend(
+        prune_kind(
+            Api::<HorizontalPodAutoscaler>::namespaced(c(), ns),
             federation,
             &keep,
         )
@@ -49,7 +73,7 @@ pub async fn remove_from_member(
     );
     removed.extend(
         prune_kind(
-            Api::<ServiceAccount>::namespaced(client.clone(), ISTIO_NAMESPACE),
+            Api::<PodDisruptionBudget>::namespaced(c(), ns),
             federation,
             &keep,
         )
@@ -57,7 +81,7 @@ pub async fn remove_from_member(
     );
     removed.extend(
         prune_kind(
-            Api::<Deployment>::namespaced(client.clone(), ISTIO_NAMESPACE),
+            Api::<MutatingWebhookConfiguration>::all(c()),
             federation,
             &keep,
         )
@@ -65,72 +89,7 @@ pub async fn remove_from_member(
     );
     removed.extend(
         prune_kind(
-            Api::<Service>::namespaced(client.clone(), ISTIO_NAMESPACE),
-            federation,
-            &keep,
-        )
-        .await?,
-    );
-    removed.extend(
-        prune_kind(
-            Api::<ConfigMap>::namespaced(client.clone(), ISTIO_NAMESPACE),
-            federation,
-            &keep,
-        )
-        .await?,
-    );
-    removed.extend(
-        prune_kind(
-            Api::<Role>::namespaced(client.clone(), ISTIO_NAMESPACE),
-            federation,
-            &keep,
-        )
-        .await?,
-    );
-    removed.extend(
-        prune_kind(
-            Api::<RoleBinding>::namespaced(client.clone(), ISTIO_NAMESPACE),
-            federation,
-            &keep,
-        )
-        .await?,
-    );
-    removed.extend(
-        prune_kind(
-            Api::<HorizontalPodAutoscaler>::namespaced(client.clone(), ISTIO_NAMESPACE),
-            federation,
-            &keep,
-        )
-        .await?,
-    );
-    removed.extend(
-        prune_kind(
-            Api::<PodDisruptionBudget>::namespaced(client.clone(), ISTIO_NAMESPACE),
-            federation,
-            &keep,
-        )
-        .await?,
-    );
-    removed.extend(
-        prune_kind(
-            Api::<ClusterRoleBinding>::all(client.clone()),
-            federation,
-            &keep,
-        )
-        .await?,
-    );
-    removed.extend(prune_kind(Api::<ClusterRole>::all(client.clone()), federation, &keep).await?);
-    removed.extend(
-        prune_kind(
-            Api::<MutatingWebhookConfiguration>::all(client.clone()),
-            federation,
-            &keep,
-        )
-        .await?,
-    );
-    removed.extend(
-        prune_kind(
-            Api::<ValidatingWebhookConfiguration>::all(client.clone()),
+            Api::<ValidatingWebhookConfiguration>::all(c()),
             federation,
             &keep,
         )
@@ -142,7 +101,7 @@ pub async fn remove_from_member(
         "Gateway",
     ));
     match prune_kind(
-        Api::<DynamicObject>::namespaced_with(client.clone(), ISTIO_NAMESPACE, &gateway),
+        Api::<DynamicObject>::namespaced_with(c(), ns, &gateway),
         federation,
         &keep,
     )
@@ -160,7 +119,7 @@ pub async fn remove_from_member(
 async fn prune_kind<K>(
     api: Api<K>,
     federation: &str,
-    keep: &impl Fn(&kube::api::ObjectMeta) -> bool,
+    keep: &impl Fn(&ObjectMeta) -> bool,
 ) -> Result<Vec<String>, kube::Error>
 where
     K: Resource + Clone + Debug + DeserializeOwned,

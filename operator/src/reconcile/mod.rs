@@ -429,7 +429,12 @@ async fn leave_departed(
         let result = match ctx.members.connect(&credentials).await {
             Ok(conn) => tokio::time::timeout(
                 ctx.settings.member_timeout,
-                cleanup::remove_from_member(&conn.client, &name, policy),
+                cleanup::remove_from_member(
+                    &conn.client,
+                    &name,
+                    policy,
+                    gone.control_plane_ready.is_some(),
+                ),
             )
             .await
             .map_err(|_| "no answer".to_string())
@@ -477,11 +482,12 @@ async fn clean_up(fed: &MeshFederation, ctx: &Context) -> Result<Action, Error> 
             .filter_map(|m| m.credentials.clone().map(|c| (m.name.clone(), c))),
     );
     let name = name.as_str();
+    let control_plane = fed.spec.control_plane.is_some();
     let results = join_all(credentials.iter().map(|(member, creds)| async move {
         let outcome = match ctx.members.connect(creds).await {
             Ok(conn) => tokio::time::timeout(
                 ctx.settings.member_timeout,
-                cleanup::remove_from_member(&conn.client, name, policy),
+                cleanup::remove_from_member(&conn.client, name, policy, control_plane),
             )
             .await
             .map_err(|_| "no answer".to_string())

@@ -27,9 +27,11 @@ fn read_only(groups: &[&str], resources: &[&str]) -> PolicyRule {
 }
 
 /// What a remote istiod watches in a peer (after Istio's `istio-reader` role),
-/// read-only. Unlike Istio's role it grants no Secrets and no TokenReview: in
-/// multi-primary each cluster's proxies talk to their own istiod, so a peer
-/// never needs to read credentials or authenticate workloads here.
+/// read-only. Secrets are included because istiod's remote credentials
+/// controller lists and watches them in every peer and reports the peer
+/// `timeout` instead of `synced` without them (its opt-out crashes istiod
+/// 1.31; see docs/istio.md). Unlike Istio's role there is no TokenReview: in
+/// multi-primary each cluster's proxies talk to their own istiod.
 fn reader_rules() -> Vec<PolicyRule> {
     vec![
         read_only(
@@ -42,6 +44,7 @@ fn reader_rules() -> Vec<PolicyRule> {
                 "namespaces",
                 "replicationcontrollers",
                 "configmaps",
+                "secrets",
             ],
         ),
         read_only(&["discovery.k8s.io"], &["endpointslices"]),
@@ -141,7 +144,17 @@ mod tests {
         ] {
             assert!(grants(g, res), "reader must read {g}/{res}");
         }
-        assert!(!grants("", "secrets"), "reader must not read secrets");
+        assert!(
+            grants("", "secrets"),
+            "istiod's remote credentials controller watches Secrets"
+        );
+        assert!(!rules.iter().any(|r| {
+            r.resources
+                .as_ref()
+                .unwrap()
+                .iter()
+                .any(|x| x == "tokenreviews")
+        }));
         assert_eq!(r.binding.role_ref.name, "meshfed-reader-prod");
         let subject = &r.binding.subjects.as_ref().unwrap()[0];
         assert_eq!(subject.kind, "ServiceAccount");
