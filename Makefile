@@ -40,7 +40,7 @@ bench: bench-testbed bench-operator ## All benchmarks
 bench-testbed: testbed-tools ## Fleet start time and memory for 1, 3 and 10 clusters
 	$(CARGO) run -q -p e2e --bin testbed -- bench --sizes 1,3,10
 
-bench-operator: testbed-tools helm istio ## apply->Ready, requests per reconcile and RSS for 3 and 10 members
+bench-operator: testbed-tools helm istio ## apply->Ready, requests/reconcile, RSS (3, 10 members); meshfed vs manual Istio install
 	$(CARGO) run -q -p e2e --bin bench -- --sizes 3,10
 
 clean-testbed-cache: ## Forget the built test bed tools (next run rebuilds, ~10 min)
