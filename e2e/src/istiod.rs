@@ -19,21 +19,20 @@
 //! See `docs/istio.md`.
 
 use std::collections::{BTreeMap, HashSet};
-use std::io::{self, Write as _};
 use std::net::{SocketAddr, TcpListener};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Mutex, OnceLock, mpsc};
+use std::process::Stdio;
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use crate::fleet::{Proc, Spec};
+pub use crate::mesh::http_get;
+use crate::mesh::poll;
 use anyhow::{Context, Result, bail};
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Client};
-use nix::sys::signal::{Signal, killpg};
-use nix::unistd::Pid;
 use serde::Deserialize;
 use tokio::sync::OnceCell;
 
@@ -327,7 +326,7 @@ pub struct ShardEndpoint {
 
 /// A running istiod. Dropping it kills its process group and reaps it.
 pub struct Istiod {
-    child: Option<Child>,
+    process: Option<Proc>,
     pid: u32,
     opts: IstiodOptions,
     ports: IstiodPorts,
@@ -416,10 +415,10 @@ impl Istiod {
                 ctrlz: free_port()?,
             };
             let started = Instant::now();
-            let child = spawn(&istio, cluster, &opts, &ports, &work_dir, &log)?;
+            let process = spawn(&istio, cluster, &opts, &ports, &work_dir, &log)?;
             let mut istiod = Istiod {
-                pid: child.id(),
-                child: Some(child),
+                pid: process.pid(),
+                process: Some(process),
                 opts: opts.clone(),
                 ports,
                 work_dir: work_dir.clone(),
@@ -469,26 +468,15 @@ impl Istiod {
 
     /// Error (with the log's tail) if the process has exited.
     pub fn check_running(&mut self) -> Result<()> {
-        let Some(child) = self.child.as_mut() else {
-            bail!("istiod {} was stopped", self.opts.cluster_id);
-        };
-        if let Some(status) = child.try_wait()? {
-            bail!(
-                "istiod {} exited ({status}); last lines of {}:\n{}",
-                self.opts.cluster_id,
-                self.log.display(),
-                tail_file(&self.log, 40)
-            );
+        match self.process.as_mut() {
+            Some(process) => process.ensure_running(),
+            None => bail!("istiod {} was stopped", self.opts.cluster_id),
         }
-        Ok(())
     }
 
     /// SIGKILLs the process group and reaps istiod.
     pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = killpg(Pid::from_raw(self.pid as i32), Signal::SIGKILL);
-            let _ = child.wait();
-        }
+        self.process.take();
     }
 
     pub fn cluster_id(&self) -> &str {
@@ -658,7 +646,7 @@ impl Istiod {
 
 impl Drop for Istiod {
     fn drop(&mut self) {
-        if std::thread::panicking() && self.child.is_some() {
+        if std::thread::panicking() && self.process.is_some() {
             eprintln!(
                 "----- tail of {} -----\n{}",
                 self.log.display(),
@@ -746,7 +734,7 @@ fn spawn(
     ports: &IstiodPorts,
     work_dir: &Path,
     log: &Path,
-) -> Result<Child> {
+) -> Result<Proc> {
     let addr = |p: u16| format!("127.0.0.1:{p}");
     let args: Vec<String> = vec![
         "discovery".into(),
@@ -798,80 +786,17 @@ fn spawn(
     ];
     env.extend(opts.env.iter().cloned());
 
-    let mut file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .with_context(|| format!("open {}", log.display()))?;
-    writeln!(
-        file,
-        "=== [meshfed e2e] starting istiod {} for {}: {} {}\n=== env: {}",
-        opts.cluster_id,
-        cluster.name(),
-        istio.pilot_discovery().display(),
-        args.join(" "),
-        env.iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect::<Vec<_>>()
-            .join(" ")
-    )?;
-    let mut cmd = Command::new(istio.pilot_discovery());
-    cmd.args(&args)
-        .envs(env)
-        .current_dir(work_dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::from(file.try_clone()?))
-        .stderr(Stdio::from(file))
-        .process_group(0);
-    let parent = std::process::id() as libc::pid_t;
-    // SAFETY: only async-signal-safe calls between fork and exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::prctl(
-                libc::PR_SET_PDEATHSIG,
-                libc::SIGKILL as libc::c_ulong,
-                0,
-                0,
-                0,
-            ) != 0
-            {
-                return Err(io::Error::last_os_error());
-            }
-            if libc::getppid() != parent {
-                libc::_exit(1);
-            }
-            Ok(())
-        });
+    let mut spec = Spec::new(
+        format!("istiod-{}", opts.cluster_id),
+        istio.pilot_discovery(),
+        log.to_path_buf(),
+    )
+    .args(&args)
+    .cwd(work_dir);
+    for (k, v) in env {
+        spec = spec.env(k, v);
     }
-    spawn_from_dedicated_thread(cmd).context("spawn pilot-discovery")
-}
-
-/// The parent-death signal fires when the *thread* that forked the child
-/// exits, so fork from one thread that lives as long as the process (as the
-/// fleet's processes do).
-fn spawn_from_dedicated_thread(cmd: Command) -> io::Result<Child> {
-    type Job = (Command, mpsc::Sender<io::Result<Child>>);
-    static SPAWNER: OnceLock<Mutex<mpsc::Sender<Job>>> = OnceLock::new();
-    let tx = SPAWNER.get_or_init(|| {
-        let (tx, rx) = mpsc::channel::<Job>();
-        std::thread::Builder::new()
-            .name("meshfed-istiod-spawner".into())
-            .spawn(move || {
-                while let Ok((mut cmd, reply)) = rx.recv() {
-                    let _ = reply.send(cmd.spawn());
-                }
-            })
-            .expect("spawn the istiod spawner thread");
-        Mutex::new(tx)
-    });
-    let (reply_tx, reply_rx) = mpsc::channel();
-    tx.lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .send((cmd, reply_tx))
-        .map_err(|_| io::Error::other("istiod spawner thread is gone"))?;
-    reply_rx
-        .recv()
-        .map_err(|_| io::Error::other("istiod spawner thread is gone"))?
+    spec.spawn().context("spawn pilot-discovery")
 }
 
 /// A free port on 127.0.0.1, never handed out twice by this process.
@@ -885,52 +810,4 @@ fn free_port() -> Result<u16> {
         }
     }
     bail!("no free port found")
-}
-
-/// `GET path` over HTTP/1.0: (status, body). Bounded to 10 s.
-pub async fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let fut = async {
-        let mut stream = tokio::net::TcpStream::connect(addr).await?;
-        stream
-            .write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
-            .await?;
-        let mut response = Vec::new();
-        stream.read_to_end(&mut response).await?;
-        let response = String::from_utf8_lossy(&response).into_owned();
-        let code = response
-            .split_whitespace()
-            .nth(1)
-            .context("empty HTTP response")?
-            .parse()?;
-        let body = response
-            .split_once("\r\n\r\n")
-            .map_or("", |(_, b)| b)
-            .to_string();
-        anyhow::Ok((code, body))
-    };
-    tokio::time::timeout(Duration::from_secs(10), fut)
-        .await
-        .with_context(|| format!("GET {path} on {addr} timed out"))?
-}
-
-/// Polls `check` every 100 ms until it returns true or `timeout` passes.
-async fn poll<F, Fut>(timeout: Duration, what: &str, mut check: F) -> Result<()>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<bool>>,
-{
-    let start = Instant::now();
-    let mut last_error = None;
-    loop {
-        match check().await {
-            Ok(true) => return Ok(()),
-            Ok(false) => {}
-            Err(e) => last_error = Some(e),
-        }
-        if start.elapsed() > timeout {
-            bail!("timed out after {timeout:?} waiting for {what} (last error: {last_error:?})");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }

@@ -357,25 +357,31 @@ pub fn operator_binary() -> Result<std::path::PathBuf> {
     Ok(target.join("debug").join("meshfed-operator"))
 }
 
-/// A plain HTTP GET against the operator's metrics/health port: (status code, body).
+/// `GET path` over HTTP/1.0: (status, body). Bounded to 10 s.
 pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> Result<(u16, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await?;
-    stream
-        .write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
-        .await?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await?;
-    let code = response
-        .split_whitespace()
-        .nth(1)
-        .context("empty HTTP response")?
-        .parse()?;
-    let body = response
-        .split_once("\r\n\r\n")
-        .map_or("", |(_, b)| b)
-        .to_string();
-    Ok((code, body))
+    let fut = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await?;
+        stream
+            .write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+            .await?;
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await?;
+        let response = String::from_utf8_lossy(&response).into_owned();
+        let code = response
+            .split_whitespace()
+            .nth(1)
+            .context("empty HTTP response")?
+            .parse()?;
+        let body = response
+            .split_once("\r\n\r\n")
+            .map_or("", |(_, b)| b)
+            .to_string();
+        anyhow::Ok((code, body))
+    };
+    tokio::time::timeout(Duration::from_secs(10), fut)
+        .await
+        .with_context(|| format!("GET {path} on {addr} timed out"))?
 }
 
 /// A chart directory laid out as the operator expects (`<dir>/<version>/base`,
