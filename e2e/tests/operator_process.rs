@@ -126,19 +126,19 @@ async fn two_replicas_one_leader_and_a_takeover() -> Result<()> {
         "the leader stays put"
     );
 
-    let (_, leader_metrics) = http_get(a.metrics, "/metrics").await?;
-    for needle in [
+    // A reconcile records its metrics after it has written status: wait for them.
+    let needles = [
         r#"meshfed_reconciles_total{federation="prod",result="ready"}"#,
         "meshfed_reconcile_duration_seconds_bucket",
         r#"meshfed_member_reachable{federation="prod",member="cluster-1"} 1"#,
         r#"meshfed_intermediate_expiry_seconds{federation="prod",member="cluster-0"}"#,
         r#"meshfed_remote_secret_token_expiry_seconds{federation="prod",member="cluster-1"}"#,
-    ] {
-        assert!(
-            leader_metrics.contains(needle),
-            "leader /metrics lacks {needle}:\n{leader_metrics}"
-        );
-    }
+    ];
+    poll(WAIT, "leader metrics", || async {
+        let (_, text) = http_get(a.metrics, "/metrics").await?;
+        Ok(needles.iter().all(|n| text.contains(n)))
+    })
+    .await?;
     let (_, standby_metrics) = http_get(b.metrics, "/metrics").await?;
     assert!(
         !standby_metrics.contains("meshfed_reconciles_total{"),
@@ -167,8 +167,15 @@ async fn two_replicas_one_leader_and_a_takeover() -> Result<()> {
     )
     .await?;
     assert!(after.metadata.generation > Some(1));
-    let (_, b_metrics) = http_get(b.metrics, "/metrics").await?;
-    assert!(b_metrics.contains(r#"meshfed_reconciles_total{federation="prod",result="ready"}"#));
+    poll(
+        WAIT,
+        "the new leader's reconciles in its metrics",
+        || async {
+            let (_, text) = http_get(b.metrics, "/metrics").await?;
+            Ok(text.contains(r#"meshfed_reconciles_total{federation="prod",result="ready"}"#))
+        },
+    )
+    .await?;
 
     // A clean stop releases the Lease at once.
     nix::sys::signal::kill(

@@ -125,6 +125,8 @@ impl ChartRenderer {
             ])
             .arg("--values")
             .arg(values_file.path())
+            // A reconcile that times out must not leave helm behind.
+            .kill_on_drop(true)
             .output()
             .await
             .map_err(|e| helm_error(e.to_string()))?;

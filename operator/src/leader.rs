@@ -88,23 +88,23 @@ impl LeaderElector {
     }
 
     /// Renews the lease until renewal fails; returns when leadership is lost.
+    /// Steps down at two thirds of the lease, before a standby may take it.
     pub async fn hold(&self) {
-        let deadline = self.lease_duration;
+        let deadline = self.lease_duration * 2 / 3;
         let mut last_renewal = tokio::time::Instant::now();
         loop {
             tokio::time::sleep(self.retry_period()).await;
-            match self.try_acquire().await {
-                Ok(None) => last_renewal = tokio::time::Instant::now(),
-                Ok(Some(holder)) => {
+            match tokio::time::timeout(self.retry_period(), self.try_acquire()).await {
+                Ok(Ok(None)) => last_renewal = tokio::time::Instant::now(),
+                Ok(Ok(Some(holder))) => {
                     warn!(leader = %holder, "lost the lease to another replica");
                     return;
                 }
-                Err(e) => {
-                    warn!(error = %e, "renewing the lease failed");
-                    if last_renewal.elapsed() >= deadline {
-                        return;
-                    }
-                }
+                Ok(Err(e)) => warn!(error = %e, "renewing the lease failed"),
+                Err(_) => warn!("renewing the lease timed out"),
+            }
+            if last_renewal.elapsed() >= deadline {
+                return;
             }
         }
     }

@@ -94,11 +94,6 @@ impl MemberPool {
         })
     }
 
-    /// The operator's own cluster.
-    pub fn local(&self) -> &MemberConnection {
-        &self.local
-    }
-
     /// A connection to the member behind `credentials`.
     pub async fn connect(
         &self,
@@ -142,6 +137,9 @@ impl MemberPool {
         let text = std::str::from_utf8(&bytes.0).map_err(|_| invalid("not UTF-8".into()))?;
         // The parse errors of kube's kubeconfig loader quote no content, only structure.
         let kubeconfig = Kubeconfig::from_yaml(text).map_err(|e| invalid(e.to_string()))?;
+        if let Some(reason) = reads_local_files(&kubeconfig) {
+            return Err(invalid(reason.into()));
+        }
         let mut config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
             .await
             .map_err(|e| invalid(e.to_string()))?;
@@ -155,6 +153,43 @@ impl MemberPool {
             .insert(cache_key, (version, conn.clone()));
         Ok(conn)
     }
+}
+
+/// Why a member kubeconfig must not be used as is: anyone who may write a
+/// Secret in the operator's namespace could otherwise make the operator read
+/// its own files (its service-account token) or run programs.
+fn reads_local_files(kubeconfig: &Kubeconfig) -> Option<&'static str> {
+    let users = kubeconfig
+        .auth_infos
+        .iter()
+        .filter_map(|a| a.auth_info.as_ref());
+    let clusters = kubeconfig
+        .clusters
+        .iter()
+        .filter_map(|c| c.cluster.as_ref());
+    for user in users {
+        if user.exec.is_some() || user.auth_provider.is_some() {
+            return Some(
+                "exec and auth-provider plugins are not allowed; inline a token or client certificate",
+            );
+        }
+        if user.token_file.is_some()
+            || user.client_certificate.is_some()
+            || user.client_key.is_some()
+        {
+            return Some(
+                "file references (tokenFile, client-certificate, client-key) are not allowed; inline the data",
+            );
+        }
+    }
+    for cluster in clusters {
+        if cluster.certificate_authority.is_some() {
+            return Some(
+                "certificate-authority file references are not allowed; use certificate-authority-data",
+            );
+        }
+    }
+    None
 }
 
 /// A client for `config` whose requests are counted.
@@ -202,6 +237,39 @@ fn der_to_pem(der: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kubeconfigs_that_read_local_files_or_run_programs_are_refused() {
+        let base = |user: &str, cluster_extra: &str| {
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: https://x{cluster_extra}\ncontexts:\n- name: c\n  context: {{cluster: c, user: u}}\ncurrent-context: c\nusers:\n- name: u\n  user:\n{user}\n"
+            )
+        };
+        let parse = |y: String| Kubeconfig::from_yaml(&y).unwrap();
+        assert_eq!(reads_local_files(&parse(base("    token: abc", ""))), None);
+        assert!(
+            reads_local_files(&parse(base(
+                "    tokenFile: /var/run/secrets/kubernetes.io/serviceaccount/token",
+                ""
+            )))
+            .is_some()
+        );
+        assert!(reads_local_files(&parse(base("    client-certificate: /etc/cert", ""))).is_some());
+        assert!(
+            reads_local_files(&parse(base(
+                "    exec: {command: sh, apiVersion: client.authentication.k8s.io/v1}",
+                ""
+            )))
+            .is_some()
+        );
+        assert!(
+            reads_local_files(&parse(base(
+                "    token: abc",
+                "\n    certificate-authority: /etc/ca"
+            )))
+            .is_some()
+        );
+    }
 
     #[test]
     fn der_is_wrapped_at_64_columns() {

@@ -232,7 +232,13 @@ async fn converge_component(
         let (resource, namespaced) = match kinds.resolve(client, member, gvk).await {
             Ok(found) => found,
             // The kind is not served yet (Istio's CRDs are still being established).
-            Err(kube::Error::Discovery(_)) | Err(kube::Error::Api(_)) => {
+            Err(kube::Error::Discovery(_)) => {
+                return Ok(Some(format!(
+                    "waiting for {} {} to be served",
+                    gvk.group, gvk.kind
+                )));
+            }
+            Err(kube::Error::Api(e)) if e.code == 404 => {
                 return Ok(Some(format!(
                     "waiting for {} {} to be served",
                     gvk.group, gvk.kind
@@ -269,8 +275,13 @@ async fn converge_component(
                 continue;
             }
             let api = api_for(ns.as_deref());
-            if !live.contains_key(&key)
-                && let Some(existing) = api.get_opt(&obj.name_any()).await?
+            // Outside our label selection: absent, or someone else's.
+            let unlisted = if live.contains_key(&key) {
+                None
+            } else {
+                Some(api.get_opt(&obj.name_any()).await?)
+            };
+            if let Some(Some(existing)) = &unlisted
                 && !is_ours(&existing.metadata, federation)
             {
                 return Ok(Some(format!(
@@ -280,7 +291,7 @@ async fn converge_component(
                     keys::ADOPT
                 )));
             }
-            let created = !live.contains_key(&key) && api.get_opt(&obj.name_any()).await?.is_none();
+            let created = matches!(unlisted, Some(None));
             let mut obj = obj.clone();
             obj.metadata.namespace = ns.clone();
             api.patch(

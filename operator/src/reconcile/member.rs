@@ -10,7 +10,7 @@ use kube::api::ListParams;
 use kube::{Api, ResourceExt};
 
 use super::apply::{Applied, Ownership, ensure, write};
-use super::control_plane::sync_control_plane;
+use super::control_plane::{ControlPlaneReport, sync_control_plane};
 use super::status::MemberReport;
 use super::{Context, Event};
 use crate::api::{CertificateStatus, Member, MeshFederation};
@@ -69,10 +69,13 @@ pub async fn prepare_member(
     if let Err(e) = &prepared.endpoint {
         prepared.report.other_problems.push(e.clone());
     }
-    let work = sync_member(ctx, &conn, fed, member, root, policy, now, &mut prepared);
+    let work = sync_member(&conn, fed, member, root, policy, now, &mut prepared);
     match tokio::time::timeout(ctx.settings.member_timeout, work).await {
         Ok(Ok(())) => {
             prepared.report.status.reachable = true;
+            if fed.spec.control_plane.is_some() {
+                sync_member_control_plane(ctx, &conn, fed, member, &mut prepared).await;
+            }
             prepared.connection = Some(conn);
         }
         Ok(Err(e)) => prepared.report.unreachable = Some(unreachable_reason(&e)),
@@ -86,6 +89,56 @@ pub async fn prepare_member(
     prepared
 }
 
+/// Istio's control plane in a reachable member. A first install applies
+/// dozens of objects, so it gets a longer budget than a member's basic step,
+/// and its failures are control-plane problems, never unreachability.
+async fn sync_member_control_plane(
+    ctx: &Context,
+    conn: &MemberConnection,
+    fed: &MeshFederation,
+    member: &Member,
+    prepared: &mut PreparedMember,
+) {
+    let budget = ctx.settings.member_timeout * 6;
+    let certificates_ready = prepared.report.certificate_problem.is_none();
+    let version = prepared
+        .report
+        .status
+        .kubernetes_version
+        .clone()
+        .unwrap_or_default();
+    let federation = fed.name_any();
+    let work = sync_control_plane(
+        ctx,
+        &conn.client,
+        &federation,
+        &fed.spec,
+        member,
+        &version,
+        certificates_ready,
+    );
+    let cp = match tokio::time::timeout(budget, work).await {
+        Ok(Ok(cp)) => cp,
+        Ok(Err(e)) => ControlPlaneReport {
+            problem: Some(format!("applying Istio: {}", unreachable_reason(&e))),
+            ..Default::default()
+        },
+        Err(_) => ControlPlaneReport {
+            problem: Some(format!(
+                "applying Istio: not done within {budget:?}; continuing next reconcile"
+            )),
+            ..Default::default()
+        },
+    };
+    let status = &mut prepared.report.status;
+    status.istio_version = cp.istio_version;
+    status.control_plane_ready = Some(cp.ready);
+    status.gateway_address = cp.gateway.as_ref().and_then(|g| g.address.clone());
+    prepared.report.control_plane_problem = cp.problem;
+    prepared.report.gateway_expected = cp.gateway.is_some();
+    prepared.report.gateway_problem = cp.gateway.and_then(|g| g.problem);
+}
+
 /// Short, stable text for an API error (no bodies, no secret material).
 pub fn unreachable_reason(e: &kube::Error) -> String {
     match e {
@@ -97,9 +150,7 @@ pub fn unreachable_reason(e: &kube::Error) -> String {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn sync_member(
-    ctx: &Context,
     conn: &MemberConnection,
     fed: &MeshFederation,
     member: &Member,
@@ -164,41 +215,6 @@ async fn sync_member(
 
     let secrets = Api::<Secret>::namespaced(client.clone(), ISTIO_NAMESPACE);
     sync_cacerts(&secrets, &federation, member, root, policy, now, prepared).await?;
-
-    let certificates_ready = prepared.report.certificate_problem.is_none();
-    let version = prepared
-        .report
-        .status
-        .kubernetes_version
-        .clone()
-        .unwrap_or_default();
-    let cp = match sync_control_plane(
-        ctx,
-        &client,
-        &federation,
-        &fed.spec,
-        member,
-        &version,
-        certificates_ready,
-    )
-    .await
-    {
-        Ok(cp) => cp,
-        // The member answered; what failed is applying Istio, not reaching it.
-        Err(e) => super::control_plane::ControlPlaneReport {
-            problem: Some(format!("applying Istio: {}", unreachable_reason(&e))),
-            ..Default::default()
-        },
-    };
-    if fed.spec.control_plane.is_some() {
-        let status = &mut prepared.report.status;
-        status.istio_version = cp.istio_version;
-        status.control_plane_ready = Some(cp.ready);
-        status.gateway_address = cp.gateway.as_ref().and_then(|g| g.address.clone());
-        prepared.report.control_plane_problem = cp.problem;
-        prepared.report.gateway_expected = cp.gateway.is_some();
-        prepared.report.gateway_problem = cp.gateway.and_then(|g| g.problem);
-    }
 
     let multicluster = secrets
         .list(&ListParams::default().labels(&format!("{}=true", keys::MULTICLUSTER)))

@@ -262,8 +262,8 @@ impl Context {
             return self.settings.resync;
         }
         let n = failures.entry(federation.into()).or_insert(0);
-        *n = (*n + 1).min(8);
-        Duration::from_millis(500 * (1 << *n)).min(self.settings.resync)
+        *n = (*n + 1).min(20);
+        Duration::from_millis(500u64 << (*n - 1)).min(self.settings.resync)
     }
 }
 
@@ -327,8 +327,12 @@ async fn converge(fed: &MeshFederation, ctx: &Context) -> Result<Action, Error> 
     reports.extend(prepared.iter().map(|p: &PreparedMember| p.report.clone()));
     if root.is_err() {
         reports.extend(spec.members.iter().map(|m| {
+            // Not contacted this time: keep what was last known of it.
+            let known = previous.and_then(|s| s.members.iter().find(|p| p.name == m.name));
             let mut r = MemberReport::new(&m.name);
             r.status.credentials = Some(m.credentials.clone());
+            r.status.reachable = known.is_some_and(|k| k.reachable);
+            r.status.kubernetes_version = known.and_then(|k| k.kubernetes_version.clone());
             r.certificate_problem = Some("waiting for the root CA".into());
             r
         }));
@@ -399,6 +403,54 @@ fn reachability_events(
     }
 }
 
+/// Members in the status that left the spec.
+fn departed(fed: &MeshFederation) -> impl Iterator<Item = &crate::api::MemberStatus> {
+    fed.status
+        .iter()
+        .flat_map(|s| s.members.iter())
+        .filter(|m| fed.spec.member(&m.name).is_none())
+}
+
+/// Whether meshfed may have installed Istio in `member`: the spec asks for a
+/// control plane, or the member's status says there was one.
+fn had_control_plane(fed: &MeshFederation, member: &str) -> bool {
+    let in_status = fed
+        .status
+        .iter()
+        .flat_map(|s| s.members.iter())
+        .any(|m| m.name == member && m.control_plane_ready.is_some());
+    fed.spec.control_plane.is_some() || in_status
+}
+
+/// Removes meshfed's objects from one member; a member whose credentials
+/// Secret is gone counts as done (there is nothing left to reach).
+async fn remove_member(
+    ctx: &Context,
+    fed: &MeshFederation,
+    member: &str,
+    credentials: &crate::api::MemberCredentials,
+) -> Result<Vec<String>, String> {
+    let conn = match ctx.members.connect(credentials).await {
+        Ok(conn) => conn,
+        Err(crate::members::ConnectError::SecretMissing { .. }) => return Ok(Vec::new()),
+        Err(e) => return Err(e.to_string()),
+    };
+    let federation = fed.name_any();
+    let work = cleanup::remove_from_member(
+        &conn.client,
+        &federation,
+        fed.spec.ca().on_removal(),
+        had_control_plane(fed, member),
+    );
+    match tokio::time::timeout(ctx.settings.member_timeout, work).await {
+        Ok(result) => result.map_err(|e| member::unreachable_reason(&e)),
+        Err(_) => Err(format!(
+            "no answer within {:?}",
+            ctx.settings.member_timeout
+        )),
+    }
+}
+
 /// Members that were in the status but left the spec: clean them up with the
 /// credentials recorded in status, keep reporting them until that succeeds.
 async fn leave_departed(
@@ -406,56 +458,27 @@ async fn leave_departed(
     ctx: &Context,
     events: &mut Vec<Event>,
 ) -> Vec<MemberReport> {
-    let name = fed.name_any();
-    let policy = fed.spec.ca().on_removal();
-    let departed: Vec<_> = fed
-        .status
-        .iter()
-        .flat_map(|s| s.members.iter())
-        .filter(|m| fed.spec.member(&m.name).is_none())
-        .cloned()
-        .collect();
     let mut reports = Vec::new();
-    for gone in departed {
-        let mut report = MemberReport::new(&gone.name);
-        report.status = crate::api::MemberStatus {
-            leaving: true,
-            reachable: false,
-            ..gone.clone()
-        };
-        let Some(credentials) = gone.credentials.clone() else {
+    for gone in departed(fed) {
+        let Some(credentials) = &gone.credentials else {
             continue;
         };
-        let result = match ctx.members.connect(&credentials).await {
-            Ok(conn) => tokio::time::timeout(
-                ctx.settings.member_timeout,
-                cleanup::remove_from_member(
-                    &conn.client,
-                    &name,
-                    policy,
-                    gone.control_plane_ready.is_some(),
+        match remove_member(ctx, fed, &gone.name, credentials).await {
+            Ok(removed) => events.push(Event::normal(
+                "MemberRemoved",
+                format!(
+                    "member {} left; removed {} objects",
+                    gone.name,
+                    removed.len()
                 ),
-            )
-            .await
-            .map_err(|_| "no answer".to_string())
-            .and_then(|r| r.map_err(|e| member::unreachable_reason(&e))),
-            // Credentials gone: nothing meshfed can reach any more.
-            Err(crate::members::ConnectError::SecretMissing { .. }) => Ok(Vec::new()),
-            Err(e) => Err(e.to_string()),
-        };
-        match result {
-            Ok(removed) => {
-                events.push(Event::normal(
-                    "MemberRemoved",
-                    format!(
-                        "member {} left; removed {} objects",
-                        gone.name,
-                        removed.len()
-                    ),
-                ));
-            }
+            )),
             Err(e) => {
-                report.status.reachable = false;
+                let mut report = MemberReport::new(&gone.name);
+                report.status = crate::api::MemberStatus {
+                    leaving: true,
+                    reachable: false,
+                    ..gone.clone()
+                };
                 report.unreachable = Some(format!("cleanup after leaving: {e}"));
                 reports.push(report);
             }
@@ -467,45 +490,29 @@ async fn leave_departed(
 /// Finalizer: remove meshfed's objects from every member it can reach.
 async fn clean_up(fed: &MeshFederation, ctx: &Context) -> Result<Action, Error> {
     let name = fed.name_any();
-    let policy = fed.spec.ca().on_removal();
-    let mut credentials: Vec<_> = fed
+    let members = fed
         .spec
         .members
         .iter()
         .map(|m| (m.name.clone(), m.credentials.clone()))
-        .collect();
-    credentials.extend(
-        fed.status
-            .iter()
-            .flat_map(|s| s.members.iter())
-            .filter(|m| fed.spec.member(&m.name).is_none())
-            .filter_map(|m| m.credentials.clone().map(|c| (m.name.clone(), c))),
-    );
-    let name = name.as_str();
-    let control_plane = fed.spec.control_plane.is_some();
-    let results = join_all(credentials.iter().map(|(member, creds)| async move {
-        let outcome = match ctx.members.connect(creds).await {
-            Ok(conn) => tokio::time::timeout(
-                ctx.settings.member_timeout,
-                cleanup::remove_from_member(&conn.client, name, policy, control_plane),
-            )
+        .chain(departed(fed).filter_map(|m| Some((m.name.clone(), m.credentials.clone()?))))
+        .collect::<Vec<_>>();
+    let results = join_all(members.iter().map(|(member, credentials)| async move {
+        remove_member(ctx, fed, member, credentials)
             .await
-            .map_err(|_| "no answer".to_string())
-            .and_then(|r| r.map(|_| ()).map_err(|e| member::unreachable_reason(&e))),
-            Err(crate::members::ConnectError::SecretMissing { .. }) => Ok(()),
-            Err(e) => Err(e.to_string()),
-        };
-        outcome.map_err(|e| format!("{member}: {e}"))
+            .map_err(|e| format!("{member}: {e}"))
     }))
     .await;
     let failures: Vec<String> = results.into_iter().filter_map(Result::err).collect();
     if !failures.is_empty() {
         return Err(Error::Cleanup(failures.join("; ")));
     }
-    if policy == crate::api::RemovalPolicy::Delete && fed.spec.ca().root_secret_ref.is_none() {
+    if fed.spec.ca().on_removal() == crate::api::RemovalPolicy::Delete
+        && fed.spec.ca().root_secret_ref.is_none()
+    {
         let secrets = Api::<Secret>::namespaced(ctx.client.clone(), &ctx.settings.namespace);
         match secrets
-            .delete(&generated_root_name(name), &Default::default())
+            .delete(&generated_root_name(&name), &Default::default())
             .await
         {
             Ok(_) => {}
@@ -513,7 +520,7 @@ async fn clean_up(fed: &MeshFederation, ctx: &Context) -> Result<Action, Error> 
             Err(e) => return Err(e.into()),
         }
     }
-    ctx.metrics.forget_federation(name, fed.status.as_ref());
+    ctx.metrics.forget_federation(&name, fed.status.as_ref());
     info!(federation = %name, "cleaned up every member");
     Ok(Action::await_change())
 }

@@ -15,7 +15,7 @@ use kube::api::{DeleteParams, PostParams};
 use super::apply::write;
 use super::member::{PreparedMember, unreachable_reason};
 use crate::render::{
-    ISTIO_NAMESPACE, RemoteSecretState, is_ours, remote_secret_name, remote_secret_peer,
+    ISTIO_NAMESPACE, RemoteSecretState, is_ours, keys, remote_secret_name, remote_secret_peer,
     remote_secret_state, render_remote_secret,
 };
 
@@ -205,7 +205,8 @@ async fn carry_out(
                 earliest = Some(earliest.map_or(*token_expires_at, |e| e.min(*token_expires_at)));
             }
             PeerAction::Foreign => report.remote_secret_problems.push(format!(
-                "{ISTIO_NAMESPACE}/{name} exists and was not created by meshfed; it is left untouched (istiod ignores a second secret for the same cluster). Delete it, or annotate it meshfed.io/adopt=true to let meshfed replace it"
+                "{ISTIO_NAMESPACE}/{name} exists and was not created by meshfed; it is left untouched (istiod ignores a second secret for the same cluster). Delete it, or annotate it {}=true to let meshfed replace it",
+                keys::ADOPT
             )),
             PeerAction::Blocked { reason, existing } => {
                 if *existing {
@@ -264,10 +265,17 @@ async fn mint_token(
         .create_token_request(reader, &PostParams::default(), &request)
         .await?;
     // The server may shorten the lifetime; trust what it says.
-    Ok(response
+    let status = response
         .status
-        .map(|s| (s.token, s.expiration_timestamp.0.max(now)))
-        .unwrap_or_default())
+        .filter(|s| !s.token.is_empty())
+        .ok_or_else(|| {
+            kube::Error::Api(
+                kube::core::Status::failure("TokenRequest returned no token", "NoToken")
+                    .with_code(500)
+                    .boxed(),
+            )
+        })?;
+    Ok((status.token, status.expiration_timestamp.0.max(now)))
 }
 
 #[cfg(test)]

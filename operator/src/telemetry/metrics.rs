@@ -161,13 +161,23 @@ impl Metrics {
                 .get_or_create(&l)
                 .set(i64::from(m.reachable));
             self.member_ready.get_or_create(&l).set(i64::from(m.ready));
-            if let Some(i) = &m.intermediate {
-                self.intermediate_expiry
-                    .get_or_create(&l)
-                    .set(seconds_until(i.not_after.0));
+            match &m.intermediate {
+                Some(i) => {
+                    self.intermediate_expiry
+                        .get_or_create(&l)
+                        .set(seconds_until(i.not_after.0));
+                }
+                None => {
+                    self.intermediate_expiry.remove(&l);
+                }
             }
-            if let Some(t) = &m.token_expiry {
-                self.token_expiry.get_or_create(&l).set(seconds_until(t.0));
+            match &m.token_expiry {
+                Some(t) => {
+                    self.token_expiry.get_or_create(&l).set(seconds_until(t.0));
+                }
+                None => {
+                    self.token_expiry.remove(&l);
+                }
             }
         }
     }
