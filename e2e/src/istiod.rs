@@ -96,35 +96,6 @@ impl Istio {
     }
 }
 
-fn testbed_script(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("testbed")
-        .join(name)
-}
-
-/// Runs a build script and returns the last line it printed.
-async fn script_output(name: &str) -> Result<PathBuf> {
-    let script = testbed_script(name);
-    let out = tokio::process::Command::new("bash")
-        .arg(&script)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .output()
-        .await
-        .with_context(|| format!("run {}", script.display()))?;
-    if !out.status.success() {
-        bail!("{} exited with {}", script.display(), out.status);
-    }
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let line = stdout
-        .lines()
-        .map(str::trim)
-        .rfind(|l| !l.is_empty())
-        .with_context(|| format!("{} printed nothing", script.display()))?;
-    Ok(PathBuf::from(line))
-}
-
 /// Finds the Istio build: `$MESHFED_ISTIO_ROOT`, else what
 /// `e2e/testbed/build-istio.sh` prints (instant when warm; a cold cache
 /// builds, about 5 minutes on 2 cores). Cached for the process.
@@ -134,7 +105,9 @@ pub async fn istio() -> Result<Istio> {
         .get_or_try_init(|| async {
             match std::env::var_os(ROOT_ENV).filter(|v| !v.is_empty()) {
                 Some(dir) => Istio::check(dir.into()),
-                None => Istio::check(script_output("build-istio.sh").await?),
+                None => Istio::check(
+                    crate::fleet::tools::testbed_script_output("build-istio.sh").await?,
+                ),
             }
         })
         .await
@@ -147,7 +120,7 @@ pub async fn helm() -> Result<PathBuf> {
     HELM.get_or_try_init(|| async {
         match std::env::var_os(HELM_ENV).filter(|v| !v.is_empty()) {
             Some(p) => Ok(PathBuf::from(p)),
-            None => script_output("build-helm.sh").await,
+            None => crate::fleet::tools::testbed_script_output("build-helm.sh").await,
         }
     })
     .await

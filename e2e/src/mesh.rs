@@ -61,6 +61,17 @@ pub async fn install_operator_prerequisites(host: &Client) -> Result<()> {
     .await
 }
 
+/// Makes the fleet's cluster-0 the operator's host: CRD and namespace
+/// installed, every other cluster's kubeconfig stored as member credentials.
+pub async fn prepare_host(fleet: &crate::Fleet) -> Result<()> {
+    let host = fleet.cluster(0).client();
+    install_operator_prerequisites(&host).await?;
+    for c in &fleet.clusters()[1..] {
+        store_credentials(&host, c).await?;
+    }
+    Ok(())
+}
+
 /// Name of the Secret holding `cluster`'s kubeconfig in the operator namespace.
 pub fn credentials_secret_name(cluster: &Cluster) -> String {
     format!("{}-kubeconfig", cluster.name())
@@ -388,10 +399,10 @@ pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> Result<(u16, St
 /// ...), holding the pinned Istio's official charts; and that version's name.
 /// `$MESHFED_ISTIO_CHARTS` may point at a `manifests/charts` directory;
 /// otherwise `e2e/testbed/build-istio.sh` provides it.
-pub fn istio_chart_set(into: &std::path::Path) -> Result<(std::path::PathBuf, String)> {
+pub async fn istio_chart_set(into: &std::path::Path) -> Result<(std::path::PathBuf, String)> {
     let charts = match std::env::var_os("MESHFED_ISTIO_CHARTS") {
         Some(dir) => std::path::PathBuf::from(dir),
-        None => build_script_output("build-istio.sh")?.join("charts"),
+        None => crate::istiod::istio().await?.charts_dir(),
     };
     let version = "pinned".to_string();
     let dir = into.join("istio-charts");
@@ -401,26 +412,4 @@ pub fn istio_chart_set(into: &std::path::Path) -> Result<(std::path::PathBuf, St
         std::os::unix::fs::symlink(&charts, &link)?;
     }
     Ok((dir, version))
-}
-
-/// The pinned helm binary.
-pub fn helm_binary() -> Result<std::path::PathBuf> {
-    build_script_output("build-helm.sh")
-}
-
-/// Runs `e2e/testbed/<script>` (instant when its cache is warm) and returns
-/// the path it prints.
-fn build_script_output(script: &str) -> Result<std::path::PathBuf> {
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("testbed")
-        .join(script);
-    let out = std::process::Command::new("bash").arg(&script).output()?;
-    if !out.status.success() {
-        bail!(
-            "{} failed: {}",
-            script.display(),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(String::from_utf8(out.stdout)?.trim().into())
 }

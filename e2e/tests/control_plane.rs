@@ -45,16 +45,13 @@ fn cross_network_gateways(c: &Client) -> Api<DynamicObject> {
 async fn istio_charts_install_istiod_and_east_west_gateways() -> Result<()> {
     let fleet = Fleet::start(3).await?;
     let _logs = fleet.log_guard();
-    let (charts_dir, version) = istio_chart_set(fleet.dir())?;
+    let (charts_dir, version) = istio_chart_set(fleet.dir()).await?;
     let host = fleet.cluster(0).client();
-    install_operator_prerequisites(&host).await?;
-    for c in &fleet.clusters()[1..] {
-        store_credentials(&host, c).await?;
-    }
+    prepare_host(&fleet).await?;
     let settings = Settings {
         resync: Duration::from_secs(2),
         member_timeout: Duration::from_secs(10),
-        helm: helm_binary()?,
+        helm: e2e::istiod::helm().await?,
         charts_dir,
         ..Settings::new(OPERATOR_NAMESPACE)
     };

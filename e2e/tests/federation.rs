@@ -121,10 +121,7 @@ async fn federation_lifecycle_on_three_real_clusters() -> Result<()> {
     let fleet = Fleet::start(3).await?;
     let _logs = fleet.log_guard();
     let host = fleet.cluster(0).client();
-    install_operator_prerequisites(&host).await?;
-    for c in &fleet.clusters()[1..] {
-        store_credentials(&host, c).await?;
-    }
+    prepare_host(&fleet).await?;
     let operator = start_operator(
         fleet.cluster(0),
         Duration::from_secs(2),

@@ -194,10 +194,7 @@ async fn real_istiod_consumes_meshfed_federation() -> Result<()> {
     let ids: Vec<String> = fleet.clusters().iter().map(|c| c.name().into()).collect();
     let clients: Vec<Client> = fleet.clusters().iter().map(|c| c.client()).collect();
     let host = clients[0].clone();
-    install_operator_prerequisites(&host).await?;
-    for c in &fleet.clusters()[1..] {
-        store_credentials(&host, c).await?;
-    }
+    prepare_host(&fleet).await?;
     let operator = start_operator(
         fleet.cluster(0),
         Duration::from_secs(2),

@@ -90,10 +90,7 @@ async fn main() -> Result<()> {
 async fn measure(binary: &std::path::Path, n: usize, reconciles: u64) -> Result<Figures> {
     let fleet = Fleet::start(n).await?;
     let host = fleet.cluster(0).client();
-    install_operator_prerequisites(&host).await?;
-    for c in &fleet.clusters()[1..] {
-        store_credentials(&host, c).await?;
-    }
+    prepare_host(&fleet).await?;
     let metrics_addr = TcpListener::bind("127.0.0.1:0")?.local_addr()?;
     let mut operator = Command::new(binary)
         .args([
@@ -247,9 +244,9 @@ impl Comparison {
 async fn compare_control_plane(binary: &Path, n: usize, resync: &str) -> Result<Comparison> {
     let chart_links = tempfile::tempdir()?;
     // One chart set for both paths: the operator's layout links to it.
-    let (charts_dir, version) = istio_chart_set(chart_links.path())?;
+    let (charts_dir, version) = istio_chart_set(chart_links.path()).await?;
     let charts = std::fs::canonicalize(charts_dir.join(&version))?;
-    let helm = helm_binary()?;
+    let helm = e2e::istiod::helm().await?;
     let istioctl = charts
         .parent()
         .map(|root| root.join("bin/istioctl"))
@@ -329,10 +326,7 @@ async fn time_meshfed(
 ) -> Result<(Duration, (u64, f64))> {
     let fleet = Fleet::start(n).await?;
     let host = fleet.cluster(0).client();
-    install_operator_prerequisites(&host).await?;
-    for c in &fleet.clusters()[1..] {
-        store_credentials(&host, c).await?;
-    }
+    prepare_host(&fleet).await?;
     let metrics_addr = TcpListener::bind("127.0.0.1:0")?.local_addr()?;
     let log = fleet.dir().join("operator.log");
     let mut operator = Command::new(binary)

@@ -80,6 +80,18 @@ async fn locate() -> Result<Tools> {
             script.display()
         )
     };
+    let dir = testbed_script_output("build-tools.sh")
+        .await
+        .with_context(hint)?;
+    Tools::check(dir).with_context(hint)
+}
+
+/// Runs `e2e/testbed/<name>` (instant when its cache is warm) and returns the
+/// path on the last line it printed.
+pub async fn testbed_script_output(name: &str) -> Result<PathBuf> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("testbed")
+        .join(name);
     let out = tokio::process::Command::new("bash")
         .arg(&script)
         .stdin(Stdio::null())
@@ -87,13 +99,15 @@ async fn locate() -> Result<Tools> {
         .stderr(Stdio::inherit())
         .output()
         .await
-        .with_context(hint)?;
+        .with_context(|| format!("run {}", script.display()))?;
     if !out.status.success() {
-        return Err(anyhow::anyhow!("build script exited with {}", out.status)).with_context(hint);
+        bail!("{} exited with {}", script.display(), out.status);
     }
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let Some(dir) = stdout.lines().map(str::trim).rfind(|l| !l.is_empty()) else {
-        return Err(anyhow::anyhow!("build script printed nothing")).with_context(hint);
-    };
-    Tools::check(PathBuf::from(dir)).with_context(hint)
+    let line = stdout
+        .lines()
+        .map(str::trim)
+        .rfind(|l| !l.is_empty())
+        .with_context(|| format!("{} printed nothing", script.display()))?;
+    Ok(PathBuf::from(line))
 }

@@ -119,16 +119,16 @@ async fn sync_member_control_plane(
     );
     let cp = match tokio::time::timeout(budget, work).await {
         Ok(Ok(cp)) => cp,
-        Ok(Err(e)) => ControlPlaneReport {
-            problem: Some(format!("applying Istio: {}", unreachable_reason(&e))),
-            ..Default::default()
-        },
-        Err(_) => ControlPlaneReport {
-            problem: Some(format!(
-                "applying Istio: not done within {budget:?}; continuing next reconcile"
-            )),
-            ..Default::default()
-        },
+        failed => {
+            let why = match failed {
+                Ok(Err(e)) => unreachable_reason(&e),
+                _ => format!("not done within {budget:?}; continuing next reconcile"),
+            };
+            ControlPlaneReport {
+                problem: Some(format!("applying Istio: {why}")),
+                ..Default::default()
+            }
+        }
     };
     let status = &mut prepared.report.status;
     status.istio_version = cp.istio_version;
