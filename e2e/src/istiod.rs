@@ -187,12 +187,7 @@ pub async fn install_base_crds(client: &Client) -> Result<()> {
         || async {
             for name in &names {
                 let crd = api.get(name).await?;
-                let established = crd
-                    .status
-                    .and_then(|s| s.conditions)
-                    .unwrap_or_default()
-                    .iter()
-                    .any(|c| c.type_ == "Established" && c.status == "True");
+                let established = crate::mesh::crd_established(&crd);
                 if !established {
                     return Ok(false);
                 }

@@ -45,12 +45,7 @@ pub async fn install_operator_prerequisites(host: &Client) -> Result<()> {
         .await?;
     poll(Duration::from_secs(30), "CRD established", || async {
         let crd = crds.get("meshfederations.meshfed.io").await?;
-        let established = crd
-            .status
-            .and_then(|s| s.conditions)
-            .unwrap_or_default()
-            .iter()
-            .any(|c| c.type_ == "Established" && c.status == "True");
+        let established = crd_established(&crd);
         // Discovery lags the condition a little; ask for the resource itself.
         Ok(established
             && Api::<MeshFederation>::all(host.clone())
@@ -70,6 +65,17 @@ pub async fn prepare_host(fleet: &crate::Fleet) -> Result<()> {
         store_credentials(&host, c).await?;
     }
     Ok(())
+}
+
+/// Whether the API server reports the CRD as Established (served).
+pub fn crd_established(crd: &CustomResourceDefinition) -> bool {
+    crd.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| {
+            c.iter()
+                .any(|c| c.type_ == "Established" && c.status == "True")
+        })
 }
 
 /// Name of the Secret holding `cluster`'s kubeconfig in the operator namespace.

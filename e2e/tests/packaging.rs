@@ -745,12 +745,7 @@ async fn wait_crd_established(client: &Client) -> Result<()> {
             let Some(crd) = crds.get_opt("meshfederations.meshfed.io").await? else {
                 return Ok(false);
             };
-            let established = crd
-                .status
-                .and_then(|s| s.conditions)
-                .unwrap_or_default()
-                .iter()
-                .any(|c| c.type_ == "Established" && c.status == "True");
+            let established = e2e::mesh::crd_established(&crd);
             Ok(established && feds.list(&ListParams::default()).await.is_ok())
         }
     })
