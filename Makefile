@@ -1,7 +1,7 @@
 # The entry points people type. `make help` lists them.
 CARGO ?= cargo
 
-.PHONY: help demo test lint unit e2e testbed-tools helm istio crds bench bench-testbed bench-operator clean-testbed-cache
+.PHONY: help demo test lint unit e2e packages testbed-tools helm istio crds bench bench-testbed bench-operator clean-testbed-cache
 
 help: ## List the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
@@ -9,7 +9,7 @@ help: ## List the targets
 demo: testbed-tools ## Three local clusters + operator + sample federation, ending in a status table
 	$(CARGO) run -q -p e2e --bin demo
 
-test: testbed-tools helm istio lint ## Everything CI runs: lints, unit tests, end-to-end tests on real clusters
+test: packages testbed-tools helm istio lint ## Everything CI runs: lints, unit tests, end-to-end tests on real clusters
 	$(CARGO) test --workspace --no-fail-fast
 
 lint: ## cargo fmt --check and clippy -D warnings
@@ -19,8 +19,11 @@ lint: ## cargo fmt --check and clippy -D warnings
 unit: ## Unit tests only (no clusters)
 	$(CARGO) test --workspace --lib --bins
 
-e2e: testbed-tools helm istio ## End-to-end tests only
+e2e: packages testbed-tools helm istio ## End-to-end tests only
 	$(CARGO) test -p e2e --tests
+
+packages: ## Install the Debian packages the tests use (lua5.1, faketime) when missing
+	@bash e2e/testbed/install-packages.sh
 
 testbed-tools: ## Build the test bed's Kubernetes, etcd and kwok binaries (cached by version)
 	@bash e2e/testbed/build-tools.sh >/dev/null

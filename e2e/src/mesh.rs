@@ -90,6 +90,11 @@ pub async fn store_credentials(host: &Client, cluster: &Cluster) -> Result<()> {
 
 /// Stores `cluster`'s admin kubeconfig in the operator namespace as Secret `name`.
 pub async fn store_credentials_as(host: &Client, cluster: &Cluster, name: &str) -> Result<()> {
+    store_kubeconfig(host, name, cluster.kubeconfig_yaml()).await
+}
+
+/// Stores `kubeconfig` in the operator namespace as Secret `name`.
+pub async fn store_kubeconfig(host: &Client, name: &str, kubeconfig: &str) -> Result<()> {
     let name = name.to_string();
     let secret = Secret {
         metadata: kube::api::ObjectMeta {
@@ -98,7 +103,7 @@ pub async fn store_credentials_as(host: &Client, cluster: &Cluster, name: &str) 
         },
         data: Some(BTreeMap::from([(
             "kubeconfig".to_string(),
-            ByteString(cluster.kubeconfig_yaml().as_bytes().to_vec()),
+            ByteString(kubeconfig.as_bytes().to_vec()),
         )])),
         ..Default::default()
     };

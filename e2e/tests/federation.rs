@@ -363,6 +363,19 @@ async fn federation_lifecycle_on_three_real_clusters() -> Result<()> {
     wait_for_federation(&host, FED, WAIT, "Ready after adoption", ready).await?;
     let adopted = istio_secrets(&clients[2]).get("cacerts").await?;
     verify_cacerts(&adopted, &roots[0]).expect("adopted cacerts re-issued under the shared root");
+    // Adopted by this federation only: labelled for it, the hand-over annotation gone.
+    assert_eq!(
+        adopted.metadata.labels.as_ref().unwrap()["meshfed.io/federation"],
+        FED
+    );
+    assert!(
+        !adopted
+            .metadata
+            .annotations
+            .unwrap_or_default()
+            .contains_key("meshfed.io/adopt"),
+        "the adopt annotation stays behind"
+    );
 
     // --- a member's API server stops: reported, others converge; back: Ready again
     fleet.cluster(1).stop_apiserver().await?;
@@ -399,8 +412,15 @@ async fn federation_lifecycle_on_three_real_clusters() -> Result<()> {
     .await?;
     for c in &clients {
         assert!(remote_secret_names(c).await.is_empty());
-        assert!(sa.get_opt("meshfed-reader-prod").await?.is_none());
-        let _ = c;
+        let readers = Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(
+            c.clone(),
+            "istio-system",
+        );
+        assert!(readers.get_opt("meshfed-reader-prod").await?.is_none());
+        let claim = Api::<ConfigMap>::namespaced(c.clone(), "istio-system")
+            .get_opt("meshfed-cluster-claim")
+            .await?;
+        assert!(claim.is_none(), "the cluster claim is released");
     }
     drop(operator);
     Ok(())
@@ -477,6 +497,24 @@ async fn invalid_specs_are_rejected_by_the_api_server() -> Result<()> {
         "spec.remoteSecrets.tokenLifetime",
     ));
 
+    cases.push((
+        "a name that cannot be a label value",
+        federation(&"f".repeat(64), vec![member(c, "a")]),
+        "metadata.name must be at most 63 characters",
+    ));
+    for version in ["..", "../../etc", ".hidden"] {
+        let mut escape = federation("escape", vec![member(c, "a")]);
+        escape.spec.control_plane = Some(meshfed::api::ControlPlaneSpec {
+            version: Some(version.into()),
+            ..Default::default()
+        });
+        cases.push((
+            "a version outside --charts-dir",
+            escape,
+            "spec.controlPlane.version",
+        ));
+    }
+
     for (what, fed, expected) in cases {
         match create_federation(&host, &fed).await {
             Err(kube::Error::Api(e)) => {
@@ -489,6 +527,86 @@ async fn invalid_specs_are_rejected_by_the_api_server() -> Result<()> {
             }
             other => panic!("{what}: expected rejection, got {other:?}"),
         }
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn member_kubeconfigs_without_verified_tls_are_refused() -> Result<()> {
+    let fleet = Fleet::start(2).await?;
+    let _logs = fleet.log_guard();
+    let host = fleet.cluster(0).client();
+    prepare_host(&fleet).await?;
+    let _operator = start_operator(
+        fleet.cluster(0),
+        Duration::from_secs(2),
+        Duration::from_secs(3),
+    )?;
+    let remote = fleet.cluster(1);
+    let yaml = remote.kubeconfig_yaml();
+    let server_line = yaml
+        .lines()
+        .find(|l| l.trim_start().starts_with("server:"))
+        .unwrap();
+    let indent = &server_line[..server_line.len() - server_line.trim_start().len()];
+    let variants = [
+        (
+            "insecure",
+            yaml.replace(
+                server_line,
+                &format!("{server_line}\n{indent}insecure-skip-tls-verify: true"),
+            ),
+            "insecure-skip-tls-verify",
+        ),
+        (
+            "plain-http",
+            yaml.replace("server: https://", "server: http://"),
+            "https://",
+        ),
+        (
+            "proxied",
+            yaml.replace(
+                server_line,
+                &format!("{server_line}\n{indent}proxy-url: http://127.0.0.1:1"),
+            ),
+            "proxy-url",
+        ),
+    ];
+    for (name, kubeconfig, why) in variants {
+        let secret = format!("{name}-kubeconfig");
+        store_kubeconfig(&host, &secret, &kubeconfig).await?;
+        let mut m = member(remote, "net-b");
+        m.credentials.secret_ref.as_mut().unwrap().name = secret.clone();
+        let fed_name = format!("tls-{name}");
+        apply_federation(
+            &host,
+            &federation(&fed_name, vec![local_member(fleet.cluster(0), "net-a"), m]),
+        )
+        .await?;
+        let refused = wait_for_federation(&host, &fed_name, WAIT, "MembersReachable=False", |f| {
+            has_condition(f, "MembersReachable", "False")
+        })
+        .await?;
+        let message = &condition(&refused, "MembersReachable").unwrap().message;
+        assert!(
+            message.contains(&format!("{OPERATOR_NAMESPACE}/{secret}")) && message.contains(why),
+            "{name}: {message}"
+        );
+        Api::<MeshFederation>::all(host.clone())
+            .delete(&fed_name, &DeleteParams::default())
+            .await?;
+    }
+    // Nothing was written into the member through the refused credentials.
+    let sa = Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(
+        remote.client(),
+        "istio-system",
+    );
+    for name in ["insecure", "plain-http", "proxied"] {
+        assert!(
+            sa.get_opt(&format!("meshfed-reader-tls-{name}"))
+                .await?
+                .is_none()
+        );
     }
     Ok(())
 }

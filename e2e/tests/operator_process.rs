@@ -40,9 +40,28 @@ fn start(
     identity: &str,
     dir: &std::path::Path,
 ) -> Operator {
+    start_under(&[], binary, kubeconfig, identity, dir)
+}
+
+/// Starts the operator as an argument of `wrapper` (e.g. `faketime`).
+fn start_under(
+    wrapper: &[&str],
+    binary: &std::path::Path,
+    kubeconfig: &std::path::Path,
+    identity: &str,
+    dir: &std::path::Path,
+) -> Operator {
     let metrics = free_addr();
     let log = dir.join(format!("{identity}.log"));
-    let child = Command::new(binary)
+    let mut command = match wrapper {
+        [] => Command::new(binary),
+        [program, args @ ..] => {
+            let mut c = Command::new(program);
+            c.args(args).arg(binary);
+            c
+        }
+    };
+    let child = command
         .args([
             "--leader-elect",
             "--leader-lease-duration",
@@ -78,12 +97,81 @@ fn start(
     }
 }
 
-async fn lease_holder(client: &kube::Client) -> Option<String> {
-    let lease = Api::<Lease>::namespaced(client.clone(), OPERATOR_NAMESPACE)
+async fn lease(client: &kube::Client) -> Option<k8s_openapi::api::coordination::v1::LeaseSpec> {
+    Api::<Lease>::namespaced(client.clone(), OPERATOR_NAMESPACE)
         .get_opt("meshfed-operator-leader")
         .await
-        .ok()??;
-    lease.spec?.holder_identity
+        .ok()??
+        .spec
+}
+
+async fn lease_holder(client: &kube::Client) -> Option<String> {
+    lease(client).await?.holder_identity
+}
+
+/// The timestamp that starts the newest line of an operator log.
+fn last_log_time(log: &std::path::Path) -> Option<jiff::Timestamp> {
+    let text = std::fs::read_to_string(log).ok()?;
+    text.lines()
+        .rev()
+        .find_map(|l| l.split_whitespace().next()?.parse().ok())
+        .or_else(|| panic!("no timestamped line in {}", log.display()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_whose_clock_runs_ahead_never_takes_a_healthy_lease() -> Result<()> {
+    let binary = operator_binary()?;
+    let fleet = Fleet::start(1).await?;
+    let _logs = fleet.log_guard();
+    let host = fleet.cluster(0).client();
+    install_operator_prerequisites(&host).await?;
+    let kubeconfig = fleet.cluster(0).kubeconfig_path().to_path_buf();
+
+    let mut a = start(&binary, &kubeconfig, "op-a", fleet.dir());
+    poll(WAIT, "op-a leads", || async {
+        Ok(lease_holder(&host).await.as_deref() == Some("op-a"))
+    })
+    .await?;
+    // Debian's faketime (libfaketime): every clock of op-b runs 20 s ahead.
+    let b = start_under(
+        &["faketime", "-f", "+20s"],
+        &binary,
+        &kubeconfig,
+        "op-b",
+        fleet.dir(),
+    );
+    poll(WAIT, "op-b ready (standing by)", || async {
+        Ok(http_get(b.metrics, "/readyz").await?.0 == 200)
+    })
+    .await?;
+    let skew = last_log_time(&b.log)
+        .zip(last_log_time(&a.log))
+        .map(|(b, a)| b.duration_since(a).as_secs_f64());
+    assert!(
+        skew.is_some_and(|s| s > 15.0),
+        "op-b's clock is not ahead: {skew:?}"
+    );
+    let transitions = lease(&host).await.and_then(|l| l.lease_transitions);
+    // Four lease durations: an election that trusted renewTime would take over at once.
+    let watch_until = std::time::Instant::now() + Duration::from_secs(12);
+    while std::time::Instant::now() < watch_until {
+        let now = lease(&host).await;
+        assert_eq!(
+            now.as_ref().and_then(|l| l.holder_identity.as_deref()),
+            Some("op-a"),
+            "the skewed standby took the lease from a healthy leader"
+        );
+        assert_eq!(now.and_then(|l| l.lease_transitions), transitions);
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // Its clock is only wrong, not broken: once op-a dies it takes over.
+    a.child.kill()?;
+    a.child.wait()?;
+    poll(WAIT, "op-b takes over from a dead leader", || async {
+        Ok(lease_holder(&host).await.as_deref() == Some("op-b"))
+    })
+    .await?;
+    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -167,6 +255,11 @@ async fn two_replicas_one_leader_and_a_takeover() -> Result<()> {
     )
     .await?;
     assert!(after.metadata.generation > Some(1));
+    assert_eq!(
+        after.status.as_ref().and_then(|s| s.observed_generation),
+        after.metadata.generation,
+        "op-b reconciled the new generation"
+    );
     poll(
         WAIT,
         "the new leader's reconciles in its metrics",

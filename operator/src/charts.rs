@@ -56,6 +56,19 @@ pub enum ChartError {
     Parse { chart: &'static str, reason: String },
 }
 
+/// The chart set of `version` under `charts_dir`, if `version` names a plain
+/// directory in it. The schema already refuses anything else; this keeps a
+/// version from reaching outside `charts_dir` whatever got stored.
+fn version_dir(charts_dir: &std::path::Path, version: &str) -> Option<PathBuf> {
+    let plain = !version.is_empty()
+        && !version.starts_with('.')
+        && !version.contains("..")
+        && version
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    plain.then(|| charts_dir.join(version))
+}
+
 /// Renders charts with `helm template`, remembering results: a steady-state
 /// reconcile runs no helm at all.
 pub struct ChartRenderer {
@@ -92,8 +105,8 @@ impl ChartRenderer {
         if let Some(objects) = self.cache.lock().expect("chart cache").get(&key) {
             return Ok(objects.clone());
         }
-        let dir = self.charts_dir.join(version);
-        if !dir.join(chart.path()).is_dir() {
+        let dir = version_dir(&self.charts_dir, version);
+        if !dir.as_ref().is_some_and(|d| d.join(chart.path()).is_dir()) {
             let available = std::fs::read_dir(&self.charts_dir)
                 .map(|d| {
                     d.filter_map(|e| e.ok()?.file_name().into_string().ok())
@@ -115,7 +128,7 @@ impl ChartRenderer {
             .map_err(|e| helm_error(e.to_string()))?;
         let output = Command::new(&self.helm)
             .args(["template", chart.release()])
-            .arg(dir.join(chart.path()))
+            .arg(dir.expect("checked above").join(chart.path()))
             .args([
                 "--namespace",
                 crate::render::ISTIO_NAMESPACE,
@@ -200,5 +213,31 @@ mod tests {
         assert_eq!(objects.len(), 2);
         assert_eq!(objects[1].types.as_ref().unwrap().kind, "Deployment");
         assert!(parse_manifests("kind: [").is_err());
+    }
+
+    #[test]
+    fn a_version_never_leaves_the_charts_directory() {
+        let dir = std::path::Path::new("/charts");
+        assert_eq!(
+            version_dir(dir, "1.31"),
+            Some(PathBuf::from("/charts/1.31"))
+        );
+        assert_eq!(
+            version_dir(dir, "1.31.0-rc_1"),
+            Some(PathBuf::from("/charts/1.31.0-rc_1"))
+        );
+        for bad in [
+            "",
+            "..",
+            ".",
+            "../etc",
+            "a/../../b",
+            "/etc",
+            "1..2",
+            ".hidden",
+            "a b",
+        ] {
+            assert_eq!(version_dir(dir, bad), None, "{bad:?}");
+        }
     }
 }

@@ -1,6 +1,7 @@
 //! Leader election on a coordination.k8s.io Lease, so that of several
 //! replicas exactly one reconciles at a time.
-use std::time::Duration;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
@@ -15,6 +16,7 @@ pub struct LeaderElector {
     lease: String,
     identity: String,
     lease_duration: Duration,
+    observed: Mutex<Observation>,
 }
 
 /// What a look at the lease says.
@@ -26,23 +28,36 @@ enum Claim {
     Held(String),
 }
 
-/// Pure decision: may `identity` take `lease` at `now`?
-fn claim(lease: &LeaseSpec, identity: &str, now: Timestamp) -> Claim {
+/// The last lease record this candidate saw and when (on its own monotonic
+/// clock) it first saw it. Expiry is measured from that moment, never from the
+/// holder's `renewTime`, so clocks that disagree cannot cause a takeover (as
+/// client-go's leader election does).
+#[derive(Debug, Default)]
+struct Observation {
+    record: Option<LeaseSpec>,
+    since: Option<Instant>,
+}
+
+impl Observation {
+    /// Records `record` as seen at `now`; returns how long it has been unchanged.
+    fn see(&mut self, record: &LeaseSpec, now: Instant) -> Duration {
+        if self.record.as_ref() != Some(record) || self.since.is_none() {
+            self.record = Some(record.clone());
+            self.since = Some(now);
+        }
+        now.saturating_duration_since(self.since.unwrap_or(now))
+    }
+}
+
+/// Pure decision: may `identity` take `lease`, which this candidate has seen
+/// unchanged for `unchanged_for`?
+fn claim(lease: &LeaseSpec, identity: &str, unchanged_for: Duration) -> Claim {
     let holder = lease.holder_identity.clone().unwrap_or_default();
     if holder.is_empty() || holder == identity {
         return Claim::Take;
     }
-    let duration =
-        jiff::SignedDuration::from_secs(lease.lease_duration_seconds.unwrap_or(15).into());
-    let renewed = lease
-        .renew_time
-        .as_ref()
-        .map(|t| t.0)
-        .unwrap_or(Timestamp::UNIX_EPOCH);
-    if renewed
-        .checked_add(duration)
-        .is_ok_and(|expiry| expiry < now)
-    {
+    let duration = Duration::from_secs(lease.lease_duration_seconds.unwrap_or(15).max(1) as u64);
+    if unchanged_for > duration {
         Claim::Take
     } else {
         Claim::Held(holder)
@@ -63,6 +78,7 @@ impl LeaderElector {
             lease: lease.into(),
             identity,
             lease_duration,
+            observed: Mutex::default(),
         }
     }
 
@@ -167,7 +183,12 @@ impl LeaderElector {
             };
         };
         let current = lease.spec.clone().unwrap_or_default();
-        if let Claim::Held(holder) = claim(&current, &self.identity, now) {
+        let unchanged_for = self
+            .observed
+            .lock()
+            .expect("observation lock")
+            .see(&current, Instant::now());
+        if let Claim::Held(holder) = claim(&current, &self.identity, unchanged_for) {
             return Ok(Some(holder));
         }
         lease.spec = Some(mine(Some(&current)));
@@ -188,6 +209,8 @@ impl LeaderElector {
 mod tests {
     use super::*;
 
+    const LEASE: Duration = Duration::from_secs(15);
+
     fn lease(holder: Option<&str>, renewed: &str) -> LeaseSpec {
         LeaseSpec {
             holder_identity: holder.map(Into::into),
@@ -197,52 +220,44 @@ mod tests {
         }
     }
 
-    fn t(s: &str) -> Timestamp {
-        s.parse().unwrap()
+    #[test]
+    fn a_lease_of_another_holder_is_respected_until_unchanged_for_its_duration() {
+        let l = lease(Some("b"), "2026-01-01T00:00:00Z");
+        assert_eq!(claim(&l, "a", LEASE), Claim::Held("b".into()));
+        assert_eq!(
+            claim(&l, "a", LEASE + Duration::from_millis(1)),
+            Claim::Take
+        );
     }
 
     #[test]
-    fn a_fresh_lease_of_another_holder_is_respected() {
-        let l = lease(Some("b"), "2026-01-01T00:00:00Z");
+    fn a_released_empty_or_own_lease_can_be_taken_at_once() {
+        for holder in [None, Some(""), Some("a")] {
+            let l = lease(holder, "2026-01-01T00:00:00Z");
+            assert_eq!(claim(&l, "a", Duration::ZERO), Claim::Take, "{holder:?}");
+        }
+    }
+
+    #[test]
+    fn expiry_is_measured_on_the_local_clock_from_the_last_change_seen() {
+        let start = Instant::now();
+        let mut seen = Observation::default();
+        // The holder's clock is far behind ours: its renewTime looks ancient.
+        let first = lease(Some("b"), "2000-01-01T00:00:00Z");
+        assert_eq!(seen.see(&first, start), Duration::ZERO);
+        let at = |s: u64| start + Duration::from_secs(s);
+        assert_eq!(seen.see(&first, at(5)), Duration::from_secs(5));
+        // A renewal (any change of the record) restarts the count.
+        let renewed = lease(Some("b"), "2000-01-01T00:00:05Z");
+        assert_eq!(seen.see(&renewed, at(10)), Duration::ZERO);
         assert_eq!(
-            claim(&l, "a", t("2026-01-01T00:00:15Z")),
+            claim(&renewed, "a", seen.see(&renewed, at(24))),
             Claim::Held("b".into())
         );
-    }
-
-    #[test]
-    fn an_expired_released_or_own_lease_can_be_taken() {
         assert_eq!(
-            claim(
-                &lease(Some("b"), "2026-01-01T00:00:00Z"),
-                "a",
-                t("2026-01-01T00:00:15.001Z")
-            ),
-            Claim::Take
-        );
-        assert_eq!(
-            claim(
-                &lease(None, "2026-01-01T00:00:00Z"),
-                "a",
-                t("2026-01-01T00:00:01Z")
-            ),
-            Claim::Take
-        );
-        assert_eq!(
-            claim(
-                &lease(Some(""), "2026-01-01T00:00:00Z"),
-                "a",
-                t("2026-01-01T00:00:01Z")
-            ),
-            Claim::Take
-        );
-        assert_eq!(
-            claim(
-                &lease(Some("a"), "2026-01-01T00:00:00Z"),
-                "a",
-                t("2026-01-01T00:00:01Z")
-            ),
-            Claim::Take
+            claim(&renewed, "a", seen.see(&renewed, at(26))),
+            Claim::Take,
+            "unchanged for 16 s of a 15 s lease"
         );
     }
 }

@@ -37,7 +37,8 @@ pub mod defaults {
     printcolumn = r#"{"name":"Members","type":"integer","jsonPath":".status.memberCount"}"#,
     printcolumn = r#"{"name":"Ready-Members","type":"integer","jsonPath":".status.readyMembers"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    validation = Rule::new("self.metadata.name.size() <= 63").message("metadata.name must be at most 63 characters: it becomes the meshfed.io/federation label on every object meshfed creates")
 )]
 #[x_kube(
     validation = Rule::new("self.members.all(m, self.members.exists_one(n, n.name == m.name))").message("spec.members[].name must be unique").field_path(".members"),
@@ -87,7 +88,10 @@ pub struct ControlPlaneSpec {
     /// Istio version to install (Managed): the chart set the operator carries
     /// under `--charts-dir/<version>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 63), regex(pattern = "^[A-Za-z0-9._-]+$"))]
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = "^[A-Za-z0-9][A-Za-z0-9_-]*(\\.[A-Za-z0-9_-]+)*$")
+    )]
     pub version: Option<String>,
 
     /// Helm values for the istiod chart in every member (Managed), under
@@ -335,6 +339,10 @@ pub struct MemberStatus {
     /// Kubernetes version reported by the member's API server.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kubernetes_version: Option<String>,
+
+    /// The member's cluster identity: the UID of its `kube-system` namespace.
+    #[serde(default, rename = "clusterID", skip_serializing_if = "Option::is_none")]
+    pub cluster_id: Option<String>,
     /// Istio version meshfed installed (Managed) in the member.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub istio_version: Option<String>,

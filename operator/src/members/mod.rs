@@ -137,7 +137,7 @@ impl MemberPool {
         let text = std::str::from_utf8(&bytes.0).map_err(|_| invalid("not UTF-8".into()))?;
         // The parse errors of kube's kubeconfig loader quote no content, only structure.
         let kubeconfig = Kubeconfig::from_yaml(text).map_err(|e| invalid(e.to_string()))?;
-        if let Some(reason) = reads_local_files(&kubeconfig) {
+        if let Some(reason) = refused(&kubeconfig) {
             return Err(invalid(reason.into()));
         }
         let mut config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
@@ -155,10 +155,13 @@ impl MemberPool {
     }
 }
 
-/// Why a member kubeconfig must not be used as is: anyone who may write a
+/// Why a member kubeconfig must not be used as is. Anyone who may write a
 /// Secret in the operator's namespace could otherwise make the operator read
-/// its own files (its service-account token) or run programs.
-fn reads_local_files(kubeconfig: &Kubeconfig) -> Option<&'static str> {
+/// its own files (its service-account token) or run programs; and a
+/// connection that is not verified TLS straight to the API server would hand
+/// the member identity's token, and the CA keys meshfed writes, to whoever
+/// sits on the path.
+fn refused(kubeconfig: &Kubeconfig) -> Option<&'static str> {
     let users = kubeconfig
         .auth_infos
         .iter()
@@ -186,6 +189,23 @@ fn reads_local_files(kubeconfig: &Kubeconfig) -> Option<&'static str> {
         if cluster.certificate_authority.is_some() {
             return Some(
                 "certificate-authority file references are not allowed; use certificate-authority-data",
+            );
+        }
+        if cluster.insecure_skip_tls_verify == Some(true) {
+            return Some(
+                "insecure-skip-tls-verify is not allowed; set certificate-authority-data to the API server's CA",
+            );
+        }
+        if !cluster
+            .server
+            .as_deref()
+            .is_some_and(|s| s.starts_with("https://"))
+        {
+            return Some("the server must be an https:// URL");
+        }
+        if cluster.proxy_url.is_some() {
+            return Some(
+                "proxy-url is not allowed; meshfed connects to member API servers directly",
             );
         }
     }
@@ -239,36 +259,47 @@ mod tests {
     use super::*;
 
     #[test]
-    fn kubeconfigs_that_read_local_files_or_run_programs_are_refused() {
+    fn kubeconfigs_that_read_files_run_programs_or_skip_tls_are_refused() {
         let base = |user: &str, cluster_extra: &str| {
             format!(
                 "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: https://x{cluster_extra}\ncontexts:\n- name: c\n  context: {{cluster: c, user: u}}\ncurrent-context: c\nusers:\n- name: u\n  user:\n{user}\n"
             )
         };
         let parse = |y: String| Kubeconfig::from_yaml(&y).unwrap();
-        assert_eq!(reads_local_files(&parse(base("    token: abc", ""))), None);
+        assert_eq!(refused(&parse(base("    token: abc", ""))), None);
         assert!(
-            reads_local_files(&parse(base(
+            refused(&parse(base(
                 "    tokenFile: /var/run/secrets/kubernetes.io/serviceaccount/token",
                 ""
             )))
             .is_some()
         );
-        assert!(reads_local_files(&parse(base("    client-certificate: /etc/cert", ""))).is_some());
+        assert!(refused(&parse(base("    client-certificate: /etc/cert", ""))).is_some());
         assert!(
-            reads_local_files(&parse(base(
+            refused(&parse(base(
                 "    exec: {command: sh, apiVersion: client.authentication.k8s.io/v1}",
                 ""
             )))
             .is_some()
         );
         assert!(
-            reads_local_files(&parse(base(
+            refused(&parse(base(
                 "    token: abc",
                 "\n    certificate-authority: /etc/ca"
             )))
             .is_some()
         );
+        for cluster_extra in [
+            "\n    insecure-skip-tls-verify: true",
+            "\n    proxy-url: http://proxy:3128",
+        ] {
+            assert!(
+                refused(&parse(base("    token: abc", cluster_extra))).is_some(),
+                "{cluster_extra}"
+            );
+        }
+        let plain_http = base("    token: abc", "").replace("https://x", "http://x");
+        assert!(refused(&parse(plain_http)).is_some());
     }
 
     #[test]

@@ -8,7 +8,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use crate::render::{FIELD_MANAGER, is_ours, managed_selector};
+use crate::render::{FIELD_MANAGER, is_ours, keys, managed_selector, wants_adoption};
 
 /// What [`ensure`] did.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -31,37 +31,46 @@ pub enum Ownership {
 }
 
 /// Server-side applies `desired` unless the live object already matches it.
-/// Reading first keeps a steady-state reconcile free of writes.
+/// Reading first keeps a steady-state reconcile free of writes. Returns the
+/// object as it now is on the server (a foreign one as found).
 pub async fn ensure<K>(
     api: &Api<K>,
     desired: &K,
     federation: &str,
     ownership: Ownership,
-) -> Result<Applied, kube::Error>
+) -> Result<(Applied, K), kube::Error>
 where
     K: Resource + Clone + Debug + Serialize + DeserializeOwned,
 {
     let name = desired.meta().name.clone().unwrap_or_default();
     if let Some(live) = api.get_opt(&name).await? {
         if ownership == Ownership::Exclusive && !is_ours(live.meta(), federation) {
-            return Ok(Applied::Foreign);
+            return Ok((Applied::Foreign, live));
         }
         if contains(&to_value(&live), &to_value(desired)) {
-            return Ok(Applied::Unchanged);
+            return Ok((Applied::Unchanged, live));
         }
     }
-    write(api, desired).await?;
-    Ok(Applied::Written)
+    Ok((Applied::Written, write(api, desired).await?))
 }
 
-/// Server-side applies `desired` unconditionally (the caller decided it must change).
+/// Server-side applies `desired` unconditionally (the caller decided it must
+/// change). An object a user handed over with `meshfed.io/adopt` now carries
+/// this federation's labels; the annotation goes, so that no other federation
+/// can take it.
 pub async fn write<K>(api: &Api<K>, desired: &K) -> Result<K, kube::Error>
 where
     K: Resource + Clone + Debug + Serialize + DeserializeOwned,
 {
     let name = desired.meta().name.clone().unwrap_or_default();
     let params = PatchParams::apply(FIELD_MANAGER).force();
-    api.patch(&name, &params, &Patch::Apply(desired)).await
+    let written = api.patch(&name, &params, &Patch::Apply(desired)).await?;
+    if !wants_adoption(written.meta()) {
+        return Ok(written);
+    }
+    let adopted = serde_json::json!({"metadata": {"annotations": {keys::ADOPT: null}}});
+    api.patch(&name, &PatchParams::default(), &Patch::Merge(&adopted))
+        .await
 }
 
 /// Deletes every object meshfed labelled for `federation` that `keep` rejects.

@@ -20,7 +20,7 @@ use crate::render::control_plane::COMPONENT;
 use crate::render::{CACERTS, ISTIO_NAMESPACE};
 
 /// Deletes what meshfed labelled for `federation` in the member. Remote
-/// secrets and the reader identity always go. With `Retain`, what a running
+/// secrets, the reader identity and the cluster claim always go. With `Retain`, what a running
 /// Istio needs stays: `cacerts` and the control plane meshfed installed
 /// (istiod, gateways), so the cluster keeps working on its own. Never
 /// deleted: Istio's CRDs (that would delete every Istio resource) and the
@@ -55,12 +55,13 @@ pub async fn remove_from_member(
     );
     removed.extend(prune_kind(Api::<ClusterRoleBinding>::all(c()), federation, &keep).await?);
     removed.extend(prune_kind(Api::<ClusterRole>::all(c()), federation, &keep).await?);
+    // The cluster claim, and the control plane's ConfigMaps unless retained.
+    removed.extend(prune_kind(Api::<ConfigMap>::namespaced(c(), ns), federation, &keep).await?);
     if !control_plane {
         return Ok(removed);
     }
     removed.extend(prune_kind(Api::<Deployment>::namespaced(c(), ns), federation, &keep).await?);
     removed.extend(prune_kind(Api::<Service>::namespaced(c(), ns), federation, &keep).await?);
-    removed.extend(prune_kind(Api::<ConfigMap>::namespaced(c(), ns), federation, &keep).await?);
     removed.extend(prune_kind(Api::<Role>::namespaced(c(), ns), federation, &keep).await?);
     removed.extend(prune_kind(Api::<RoleBinding>::namespaced(c(), ns), federation, &keep).await?);
     removed.extend(

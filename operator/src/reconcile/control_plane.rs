@@ -13,6 +13,7 @@ use kube::discovery::{Scope, pinned_kind};
 use kube::{Api, Client, ResourceExt};
 
 use super::Context;
+use super::apply::write;
 use crate::api::{ControlPlaneMode, Member, MeshFederationSpec};
 use crate::charts::Chart;
 use crate::render::control_plane::{
@@ -20,7 +21,7 @@ use crate::render::control_plane::{
     creation_defaults, cross_network_gateway, gateway_values, is_current, istiod_values,
     prepare_chart_object,
 };
-use crate::render::{FIELD_MANAGER, ISTIO_NAMESPACE, is_ours, keys, managed_selector};
+use crate::render::{ISTIO_NAMESPACE, is_ours, keys, managed_selector};
 
 /// What the control-plane step found in one member.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -40,18 +41,31 @@ pub struct GatewayReport {
     pub problem: Option<String>,
 }
 
-/// API resources by member and kind, found once through discovery.
+/// API resources by cluster (its identity, never a member name, which another
+/// federation may share) and kind, found once through discovery and
+/// forgotten when the cluster stops serving the kind.
 #[derive(Default)]
 pub struct KindCache(Mutex<HashMap<String, (ApiResource, bool)>>);
 
 impl KindCache {
+    fn key(cluster: &str, gvk: &GroupVersionKind) -> String {
+        format!("{cluster}/{}/{}/{}", gvk.group, gvk.version, gvk.kind)
+    }
+
+    fn forget(&self, cluster: &str, gvk: &GroupVersionKind) {
+        self.0
+            .lock()
+            .expect("kind cache")
+            .remove(&Self::key(cluster, gvk));
+    }
+
     async fn resolve(
         &self,
         client: &Client,
-        member: &str,
+        cluster: &str,
         gvk: &GroupVersionKind,
     ) -> Result<(ApiResource, bool), kube::Error> {
-        let key = format!("{member}/{}/{}/{}", gvk.group, gvk.version, gvk.kind);
+        let key = Self::key(cluster, gvk);
         if let Some(found) = self.0.lock().expect("kind cache").get(&key) {
             return Ok(found.clone());
         }
@@ -65,17 +79,30 @@ impl KindCache {
     }
 }
 
+/// The cluster a member's control plane goes into.
+pub struct MemberCluster<'a> {
+    pub client: &'a Client,
+    /// Its identity (the `kube-system` namespace UID).
+    pub id: &'a str,
+    /// The version its API server reports, for the charts' `kubeVersion`.
+    pub kube_version: &'a str,
+}
+
 /// Drives the control plane of one member. `certificates_ready` gates the
 /// install: istiod must start with the federation's CA, never a self-signed one.
 pub async fn sync_control_plane(
     ctx: &Context,
-    client: &Client,
+    target: &MemberCluster<'_>,
     federation: &str,
     spec: &MeshFederationSpec,
     member: &Member,
-    kube_version: &str,
     certificates_ready: bool,
 ) -> Result<ControlPlaneReport, kube::Error> {
+    let MemberCluster {
+        client,
+        id: cluster,
+        kube_version,
+    } = *target;
     let Some(cp) = &spec.control_plane else {
         return Ok(ControlPlaneReport::default());
     };
@@ -126,7 +153,7 @@ pub async fn sync_control_plane(
             bootstraps,
         };
         if let Some(problem) =
-            converge_component(&ctx.kinds, client, &member.name, federation, &component).await?
+            converge_component(&ctx.kinds, client, cluster, federation, &component).await?
         {
             report.problem = Some(problem);
             return Ok(report);
@@ -145,7 +172,7 @@ pub async fn sync_control_plane(
             bootstraps: Vec::new(),
         };
         if let Some(problem) =
-            converge_component(&ctx.kinds, client, &member.name, federation, &component).await?
+            converge_component(&ctx.kinds, client, cluster, federation, &component).await?
         {
             report.gateway = Some(GatewayReport {
                 problem: Some(problem),
@@ -218,7 +245,7 @@ struct Component {
 async fn converge_component(
     kinds: &KindCache,
     client: &Client,
-    member: &str,
+    cluster: &str,
     federation: &str,
     component: &Component,
 ) -> Result<Option<String>, kube::Error> {
@@ -229,7 +256,7 @@ async fn converge_component(
     );
     let desired = &component.desired;
     for gvk in &component.kinds {
-        let (resource, namespaced) = match kinds.resolve(client, member, gvk).await {
+        let (resource, namespaced) = match kinds.resolve(client, cluster, gvk).await {
             Ok(found) => found,
             // The kind is not served yet (Istio's CRDs are still being established).
             Err(kube::Error::Discovery(_)) => {
@@ -255,9 +282,22 @@ async fn converge_component(
             }
             (false, _) => Api::<DynamicObject>::all_with(client.clone(), &resource),
         };
-        let live: BTreeMap<(String, String), DynamicObject> = api_for(None)
+        let listed = match api_for(None)
             .list(&ListParams::default().labels(&selector))
-            .await?
+            .await
+        {
+            Ok(listed) => listed,
+            Err(kube::Error::Api(e)) if e.code == 404 => {
+                // The kind went away (its CRD was deleted): discover it anew.
+                kinds.forget(cluster, gvk);
+                return Ok(Some(format!(
+                    "waiting for {} {} to be served",
+                    gvk.group, gvk.kind
+                )));
+            }
+            Err(e) => return Err(e),
+        };
+        let live: BTreeMap<(String, String), DynamicObject> = listed
             .items
             .into_iter()
             .map(|o| ((o.namespace().unwrap_or_default(), o.name_any()), o))
@@ -294,12 +334,7 @@ async fn converge_component(
             let created = matches!(unlisted, Some(None));
             let mut obj = obj.clone();
             obj.metadata.namespace = ns.clone();
-            api.patch(
-                &obj.name_any(),
-                &PatchParams::apply(FIELD_MANAGER).force(),
-                &Patch::Apply(&obj),
-            )
-            .await?;
+            write(&api, &obj).await?;
             let bootstrap = component
                 .bootstraps
                 .iter()

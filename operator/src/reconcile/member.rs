@@ -10,15 +10,16 @@ use kube::api::ListParams;
 use kube::{Api, ResourceExt};
 
 use super::apply::{Applied, Ownership, ensure, write};
-use super::control_plane::{ControlPlaneReport, sync_control_plane};
+use super::claim::{Claim, claim_cluster};
+use super::control_plane::{ControlPlaneReport, MemberCluster, sync_control_plane};
 use super::status::MemberReport;
 use super::{Context, Event};
 use crate::api::{CertificateStatus, Member, MeshFederation};
 use crate::members::MemberConnection;
 use crate::pki::{self, IntermediatePolicy, ReissueReason, RootCa};
 use crate::render::{
-    CACERTS, ISTIO_NAMESPACE, PeerEndpoint, cacerts_bundle, is_ours, keys, render_cacerts,
-    render_istio_namespace, render_reader_identity,
+    CACERTS, ISTIO_NAMESPACE, PeerEndpoint, TokenSubject, cacerts_bundle, is_ours, keys,
+    render_cacerts, render_istio_namespace, render_reader_identity,
 };
 use crate::telemetry::RequestCount;
 
@@ -29,6 +30,9 @@ pub struct PreparedMember {
     pub connection: Option<MemberConnection>,
     /// Where peers reach it (known even when it is down).
     pub endpoint: Result<PeerEndpoint, String>,
+    /// Whom its peers' tokens are minted for; an error when meshfed may not
+    /// mint tokens there (not reached, or a reader meshfed did not create).
+    pub reader: Result<TokenSubject, String>,
     /// The member's request counter when this reconcile started with it.
     pub request_baseline: RequestCount,
     /// Every `istio/multiCluster` Secret in its istio-system, by name.
@@ -51,6 +55,7 @@ pub async fn prepare_member(
         name: member.name.clone(),
         connection: None,
         endpoint: Err("credentials not usable".into()),
+        reader: Err(format!("member {} not reached", member.name)),
         request_baseline: RequestCount::default(),
         multicluster_secrets: BTreeMap::new(),
         report: MemberReport::new(&member.name),
@@ -71,6 +76,15 @@ pub async fn prepare_member(
     }
     let work = sync_member(&conn, fed, member, root, policy, now, &mut prepared);
     match tokio::time::timeout(ctx.settings.member_timeout, work).await {
+        Ok(Ok(())) if prepared.report.claim_problem.is_some() => {
+            // Reached, but its cluster is another member's: nothing is
+            // written there, and no peer is wired to it.
+            prepared.report.status.reachable = true;
+            prepared.endpoint = Err(format!(
+                "member {}'s cluster belongs to another member",
+                member.name
+            ));
+        }
         Ok(Ok(())) => {
             prepared.report.status.reachable = true;
             if fed.spec.control_plane.is_some() {
@@ -108,13 +122,23 @@ async fn sync_member_control_plane(
         .clone()
         .unwrap_or_default();
     let federation = fed.name_any();
+    let cluster = prepared
+        .report
+        .status
+        .cluster_id
+        .clone()
+        .unwrap_or_default();
+    let target = MemberCluster {
+        client: &conn.client,
+        id: &cluster,
+        kube_version: &version,
+    };
     let work = sync_control_plane(
         ctx,
-        &conn.client,
+        &target,
         &federation,
         &fed.spec,
         member,
-        &version,
         certificates_ready,
     );
     let cp = match tokio::time::timeout(budget, work).await {
@@ -164,6 +188,16 @@ async fn sync_member(
     let version = client.apiserver_version().await?;
     prepared.report.status.kubernetes_version = Some(version.git_version);
 
+    let members = fed.spec.members.iter().map(|m| m.name.clone()).collect();
+    match claim_cluster(&client, &federation, member, &members).await? {
+        Claim::Held { cluster_id } => prepared.report.status.cluster_id = Some(cluster_id),
+        Claim::Refused { cluster_id, why } => {
+            prepared.report.status.cluster_id = Some(cluster_id);
+            prepared.report.claim_problem = Some(why);
+            return Ok(());
+        }
+    }
+
     ensure(
         &Api::<Namespace>::all(client.clone()),
         &render_istio_namespace(&member.network),
@@ -173,28 +207,31 @@ async fn sync_member(
     .await?;
 
     let reader = render_reader_identity(&federation);
+    let (sa_applied, sa) = ensure(
+        &Api::namespaced(client.clone(), ISTIO_NAMESPACE),
+        &reader.service_account,
+        &federation,
+        Ownership::Exclusive,
+    )
+    .await?;
     let owned = [
-        ensure(
-            &Api::namespaced(client.clone(), ISTIO_NAMESPACE),
-            &reader.service_account,
-            &federation,
-            Ownership::Exclusive,
-        )
-        .await?,
+        sa_applied,
         ensure(
             &Api::all(client.clone()),
             &reader.cluster_role,
             &federation,
             Ownership::Exclusive,
         )
-        .await?,
+        .await?
+        .0,
         ensure(
             &Api::all(client.clone()),
             &reader.binding,
             &federation,
             Ownership::Exclusive,
         )
-        .await?,
+        .await?
+        .0,
     ];
     let names = [
         format!(
@@ -204,7 +241,7 @@ async fn sync_member(
         format!("ClusterRole {}", reader.cluster_role.name_any()),
         format!("ClusterRoleBinding {}", reader.binding.name_any()),
     ];
-    for (applied, name) in owned.iter().zip(names) {
+    for (applied, name) in owned.iter().zip(&names) {
         if *applied == Applied::Foreign {
             prepared.report.other_problems.push(format!(
                 "{name} exists and was not created by meshfed; remove it or annotate it {}=true to let meshfed manage it",
@@ -212,6 +249,19 @@ async fn sync_member(
             ));
         }
     }
+    // Tokens only for an identity meshfed made: a pre-existing account may be
+    // bound to anything, and its tokens would hand that to every peer.
+    prepared.reader = match (&owned, sa.uid()) {
+        ([Applied::Foreign, ..], _) => Err(format!(
+            "{} was not created by meshfed; no tokens are minted for it",
+            names[0]
+        )),
+        (_, Some(uid)) => Ok(TokenSubject {
+            service_account: sa.name_any(),
+            uid,
+        }),
+        (_, None) => Err(format!("{} has no UID yet", names[0])),
+    };
 
     let secrets = Api::<Secret>::namespaced(client.clone(), ISTIO_NAMESPACE);
     sync_cacerts(&secrets, &federation, member, root, policy, now, prepared).await?;

@@ -1,5 +1,6 @@
 //! The controller: reads the federation, drives every member, writes status.
 mod apply;
+mod claim;
 mod cleanup;
 mod control_plane;
 mod member;
@@ -22,12 +23,12 @@ use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Api, Client, Config, Resource, ResourceExt};
-use tracing::{info, warn};
+use tracing::{Instrument, info, warn};
 
 use crate::api::{CertificateStatus, MeshFederation, MeshFederationStatus};
 use crate::members::MemberPool;
 use crate::pki::IntermediatePolicy;
-use crate::render::{FIELD_MANAGER, reader_name};
+use crate::render::FIELD_MANAGER;
 use crate::telemetry::{Metrics, ReconcileResult, RequestCount};
 use member::{PreparedMember, prepare_member};
 use status::{MemberReport, build_status};
@@ -233,12 +234,19 @@ async fn reconcile(fed: Arc<MeshFederation>, ctx: Arc<Context>) -> Result<Action
     let started = Instant::now();
     let name = fed.name_any();
     let api = Api::<MeshFederation>::all(ctx.client.clone());
+    if name.len() > MAX_FEDERATION_NAME {
+        return set_aside_unusable_name(&api, &fed, &ctx).await;
+    }
+    // One span per reconcile; every member's work nests in a span of its own,
+    // so `federation=prod` or `member=east` filters one story out of the logs.
+    let span = tracing::info_span!("reconcile", federation = %name);
     let result = finalizer(&api, FINALIZER, fed, |event| async {
         match event {
             Finalizer::Apply(fed) => converge(&fed, &ctx).await,
             Finalizer::Cleanup(fed) => clean_up(&fed, &ctx).await,
         }
     })
+    .instrument(span)
     .await
     .map_err(|e| Error::Finalizer(Box::new(e)));
     if result.is_err() {
@@ -246,6 +254,43 @@ async fn reconcile(fed: Arc<MeshFederation>, ctx: Arc<Context>) -> Result<Action
             .reconciled(&name, ReconcileResult::Error, started.elapsed());
     }
     result
+}
+
+/// A federation's name becomes a label value on everything meshfed creates.
+const MAX_FEDERATION_NAME: usize = 63;
+
+/// A federation stored before admission refused long names: nothing can have
+/// been created for it (every object would carry the invalid label), so it
+/// holds no finalizer and can always be deleted.
+async fn set_aside_unusable_name(
+    api: &Api<MeshFederation>,
+    fed: &MeshFederation,
+    ctx: &Context,
+) -> Result<Action, Error> {
+    let finalizers: Vec<&String> = fed
+        .finalizers()
+        .iter()
+        .filter(|f| *f != FINALIZER)
+        .collect();
+    if finalizers.len() != fed.finalizers().len() {
+        let patch = serde_json::json!({"metadata": {"finalizers": finalizers}});
+        api.patch(
+            &fed.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await?;
+    }
+    warn!(federation = %fed.name_any(), "federation name longer than {MAX_FEDERATION_NAME} characters; ignored");
+    ctx.publish(
+        fed,
+        vec![Event::warning(
+            "InvalidName",
+            format!("metadata.name is longer than {MAX_FEDERATION_NAME} characters, so it cannot be a label value; recreate the federation with a shorter name"),
+        )],
+    )
+    .await;
+    Ok(Action::await_change())
 }
 
 fn error_policy(fed: Arc<MeshFederation>, error: &Error, ctx: Arc<Context>) -> Action {
@@ -290,11 +335,10 @@ async fn converge(fed: &MeshFederation, ctx: &Context) -> Result<Action, Error> 
                     format!("generated root CA {}", root.ca.info().serial),
                 ));
             }
-            let prepared = join_all(
-                spec.members
-                    .iter()
-                    .map(|m| prepare_member(ctx, fed, m, &root.ca, &policy, now)),
-            )
+            let prepared = join_all(spec.members.iter().map(|m| {
+                prepare_member(ctx, fed, m, &root.ca, &policy, now)
+                    .instrument(tracing::info_span!("member", member = %m.name))
+            }))
             .await;
             let info = root.ca.info();
             (
@@ -310,7 +354,6 @@ async fn converge(fed: &MeshFederation, ctx: &Context) -> Result<Action, Error> 
 
     remote_secrets::sync_remote_secrets(
         &name,
-        &reader_name(&name),
         &mut prepared,
         spec.token_lifetime(),
         ctx.settings.member_timeout,
@@ -339,6 +382,7 @@ async fn converge(fed: &MeshFederation, ctx: &Context) -> Result<Action, Error> 
     }
     reports.extend(leave_departed(fed, ctx, &mut events).await);
 
+    let deadline = next_deadline(&reports, policy.renew_before);
     let status = build_status(fed.metadata.generation, reports, root_status, previous, now);
     ctx.metrics.members(&name, previous, &status, now);
     let ready = status
@@ -378,7 +422,38 @@ async fn converge(fed: &MeshFederation, ctx: &Context) -> Result<Action, Error> 
         .lock()
         .expect("stats lock")
         .insert(name.clone(), stats);
-    Ok(Action::requeue(ctx.backoff(&name, ready)))
+    Ok(Action::requeue(until_deadline(
+        ctx.backoff(&name, ready),
+        deadline,
+        now,
+    )))
+}
+
+/// The earliest moment something must be renewed: a remote secret's token
+/// due for refresh, or an intermediate reaching its renewal window.
+fn next_deadline(reports: &[MemberReport], renew_before: Duration) -> Option<Timestamp> {
+    let renew_before = jiff::SignedDuration::try_from(renew_before).unwrap_or_default();
+    reports
+        .iter()
+        .flat_map(|r| {
+            let renewal = r
+                .status
+                .intermediate
+                .as_ref()
+                .and_then(|i| i.not_after.0.checked_sub(renew_before).ok());
+            r.next_token_refresh.into_iter().chain(renewal)
+        })
+        .min()
+}
+
+/// The requeue delay: `regular`, or sooner when a deadline comes first (at
+/// least a second later, so that a deadline already passed cannot spin).
+fn until_deadline(regular: Duration, deadline: Option<Timestamp>, now: Timestamp) -> Duration {
+    let Some(deadline) = deadline else {
+        return regular;
+    };
+    let wait = Duration::try_from(deadline.duration_since(now)).unwrap_or_default();
+    regular.min(wait.max(Duration::from_secs(1)))
 }
 
 fn reachability_events(
@@ -422,26 +497,69 @@ fn had_control_plane(fed: &MeshFederation, member: &str) -> bool {
     fed.spec.control_plane.is_some() || in_status
 }
 
-/// Removes meshfed's objects from one member; a member whose credentials
-/// Secret is gone counts as done (there is nothing left to reach).
+/// What removing a member's objects came to.
+#[derive(Debug)]
+enum Removal {
+    /// These objects were deleted.
+    Removed(Vec<String>),
+    /// Its credentials Secret is gone: nothing can be reached, and whatever
+    /// meshfed made in its cluster stays there.
+    CredentialsGone(String),
+    /// Its cluster now belongs to this member (renamed on the same cluster).
+    ClusterTakenBy(String),
+}
+
+impl Removal {
+    fn event(&self, member: &str, federation: &str) -> Event {
+        match self {
+            Removal::Removed(objects) => Event::normal(
+                "MemberRemoved",
+                format!("member {member} left; removed {} objects", objects.len()),
+            ),
+            Removal::CredentialsGone(why) => Event::warning(
+                "MemberOrphaned",
+                format!(
+                    "member {member} left but {why}: its objects stay in its cluster; remove them there with `kubectl delete secret,serviceaccount,configmap -n istio-system -l meshfed.io/federation={federation}` and `kubectl delete clusterrole,clusterrolebinding -l meshfed.io/federation={federation}`"
+                ),
+            ),
+            Removal::ClusterTakenBy(owner) => Event::normal(
+                "MemberRemoved",
+                format!("member {member} left; its cluster is now member {owner}'s"),
+            ),
+        }
+    }
+}
+
+/// Removes meshfed's objects from one member.
 async fn remove_member(
     ctx: &Context,
     fed: &MeshFederation,
     member: &str,
     credentials: &crate::api::MemberCredentials,
-) -> Result<Vec<String>, String> {
+) -> Result<Removal, String> {
     let conn = match ctx.members.connect(credentials).await {
         Ok(conn) => conn,
-        Err(crate::members::ConnectError::SecretMissing { .. }) => return Ok(Vec::new()),
+        Err(e @ crate::members::ConnectError::SecretMissing { .. }) => {
+            return Ok(Removal::CredentialsGone(e.to_string()));
+        }
         Err(e) => return Err(e.to_string()),
     };
     let federation = fed.name_any();
-    let work = cleanup::remove_from_member(
-        &conn.client,
-        &federation,
-        fed.spec.ca().on_removal(),
-        had_control_plane(fed, member),
-    );
+    let work = async {
+        if let Some(owner) =
+            claim::held_by_another_member(&conn.client, &federation, member).await?
+        {
+            return Ok(Removal::ClusterTakenBy(owner));
+        }
+        cleanup::remove_from_member(
+            &conn.client,
+            &federation,
+            fed.spec.ca().on_removal(),
+            had_control_plane(fed, member),
+        )
+        .await
+        .map(Removal::Removed)
+    };
     match tokio::time::timeout(ctx.settings.member_timeout, work).await {
         Ok(result) => result.map_err(|e| member::unreachable_reason(&e)),
         Err(_) => Err(format!(
@@ -464,14 +582,7 @@ async fn leave_departed(
             continue;
         };
         match remove_member(ctx, fed, &gone.name, credentials).await {
-            Ok(removed) => events.push(Event::normal(
-                "MemberRemoved",
-                format!(
-                    "member {} left; removed {} objects",
-                    gone.name,
-                    removed.len()
-                ),
-            )),
+            Ok(removal) => events.push(removal.event(&gone.name, &fed.name_any())),
             Err(e) => {
                 let mut report = MemberReport::new(&gone.name);
                 report.status = crate::api::MemberStatus {
@@ -497,13 +608,18 @@ async fn clean_up(fed: &MeshFederation, ctx: &Context) -> Result<Action, Error> 
         .map(|m| (m.name.clone(), m.credentials.clone()))
         .chain(departed(fed).filter_map(|m| Some((m.name.clone(), m.credentials.clone()?))))
         .collect::<Vec<_>>();
+    let federation = &name;
     let results = join_all(members.iter().map(|(member, credentials)| async move {
         remove_member(ctx, fed, member, credentials)
             .await
+            .map(|removal| removal.event(member, federation))
             .map_err(|e| format!("{member}: {e}"))
     }))
     .await;
-    let failures: Vec<String> = results.into_iter().filter_map(Result::err).collect();
+    let (done, failures): (Vec<_>, Vec<_>) = results.into_iter().partition(Result::is_ok);
+    let failures: Vec<String> = failures.into_iter().filter_map(Result::err).collect();
+    ctx.publish(fed, done.into_iter().filter_map(Result::ok).collect())
+        .await;
     if !failures.is_empty() {
         return Err(Error::Cleanup(failures.join("; ")));
     }
@@ -543,4 +659,60 @@ async fn patch_status(
     )
     .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::CertificateStatus;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+    fn t(s: &str) -> Timestamp {
+        s.parse().unwrap()
+    }
+
+    const MINUTE: Duration = Duration::from_secs(60);
+
+    #[test]
+    fn the_nearest_token_refresh_or_renewal_is_the_deadline() {
+        let mut a = MemberReport::new("a");
+        a.next_token_refresh = Some(t("2026-01-01T05:00:00Z"));
+        let mut b = MemberReport::new("b");
+        b.next_token_refresh = Some(t("2026-01-01T03:00:00Z"));
+        b.status.intermediate = Some(CertificateStatus {
+            serial: "1".into(),
+            not_after: Time(t("2026-01-31T00:00:00Z")),
+        });
+        let renew_before = Duration::from_secs(30 * 24 * 3600);
+        assert_eq!(
+            next_deadline(&[a.clone(), b], renew_before),
+            Some(t("2026-01-01T00:00:00Z")),
+            "b's intermediate enters its renewal window first"
+        );
+        assert_eq!(
+            next_deadline(&[a], renew_before),
+            Some(t("2026-01-01T05:00:00Z"))
+        );
+        assert_eq!(next_deadline(&[MemberReport::new("c")], renew_before), None);
+    }
+
+    #[test]
+    fn a_deadline_before_the_resync_brings_the_requeue_forward() {
+        let now = t("2026-01-01T00:00:00Z");
+        let resync = 30 * MINUTE;
+        assert_eq!(until_deadline(resync, None, now), resync);
+        assert_eq!(
+            until_deadline(resync, Some(t("2026-01-01T00:10:00Z")), now),
+            10 * MINUTE
+        );
+        assert_eq!(
+            until_deadline(resync, Some(t("2026-01-01T02:00:00Z")), now),
+            resync
+        );
+        assert_eq!(
+            until_deadline(resync, Some(t("2025-12-31T00:00:00Z")), now),
+            Duration::from_secs(1),
+            "a passed deadline never spins"
+        );
+    }
 }

@@ -15,15 +15,19 @@ use kube::api::{DeleteParams, PostParams};
 use super::apply::write;
 use super::member::{PreparedMember, unreachable_reason};
 use crate::render::{
-    ISTIO_NAMESPACE, RemoteSecretState, is_ours, keys, remote_secret_name, remote_secret_peer,
-    remote_secret_state, render_remote_secret,
+    ISTIO_NAMESPACE, IssuedToken, PeerEndpoint, RemoteSecretState, TokenSubject, is_ours, keys,
+    remote_secret_name, remote_secret_peer, remote_secret_state, render_remote_secret,
+    token_refresh_at,
 };
 
 /// What to do about the remote secret for `peer` in one member.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PeerAction {
-    /// Current; nothing to do.
-    Keep { token_expires_at: Timestamp },
+    /// Current; nothing to do until `refresh_at`.
+    Keep {
+        token_expires_at: Timestamp,
+        refresh_at: Timestamp,
+    },
     /// Write it with a fresh token from the peer.
     Write,
     /// A Secret of that name exists that meshfed did not create.
@@ -44,26 +48,34 @@ pub struct MemberPlan {
 /// Decides, for every reachable member and every peer, what must happen.
 pub fn plan(
     federation: &str,
-    reader: &str,
     members: &[PreparedMember],
     token_lifetime: Duration,
     now: Timestamp,
 ) -> BTreeMap<String, MemberPlan> {
-    let names: BTreeSet<&str> = members.iter().map(|m| m.name.as_str()).collect();
+    // A member refused its cluster (another member holds it) is nobody's peer.
+    let peers: Vec<&PreparedMember> = members
+        .iter()
+        .filter(|m| m.report.claim_problem.is_none())
+        .collect();
+    let names: BTreeSet<&str> = peers.iter().map(|m| m.name.as_str()).collect();
     let mut plans = BTreeMap::new();
     for member in members.iter().filter(|m| m.connection.is_some()) {
         let mut p = MemberPlan::default();
-        for peer in members.iter().filter(|p| p.name != member.name) {
+        for peer in peers.iter().filter(|p| p.name != member.name) {
             let live = member
                 .multicluster_secrets
                 .get(&remote_secret_name(&peer.name));
-            let action = match (live, &peer.endpoint) {
+            let target = peer
+                .endpoint
+                .as_ref()
+                .and_then(|e| Ok((e, peer.reader.as_ref()?)));
+            let action = match (live, target) {
                 (Some(s), _) if !is_ours(&s.metadata, federation) => PeerAction::Foreign,
                 (live, Err(reason)) => PeerAction::Blocked {
                     reason: reason.clone(),
                     existing: live.is_some(),
                 },
-                (live, Ok(endpoint)) => {
+                (live, Ok((endpoint, reader))) => {
                     let state = live.map(|s| {
                         remote_secret_state(
                             s,
@@ -74,9 +86,16 @@ pub fn plan(
                         )
                     });
                     match (state, peer.connection.is_some()) {
-                        (Some(RemoteSecretState::Current { token_expires_at }), _) => {
-                            PeerAction::Keep { token_expires_at }
-                        }
+                        (
+                            Some(RemoteSecretState::Current {
+                                token_expires_at,
+                                refresh_at,
+                            }),
+                            _,
+                        ) => PeerAction::Keep {
+                            token_expires_at,
+                            refresh_at,
+                        },
                         (_, true) => PeerAction::Write,
                         (_, false) => PeerAction::Blocked {
                             reason: format!("peer {} unreachable, cannot mint a token", peer.name),
@@ -105,13 +124,12 @@ pub fn plan(
 /// Carries out the plans; records counts and problems in each member's report.
 pub async fn sync_remote_secrets(
     federation: &str,
-    reader: &str,
     members: &mut [PreparedMember],
     token_lifetime: Duration,
     timeout: Duration,
     now: Timestamp,
 ) {
-    let plans = plan(federation, reader, members, token_lifetime, now);
+    let plans = plan(federation, members, token_lifetime, now);
     let peers_needing_tokens: BTreeSet<&str> = plans
         .values()
         .flat_map(|p| p.actions.iter())
@@ -119,7 +137,7 @@ pub async fn sync_remote_secrets(
         .map(|(peer, _)| peer.as_str())
         .collect();
     // One token per peer per reconcile, shared by every member that needs it.
-    let tokens: BTreeMap<String, Result<(String, Timestamp), String>> = join_all(
+    let tokens: BTreeMap<String, Result<IssuedToken, String>> = join_all(
         members
             .iter()
             .filter(|m| peers_needing_tokens.contains(m.name.as_str()))
@@ -131,9 +149,12 @@ pub async fn sync_remote_secrets(
                         .client,
                     ISTIO_NAMESPACE,
                 );
-                let minted =
-                    tokio::time::timeout(timeout, mint_token(&sa, reader, token_lifetime, now))
-                        .await;
+                let reader = m.reader.as_ref().expect("planned peers have a reader");
+                let minted = tokio::time::timeout(
+                    timeout,
+                    mint_token(&sa, &reader.service_account, token_lifetime, now),
+                )
+                .await;
                 let result = match minted {
                     Ok(Ok(t)) => Ok(t),
                     Ok(Err(e)) => Err(format!(
@@ -153,9 +174,13 @@ pub async fn sync_remote_secrets(
     .into_iter()
     .collect();
 
-    let endpoints: BTreeMap<String, _> = members
+    let targets: BTreeMap<String, Target> = members
         .iter()
-        .map(|m| (m.name.clone(), m.endpoint.clone()))
+        .filter_map(|m| {
+            let endpoint = m.endpoint.clone().ok()?;
+            let reader = m.reader.clone().ok()?;
+            Some((m.name.clone(), (endpoint, reader)))
+        })
         .collect();
     join_all(
         members
@@ -163,9 +188,10 @@ pub async fn sync_remote_secrets(
             .filter(|m| m.connection.is_some())
             .map(|member| {
                 let plan = plans.get(&member.name).cloned().unwrap_or_default();
-                let (tokens, endpoints) = (&tokens, &endpoints);
+                let (tokens, targets) = (&tokens, &targets);
                 async move {
-                    let work = carry_out(federation, reader, member, &plan, tokens, endpoints);
+                    let work =
+                        carry_out(federation, token_lifetime, member, &plan, tokens, targets);
                     if tokio::time::timeout(timeout, work).await.is_err() {
                         member.report.remote_secret_problems.push(format!(
                             "writing remote secrets: no answer within {timeout:?}"
@@ -177,13 +203,16 @@ pub async fn sync_remote_secrets(
     .await;
 }
 
+/// Where a peer is reached and whom its tokens belong to.
+type Target = (PeerEndpoint, TokenSubject);
+
 async fn carry_out(
     federation: &str,
-    reader: &str,
+    token_lifetime: Duration,
     member: &mut PreparedMember,
     plan: &MemberPlan,
-    tokens: &BTreeMap<String, Result<(String, Timestamp), String>>,
-    endpoints: &BTreeMap<String, Result<crate::render::PeerEndpoint, String>>,
+    tokens: &BTreeMap<String, Result<IssuedToken, String>>,
+    targets: &BTreeMap<String, Target>,
 ) {
     let api = Api::<Secret>::namespaced(
         member
@@ -197,12 +226,17 @@ async fn carry_out(
     report.status.remote_secrets_expected = plan.actions.len() as i32;
     let mut present = 0;
     let mut earliest: Option<Timestamp> = None;
+    let mut next_refresh: Option<Timestamp> = None;
     for (peer, action) in &plan.actions {
         let name = remote_secret_name(peer);
         match action {
-            PeerAction::Keep { token_expires_at } => {
+            PeerAction::Keep {
+                token_expires_at,
+                refresh_at,
+            } => {
                 present += 1;
                 earliest = Some(earliest.map_or(*token_expires_at, |e| e.min(*token_expires_at)));
+                next_refresh = Some(next_refresh.map_or(*refresh_at, |r| r.min(*refresh_at)));
             }
             PeerAction::Foreign => report.remote_secret_problems.push(format!(
                 "{ISTIO_NAMESPACE}/{name} exists and was not created by meshfed; it is left untouched (istiod ignores a second secret for the same cluster). Delete it, or annotate it {}=true to let meshfed replace it",
@@ -215,7 +249,7 @@ async fn carry_out(
                 report.remote_secret_problems.push(format!("{name}: {reason}"));
             }
             PeerAction::Write => {
-                let (Some(Ok((token, expires))), Some(Ok(endpoint))) = (tokens.get(peer), endpoints.get(peer)) else {
+                let (Some(Ok(token)), Some((endpoint, reader))) = (tokens.get(peer), targets.get(peer)) else {
                     let why = match tokens.get(peer) {
                         Some(Err(e)) => e.clone(),
                         _ => "no token".into(),
@@ -223,11 +257,13 @@ async fn carry_out(
                     report.remote_secret_problems.push(format!("{name}: {why}"));
                     continue;
                 };
-                let secret = render_remote_secret(federation, peer, endpoint, reader, token, *expires);
+                let secret = render_remote_secret(federation, peer, endpoint, reader, token);
                 match write(&api, &secret).await {
                     Ok(_) => {
                         present += 1;
-                        earliest = Some(earliest.map_or(*expires, |e| e.min(*expires)));
+                        earliest = Some(earliest.map_or(token.expires_at, |e| e.min(token.expires_at)));
+                        let refresh = token_refresh_at(Some(token.issued_at), token.expires_at, token_lifetime);
+                        next_refresh = Some(next_refresh.map_or(refresh, |r| r.min(refresh)));
                     }
                     Err(e) => report.remote_secret_problems.push(format!("writing {name}: {}", unreachable_reason(&e))),
                 }
@@ -245,15 +281,16 @@ async fn carry_out(
     }
     report.status.remote_secrets_present = present;
     report.status.token_expiry = earliest.map(Time);
+    report.next_token_refresh = next_refresh;
 }
 
-/// A bound token for the reader ServiceAccount, and when it expires.
+/// A token for the reader ServiceAccount, and its lifetime as issued.
 async fn mint_token(
     api: &Api<ServiceAccount>,
     reader: &str,
     lifetime: Duration,
     now: Timestamp,
-) -> Result<(String, Timestamp), kube::Error> {
+) -> Result<IssuedToken, kube::Error> {
     let request = TokenRequest {
         spec: TokenRequestSpec {
             expiration_seconds: Some(lifetime.as_secs() as i64),
@@ -275,7 +312,11 @@ async fn mint_token(
                     .boxed(),
             )
         })?;
-    Ok((status.token, status.expiration_timestamp.0.max(now)))
+    Ok(IssuedToken {
+        token: status.token,
+        issued_at: now,
+        expires_at: status.expiration_timestamp.0.max(now),
+    })
 }
 
 #[cfg(test)]
@@ -306,6 +347,7 @@ mod tests {
             name: name.into(),
             connection,
             endpoint: Ok(endpoint(name)),
+            reader: Ok(subject(name)),
             request_baseline: Default::default(),
             multicluster_secrets: secrets
                 .into_iter()
@@ -316,14 +358,29 @@ mod tests {
         }
     }
 
+    fn subject(peer: &str) -> TokenSubject {
+        TokenSubject {
+            service_account: "meshfed-reader-prod".into(),
+            uid: format!("uid-of-{peer}"),
+        }
+    }
+
+    fn token(expires: &str) -> IssuedToken {
+        let expires_at: Timestamp = expires.parse().unwrap();
+        IssuedToken {
+            token: "tok".into(),
+            issued_at: expires_at - jiff::SignedDuration::from_hours(24),
+            expires_at,
+        }
+    }
+
     fn ours(peer: &str, expires: &str) -> Secret {
         render_remote_secret(
             "prod",
             peer,
             &endpoint(peer),
-            "r",
-            "tok",
-            expires.parse().unwrap(),
+            &subject(peer),
+            &token(expires),
         )
     }
 
@@ -333,11 +390,12 @@ mod tests {
             member("a", true, vec![ours("b", "2026-01-01T20:00:00Z")]),
             member("b", true, vec![]),
         ];
-        let plans = plan("prod", "r", &members, DAY, now());
+        let plans = plan("prod", &members, DAY, now());
         assert_eq!(
             plans["a"].actions["b"],
             PeerAction::Keep {
-                token_expires_at: "2026-01-01T20:00:00Z".parse().unwrap()
+                token_expires_at: "2026-01-01T20:00:00Z".parse().unwrap(),
+                refresh_at: "2026-01-01T12:00:00Z".parse().unwrap(),
             }
         );
         assert_eq!(plans["b"].actions["a"], PeerAction::Write);
@@ -358,7 +416,7 @@ mod tests {
             member("b", true, vec![]),
             member("c", true, vec![]),
         ];
-        let plans = plan("prod", "r", &members, DAY, now());
+        let plans = plan("prod", &members, DAY, now());
         assert_eq!(
             plans["a"].actions["b"],
             PeerAction::Write,
@@ -372,13 +430,56 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_recreated_reader_rewrites_every_secret_for_it() {
+        let members = [
+            member("a", true, vec![ours("b", "2026-01-01T20:00:00Z")]),
+            member("b", true, vec![ours("a", "2026-01-01T20:00:00Z")]),
+        ];
+        let mut recreated = members;
+        recreated[1].reader = Ok(TokenSubject {
+            uid: "a-new-uid".into(),
+            ..subject("b")
+        });
+        let plans = plan("prod", &recreated, DAY, now());
+        assert_eq!(plans["a"].actions["b"], PeerAction::Write);
+        assert!(matches!(plans["b"].actions["a"], PeerAction::Keep { .. }));
+    }
+
+    #[tokio::test]
+    async fn no_token_is_minted_for_a_reader_meshfed_did_not_create() {
+        let mut members = [
+            member("a", true, vec![ours("b", "2026-01-01T20:00:00Z")]),
+            member("b", true, vec![]),
+        ];
+        members[1].reader =
+            Err("ServiceAccount istio-system/meshfed-reader-prod is not meshfed's".into());
+        let plans = plan("prod", &members, DAY, now());
+        assert!(matches!(
+            &plans["a"].actions["b"],
+            PeerAction::Blocked { existing: true, reason } if reason.contains("not meshfed's")
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_member_refused_its_cluster_is_nobodys_peer() {
+        let mut members = [
+            member("a", true, vec![ours("dup", "2026-01-01T20:00:00Z")]),
+            member("dup", false, vec![]),
+        ];
+        members[1].report.claim_problem = Some("cluster belongs to a".into());
+        let plans = plan("prod", &members, DAY, now());
+        assert!(plans["a"].actions.is_empty());
+        assert_eq!(plans["a"].stale, ["istio-remote-secret-dup"]);
+    }
+
+    #[tokio::test]
     async fn unreachable_peers_block_but_keep_existing_secrets() {
         let members = [
             member("a", true, vec![ours("b", "2026-01-01T01:00:00Z")]),
             member("b", false, vec![]),
             member("c", true, vec![]),
         ];
-        let plans = plan("prod", "r", &members, DAY, now());
+        let plans = plan("prod", &members, DAY, now());
         assert!(
             !plans.contains_key("b"),
             "nothing is planned inside an unreachable member"
@@ -403,7 +504,7 @@ mod tests {
         foreign.metadata.labels =
             Some(BTreeMap::from([(keys::MULTICLUSTER.into(), "true".into())]));
         let members = [member("a", true, vec![foreign]), member("b", true, vec![])];
-        let plans = plan("prod", "r", &members, DAY, now());
+        let plans = plan("prod", &members, DAY, now());
         assert_eq!(plans["a"].actions["b"], PeerAction::Foreign);
     }
 
@@ -421,21 +522,24 @@ mod tests {
             ),
             member("b", true, vec![]),
         ];
-        let plans = plan("prod", "r", &members, DAY, now());
+        let plans = plan("prod", &members, DAY, now());
         assert_eq!(
             plans["a"].stale,
             ["istio-remote-secret-a", "istio-remote-secret-gone"]
         );
-        let other_federation =
-            render_remote_secret("staging", "gone", &endpoint("gone"), "r", "t", now());
+        let other_federation = render_remote_secret(
+            "staging",
+            "gone",
+            &endpoint("gone"),
+            &subject("gone"),
+            &token("2026-01-02T00:00:00Z"),
+        );
         let members = [
             member("a", true, vec![other_federation]),
             member("b", true, vec![]),
         ];
         assert!(
-            plan("prod", "r", &members, DAY, now())["a"]
-                .stale
-                .is_empty(),
+            plan("prod", &members, DAY, now())["a"].stale.is_empty(),
             "never prune another federation's secrets"
         );
     }

@@ -7,6 +7,8 @@ use crate::api::{CertificateStatus, MemberStatus, MeshFederationStatus};
 
 /// Summary condition for `kubectl wait --for=condition=Ready` and Argo CD.
 pub const READY: &str = "Ready";
+/// Every member's cluster is its own: no other member or federation holds it.
+pub const CLUSTERS_CLAIMED: &str = "ClustersClaimed";
 /// Every member reached in the last reconcile.
 pub const MEMBERS_REACHABLE: &str = "MembersReachable";
 /// Root usable and every member's `cacerts` signed by it.
@@ -25,6 +27,8 @@ pub struct MemberReport {
     pub status: MemberStatus,
     /// Why the member could not be reached, if it could not.
     pub unreachable: Option<String>,
+    /// Why its cluster is not its own (another member or federation holds it).
+    pub claim_problem: Option<String>,
     /// Why its `cacerts` is not in place.
     pub certificate_problem: Option<String>,
     /// Why some of its remote secrets are missing or stale.
@@ -37,6 +41,8 @@ pub struct MemberReport {
     pub gateway_expected: bool,
     /// Why its east-west gateway is not in place.
     pub gateway_problem: Option<String>,
+    /// When the first of its remote secrets' tokens is due for refresh.
+    pub next_token_refresh: Option<Timestamp>,
 }
 
 impl MemberReport {
@@ -54,6 +60,7 @@ impl MemberReport {
     fn problems(&self) -> impl Iterator<Item = &String> {
         self.unreachable
             .iter()
+            .chain(&self.claim_problem)
             .chain(&self.certificate_problem)
             .chain(&self.remote_secret_problems)
             .chain(&self.other_problems)
@@ -86,9 +93,14 @@ pub fn build_status(
                 .map(|why| format!("{}: {why}", r.status.name))
         })
         .collect();
-    let cert_problems: Vec<String> = reports
+    let claim_problems: Vec<String> = reports
         .iter()
         .filter(|r| !r.status.leaving)
+        .filter_map(|r| Some(format!("{}: {}", r.status.name, r.claim_problem.as_ref()?)))
+        .collect();
+    let cert_problems: Vec<String> = reports
+        .iter()
+        .filter(|r| !r.status.leaving && r.claim_problem.is_none())
         .filter_map(|r| match (&r.certificate_problem, &r.unreachable) {
             (Some(p), _) => Some(format!("{}: {p}", r.status.name)),
             (None, Some(_)) => Some(format!("{}: unreachable", r.status.name)),
@@ -97,7 +109,7 @@ pub fn build_status(
         .collect();
     let remote_problems: Vec<String> = reports
         .iter()
-        .filter(|r| !r.status.leaving)
+        .filter(|r| !r.status.leaving && r.claim_problem.is_none())
         .flat_map(|r| {
             let unreachable = r.unreachable.as_ref().map(|_| "unreachable".to_string());
             r.remote_secret_problems
@@ -135,6 +147,21 @@ pub fn build_status(
             format!("all {in_spec} members reachable")
         } else {
             unreachable.join("; ")
+        },
+    );
+    let claims_ok = claim_problems.is_empty();
+    conditions.set(
+        CLUSTERS_CLAIMED,
+        claims_ok,
+        if claims_ok {
+            "ClustersOwned"
+        } else {
+            "ClusterClaimedElsewhere"
+        },
+        &if claims_ok {
+            format!("each of the {in_spec} members has a cluster of its own")
+        } else {
+            claim_problems.join("; ")
         },
     );
     let root_serial = root.as_ref().map(|r| r.serial.clone());
@@ -206,6 +233,7 @@ pub fn build_status(
         );
     }
     let all_ready = unreachable.is_empty()
+        && claims_ok
         && certs_ok
         && secrets_ok
         && control_planes_ok
@@ -215,6 +243,8 @@ pub fn build_status(
         ("Ready", String::new())
     } else if !unreachable.is_empty() {
         ("MembersUnreachable", unreachable.join("; "))
+    } else if !claims_ok {
+        ("ClusterClaimedElsewhere", claim_problems.join("; "))
     } else if !certs_ok {
         (certs_reason, certs_message.clone())
     } else if !secrets_ok {

@@ -1,6 +1,7 @@
 //! What each member should contain: pure functions from the federation spec,
 //! member facts and PKI material to Kubernetes objects. No I/O here.
 mod cacerts;
+mod claim;
 pub mod control_plane;
 mod kubeconfig;
 mod namespace;
@@ -12,12 +13,13 @@ use std::collections::BTreeMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 pub use cacerts::{cacerts_bundle, render_cacerts};
+pub use claim::{CLAIM, ClaimDecision, ClusterClaim, judge_claim, read_claim, render_claim};
 pub use kubeconfig::{KubeconfigInputs, render_kubeconfig};
 pub use namespace::render_istio_namespace;
 pub use reader::{ReaderIdentity, reader_name, render_reader_identity};
 pub use remote_secret::{
-    PeerEndpoint, RemoteSecretState, remote_secret_name, remote_secret_peer, remote_secret_state,
-    render_remote_secret,
+    IssuedToken, PeerEndpoint, RemoteSecretState, TokenSubject, remote_secret_name,
+    remote_secret_peer, remote_secret_state, render_remote_secret, token_refresh_at,
 };
 
 /// Namespace where Istio's control plane and its multicluster Secrets live.
@@ -37,6 +39,7 @@ pub mod keys {
     pub const NETWORK: &str = "topology.istio.io/network";
     pub const MULTICLUSTER: &str = "istio/multiCluster";
     pub const CLUSTER: &str = "networking.istio.io/cluster";
+    pub const TOKEN_ISSUED_AT: &str = "meshfed.io/token-issued-at";
     pub const TOKEN_EXPIRES_AT: &str = "meshfed.io/token-expires-at";
     pub const ENDPOINT_HASH: &str = "meshfed.io/endpoint-hash";
 }
@@ -70,17 +73,25 @@ fn managed_meta(federation: &str, name: &str, namespace: Option<&str>) -> Object
 }
 
 /// Who may meshfed write over: what it created for this federation, or what a
-/// user explicitly handed over with the `meshfed.io/adopt: "true"` annotation.
+/// user explicitly handed over with the `meshfed.io/adopt: "true"` annotation
+/// and no federation has taken yet. The first write of an adopted object labels
+/// it for one federation and removes the annotation ([`wants_adoption`]).
 pub fn is_ours(meta: &ObjectMeta, federation: &str) -> bool {
     let label = |k: &str| meta.labels.as_ref().and_then(|l| l.get(k));
-    let adopted = meta
-        .annotations
+    let owner = label(keys::FEDERATION).map(String::as_str);
+    let managed = label(keys::MANAGED_BY).map(String::as_str) == Some(keys::MANAGED_BY_VALUE);
+    if managed && owner.is_some() {
+        return owner == Some(federation);
+    }
+    wants_adoption(meta)
+}
+
+/// Whether a user annotated the object `meshfed.io/adopt: "true"`.
+pub fn wants_adoption(meta: &ObjectMeta) -> bool {
+    meta.annotations
         .as_ref()
         .and_then(|a| a.get(keys::ADOPT))
-        .is_some_and(|v| v == "true");
-    adopted
-        || (label(keys::MANAGED_BY).map(String::as_str) == Some(keys::MANAGED_BY_VALUE)
-            && label(keys::FEDERATION).map(String::as_str) == Some(federation))
+        .is_some_and(|v| v == "true")
 }
 
 #[cfg(test)]
@@ -101,6 +112,14 @@ mod tests {
             ..ObjectMeta::default()
         };
         assert!(is_ours(&adopted, "prod"));
+        assert!(is_ours(&adopted, "staging"), "not taken yet: either may");
+        let mut taken = managed_meta("prod", "x", None);
+        taken.annotations = adopted.annotations.clone();
+        assert!(is_ours(&taken, "prod"));
+        assert!(
+            !is_ours(&taken, "staging"),
+            "adopted by prod: never another federation's"
+        );
         let not_adopted = ObjectMeta {
             annotations: Some(BTreeMap::from([(keys::ADOPT.into(), "yes".into())])),
             ..ObjectMeta::default()

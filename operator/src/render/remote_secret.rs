@@ -16,12 +16,45 @@ pub struct PeerEndpoint {
     pub ca_pem: String,
 }
 
+/// The identity a peer's tokens are minted for: meshfed's reader
+/// ServiceAccount, by name and UID. A recreated ServiceAccount has a new UID
+/// and the API server rejects every token of the old one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TokenSubject {
+    pub service_account: String,
+    pub uid: String,
+}
+
+/// A token from TokenRequest and its lifetime as issued (the API server may
+/// shorten what was asked for). Never printed: Debug leaves the token out.
+#[derive(Clone, PartialEq, Eq)]
+pub struct IssuedToken {
+    pub token: String,
+    pub issued_at: Timestamp,
+    pub expires_at: Timestamp,
+}
+
+impl std::fmt::Debug for IssuedToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IssuedToken")
+            .field("issued_at", &self.issued_at)
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
+    }
+}
+
 impl PeerEndpoint {
     /// Fingerprint of everything but the token, so a changed address, CA or
-    /// reader identity re-writes the secret even while its token is fresh.
-    pub fn fingerprint(&self, reader: &str) -> String {
+    /// reader identity (including a recreated reader) re-writes the secret
+    /// even while its token looks fresh.
+    pub fn fingerprint(&self, reader: &TokenSubject) -> String {
         let mut h = Sha256::new();
-        for part in [self.server.as_str(), self.ca_pem.as_str(), reader] {
+        for part in [
+            self.server.as_str(),
+            self.ca_pem.as_str(),
+            reader.service_account.as_str(),
+            reader.uid.as_str(),
+        ] {
             h.update(part.as_bytes());
             h.update([0]);
         }
@@ -53,9 +86,8 @@ pub fn render_remote_secret(
     federation: &str,
     peer: &str,
     endpoint: &PeerEndpoint,
-    reader: &str,
-    token: &str,
-    token_expires_at: Timestamp,
+    reader: &TokenSubject,
+    token: &IssuedToken,
 ) -> Secret {
     let mut meta = managed_meta(federation, &remote_secret_name(peer), Some(ISTIO_NAMESPACE));
     meta.labels
@@ -63,14 +95,15 @@ pub fn render_remote_secret(
         .insert(keys::MULTICLUSTER.into(), "true".into());
     meta.annotations = Some(BTreeMap::from([
         (keys::CLUSTER.into(), peer.into()),
-        (keys::TOKEN_EXPIRES_AT.into(), token_expires_at.to_string()),
+        (keys::TOKEN_ISSUED_AT.into(), token.issued_at.to_string()),
+        (keys::TOKEN_EXPIRES_AT.into(), token.expires_at.to_string()),
         (keys::ENDPOINT_HASH.into(), endpoint.fingerprint(reader)),
     ]));
     let kubeconfig = render_kubeconfig(&KubeconfigInputs {
         cluster: peer,
         server: &endpoint.server,
         ca_pem: &endpoint.ca_pem,
-        token,
+        token: &token.token,
     });
     Secret {
         metadata: meta,
@@ -86,17 +119,28 @@ pub fn render_remote_secret(
 /// Whether an existing remote secret can stay as it is.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RemoteSecretState {
-    /// Up to date; its token expires at the given time.
-    Current { token_expires_at: Timestamp },
-    /// Points at another address, CA or reader, or is missing its kubeconfig.
+    /// Up to date; its token expires at the given time and is due for
+    /// refresh at `refresh_at`.
+    Current {
+        token_expires_at: Timestamp,
+        refresh_at: Timestamp,
+    },
+    /// Points at another address, CA or reader, is missing its kubeconfig, or
+    /// holds a token issued for longer than the spec now allows.
     Outdated,
     /// Its token has less than a third of its lifetime left (or expired).
     TokenExpiring,
 }
 
+/// Slack for the API server rounding a token's expiry.
+const LIFETIME_SLACK: jiff::SignedDuration = jiff::SignedDuration::from_secs(60);
+
 /// Decides whether `secret` (for `peer`) must be re-written. Tokens are
-/// refreshed with a third of their lifetime left, well before istiod's watch
-/// would start failing.
+/// refreshed with a third of their lifetime *as issued* left, well before
+/// istiod's watch would start failing. Measuring from the issued lifetime
+/// matters: an API server that caps lifetimes below the spec's
+/// (`--service-account-max-token-expiration`) would otherwise make every
+/// token look due at once, and every reconcile rewrite every secret.
 pub fn remote_secret_state(
     secret: &Secret,
     peer: &str,
@@ -117,15 +161,41 @@ pub fn remote_secret_state(
     else {
         return RemoteSecretState::Outdated;
     };
-    let margin =
-        jiff::SignedDuration::try_from(token_lifetime / 3).unwrap_or(jiff::SignedDuration::MAX);
-    if now.saturating_add(margin).unwrap_or(Timestamp::MAX) >= expires_at {
+    let issued_at = annotation(keys::TOKEN_ISSUED_AT).and_then(|t| t.parse::<Timestamp>().ok());
+    let wanted = signed(token_lifetime);
+    if issued_at
+        .is_some_and(|at| expires_at.duration_since(at) > wanted.saturating_add(LIFETIME_SLACK))
+    {
+        return RemoteSecretState::Outdated;
+    }
+    let refresh_at = token_refresh_at(issued_at, expires_at, token_lifetime);
+    if now >= refresh_at {
         RemoteSecretState::TokenExpiring
     } else {
         RemoteSecretState::Current {
             token_expires_at: expires_at,
+            refresh_at,
         }
     }
+}
+
+/// When a token is due for refresh: a third of its lifetime before it
+/// expires, its lifetime being what the server issued (`issued_at` unknown:
+/// the spec's), never more than the spec's.
+pub fn token_refresh_at(
+    issued_at: Option<Timestamp>,
+    expires_at: Timestamp,
+    token_lifetime: Duration,
+) -> Timestamp {
+    let wanted = signed(token_lifetime);
+    let issued = issued_at.map_or(wanted, |at| expires_at.duration_since(at));
+    expires_at
+        .saturating_sub(issued.min(wanted) / 3)
+        .unwrap_or(Timestamp::MIN)
+}
+
+fn signed(d: Duration) -> jiff::SignedDuration {
+    jiff::SignedDuration::try_from(d).unwrap_or(jiff::SignedDuration::MAX)
 }
 
 #[cfg(test)]
@@ -146,15 +216,26 @@ mod tests {
         s.parse().unwrap()
     }
 
+    fn reader(uid: &str) -> TokenSubject {
+        TokenSubject {
+            service_account: "meshfed-reader-prod".into(),
+            uid: uid.into(),
+        }
+    }
+
+    /// A remote secret whose token was issued for `lifetime`, expiring at `expires`.
+    fn issued(expires: &str, lifetime: Duration) -> Secret {
+        let expires_at = t(expires);
+        let token = IssuedToken {
+            token: "tok".into(),
+            issued_at: expires_at - jiff::SignedDuration::try_from(lifetime).unwrap(),
+            expires_at,
+        };
+        render_remote_secret("prod", "west", &endpoint(), &reader("uid-1"), &token)
+    }
+
     fn secret(expires: &str) -> Secret {
-        render_remote_secret(
-            "prod",
-            "west",
-            &endpoint(),
-            "meshfed-reader-prod",
-            "tok",
-            t(expires),
-        )
+        issued(expires, 24 * HOUR)
     }
 
     #[test]
@@ -180,31 +261,85 @@ mod tests {
 
     #[test]
     fn fingerprint_covers_server_ca_and_reader() {
-        let base = endpoint().fingerprint("r");
-        assert_eq!(base, endpoint().fingerprint("r"), "stable");
-        assert_ne!(base, endpoint().fingerprint("other"));
+        let r = reader("uid-1");
+        let base = endpoint().fingerprint(&r);
+        assert_eq!(base, endpoint().fingerprint(&reader("uid-1")), "stable");
+        assert_ne!(
+            base,
+            endpoint().fingerprint(&reader("uid-2")),
+            "a recreated reader ServiceAccount"
+        );
+        let renamed = TokenSubject {
+            service_account: "other".into(),
+            ..r.clone()
+        };
+        assert_ne!(base, endpoint().fingerprint(&renamed));
         let moved = PeerEndpoint {
             server: "https://10.0.0.9:6443".into(),
             ..endpoint()
         };
-        assert_ne!(base, moved.fingerprint("r"));
+        assert_ne!(base, moved.fingerprint(&r));
         let new_ca = PeerEndpoint {
             ca_pem: "CA2".into(),
             ..endpoint()
         };
-        assert_ne!(base, new_ca.fingerprint("r"));
+        assert_ne!(base, new_ca.fingerprint(&r));
+    }
+
+    #[test]
+    fn the_token_never_reaches_debug_output() {
+        let token = IssuedToken {
+            token: "eyJhbGciOi-secret".into(),
+            issued_at: t("2026-01-01T00:00:00Z"),
+            expires_at: t("2026-01-02T00:00:00Z"),
+        };
+        assert!(!format!("{token:?}").contains("secret"));
+    }
+
+    #[test]
+    fn refresh_is_measured_from_the_lifetime_the_server_issued() {
+        let fp = endpoint().fingerprint(&reader("uid-1"));
+        // The server capped a 24h request at 1h: refresh with 20 minutes left,
+        // not at once (24h / 3 = 8h is more than the whole token).
+        let capped = issued("2026-01-01T01:00:00Z", HOUR);
+        let state =
+            |s: &Secret, lifetime, now| remote_secret_state(s, "west", &fp, lifetime, t(now));
+        assert!(matches!(
+            state(&capped, 24 * HOUR, "2026-01-01T00:00:00Z"),
+            RemoteSecretState::Current { .. }
+        ));
+        assert!(matches!(
+            state(&capped, 24 * HOUR, "2026-01-01T00:39:59Z"),
+            RemoteSecretState::Current { .. }
+        ));
+        assert_eq!(
+            state(&capped, 24 * HOUR, "2026-01-01T00:40:00Z"),
+            RemoteSecretState::TokenExpiring
+        );
+        // A spec lifetime shortened below what a token was issued for: rewrite.
+        let long = secret("2026-01-02T00:00:00Z");
+        assert_eq!(
+            state(&long, 2 * HOUR, "2026-01-01T00:00:00Z"),
+            RemoteSecretState::Outdated
+        );
+        // Lengthened: the old token lives out its own lifetime.
+        assert!(matches!(
+            state(&long, 48 * HOUR, "2026-01-01T00:00:00Z"),
+            RemoteSecretState::Current { .. }
+        ));
     }
 
     #[test]
     fn token_refresh_boundary_is_a_third_of_the_lifetime() {
-        let fp = endpoint().fingerprint("meshfed-reader-prod");
+        let fp = endpoint().fingerprint(&reader("uid-1"));
         let s = secret("2026-01-02T00:00:00Z");
         let lifetime = 24 * HOUR; // refresh 8h before expiry
         let state = |now| remote_secret_state(&s, "west", &fp, lifetime, t(now));
         assert_eq!(
             state("2026-01-01T15:59:59Z"),
             RemoteSecretState::Current {
-                token_expires_at: t("2026-01-02T00:00:00Z")
+                token_expires_at: t("2026-01-02T00:00:00Z"),
+                refresh_at: t("2026-01-01T16:00:00Z"),
             }
         );
         assert_eq!(
@@ -219,7 +354,7 @@ mod tests {
 
     #[test]
     fn changed_or_damaged_secrets_are_outdated() {
-        let fp = endpoint().fingerprint("meshfed-reader-prod");
+        let fp = endpoint().fingerprint(&reader("uid-1"));
         let now = t("2026-01-01T00:00:00Z");
         let good = secret("2026-01-02T00:00:00Z");
         let state =

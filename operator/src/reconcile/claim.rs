@@ -1,0 +1,127 @@
+//! Claiming a member's cluster before anything is written into it.
+use std::collections::BTreeSet;
+
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
+use kube::api::PostParams;
+use kube::{Api, Client, ResourceExt};
+
+use super::apply::{Ownership, ensure};
+use crate::render::{
+    CLAIM, ClaimDecision, ClusterClaim, ISTIO_NAMESPACE, judge_claim, read_claim, render_claim,
+    render_istio_namespace,
+};
+
+/// Whether a member may use its cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Claim {
+    /// The cluster is this member's.
+    Held { cluster_id: String },
+    /// It belongs to another member or federation: why, naming the owner.
+    Refused { cluster_id: String, why: String },
+}
+
+/// The cluster's identity: the UID of its `kube-system` namespace, which
+/// lives as long as the cluster.
+pub async fn cluster_id(client: &Client) -> Result<String, kube::Error> {
+    let ns = Api::<Namespace>::all(client.clone())
+        .get("kube-system")
+        .await?;
+    Ok(ns.uid().unwrap_or_default())
+}
+
+/// The claim recorded in the cluster: `None` when there is none,
+/// `Some(None)` when the record is unreadable.
+async fn recorded(
+    records: &Api<ConfigMap>,
+) -> Result<Option<(ConfigMap, Option<ClusterClaim>)>, kube::Error> {
+    Ok(records.get_opt(CLAIM).await?.map(|r| {
+        let claim = read_claim(&r);
+        (r, claim)
+    }))
+}
+
+/// Claims the cluster behind `client` for `member` of `federation`, or says
+/// who holds it. `members` are the names in the federation's spec. Nothing
+/// but the claim itself (and `istio-system` with its network label, for a
+/// cluster nobody holds) is written before the claim is settled.
+pub async fn claim_cluster(
+    client: &Client,
+    federation: &str,
+    member: &crate::api::Member,
+    members: &BTreeSet<String>,
+) -> Result<Claim, kube::Error> {
+    let me = ClusterClaim {
+        federation: federation.into(),
+        member: member.name.clone(),
+        cluster_id: cluster_id(client).await?,
+    };
+    let records = Api::<ConfigMap>::namespaced(client.clone(), ISTIO_NAMESPACE);
+    let mut live = recorded(&records).await?;
+    // At most twice: a lost race to create the record is judged again.
+    for _ in 0..2 {
+        let decision = judge_claim(live.as_ref().map(|(_, c)| c.as_ref()), &me, members);
+        let written = match decision {
+            ClaimDecision::Hold => return Ok(held(&me)),
+            ClaimDecision::Refuse(why) => {
+                return Ok(Claim::Refused {
+                    cluster_id: me.cluster_id,
+                    why,
+                });
+            }
+            ClaimDecision::Create => {
+                ensure(
+                    &Api::<Namespace>::all(client.clone()),
+                    &render_istio_namespace(&member.network),
+                    federation,
+                    Ownership::Shared,
+                )
+                .await?;
+                records
+                    .create(&PostParams::default(), &render_claim(&me))
+                    .await
+            }
+            ClaimDecision::TakeOver => {
+                let mut record = render_claim(&me);
+                // The resourceVersion read: a concurrent change fails with 409.
+                record.metadata.resource_version = live
+                    .as_ref()
+                    .and_then(|(r, _)| r.metadata.resource_version.clone());
+                records
+                    .replace(CLAIM, &PostParams::default(), &record)
+                    .await
+            }
+        };
+        match written {
+            Ok(_) => return Ok(held(&me)),
+            Err(kube::Error::Api(e)) if e.code == 409 => live = recorded(&records).await?,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(kube::Error::Api(
+        kube::core::Status::failure("the cluster claim keeps changing", "Conflict")
+            .with_code(409)
+            .boxed(),
+    ))
+}
+
+fn held(me: &ClusterClaim) -> Claim {
+    Claim::Held {
+        cluster_id: me.cluster_id.clone(),
+    }
+}
+
+/// The member of `federation` other than `member` that now holds the
+/// cluster, if one does (a member renamed on the same cluster): then the
+/// cluster is not `member`'s to clean up.
+pub async fn held_by_another_member(
+    client: &Client,
+    federation: &str,
+    member: &str,
+) -> Result<Option<String>, kube::Error> {
+    let records = Api::<ConfigMap>::namespaced(client.clone(), ISTIO_NAMESPACE);
+    Ok(recorded(&records)
+        .await?
+        .and_then(|(_, claim)| claim)
+        .filter(|c| c.federation == federation && c.member != member)
+        .map(|c| c.member))
+}
