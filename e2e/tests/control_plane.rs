@@ -227,7 +227,51 @@ async fn istio_charts_install_istiod_and_east_west_gateways() -> Result<()> {
         )
         .await?;
 
+    // Force meshfed to apply the webhook again (a value that changes its
+    // render): istiod's caBundle must survive the re-apply.
+    let mut values = fed
+        .spec
+        .control_plane
+        .as_ref()
+        .unwrap()
+        .values
+        .clone()
+        .unwrap();
+    values["sidecarInjectorWebhook"] = json!({"reinvocationPolicy": "IfNeeded"});
+    fed.spec.control_plane.as_mut().unwrap().values = Some(values.clone());
+    apply_federation(&host, &fed).await?;
+    poll(WAIT, "webhook applied again", || async {
+        let hook = hooks.get(&name).await?;
+        Ok(hook
+            .webhooks
+            .unwrap_or_default()
+            .iter()
+            .all(|w| w.reinvocation_policy.as_deref() == Some("IfNeeded")))
+    })
+    .await?;
+
+    // istiod's Deployment edited by hand: the member watch sees it and
+    // meshfed applies it again.
+    let istiods = Api::<Deployment>::namespaced(clients[2].clone(), "istio-system");
+    istiods
+        .patch(
+            "istiod",
+            &PatchParams::default(),
+            &Patch::Strategic(json!({"spec": {"template": {"spec": {"containers": [
+                {"name": "discovery", "env": [{"name": "MESHFED_E2E_MARKER", "value": "tampered"}]}
+            ]}}}})),
+        )
+        .await?;
+    poll(Duration::from_secs(10), "hand edit reverted", || async {
+        Ok(env_of(&istiods.get("istiod").await?, "MESHFED_E2E_MARKER").as_deref() == Some("5"))
+    })
+    .await?;
+
     // Steady state: several reconciles, no writes anywhere, caBundle intact.
+    wait_for_federation(&host, "prod", WAIT, "Ready after the edits", |f| {
+        has_condition(f, "Ready", "True")
+    })
+    .await?;
     tokio::time::sleep(Duration::from_secs(6)).await;
     let stats = operator.context.last_reconcile("prod").unwrap();
     for (member, count) in &stats.requests {
@@ -241,6 +285,24 @@ async fn istio_charts_install_istiod_and_east_west_gateways() -> Result<()> {
             "caBundle left to istiod"
         );
     }
+
+    // Autoscaling off: the chart renders no HorizontalPodAutoscaler any more,
+    // and the one meshfed applied goes (its kind is in the claim's record).
+    let hpas = Api::<k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler>::namespaced(
+        clients[1].clone(),
+        "istio-system",
+    );
+    assert!(
+        hpas.get_opt("istiod").await?.is_some(),
+        "the chart's default HPA"
+    );
+    values["pilot"]["autoscaleEnabled"] = json!(false);
+    fed.spec.control_plane.as_mut().unwrap().values = Some(values);
+    apply_federation(&host, &fed).await?;
+    poll(WAIT, "HPA pruned", || async {
+        Ok(hpas.get_opt("istiod").await?.is_none())
+    })
+    .await?;
 
     // Gateways off: pruned everywhere, the condition goes away, istiod stays.
     fed.spec

@@ -290,3 +290,59 @@ async fn a_cluster_belongs_to_one_member_of_one_federation() -> Result<()> {
     peer_tokens_work(&both).await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn objects_deleted_in_a_member_are_restored_within_seconds() -> Result<()> {
+    let fleet = Fleet::start(2).await?;
+    let _logs = fleet.log_guard();
+    let host = fleet.cluster(0).client();
+    prepare_host(&fleet).await?;
+    // A resync of ten minutes: only the member watches can repair in time.
+    let _operator = start_operator(
+        fleet.cluster(0),
+        Duration::from_secs(600),
+        Duration::from_secs(3),
+    )?;
+    let members = vec![
+        local_member(fleet.cluster(0), "net-a"),
+        member(fleet.cluster(1), "net-b"),
+    ];
+    apply_federation(&host, &federation("prod", members)).await?;
+    wait_for_federation(&host, "prod", WAIT, "Ready", ready).await?;
+    let member = fleet.cluster(1).client();
+    let secrets = Api::<Secret>::namespaced(member.clone(), "istio-system");
+    let remote_secret = format!("istio-remote-secret-{}", fleet.cluster(0).name());
+    let roles = Api::<k8s_openapi::api::rbac::v1::ClusterRole>::all(member.clone());
+    let bound = Duration::from_secs(5);
+
+    for (what, uid) in [
+        ("cacerts", secrets.get("cacerts").await?.uid()),
+        (
+            remote_secret.as_str(),
+            secrets.get(&remote_secret).await?.uid(),
+        ),
+    ] {
+        let started = Instant::now();
+        secrets.delete(what, &DeleteParams::default()).await?;
+        poll(bound, &format!("{what} restored"), || async {
+            Ok(secrets.get_opt(what).await?.is_some_and(|s| s.uid() != uid))
+        })
+        .await?;
+        eprintln!("{what} restored in {:?}", started.elapsed());
+    }
+    let uid = roles.get("meshfed-reader-prod").await?.uid();
+    let started = Instant::now();
+    roles
+        .delete("meshfed-reader-prod", &DeleteParams::default())
+        .await?;
+    poll(bound, "reader ClusterRole restored", || async {
+        Ok(roles
+            .get_opt("meshfed-reader-prod")
+            .await?
+            .is_some_and(|r| r.uid() != uid))
+    })
+    .await?;
+    eprintln!("ClusterRole restored in {:?}", started.elapsed());
+    wait_for_federation(&host, "prod", WAIT, "Ready after repairs", ready).await?;
+    Ok(())
+}

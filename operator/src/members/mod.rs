@@ -14,6 +14,9 @@ use crate::api::{Member, MemberCredentials};
 use crate::render::PeerEndpoint;
 use crate::telemetry::RequestCounter;
 
+mod watch;
+pub use watch::MemberWatches;
+
 /// Why a member could not be connected to. Messages name the field to fix and
 /// never carry the kubeconfig itself.
 #[derive(thiserror::Error, Debug)]
@@ -45,6 +48,8 @@ pub enum ConnectError {
 /// A live connection to one member.
 #[derive(Clone)]
 pub struct MemberConnection {
+    /// Distinct for every connection built: a new one means new credentials.
+    pub id: u64,
     pub client: Client,
     /// The API server address and CA the operator uses (peers may use others).
     pub server: String,
@@ -220,7 +225,9 @@ pub fn connection(config: Config) -> Result<MemberConnection, kube::Error> {
     let client = kube::client::ClientBuilder::try_from(config)?
         .with_layer(&requests)
         .build();
+    static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
     Ok(MemberConnection {
+        id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         client,
         server,
         ca_pem,

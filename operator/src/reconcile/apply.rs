@@ -8,7 +8,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use crate::render::{FIELD_MANAGER, is_ours, keys, managed_selector, wants_adoption};
+use crate::render::{FIELD_MANAGER, contains, is_ours, keys, managed_selector, wants_adoption};
 
 /// What [`ensure`] did.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -99,59 +99,4 @@ where
 
 fn to_value<T: Serialize>(v: &T) -> Value {
     serde_json::to_value(v).unwrap_or(Value::Null)
-}
-
-/// Whether `live` says everything `desired` says: every field of `desired` is
-/// in `live` with an equal value; lists must match element by element. Fields
-/// only `live` has (status, defaults, other managers' fields) are ignored.
-pub fn contains(live: &Value, desired: &Value) -> bool {
-    match (live, desired) {
-        (Value::Object(l), Value::Object(d)) => d
-            .iter()
-            .all(|(k, dv)| dv.is_null() || l.get(k).is_some_and(|lv| contains(lv, dv))),
-        (Value::Array(l), Value::Array(d)) => {
-            l.len() == d.len() && l.iter().zip(d).all(|(lv, dv)| contains(lv, dv))
-        }
-        (l, d) => l == d,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    #[test]
-    fn extra_live_fields_do_not_count_as_drift() {
-        let live = json!({"metadata": {"name": "a", "uid": "u", "labels": {"x": "1", "y": "2"}}, "status": {}});
-        assert!(contains(
-            &live,
-            &json!({"metadata": {"name": "a", "labels": {"x": "1"}}})
-        ));
-    }
-
-    #[test]
-    fn changed_missing_or_reordered_values_are_drift() {
-        let live = json!({"data": {"k": "v"}, "rules": [{"verbs": ["get", "list"]}]});
-        assert!(!contains(&live, &json!({"data": {"k": "w"}})));
-        assert!(!contains(&live, &json!({"data": {"other": "v"}})));
-        assert!(!contains(
-            &live,
-            &json!({"rules": [{"verbs": ["list", "get"]}]})
-        ));
-        assert!(!contains(
-            &live,
-            &json!({"rules": [{"verbs": ["get", "list"]}, {"verbs": []}]})
-        ));
-        assert!(contains(
-            &live,
-            &json!({"rules": [{"verbs": ["get", "list"]}]})
-        ));
-    }
-
-    #[test]
-    fn null_desired_fields_are_ignored() {
-        assert!(contains(&json!({}), &json!({"spec": null})));
-        assert!(!contains(&json!({"a": 1}), &json!({"a": null, "b": 2})));
-    }
 }

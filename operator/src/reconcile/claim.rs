@@ -2,20 +2,23 @@
 use std::collections::BTreeSet;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
-use kube::api::PostParams;
+use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 
 use super::apply::{Ownership, ensure};
 use crate::render::{
-    CLAIM, ClaimDecision, ClusterClaim, ISTIO_NAMESPACE, judge_claim, read_claim, render_claim,
-    render_istio_namespace,
+    CLAIM, ClaimDecision, ClusterClaim, ISTIO_NAMESPACE, judge_claim, kinds_text, read_claim,
+    render_claim, render_istio_namespace,
 };
 
 /// Whether a member may use its cluster.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Claim {
-    /// The cluster is this member's.
-    Held { cluster_id: String },
+    /// The cluster is this member's; `kinds` is what meshfed recorded applying.
+    Held {
+        cluster_id: String,
+        kinds: BTreeSet<String>,
+    },
     /// It belongs to another member or federation: why, naming the owner.
     Refused { cluster_id: String, why: String },
 }
@@ -50,15 +53,19 @@ pub async fn claim_cluster(
     member: &crate::api::Member,
     members: &BTreeSet<String>,
 ) -> Result<Claim, kube::Error> {
-    let me = ClusterClaim {
+    let mut me = ClusterClaim {
         federation: federation.into(),
         member: member.name.clone(),
         cluster_id: cluster_id(client).await?,
+        kinds: BTreeSet::new(),
     };
     let records = Api::<ConfigMap>::namespaced(client.clone(), ISTIO_NAMESPACE);
     let mut live = recorded(&records).await?;
     // At most twice: a lost race to create the record is judged again.
     for _ in 0..2 {
+        let owner = live.as_ref().and_then(|(_, c)| c.as_ref());
+        // Kinds applied under an earlier name still need pruning.
+        me.kinds = owner.map(|c| c.kinds.clone()).unwrap_or_default();
         let decision = judge_claim(live.as_ref().map(|(_, c)| c.as_ref()), &me, members);
         let written = match decision {
             ClaimDecision::Hold => return Ok(held(&me)),
@@ -107,7 +114,28 @@ pub async fn claim_cluster(
 fn held(me: &ClusterClaim) -> Claim {
     Claim::Held {
         cluster_id: me.cluster_id.clone(),
+        kinds: me.kinds.clone(),
     }
+}
+
+/// Adds `kinds` to the kinds recorded in the cluster's claim (`recorded`),
+/// writing only when one is new. Called before objects of them are applied,
+/// so a crash in between cannot leave objects no prune would look for.
+pub async fn record_kinds(
+    client: &Client,
+    recorded: &mut BTreeSet<String>,
+    kinds: impl IntoIterator<Item = String>,
+) -> Result<(), kube::Error> {
+    let before = recorded.len();
+    recorded.extend(kinds);
+    if recorded.len() == before {
+        return Ok(());
+    }
+    let patch = serde_json::json!({"data": {"kinds": kinds_text(recorded)}});
+    Api::<ConfigMap>::namespaced(client.clone(), ISTIO_NAMESPACE)
+        .patch(CLAIM, &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    Ok(())
 }
 
 /// The member of `federation` other than `member` that now holds the

@@ -14,14 +14,15 @@ use kube::{Api, Client, ResourceExt};
 
 use super::Context;
 use super::apply::write;
+use super::claim::record_kinds;
 use crate::api::{ControlPlaneMode, Member, MeshFederationSpec};
 use crate::charts::Chart;
 use crate::render::control_plane::{
     BOOTSTRAP_MANAGER, COMPONENT, CROSS_NETWORK_GATEWAY, EAST_WEST_GATEWAY, base_values,
-    creation_defaults, cross_network_gateway, gateway_values, is_current, istiod_values,
+    creation_defaults, cross_network_gateway, drift, gateway_values, is_current, istiod_values,
     prepare_chart_object,
 };
-use crate::render::{ISTIO_NAMESPACE, is_ours, keys, managed_selector};
+use crate::render::{ISTIO_NAMESPACE, is_ours, keys, kind_key, managed_selector, parse_kind_key};
 
 /// What the control-plane step found in one member.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -86,6 +87,8 @@ pub struct MemberCluster<'a> {
     pub id: &'a str,
     /// The version its API server reports, for the charts' `kubeVersion`.
     pub kube_version: &'a str,
+    /// The kinds meshfed recorded applying there (its claim).
+    pub recorded_kinds: BTreeSet<String>,
 }
 
 /// Drives the control plane of one member. `certificates_ready` gates the
@@ -102,7 +105,9 @@ pub async fn sync_control_plane(
         client,
         id: cluster,
         kube_version,
+        ..
     } = *target;
+    let mut recorded = target.recorded_kinds.clone();
     let Some(cp) = &spec.control_plane else {
         return Ok(ControlPlaneReport::default());
     };
@@ -143,8 +148,12 @@ pub async fn sync_control_plane(
             .map(|o| prepare_chart_object(o, federation, chart.release()))
             .collect();
         // Kinds come from the render even when nothing is wanted, so that
-        // switching a component off prunes it.
-        let kinds = kinds_in_order(&prepared);
+        // switching a component off prunes it, and from the record of every
+        // kind ever applied, so that an object whose kind the render no
+        // longer has (an HPA after autoscaleEnabled: false) is pruned too.
+        let rendered_kinds = kinds_in_order(&prepared);
+        record_kinds(client, &mut recorded, rendered_kinds.iter().map(kind_key)).await?;
+        let kinds = with_recorded(rendered_kinds, &recorded);
         let desired = if wanted { prepared } else { Vec::new() };
         let component = Component {
             name: chart.release(),
@@ -165,9 +174,11 @@ pub async fn sync_control_plane(
         } else {
             vec![]
         };
+        let kinds = kinds_in_order(&[cross_network_gateway(federation)]);
+        record_kinds(client, &mut recorded, kinds.iter().map(kind_key)).await?;
         let component = Component {
             name: CROSS_NETWORK_GATEWAY,
-            kinds: kinds_in_order(&[cross_network_gateway(federation)]),
+            kinds,
             desired: gateway,
             bootstraps: Vec::new(),
         };
@@ -205,6 +216,20 @@ pub async fn sync_control_plane(
         });
     }
     Ok(report)
+}
+
+/// `rendered` followed by the recorded kinds it lacks (never CRDs, which are
+/// not pruned).
+fn with_recorded(
+    mut rendered: Vec<GroupVersionKind>,
+    recorded: &BTreeSet<String>,
+) -> Vec<GroupVersionKind> {
+    for gvk in recorded.iter().filter_map(|k| parse_kind_key(k)) {
+        if gvk.kind != "CustomResourceDefinition" && !rendered.contains(&gvk) {
+            rendered.push(gvk);
+        }
+    }
+    rendered
 }
 
 /// The kinds among `objects`, in the order they first appear (CRDs first).
@@ -313,6 +338,9 @@ async fn converge_component(
             wanted.insert(key.clone());
             if live.get(&key).is_some_and(|l| is_current(l, obj)) {
                 continue;
+            }
+            if let Some(l) = live.get(&key) {
+                tracing::debug!(kind = %gvk.kind, name = %obj.name_any(), drift = ?drift(l, obj), "applying again");
             }
             let api = api_for(ns.as_deref());
             // Outside our label selection: absent, or someone else's.

@@ -35,6 +35,8 @@ pub struct PreparedMember {
     pub reader: Result<TokenSubject, String>,
     /// The member's request counter when this reconcile started with it.
     pub request_baseline: RequestCount,
+    /// The kinds meshfed recorded applying in its cluster (its claim).
+    pub recorded_kinds: std::collections::BTreeSet<String>,
     /// Every `istio/multiCluster` Secret in its istio-system, by name.
     pub multicluster_secrets: BTreeMap<String, Secret>,
     pub report: MemberReport,
@@ -58,6 +60,7 @@ pub async fn prepare_member(
         reader: Err(format!("member {} not reached", member.name)),
         request_baseline: RequestCount::default(),
         multicluster_secrets: BTreeMap::new(),
+        recorded_kinds: Default::default(),
         report: MemberReport::new(&member.name),
         events: Vec::new(),
     };
@@ -132,6 +135,7 @@ async fn sync_member_control_plane(
         client: &conn.client,
         id: &cluster,
         kube_version: &version,
+        recorded_kinds: prepared.recorded_kinds.clone(),
     };
     let work = sync_control_plane(
         ctx,
@@ -190,7 +194,10 @@ async fn sync_member(
 
     let members = fed.spec.members.iter().map(|m| m.name.clone()).collect();
     match claim_cluster(&client, &federation, member, &members).await? {
-        Claim::Held { cluster_id } => prepared.report.status.cluster_id = Some(cluster_id),
+        Claim::Held { cluster_id, kinds } => {
+            prepared.report.status.cluster_id = Some(cluster_id);
+            prepared.recorded_kinds = kinds;
+        }
         Claim::Refused { cluster_id, why } => {
             prepared.report.status.cluster_id = Some(cluster_id);
             prepared.report.claim_problem = Some(why);

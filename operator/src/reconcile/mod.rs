@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use futures::future::join_all;
+use futures::stream::BoxStream;
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Patch, PatchParams};
@@ -26,7 +27,7 @@ use kube::{Api, Client, Config, Resource, ResourceExt};
 use tracing::{Instrument, info, warn};
 
 use crate::api::{CertificateStatus, MeshFederation, MeshFederationStatus};
-use crate::members::MemberPool;
+use crate::members::{MemberPool, MemberWatches};
 use crate::pki::IntermediatePolicy;
 use crate::render::FIELD_MANAGER;
 use crate::telemetry::{Metrics, ReconcileResult, RequestCount};
@@ -116,6 +117,10 @@ pub struct Context {
     client: Client,
     settings: Settings,
     members: MemberPool,
+    watches: MemberWatches,
+    /// Federations to reconcile because something changed in a member;
+    /// taken once by [`run`].
+    member_events: Mutex<Option<BoxStream<'static, ObjectRef<MeshFederation>>>>,
     charts: crate::charts::ChartRenderer,
     kinds: control_plane::KindCache,
     recorder: Recorder,
@@ -135,8 +140,11 @@ impl Context {
             controller: "meshfed".into(),
             instance: std::env::var("POD_NAME").ok(),
         };
+        let (watches, member_events) = MemberWatches::new();
         Ok(Arc::new(Self {
             recorder: Recorder::new(client.clone(), reporter),
+            watches,
+            member_events: Mutex::new(Some(member_events.boxed())),
             members: MemberPool::new(settings.namespace.clone(), config, settings.member_timeout)?,
             charts: crate::charts::ChartRenderer::new(
                 settings.helm.clone(),
@@ -192,7 +200,15 @@ pub async fn run(ctx: Arc<Context>) {
     let secrets = Api::<Secret>::namespaced(ctx.client.clone(), &ctx.settings.namespace);
     let controller = Controller::new(feds, watcher::Config::default());
     let store = controller.store();
+    let member_events = ctx
+        .member_events
+        .lock()
+        .expect("member events lock")
+        .take()
+        .expect("the controller runs once per context");
     controller
+        // Something meshfed owns changed in a member: repair it now.
+        .reconcile_on(member_events)
         // A changed credentials or root Secret re-runs the federations using it.
         .watches(secrets, watcher::Config::default(), move |secret| {
             let name = secret.name_any();
@@ -360,6 +376,17 @@ async fn converge(fed: &MeshFederation, ctx: &Context) -> Result<Action, Error> 
         now,
     )
     .await;
+
+    for p in &prepared {
+        if let Some(conn) = &p.connection {
+            ctx.watches
+                .ensure(&name, &p.name, conn, spec.control_plane.is_some());
+        }
+    }
+    ctx.watches.retain(
+        &name,
+        &spec.members.iter().map(|m| m.name.clone()).collect(),
+    );
 
     let mut reports: Vec<MemberReport> = Vec::new();
     let previous = fed.status.as_ref();
@@ -636,6 +663,7 @@ async fn clean_up(fed: &MeshFederation, ctx: &Context) -> Result<Action, Error> 
             Err(e) => return Err(e.into()),
         }
     }
+    ctx.watches.retain(&name, &Default::default());
     ctx.metrics.forget_federation(&name, fed.status.as_ref());
     info!(federation = %name, "cleaned up every member");
     Ok(Action::await_change())

@@ -349,6 +349,7 @@ mod tests {
             endpoint: Ok(endpoint(name)),
             reader: Ok(subject(name)),
             request_baseline: Default::default(),
+            recorded_kinds: Default::default(),
             multicluster_secrets: secrets
                 .into_iter()
                 .map(|s| (s.metadata.name.clone().unwrap(), s))

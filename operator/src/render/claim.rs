@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::GroupVersionKind;
 
 use super::{ISTIO_NAMESPACE, managed_meta};
 
@@ -17,6 +18,22 @@ pub struct ClusterClaim {
     pub member: String,
     /// The cluster's identity: the UID of its `kube-system` namespace.
     pub cluster_id: String,
+    /// Every kind meshfed has applied in the cluster ([`kind_key`]s), so that
+    /// pruning finds objects of kinds the current render no longer has.
+    pub kinds: BTreeSet<String>,
+}
+
+/// How a kind is recorded: `group/version/Kind` (core group empty).
+pub fn kind_key(gvk: &GroupVersionKind) -> String {
+    format!("{}/{}/{}", gvk.group, gvk.version, gvk.kind)
+}
+
+/// The kind a [`kind_key`] names.
+pub fn parse_kind_key(key: &str) -> Option<GroupVersionKind> {
+    let mut parts = key.split('/');
+    let (group, version, kind) = (parts.next()?, parts.next()?, parts.next()?);
+    (parts.next().is_none() && !version.is_empty() && !kind.is_empty())
+        .then(|| GroupVersionKind::gvk(group, version, kind))
 }
 
 /// What to do about a cluster's claim.
@@ -35,15 +52,24 @@ pub enum ClaimDecision {
 
 /// The record for `claim`.
 pub fn render_claim(claim: &ClusterClaim) -> ConfigMap {
+    let mut data = BTreeMap::from([
+        ("federation".into(), claim.federation.clone()),
+        ("member".into(), claim.member.clone()),
+        ("clusterID".into(), claim.cluster_id.clone()),
+    ]);
+    if !claim.kinds.is_empty() {
+        data.insert("kinds".into(), kinds_text(&claim.kinds));
+    }
     ConfigMap {
         metadata: managed_meta(&claim.federation, CLAIM, Some(ISTIO_NAMESPACE)),
-        data: Some(BTreeMap::from([
-            ("federation".into(), claim.federation.clone()),
-            ("member".into(), claim.member.clone()),
-            ("clusterID".into(), claim.cluster_id.clone()),
-        ])),
+        data: Some(data),
         ..ConfigMap::default()
     }
+}
+
+/// The `kinds` entry of a record: one kind key a line.
+pub fn kinds_text(kinds: &BTreeSet<String>) -> String {
+    kinds.iter().map(|k| format!("{k}\n")).collect()
 }
 
 /// The claim a record holds, if it is one meshfed wrote.
@@ -53,6 +79,15 @@ pub fn read_claim(record: &ConfigMap) -> Option<ClusterClaim> {
         federation: data.get("federation")?.clone(),
         member: data.get("member")?.clone(),
         cluster_id: data.get("clusterID").cloned().unwrap_or_default(),
+        kinds: data
+            .get("kinds")
+            .map(|k| {
+                k.lines()
+                    .filter(|l| parse_kind_key(l).is_some())
+                    .map(String::from)
+                    .collect()
+            })
+            .unwrap_or_default(),
     })
 }
 
@@ -96,6 +131,7 @@ mod tests {
             federation: federation.into(),
             member: member.into(),
             cluster_id: "uid-1".into(),
+            kinds: BTreeSet::new(),
         }
     }
 
@@ -113,6 +149,29 @@ mod tests {
         assert!(!is_ours(&record.metadata, "staging"));
         assert_eq!(read_claim(&record), Some(c));
         assert_eq!(read_claim(&ConfigMap::default()), None);
+    }
+
+    #[test]
+    fn recorded_kinds_round_trip_and_junk_is_dropped() {
+        let hpa = GroupVersionKind::gvk("autoscaling", "v2", "HorizontalPodAutoscaler");
+        let cm = GroupVersionKind::gvk("", "v1", "ConfigMap");
+        assert_eq!(parse_kind_key(&kind_key(&hpa)), Some(hpa.clone()));
+        assert_eq!(parse_kind_key(&kind_key(&cm)), Some(cm.clone()));
+        for junk in ["", "v1", "a/b", "a/b/c/d", "//Kind", "g/v/"] {
+            assert_eq!(parse_kind_key(junk), None, "{junk:?}");
+        }
+        let mut c = claim("prod", "east");
+        c.kinds = [kind_key(&hpa), kind_key(&cm)].into();
+        let mut record = render_claim(&c);
+        assert_eq!(read_claim(&record), Some(c.clone()));
+        record
+            .data
+            .as_mut()
+            .unwrap()
+            .get_mut("kinds")
+            .unwrap()
+            .push_str("not a kind\n");
+        assert_eq!(read_claim(&record).unwrap().kinds, c.kinds);
     }
 
     #[test]

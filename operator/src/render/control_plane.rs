@@ -193,7 +193,12 @@ fn mark(mut obj: DynamicObject, federation: &str, component: &str) -> DynamicObj
     obj
 }
 
-/// Whether the live object is the one meshfed would apply now.
+/// Whether the live object is the one meshfed would apply now: it carries the
+/// hash of the current render, and nobody changed what meshfed sets (an
+/// istiod Deployment edited by hand is drift, and is applied again). Webhook
+/// configurations are the exception: istiod co-manages them (it patches
+/// `caBundle` and flips `failurePolicy`), so only the hash of what meshfed
+/// last applied counts there.
 pub fn is_current(live: &DynamicObject, desired: &DynamicObject) -> bool {
     let hash = |o: &DynamicObject| {
         o.metadata
@@ -209,7 +214,27 @@ pub fn is_current(live: &DynamicObject, desired: &DynamicObject) -> bool {
         .and_then(|l| l.get(keys::MANAGED_BY))
         .map(String::as_str)
         == Some(keys::MANAGED_BY_VALUE);
-    ours && hash(live).is_some() && hash(live) == hash(desired)
+    let co_managed = desired
+        .types
+        .as_ref()
+        .is_some_and(|t| t.kind.ends_with("WebhookConfiguration"));
+    ours && hash(live).is_some()
+        && hash(live) == hash(desired)
+        && (co_managed || drift(live, desired).is_none())
+}
+
+/// Where `live` differs from what meshfed applies (`None`: nowhere). Objects
+/// from a list carry no apiVersion and kind, so those are not compared.
+pub fn drift(live: &DynamicObject, desired: &DynamicObject) -> Option<String> {
+    let value = |o: &DynamicObject| {
+        let mut v = serde_json::to_value(o).unwrap_or(Value::Null);
+        if let Some(fields) = v.as_object_mut() {
+            fields.remove("apiVersion");
+            fields.remove("kind");
+        }
+        v
+    };
+    super::difference(&value(live), &value(desired))
 }
 
 #[cfg(test)]
@@ -377,6 +402,14 @@ mod tests {
         let mut foreign = a.clone();
         foreign.metadata.labels = None;
         assert!(!is_current(&foreign, &a));
+        // Edited by hand, hash annotation untouched: still drift.
+        let mut edited = a.clone();
+        edited.data["spec"]["servers"][0]["tls"]["mode"] = json!("SIMPLE");
+        assert!(!is_current(&edited, &a));
+        // Fields only the live object has (defaults, status) are no drift.
+        let mut defaulted = a.clone();
+        defaulted.data["status"] = json!({"observed": 1});
+        assert!(is_current(&defaulted, &a));
         assert_eq!(
             mark(a.clone(), "prod", "cross-network-gateway")
                 .metadata

@@ -3,6 +3,7 @@
 mod cacerts;
 mod claim;
 pub mod control_plane;
+mod drift;
 mod kubeconfig;
 mod namespace;
 mod reader;
@@ -13,7 +14,11 @@ use std::collections::BTreeMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 pub use cacerts::{cacerts_bundle, render_cacerts};
-pub use claim::{CLAIM, ClaimDecision, ClusterClaim, judge_claim, read_claim, render_claim};
+pub use claim::{
+    CLAIM, ClaimDecision, ClusterClaim, judge_claim, kind_key, kinds_text, parse_kind_key,
+    read_claim, render_claim,
+};
+pub use drift::{contains, difference};
 pub use kubeconfig::{KubeconfigInputs, render_kubeconfig};
 pub use namespace::render_istio_namespace;
 pub use reader::{ReaderIdentity, reader_name, render_reader_identity};

@@ -1,0 +1,187 @@
+//! Watches on what meshfed owns in each member, so that an object deleted or
+//! edited there is repaired within seconds instead of at the next resync.
+use std::collections::{BTreeSet, HashMap};
+use std::fmt::Debug;
+use std::sync::Mutex;
+
+use futures::{Stream, StreamExt};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+use kube::core::PartialObjectMeta;
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher::{self, Event};
+use kube::runtime::{WatchStreamExt, watcher as watch};
+use kube::{Api, Client, Resource};
+use serde::de::DeserializeOwned;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tracing::debug;
+
+use super::MemberConnection;
+use crate::api::MeshFederation;
+use crate::render::{ISTIO_NAMESPACE, managed_selector};
+
+/// The running watches, by federation and member, and the channel their
+/// events reach the controller through.
+pub struct MemberWatches {
+    trigger: mpsc::UnboundedSender<ObjectRef<MeshFederation>>,
+    running: Mutex<HashMap<(String, String), Running>>,
+}
+
+struct Running {
+    connection: u64,
+    control_plane: bool,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl MemberWatches {
+    /// The registry, and the stream of federations to reconcile that its
+    /// watches produce (for `Controller::reconcile_on`).
+    pub fn new() -> (
+        Self,
+        impl Stream<Item = ObjectRef<MeshFederation>> + Send + 'static,
+    ) {
+        let (trigger, events) = mpsc::unbounded_channel();
+        let stream = futures::stream::unfold(events, |mut events| async move {
+            let next = events.recv().await?;
+            Some((next, events))
+        });
+        let watches = Self {
+            trigger,
+            running: Mutex::default(),
+        };
+        (watches, stream)
+    }
+
+    /// Watches `member` of `federation` through `conn`, unless it already is
+    /// through this very connection. With `control_plane`, the control
+    /// plane's Deployments and Services are watched too.
+    pub fn ensure(
+        &self,
+        federation: &str,
+        member: &str,
+        conn: &MemberConnection,
+        control_plane: bool,
+    ) {
+        let key = (federation.to_string(), member.to_string());
+        let mut running = self.running.lock().expect("watches lock");
+        if running
+            .get(&key)
+            .is_some_and(|r| r.connection == conn.id && r.control_plane == control_plane)
+        {
+            return;
+        }
+        let task = tokio::spawn(watch_member(
+            conn.client.clone(),
+            federation.to_string(),
+            control_plane,
+            self.trigger.clone(),
+        ));
+        running.insert(
+            key,
+            Running {
+                connection: conn.id,
+                control_plane,
+                task,
+            },
+        );
+    }
+
+    /// Stops the watches of `federation`'s members that are not in `members`.
+    pub fn retain(&self, federation: &str, members: &BTreeSet<String>) {
+        self.running
+            .lock()
+            .expect("watches lock")
+            .retain(|(f, m), _| f != federation || members.contains(m));
+    }
+}
+
+/// Every kind meshfed owns in a member, watched by meshfed's labels, metadata
+/// only: any change or deletion reconciles the federation.
+async fn watch_member(
+    client: Client,
+    federation: String,
+    control_plane: bool,
+    trigger: mpsc::UnboundedSender<ObjectRef<MeshFederation>>,
+) {
+    let config = watcher::Config::default().labels(&managed_selector(&federation));
+    let ns = ISTIO_NAMESPACE;
+    type Meta<K> = PartialObjectMeta<K>;
+    let mut streams = vec![
+        changes(Api::<Meta<Secret>>::namespaced(client.clone(), ns), &config),
+        changes(
+            Api::<Meta<ServiceAccount>>::namespaced(client.clone(), ns),
+            &config,
+        ),
+        changes(
+            Api::<Meta<ConfigMap>>::namespaced(client.clone(), ns),
+            &config,
+        ),
+        changes(Api::<Meta<ClusterRole>>::all(client.clone()), &config),
+        changes(
+            Api::<Meta<ClusterRoleBinding>>::all(client.clone()),
+            &config,
+        ),
+    ];
+    if control_plane {
+        streams.push(changes(
+            Api::<Meta<Deployment>>::namespaced(client.clone(), ns),
+            &config,
+        ));
+        streams.push(changes(
+            Api::<Meta<Service>>::namespaced(client.clone(), ns),
+            &config,
+        ));
+    }
+    let mut all = futures::stream::select_all(streams);
+    let target = ObjectRef::<MeshFederation>::new(&federation);
+    while let Some(what) = all.next().await {
+        debug!(federation = %federation, object = %what, "member object changed");
+        if trigger.send(target.clone()).is_err() {
+            return;
+        }
+    }
+}
+
+/// "Kind/name" of every object of `api` that is changed or deleted after the
+/// watch's first listing (which only says what already exists).
+fn changes<K>(
+    api: Api<PartialObjectMeta<K>>,
+    config: &watcher::Config,
+) -> std::pin::Pin<Box<dyn Stream<Item = String> + Send>>
+where
+    K: Resource + Clone + Debug + DeserializeOwned + Send + Sync + 'static,
+    K::DynamicType: Default,
+{
+    let kind = K::kind(&Default::default()).to_string();
+    let mut listings = 0u32;
+    watch(api, config.clone())
+        .default_backoff()
+        .filter_map(move |event| {
+            let what = match event {
+                Ok(Event::Apply(o) | Event::Delete(o)) => {
+                    Some(format!("{kind}/{}", o.metadata.name.unwrap_or_default()))
+                }
+                // A listing after the first one follows a broken watch: what
+                // happened in between is unknown, so look again.
+                Ok(Event::InitDone) => {
+                    listings += 1;
+                    (listings > 1).then(|| format!("{kind} (relisted)"))
+                }
+                Ok(_) => None,
+                Err(e) => {
+                    debug!(error = %e, kind = %kind, "member watch interrupted; retrying");
+                    None
+                }
+            };
+            futures::future::ready(what)
+        })
+        .boxed()
+}
