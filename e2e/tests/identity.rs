@@ -346,3 +346,106 @@ async fn objects_deleted_in_a_member_are_restored_within_seconds() -> Result<()>
     wait_for_federation(&host, "prod", WAIT, "Ready after repairs", ready).await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_status_orphans_nothing_and_lost_credentials_are_reported() -> Result<()> {
+    let fleet = Fleet::start(3).await?;
+    let _logs = fleet.log_guard();
+    let host = fleet.cluster(0).client();
+    prepare_host(&fleet).await?;
+    let start = || {
+        start_operator(
+            fleet.cluster(0),
+            Duration::from_secs(2),
+            Duration::from_secs(3),
+        )
+    };
+    let operator = start()?;
+    let members = vec![
+        local_member(fleet.cluster(0), "net-a"),
+        member(fleet.cluster(1), "net-a"),
+        member(fleet.cluster(2), "net-b"),
+    ];
+    apply_federation(&host, &federation("prod", members.clone())).await?;
+    wait_for_federation(&host, "prod", WAIT, "Ready", ready).await?;
+
+    // With the operator down, cluster-2 leaves and every status is wiped.
+    drop(operator);
+    apply_federation(&host, &federation("prod", members[..2].to_vec())).await?;
+    let feds = Api::<MeshFederation>::all(host.clone());
+    feds.patch_status(
+        "prod",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(serde_json::json!({"status": null})),
+    )
+    .await?;
+    assert!(feds.get("prod").await?.status.is_none(), "status wiped");
+    let _operator = start()?;
+    wait_for_federation(&host, "prod", WAIT, "Ready with two members", |f| {
+        ready(f) && member_names(f).len() == 2
+    })
+    .await?;
+    let left = fleet.cluster(2);
+    let selector = ListParams::default().labels("meshfed.io/federation=prod");
+    let c2 = left.client();
+    let orphans = [
+        Api::<Secret>::namespaced(c2.clone(), "istio-system")
+            .list(&selector)
+            .await?
+            .items
+            .len(),
+        Api::<ServiceAccount>::namespaced(c2.clone(), "istio-system")
+            .list(&selector)
+            .await?
+            .items
+            .len(),
+        Api::<ConfigMap>::namespaced(c2.clone(), "istio-system")
+            .list(&selector)
+            .await?
+            .items
+            .len(),
+        Api::<k8s_openapi::api::rbac::v1::ClusterRole>::all(c2.clone())
+            .list(&selector)
+            .await?
+            .items
+            .len(),
+    ];
+    // cacerts stays (the default onRemoval: Retain); nothing else does.
+    assert_eq!(orphans, [1, 0, 0, 0], "objects left in the departed member");
+    for c in [fleet.cluster(0).client(), fleet.cluster(1).client()] {
+        let stale = Api::<Secret>::namespaced(c, "istio-system")
+            .get_opt(&format!("istio-remote-secret-{}", left.name()))
+            .await?;
+        assert!(
+            stale.is_none(),
+            "peers keep a secret for the departed member"
+        );
+    }
+
+    // cluster-1 leaves together with its credentials: reported, not counted
+    // as cleaned.
+    apply_federation(&host, &federation("prod", members[..1].to_vec())).await?;
+    Api::<Secret>::namespaced(host.clone(), OPERATOR_NAMESPACE)
+        .delete(
+            &credentials_secret_name(fleet.cluster(1)),
+            &DeleteParams::default(),
+        )
+        .await?;
+    wait_for_federation(&host, "prod", WAIT, "Ready with one member", |f| {
+        ready(f) && member_names(f).len() == 1
+    })
+    .await?;
+    let gone = fleet.cluster(1).name().to_string();
+    poll(WAIT, "a MemberOrphaned warning names cluster-1", || async {
+        let events = Api::<k8s_openapi::api::events::v1::Event>::all(host.clone())
+            .list(&ListParams::default())
+            .await?;
+        Ok(events.items.iter().any(|e| {
+            e.reason.as_deref() == Some("MemberOrphaned")
+                && e.type_.as_deref() == Some("Warning")
+                && e.note.as_deref().is_some_and(|n| n.contains(&gone))
+        }))
+    })
+    .await?;
+    Ok(())
+}

@@ -138,18 +138,8 @@ pub async fn record_kinds(
     Ok(())
 }
 
-/// The member of `federation` other than `member` that now holds the
-/// cluster, if one does (a member renamed on the same cluster): then the
-/// cluster is not `member`'s to clean up.
-pub async fn held_by_another_member(
-    client: &Client,
-    federation: &str,
-    member: &str,
-) -> Result<Option<String>, kube::Error> {
+/// The claim recorded in the cluster behind `client`, if it can be read.
+pub async fn recorded_claim(client: &Client) -> Result<Option<ClusterClaim>, kube::Error> {
     let records = Api::<ConfigMap>::namespaced(client.clone(), ISTIO_NAMESPACE);
-    Ok(recorded(&records)
-        .await?
-        .and_then(|(_, claim)| claim)
-        .filter(|c| c.federation == federation && c.member != member)
-        .map(|c| c.member))
+    Ok(recorded(&records).await?.and_then(|(_, claim)| claim))
 }

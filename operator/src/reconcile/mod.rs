@@ -4,6 +4,7 @@ mod claim;
 mod cleanup;
 mod control_plane;
 mod member;
+mod membership;
 mod remote_secrets;
 mod root;
 pub mod status;
@@ -342,6 +343,19 @@ async fn converge(fed: &MeshFederation, ctx: &Context) -> Result<Action, Error> 
     };
     let mut events = Vec::new();
 
+    // Every member is on record before anything is written into it, so that
+    // no later loss (of status, of this process) can orphan what it gets.
+    let recorded = known_members(fed, ctx).await?;
+    let mut membership = membership::with_spec(&recorded, fed);
+    membership::store(
+        &ctx.client,
+        &ctx.settings.namespace,
+        fed,
+        &recorded,
+        &membership,
+    )
+    .await?;
+
     let root = root::load_or_create_root(&ctx.client, &ctx.settings.namespace, fed, now).await;
     let (mut prepared, root_status) = match &root {
         Ok(root) => {
@@ -407,7 +421,16 @@ async fn converge(fed: &MeshFederation, ctx: &Context) -> Result<Action, Error> 
             r
         }));
     }
-    reports.extend(leave_departed(fed, ctx, &mut events).await);
+    let before_leaving = membership.clone();
+    reports.extend(leave_departed(fed, ctx, &mut membership, &mut events).await);
+    membership::store(
+        &ctx.client,
+        &ctx.settings.namespace,
+        fed,
+        &before_leaving,
+        &membership,
+    )
+    .await?;
 
     let deadline = next_deadline(&reports, policy.renew_before);
     let status = build_status(fed.metadata.generation, reports, root_status, previous, now);
@@ -505,23 +528,21 @@ fn reachability_events(
     }
 }
 
-/// Members in the status that left the spec.
-fn departed(fed: &MeshFederation) -> impl Iterator<Item = &crate::api::MemberStatus> {
-    fed.status
-        .iter()
-        .flat_map(|s| s.members.iter())
-        .filter(|m| fed.spec.member(&m.name).is_none())
-}
-
-/// Whether meshfed may have installed Istio in `member`: the spec asks for a
-/// control plane, or the member's status says there was one.
-fn had_control_plane(fed: &MeshFederation, member: &str) -> bool {
-    let in_status = fed
-        .status
-        .iter()
-        .flat_map(|s| s.members.iter())
-        .any(|m| m.name == member && m.control_plane_ready.is_some());
-    fed.spec.control_plane.is_some() || in_status
+/// The recorded membership. A member that left before meshfed kept the
+/// record (an upgrade) is known only from status: it is taken from there once.
+async fn known_members(
+    fed: &MeshFederation,
+    ctx: &Context,
+) -> Result<membership::Membership, Error> {
+    let mut known = membership::load(&ctx.client, &ctx.settings.namespace, &fed.name_any()).await?;
+    for m in fed.status.iter().flat_map(|s| s.members.iter()) {
+        if let Some(credentials) = &m.credentials {
+            known
+                .entry(m.name.clone())
+                .or_insert_with(|| credentials.clone());
+        }
+    }
+    Ok(known)
 }
 
 /// What removing a member's objects came to.
@@ -573,16 +594,22 @@ async fn remove_member(
     };
     let federation = fed.name_any();
     let work = async {
-        if let Some(owner) =
-            claim::held_by_another_member(&conn.client, &federation, member).await?
+        let claim = claim::recorded_claim(&conn.client).await?;
+        if let Some(owner) = claim
+            .as_ref()
+            .filter(|c| c.federation == federation && c.member != member)
         {
-            return Ok(Removal::ClusterTakenBy(owner));
+            // Renamed on the same cluster: everything there is the new member's.
+            return Ok(Removal::ClusterTakenBy(owner.member.clone()));
         }
+        // The claim records every kind meshfed applied: a control plane too.
+        let control_plane = fed.spec.control_plane.is_some()
+            || claim.is_some_and(|c| c.federation == federation && !c.kinds.is_empty());
         cleanup::remove_from_member(
             &conn.client,
             &federation,
             fed.spec.ca().on_removal(),
-            had_control_plane(fed, member),
+            control_plane,
         )
         .await
         .map(Removal::Removed)
@@ -596,31 +623,44 @@ async fn remove_member(
     }
 }
 
-/// Members that were in the status but left the spec: clean them up with the
-/// credentials recorded in status, keep reporting them until that succeeds.
+/// Recorded members that left the spec: clean them up with the recorded
+/// credentials, drop them from `membership` once done, and keep reporting
+/// them until then.
 async fn leave_departed(
     fed: &MeshFederation,
     ctx: &Context,
+    membership: &mut membership::Membership,
     events: &mut Vec<Event>,
 ) -> Vec<MemberReport> {
     let mut reports = Vec::new();
-    for gone in departed(fed) {
-        let Some(credentials) = &gone.credentials else {
-            continue;
-        };
-        match remove_member(ctx, fed, &gone.name, credentials).await {
-            Ok(removal) => events.push(removal.event(&gone.name, &fed.name_any())),
+    let mut removed = Vec::new();
+    for (name, credentials) in membership::departed(membership, fed) {
+        match remove_member(ctx, fed, name, credentials).await {
+            Ok(removal) => {
+                events.push(removal.event(name, &fed.name_any()));
+                removed.push(name.clone());
+            }
             Err(e) => {
-                let mut report = MemberReport::new(&gone.name);
+                let known = fed
+                    .status
+                    .iter()
+                    .flat_map(|s| s.members.iter())
+                    .find(|m| &m.name == name);
+                let mut report = MemberReport::new(name);
                 report.status = crate::api::MemberStatus {
+                    name: name.clone(),
                     leaving: true,
                     reachable: false,
-                    ..gone.clone()
+                    credentials: Some(credentials.clone()),
+                    ..known.cloned().unwrap_or_default()
                 };
                 report.unreachable = Some(format!("cleanup after leaving: {e}"));
                 reports.push(report);
             }
         }
+    }
+    for name in removed {
+        membership.remove(&name);
     }
     reports
 }
@@ -628,13 +668,8 @@ async fn leave_departed(
 /// Finalizer: remove meshfed's objects from every member it can reach.
 async fn clean_up(fed: &MeshFederation, ctx: &Context) -> Result<Action, Error> {
     let name = fed.name_any();
-    let members = fed
-        .spec
-        .members
-        .iter()
-        .map(|m| (m.name.clone(), m.credentials.clone()))
-        .chain(departed(fed).filter_map(|m| Some((m.name.clone(), m.credentials.clone()?))))
-        .collect::<Vec<_>>();
+    let recorded = known_members(fed, ctx).await?;
+    let members: Vec<_> = membership::with_spec(&recorded, fed).into_iter().collect();
     let federation = &name;
     let results = join_all(members.iter().map(|(member, credentials)| async move {
         remove_member(ctx, fed, member, credentials)
@@ -663,6 +698,7 @@ async fn clean_up(fed: &MeshFederation, ctx: &Context) -> Result<Action, Error> 
             Err(e) => return Err(e.into()),
         }
     }
+    membership::forget(&ctx.client, &ctx.settings.namespace, &name).await?;
     ctx.watches.retain(&name, &Default::default());
     ctx.metrics.forget_federation(&name, fed.status.as_ref());
     info!(federation = %name, "cleaned up every member");

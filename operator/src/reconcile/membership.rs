@@ -1,0 +1,198 @@
+//! Which members a federation has, and had until meshfed cleaned them up,
+//! with the credentials to reach each. Kept in a ConfigMap in the operator's
+//! namespace, not in status: a lost or rewritten status must not orphan a
+//! departed member's objects.
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::{DeleteParams, ObjectMeta, Patch, PatchParams};
+use kube::{Api, Client, Resource};
+
+use crate::api::{MemberCredentials, MeshFederation};
+use crate::render::{FIELD_MANAGER, managed_labels};
+
+/// Members by name, and how to reach them.
+pub type Membership = BTreeMap<String, MemberCredentials>;
+
+/// `meshfed-members-<federation>` in the operator's namespace.
+pub fn record_name(federation: &str) -> String {
+    format!("meshfed-members-{federation}")
+}
+
+/// The membership to record before a reconcile touches any member: every
+/// member in the spec (with its current credentials), and every recorded
+/// member that left and is not cleaned up yet.
+pub fn with_spec(recorded: &Membership, fed: &MeshFederation) -> Membership {
+    let mut next = recorded.clone();
+    for m in &fed.spec.members {
+        next.insert(m.name.clone(), m.credentials.clone());
+    }
+    next
+}
+
+/// Recorded members that are not in the spec any more.
+pub fn departed<'a>(
+    recorded: &'a Membership,
+    fed: &'a MeshFederation,
+) -> impl Iterator<Item = (&'a String, &'a MemberCredentials)> {
+    recorded
+        .iter()
+        .filter(|(name, _)| fed.spec.member(name).is_none())
+}
+
+fn render_record(fed: &MeshFederation, membership: &Membership) -> ConfigMap {
+    let federation = fed.meta().name.clone().unwrap_or_default();
+    ConfigMap {
+        metadata: ObjectMeta {
+            name: Some(record_name(&federation)),
+            labels: Some(managed_labels(&federation)),
+            // Garbage-collected with the federation should a finalizer be
+            // removed by hand.
+            owner_references: fed.controller_owner_ref(&()).map(|o| vec![o]),
+            ..ObjectMeta::default()
+        },
+        data: Some(
+            membership
+                .iter()
+                .map(|(name, creds)| {
+                    (
+                        name.clone(),
+                        serde_json::to_string(creds).unwrap_or_default(),
+                    )
+                })
+                .collect(),
+        ),
+        ..ConfigMap::default()
+    }
+}
+
+/// The record as stored; empty when there is none yet. Entries that cannot
+/// be read are skipped (and dropped at the next write).
+pub async fn load(
+    client: &Client,
+    namespace: &str,
+    federation: &str,
+) -> Result<Membership, kube::Error> {
+    let record = Api::<ConfigMap>::namespaced(client.clone(), namespace)
+        .get_opt(&record_name(federation))
+        .await?;
+    Ok(record
+        .and_then(|r| r.data)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|(name, creds)| Some((name, serde_json::from_str(&creds).ok()?)))
+        .collect())
+}
+
+/// Writes `membership` unless it is what was `recorded`.
+pub async fn store(
+    client: &Client,
+    namespace: &str,
+    fed: &MeshFederation,
+    recorded: &Membership,
+    membership: &Membership,
+) -> Result<(), kube::Error> {
+    if recorded == membership {
+        return Ok(());
+    }
+    let record = render_record(fed, membership);
+    let name = record.metadata.name.clone().unwrap_or_default();
+    Api::<ConfigMap>::namespaced(client.clone(), namespace)
+        .patch(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&record),
+        )
+        .await?;
+    Ok(())
+}
+
+/// Deletes the record once every member is cleaned up.
+pub async fn forget(client: &Client, namespace: &str, federation: &str) -> Result<(), kube::Error> {
+    match Api::<ConfigMap>::namespaced(client.clone(), namespace)
+        .delete(&record_name(federation), &DeleteParams::default())
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{KubeconfigSecretRef, Member, MeshFederationSpec};
+
+    fn creds(secret: &str) -> MemberCredentials {
+        MemberCredentials {
+            secret_ref: Some(KubeconfigSecretRef {
+                name: secret.into(),
+                key: None,
+            }),
+            local: None,
+        }
+    }
+
+    fn fed(members: &[(&str, &str)]) -> MeshFederation {
+        let mut f = MeshFederation::new(
+            "prod",
+            MeshFederationSpec {
+                mesh_id: "mesh".into(),
+                trust_domain: None,
+                members: members
+                    .iter()
+                    .map(|(name, secret)| Member {
+                        name: (*name).into(),
+                        network: "n".into(),
+                        credentials: creds(secret),
+                        api_server: None,
+                        control_plane_values: None,
+                        east_west_gateway: None,
+                    })
+                    .collect(),
+                ca: None,
+                remote_secrets: None,
+                control_plane: None,
+            },
+        );
+        f.metadata.uid = Some("uid".into());
+        f
+    }
+
+    #[test]
+    fn members_stay_recorded_until_cleaned_up() {
+        let recorded =
+            Membership::from([("a".into(), creds("a-old")), ("gone".into(), creds("g"))]);
+        let f = fed(&[("a", "a-new"), ("b", "b")]);
+        let next = with_spec(&recorded, &f);
+        assert_eq!(next["a"], creds("a-new"), "current credentials win");
+        assert_eq!(next["b"], creds("b"));
+        assert_eq!(next["gone"], creds("g"), "kept until its cleanup succeeds");
+        let gone: Vec<_> = departed(&next, &f).map(|(n, _)| n.as_str()).collect();
+        assert_eq!(gone, ["gone"]);
+    }
+
+    #[test]
+    fn the_record_round_trips_and_is_owned_by_the_federation() {
+        let f = fed(&[("a", "a")]);
+        let membership = with_spec(&Membership::new(), &f);
+        let record = render_record(&f, &membership);
+        assert_eq!(
+            record.metadata.name.as_deref(),
+            Some("meshfed-members-prod")
+        );
+        let owner = &record.metadata.owner_references.as_ref().unwrap()[0];
+        assert_eq!(
+            (owner.kind.as_str(), owner.uid.as_str()),
+            ("MeshFederation", "uid")
+        );
+        let back: Membership = record
+            .data
+            .unwrap()
+            .into_iter()
+            .map(|(n, c)| (n, serde_json::from_str(&c).unwrap()))
+            .collect();
+        assert_eq!(back, membership);
+    }
+}
