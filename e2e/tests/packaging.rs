@@ -27,7 +27,7 @@ use base64::Engine;
 use e2e::Fleet;
 use e2e::mesh::{
     OPERATOR_NAMESPACE, credentials_secret_name, federation, has_condition, local_member, member,
-    poll, store_credentials, wait_for_federation,
+    poll, store_kubeconfig, wait_for_federation,
 };
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
@@ -924,9 +924,14 @@ async fn chart_and_kustomize_apply_to_a_real_api_server_and_the_operator_becomes
     Ok(())
 }
 
-/// A client for `cluster` authenticated with a bound token of the chart's
-/// ServiceAccount (as the operator's pod would be).
-async fn service_account_config(cluster: &e2e::Cluster, admin: &Client) -> Result<Config> {
+/// A kubeconfig for `cluster` holding a one-hour token of ServiceAccount
+/// `namespace/name`.
+async fn token_kubeconfig(
+    cluster: &e2e::Cluster,
+    admin: &Client,
+    namespace: &str,
+    name: &str,
+) -> Result<String> {
     let request = TokenRequest {
         spec: TokenRequestSpec {
             expiration_seconds: Some(3600),
@@ -934,14 +939,14 @@ async fn service_account_config(cluster: &e2e::Cluster, admin: &Client) -> Resul
         },
         ..TokenRequest::default()
     };
-    let token = Api::<ServiceAccount>::namespaced(admin.clone(), OPERATOR_NAMESPACE)
-        .create_token_request(FULLNAME, &PostParams::default(), &request)
+    let token = Api::<ServiceAccount>::namespaced(admin.clone(), namespace)
+        .create_token_request(name, &PostParams::default(), &request)
         .await?
         .status
         .context("TokenRequest without status")?
         .token;
     let ca = base64::engine::general_purpose::STANDARD.encode(cluster.ca_pem());
-    let yaml = format!(
+    Ok(format!(
         "apiVersion: v1
 kind: Config
 clusters:
@@ -950,16 +955,22 @@ clusters:
     server: {}
     certificate-authority-data: {ca}
 users:
-- name: operator
+- name: {name}
   user:
     token: {token}
 contexts:
 - name: c
-  context: {{cluster: c, user: operator}}
+  context: {{cluster: c, user: {name}}}
 current-context: c
 ",
         cluster.server_url()
-    );
+    ))
+}
+
+/// A client for `cluster` authenticated with a bound token of the chart's
+/// ServiceAccount (as the operator's pod would be).
+async fn service_account_config(cluster: &e2e::Cluster, admin: &Client) -> Result<Config> {
+    let yaml = token_kubeconfig(cluster, admin, OPERATOR_NAMESPACE, FULLNAME).await?;
     let mut config = Config::from_custom_kubeconfig(
         Kubeconfig::from_yaml(&yaml)?,
         &KubeConfigOptions::default(),
@@ -987,9 +998,30 @@ async fn operator_with_only_the_charts_rbac_takes_a_two_member_federation_to_rea
         .map_err(anyhow::Error::msg)?;
     wait_crd_established(&admin).await?;
     eprintln!("helm install: {:?}", started.elapsed());
-    // cluster-1 is reached through an admin kubeconfig in a Secret; cluster-0
-    // is the operator's own cluster, reached with the operator's identity.
-    store_credentials(&admin, remote).await?;
+    // cluster-1 is reached as a user would set it up: `kubectl apply -k
+    // config/member-rbac` there, and a token of that identity in the
+    // credentials Secret. cluster-0 is the operator's own cluster, reached
+    // with the operator's identity.
+    let remote_admin = remote.client();
+    ensure_namespace(&remote_admin, ISTIO_NAMESPACE, json!({})).await?;
+    let remote_kc = remote.kubeconfig_path().to_str().unwrap().to_string();
+    blocking(move || {
+        kubectl(
+            &[
+                "--kubeconfig",
+                &remote_kc,
+                "apply",
+                "-k",
+                "config/member-rbac",
+            ],
+            None,
+        )
+    })
+    .await
+    .map_err(anyhow::Error::msg)?;
+    let member_kubeconfig =
+        token_kubeconfig(remote, &remote_admin, ISTIO_NAMESPACE, "meshfed-member").await?;
+    store_kubeconfig(&admin, &credentials_secret_name(remote), &member_kubeconfig).await?;
 
     let config = service_account_config(host, &admin).await?;
     let sa = Client::try_from(config.clone())?;
