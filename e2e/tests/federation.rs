@@ -327,8 +327,11 @@ async fn federation_lifecycle_on_three_real_clusters() -> Result<()> {
         &host,
         FED,
         WAIT,
-        "CertificatesReady=False for the foreign cacerts",
-        |f| has_condition(f, "CertificatesReady", "False"),
+        "CertificatesReady=False for the foreign cacerts, the others converged",
+        |f| {
+            has_condition(f, "CertificatesReady", "False")
+                && f.status.as_ref().is_some_and(|s| s.ready_members == 2)
+        },
     )
     .await?;
     let message = &condition(&blocked, "CertificatesReady").unwrap().message;
@@ -608,5 +611,107 @@ async fn member_kubeconfigs_without_verified_tls_are_refused() -> Result<()> {
                 .is_none()
         );
     }
+    Ok(())
+}
+
+/// Resumes a paused API server even when the test fails.
+struct Resume<'a>(&'a e2e::Cluster);
+
+impl Drop for Resume<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.resume_apiserver();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_member_does_not_slow_the_others() -> Result<()> {
+    let fleet = Fleet::start(4).await?;
+    let _logs = fleet.log_guard();
+    let host = fleet.cluster(0).client();
+    prepare_host(&fleet).await?;
+    // A long member timeout: any wait on the hung member would show.
+    let member_timeout = Duration::from_secs(15);
+    let _operator = start_operator(fleet.cluster(0), Duration::from_secs(60), member_timeout)?;
+    let mut fed = federation(
+        FED,
+        vec![
+            local_member(fleet.cluster(0), "net-a"),
+            member(fleet.cluster(1), "net-a"),
+            member(fleet.cluster(2), "net-b"),
+            member(fleet.cluster(3), "net-b"),
+        ],
+    );
+    apply_federation(&host, &fed).await?;
+    wait_for_federation(&host, FED, WAIT, "Ready", ready).await?;
+    let healthy: Vec<(Client, String)> = (0..3)
+        .map(|i| {
+            (
+                fleet.cluster(i).client(),
+                fleet.cluster(i).name().to_string(),
+            )
+        })
+        .collect();
+    let serials = || async {
+        let mut out = Vec::new();
+        for (c, _) in &healthy {
+            let cacerts = istio_secrets(c).get("cacerts").await?;
+            out.push(cacerts.metadata.resource_version.unwrap());
+        }
+        anyhow::Ok(out)
+    };
+    let before = serials().await?;
+
+    // cluster-3 hangs: connections are accepted, never answered.
+    let hung = fleet.cluster(3);
+    hung.pause_apiserver()?;
+    let _resume = Resume(hung);
+    // A change every member must act on: new intermediates everywhere, and
+    // remote secrets whose tokens may live at most 2h.
+    fed.spec.ca = Some(meshfed::api::CaSpec {
+        intermediate_lifetime: Some("4000h".parse().unwrap()),
+        ..Default::default()
+    });
+    fed.spec.remote_secrets = Some(meshfed::api::RemoteSecretsSpec {
+        token_lifetime: Some("2h".parse().unwrap()),
+    });
+    let started = std::time::Instant::now();
+    apply_federation(&host, &fed).await?;
+    poll(WAIT, "the healthy members converged", || async {
+        let now = serials().await?;
+        if now.iter().zip(&before).any(|(a, b)| a == b) {
+            return Ok(false);
+        }
+        for (c, name) in &healthy {
+            for (_, peer) in healthy.iter().filter(|(_, p)| p != name) {
+                let s = istio_secrets(c)
+                    .get(&format!("istio-remote-secret-{peer}"))
+                    .await?;
+                let a = s.metadata.annotations.unwrap_or_default();
+                let (Some(issued), Some(expires)) = (
+                    a.get("meshfed.io/token-issued-at"),
+                    a.get("meshfed.io/token-expires-at"),
+                ) else {
+                    return Ok(false);
+                };
+                let lifetime = expires
+                    .parse::<jiff::Timestamp>()?
+                    .duration_since(issued.parse::<jiff::Timestamp>()?);
+                // issued-at is taken just before the TokenRequest: allow a minute.
+                if lifetime > jiff::SignedDuration::from_mins(121) {
+                    return Ok(false);
+                }
+            }
+        }
+        Ok(true)
+    })
+    .await?;
+    let converged = started.elapsed();
+    eprintln!("healthy members converged in {converged:?} with cluster-3 hung");
+    assert!(
+        converged < member_timeout / 3,
+        "the healthy members waited for the hung one: {converged:?}"
+    );
+    let status = Api::<MeshFederation>::all(host.clone()).get(FED).await?;
+    eprintln!("{}", status_table(&status));
     Ok(())
 }

@@ -250,8 +250,9 @@ async fn a_cluster_belongs_to_one_member_of_one_federation() -> Result<()> {
     let mut with_dup = prod.clone();
     with_dup.push(dup);
     apply_federation(&host, &federation("prod", with_dup)).await?;
-    let refused = wait_for_federation(&host, "prod", WAIT, "dup refused", |f| {
+    let refused = wait_for_federation(&host, "prod", WAIT, "dup refused, the others ready", |f| {
         has_condition(f, "ClustersClaimed", "False")
+            && f.status.as_ref().is_some_and(|s| s.ready_members == 2)
     })
     .await?;
     let message = &condition(&refused, "ClustersClaimed").unwrap().message;

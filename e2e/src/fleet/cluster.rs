@@ -47,6 +47,8 @@ pub(crate) struct ClusterEnv {
     pub log_dir: PathBuf,
     pub etcd_url: String,
     pub nodes: usize,
+    /// Only kube-apiserver: no controller-manager, scheduler, kwok or nodes.
+    pub apiserver_only: bool,
     pub timeout: Duration,
 }
 
@@ -237,7 +239,11 @@ impl Cluster {
             "--v=1".into(),
         ]);
         let kwok = super::kwok::spec(&env.tools, &name, index, &dir, log("kwok"))?;
-        let components = vec![kcm.spawn()?, scheduler.spawn()?, kwok.spawn()?];
+        let components = if env.apiserver_only {
+            Vec::new()
+        } else {
+            vec![kcm.spawn()?, scheduler.spawn()?, kwok.spawn()?]
+        };
 
         let mut cluster = Cluster {
             index,
@@ -253,6 +259,10 @@ impl Cluster {
             server_url,
             name,
         };
+        if env.apiserver_only {
+            // Serving /readyz already; nothing else runs to wait for.
+            return Ok(cluster);
+        }
         cluster.node_names = (0..env.nodes.max(1))
             .map(|n| format!("{}-node-{n}", cluster.name))
             .collect();

@@ -40,6 +40,11 @@ pub struct FleetOptions {
     pub clusters: usize,
     /// kwok-managed nodes per cluster (at least 1).
     pub nodes_per_cluster: usize,
+    /// Clusters of kube-apiserver alone (no controller-manager, scheduler,
+    /// kwok or nodes): about half the memory, for fleets of 50. Enough for
+    /// what meshfed does without a control plane (TokenRequest is served
+    /// by the API server itself); Deployments never become Available.
+    pub apiserver_only: bool,
     /// Directory for the fleet's files. `None`: a fresh temporary directory,
     /// removed on drop unless [`FleetOptions::keep`]. A given directory is
     /// never removed.
@@ -56,6 +61,7 @@ impl FleetOptions {
         FleetOptions {
             clusters,
             nodes_per_cluster: 1,
+            apiserver_only: false,
             dir: None,
             keep: std::env::var(KEEP_ENV).is_ok_and(|v| v == "1" || v == "true"),
             timeout: None,
@@ -119,6 +125,7 @@ impl Fleet {
             log_dir: log_dir.clone(),
             etcd_url: etcd.url.clone(),
             nodes: opts.nodes_per_cluster,
+            apiserver_only: opts.apiserver_only,
             timeout: timeout.saturating_sub(t0.elapsed()),
         });
         let clusters = futures::future::try_join_all(

@@ -9,7 +9,6 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use kube::core::PartialObjectMeta;
-use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::{WatchStreamExt, watcher as watch};
 use kube::{Api, Client, Resource};
@@ -19,13 +18,12 @@ use tokio::task::JoinHandle;
 use tracing::debug;
 
 use super::MemberConnection;
-use crate::api::MeshFederation;
 use crate::render::{ISTIO_NAMESPACE, managed_selector};
 
-/// The running watches, by federation and member, and the channel their
-/// events reach the controller through.
+/// The running watches, by federation and member, and the channel that
+/// says which member (federation, member) saw a change.
 pub struct MemberWatches {
-    trigger: mpsc::UnboundedSender<ObjectRef<MeshFederation>>,
+    trigger: mpsc::UnboundedSender<(String, String)>,
     running: Mutex<HashMap<(String, String), Running>>,
 }
 
@@ -42,12 +40,8 @@ impl Drop for Running {
 }
 
 impl MemberWatches {
-    /// The registry, and the stream of federations to reconcile that its
-    /// watches produce (for `Controller::reconcile_on`).
-    pub fn new() -> (
-        Self,
-        impl Stream<Item = ObjectRef<MeshFederation>> + Send + 'static,
-    ) {
+    /// The registry, and the stream of members whose objects changed.
+    pub fn new() -> (Self, impl Stream<Item = (String, String)> + Send + 'static) {
         let (trigger, events) = mpsc::unbounded_channel();
         let stream = futures::stream::unfold(events, |mut events| async move {
             let next = events.recv().await?;
@@ -80,7 +74,7 @@ impl MemberWatches {
         }
         let task = tokio::spawn(watch_member(
             conn.client.clone(),
-            federation.to_string(),
+            key.clone(),
             control_plane,
             self.trigger.clone(),
         ));
@@ -104,13 +98,14 @@ impl MemberWatches {
 }
 
 /// Every kind meshfed owns in a member, watched by meshfed's labels, metadata
-/// only: any change or deletion reconciles the federation.
+/// only: any change or deletion wakes the member's worker.
 async fn watch_member(
     client: Client,
-    federation: String,
+    member: (String, String),
     control_plane: bool,
-    trigger: mpsc::UnboundedSender<ObjectRef<MeshFederation>>,
+    trigger: mpsc::UnboundedSender<(String, String)>,
 ) {
+    let federation = member.0.clone();
     let config = watcher::Config::default().labels(&managed_selector(&federation));
     let ns = ISTIO_NAMESPACE;
     type Meta<K> = PartialObjectMeta<K>;
@@ -141,10 +136,9 @@ async fn watch_member(
         ));
     }
     let mut all = futures::stream::select_all(streams);
-    let target = ObjectRef::<MeshFederation>::new(&federation);
     while let Some(what) = all.next().await {
-        debug!(federation = %federation, object = %what, "member object changed");
-        if trigger.send(target.clone()).is_err() {
+        debug!(federation = %federation, member = %member.1, object = %what, "member object changed");
+        if trigger.send(member.clone()).is_err() {
             return;
         }
     }

@@ -8,8 +8,9 @@ mod membership;
 mod remote_secrets;
 mod root;
 pub mod status;
+mod worker;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -29,10 +30,8 @@ use tracing::{Instrument, info, warn};
 
 use crate::api::{CertificateStatus, MeshFederation, MeshFederationStatus};
 use crate::members::{MemberPool, MemberWatches};
-use crate::pki::IntermediatePolicy;
 use crate::render::FIELD_MANAGER;
 use crate::telemetry::{Metrics, ReconcileResult, RequestCount};
-use member::{PreparedMember, prepare_member};
 use status::{MemberReport, build_status};
 
 pub use root::generated_root_name;
@@ -119,9 +118,13 @@ pub struct Context {
     settings: Settings,
     members: MemberPool,
     watches: MemberWatches,
-    /// Federations to reconcile because something changed in a member;
-    /// taken once by [`run`].
-    member_events: Mutex<Option<BoxStream<'static, ObjectRef<MeshFederation>>>>,
+    workers: worker::Workers,
+    /// What the controller listens to besides federations and Secrets: the
+    /// members whose objects changed, and the federations whose workers
+    /// finished a run. Taken once by [`run`].
+    triggers: Mutex<Option<Triggers>>,
+    /// When each federation last woke all its workers (the safety resync).
+    resynced: Mutex<HashMap<String, Instant>>,
     charts: crate::charts::ChartRenderer,
     kinds: control_plane::KindCache,
     recorder: Recorder,
@@ -141,11 +144,17 @@ impl Context {
             controller: "meshfed".into(),
             instance: std::env::var("POD_NAME").ok(),
         };
-        let (watches, member_events) = MemberWatches::new();
+        let (watches, changed) = MemberWatches::new();
+        let (workers, finished) = worker::Workers::new();
         Ok(Arc::new(Self {
             recorder: Recorder::new(client.clone(), reporter),
             watches,
-            member_events: Mutex::new(Some(member_events.boxed())),
+            workers,
+            triggers: Mutex::new(Some(Triggers {
+                changed: changed.boxed(),
+                finished: finished.boxed(),
+            })),
+            resynced: Mutex::default(),
             members: MemberPool::new(settings.namespace.clone(), config, settings.member_timeout)?,
             charts: crate::charts::ChartRenderer::new(
                 settings.helm.clone(),
@@ -158,6 +167,20 @@ impl Context {
             stats: Mutex::default(),
             metrics: Arc::default(),
         }))
+    }
+
+    /// Whether `federation`'s workers are due for their safety resync (and
+    /// if so, that it happens now).
+    fn due_for_resync(&self, federation: &str) -> bool {
+        let mut resynced = self.resynced.lock().expect("resync lock");
+        let last = resynced
+            .entry(federation.to_string())
+            .or_insert_with(Instant::now);
+        if last.elapsed() < self.settings.resync {
+            return false;
+        }
+        *last = Instant::now();
+        true
     }
 
     /// The operator's Prometheus metrics.
@@ -195,21 +218,38 @@ impl Context {
     }
 }
 
+/// See [`Context::triggers`].
+struct Triggers {
+    changed: BoxStream<'static, (String, String)>,
+    finished: BoxStream<'static, ObjectRef<MeshFederation>>,
+}
+
 /// Runs the controller until the process is asked to stop.
 pub async fn run(ctx: Arc<Context>) {
     let feds = Api::<MeshFederation>::all(ctx.client.clone());
     let secrets = Api::<Secret>::namespaced(ctx.client.clone(), &ctx.settings.namespace);
     let controller = Controller::new(feds, watcher::Config::default());
     let store = controller.store();
-    let member_events = ctx
-        .member_events
+    let Triggers { changed, finished } = ctx
+        .triggers
         .lock()
-        .expect("member events lock")
+        .expect("triggers lock")
         .take()
         .expect("the controller runs once per context");
+    // Something meshfed owns changed in a member: its worker repairs it now.
+    let repairs = {
+        let ctx = Arc::downgrade(&ctx);
+        changed.for_each(move |(federation, member)| {
+            if let Some(ctx) = ctx.upgrade() {
+                ctx.workers.wake(&federation, &member);
+            }
+            futures::future::ready(())
+        })
+    };
+    let _repairs = AbortOnDrop(tokio::spawn(repairs));
     controller
-        // Something meshfed owns changed in a member: repair it now.
-        .reconcile_on(member_events)
+        // A worker finished: aggregate the federation's status.
+        .reconcile_on(finished)
         // A changed credentials or root Secret re-runs the federations using it.
         .watches(secrets, watcher::Config::default(), move |secret| {
             let name = secret.name_any();
@@ -228,6 +268,15 @@ pub async fn run(ctx: Arc<Context>) {
             }
         })
         .await;
+}
+
+/// Aborts the task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 fn uses_secret(fed: &MeshFederation, secret: &str) -> bool {
@@ -259,7 +308,13 @@ async fn reconcile(fed: Arc<MeshFederation>, ctx: Arc<Context>) -> Result<Action
     let span = tracing::info_span!("reconcile", federation = %name);
     let result = finalizer(&api, FINALIZER, fed, |event| async {
         match event {
-            Finalizer::Apply(fed) => converge(&fed, &ctx).await,
+            Finalizer::Apply(fed) => {
+                let result = converge(&fed, &ctx).await;
+                if result.is_ok() {
+                    ctx.clear_errors(&fed.name_any());
+                }
+                result
+            }
             Finalizer::Cleanup(fed) => clean_up(&fed, &ctx).await,
         }
     })
@@ -312,35 +367,34 @@ async fn set_aside_unusable_name(
 
 fn error_policy(fed: Arc<MeshFederation>, error: &Error, ctx: Arc<Context>) -> Action {
     warn!(federation = %fed.name_any(), error = %error, "reconcile error");
-    Action::requeue(ctx.backoff(&fed.name_any(), false))
+    Action::requeue(ctx.error_backoff(&fed.name_any()))
 }
 
 impl Context {
-    /// Exponential backoff while a federation is not ready, reset once it is.
-    fn backoff(&self, federation: &str, ready: bool) -> Duration {
+    /// Exponential backoff while a federation's reconcile fails.
+    fn error_backoff(&self, federation: &str) -> Duration {
         let mut failures = self.failures.lock().expect("failures lock");
-        if ready {
-            failures.remove(federation);
-            return self.settings.resync;
-        }
         let n = failures.entry(federation.into()).or_insert(0);
         *n = (*n + 1).min(20);
         Duration::from_millis(500u64 << (*n - 1)).min(self.settings.resync)
     }
+
+    fn clear_errors(&self, federation: &str) {
+        self.failures
+            .lock()
+            .expect("failures lock")
+            .remove(federation);
+    }
 }
 
-/// One pass towards the desired state of every member.
-async fn converge(fed: &MeshFederation, ctx: &Context) -> Result<Action, Error> {
+/// The federation's part: membership, the root, one worker per member, the
+/// cleanup of members that left, and the status aggregated from the
+/// workers' last runs. It never waits for a member.
+async fn converge(fed: &Arc<MeshFederation>, ctx: &Arc<Context>) -> Result<Action, Error> {
     let started = Instant::now();
     let name = fed.name_any();
     let now = Timestamp::now();
     let spec = &fed.spec;
-    let ca = spec.ca();
-    let policy = IntermediatePolicy {
-        algorithm: ca.key_algorithm(),
-        lifetime: ca.intermediate_lifetime(),
-        renew_before: ca.renew_before(),
-    };
     let mut events = Vec::new();
 
     // Every member is on record before anything is written into it, so that
@@ -356,8 +410,11 @@ async fn converge(fed: &MeshFederation, ctx: &Context) -> Result<Action, Error> 
     )
     .await?;
 
+    let members: BTreeSet<String> = spec.members.iter().map(|m| m.name.clone()).collect();
+    ctx.workers.retain(&name, &members);
+    ctx.watches.retain(&name, &members);
     let root = root::load_or_create_root(&ctx.client, &ctx.settings.namespace, fed, now).await;
-    let (mut prepared, root_status) = match &root {
+    let root_status = match &root {
         Ok(root) => {
             if root.created {
                 events.push(Event::normal(
@@ -365,64 +422,57 @@ async fn converge(fed: &MeshFederation, ctx: &Context) -> Result<Action, Error> 
                     format!("generated root CA {}", root.ca.info().serial),
                 ));
             }
-            let prepared = join_all(spec.members.iter().map(|m| {
-                prepare_member(ctx, fed, m, &root.ca, &policy, now)
-                    .instrument(tracing::info_span!("member", member = %m.name))
-            }))
-            .await;
+            let resync = ctx.due_for_resync(&name);
+            let ca = Arc::new(root.ca.clone());
+            for member in &spec.members {
+                let input = worker::Input {
+                    fed: fed.clone(),
+                    root: ca.clone(),
+                    member: member.clone(),
+                };
+                ctx.workers.ensure(ctx, input, resync);
+            }
             let info = root.ca.info();
-            (
-                prepared,
-                Ok(CertificateStatus {
-                    serial: info.serial.clone(),
-                    not_after: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(info.not_after),
-                }),
-            )
+            Ok(CertificateStatus {
+                serial: info.serial.clone(),
+                not_after: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(info.not_after),
+            })
         }
-        Err(e) => (Vec::new(), Err(e.clone())),
+        Err(e) => Err(e.clone()),
     };
 
-    remote_secrets::sync_remote_secrets(
-        &name,
-        &mut prepared,
-        spec.token_lifetime(),
-        ctx.settings.member_timeout,
-        now,
-    )
-    .await;
+    let runs = ctx.workers.runs(&name);
+    let mut reports: Vec<MemberReport> = spec
+        .members
+        .iter()
+        .map(|m| match (runs.get(&m.name), &root) {
+            (Some(run), _) => run.report.clone(),
+            (None, Ok(_)) => {
+                let mut r = MemberReport::new(&m.name);
+                r.status.credentials = Some(m.credentials.clone());
+                r.other_problems.push("not reconciled yet".into());
+                r
+            }
+            (None, Err(_)) => {
+                let mut r = MemberReport::new(&m.name);
+                r.status.credentials = Some(m.credentials.clone());
+                r.certificate_problem = Some("waiting for the root CA".into());
+                r
+            }
+        })
+        .collect();
+    // The status describes the oldest generation any member's run worked from.
+    let generation = spec
+        .members
+        .iter()
+        .filter_map(|m| runs.get(&m.name).map(|r| r.generation))
+        .chain([fed.metadata.generation])
+        .min()
+        .flatten();
 
-    for p in &prepared {
-        if let Some(conn) = &p.connection {
-            ctx.watches
-                .ensure(&name, &p.name, conn, spec.control_plane.is_some());
-        }
-    }
-    ctx.watches.retain(
-        &name,
-        &spec.members.iter().map(|m| m.name.clone()).collect(),
-    );
-
-    let mut reports: Vec<MemberReport> = Vec::new();
-    let previous = fed.status.as_ref();
-    for p in prepared.iter_mut() {
-        events.append(&mut p.events);
-        reachability_events(previous, &p.report, &mut events);
-    }
-    reports.extend(prepared.iter().map(|p: &PreparedMember| p.report.clone()));
-    if root.is_err() {
-        reports.extend(spec.members.iter().map(|m| {
-            // Not contacted this time: keep what was last known of it.
-            let known = previous.and_then(|s| s.members.iter().find(|p| p.name == m.name));
-            let mut r = MemberReport::new(&m.name);
-            r.status.credentials = Some(m.credentials.clone());
-            r.status.reachable = known.is_some_and(|k| k.reachable);
-            r.status.kubernetes_version = known.and_then(|k| k.kubernetes_version.clone());
-            r.certificate_problem = Some("waiting for the root CA".into());
-            r
-        }));
-    }
     let before_leaving = membership.clone();
-    reports.extend(leave_departed(fed, ctx, &mut membership, &mut events).await);
+    let facts = ctx.workers.facts(&name);
+    reports.extend(leave_departed(fed, ctx, &facts, &mut membership, &mut events).await);
     membership::store(
         &ctx.client,
         &ctx.settings.namespace,
@@ -432,8 +482,8 @@ async fn converge(fed: &MeshFederation, ctx: &Context) -> Result<Action, Error> 
     )
     .await?;
 
-    let deadline = next_deadline(&reports, policy.renew_before);
-    let status = build_status(fed.metadata.generation, reports, root_status, previous, now);
+    let previous = fed.status.as_ref();
+    let status = build_status(generation, reports, root_status, previous, now);
     ctx.metrics.members(&name, previous, &status, now);
     let ready = status
         .conditions
@@ -452,80 +502,20 @@ async fn converge(fed: &MeshFederation, ctx: &Context) -> Result<Action, Error> 
 
     let stats = ReconcileStats {
         duration: started.elapsed(),
-        requests: prepared
+        requests: runs
             .iter()
-            .filter_map(|p| {
-                let conn = p.connection.as_ref()?;
-                Some((
-                    p.name.clone(),
-                    conn.requests.snapshot().since(p.request_baseline),
-                ))
-            })
+            .filter(|(member, _)| members.contains(*member))
+            .filter_map(|(member, run)| Some((member.clone(), run.requests?)))
             .collect(),
         ready,
     };
     info!(federation = %name, ready, members = spec.members.len(), elapsed_ms = stats.duration.as_millis() as u64, "reconciled");
-    for (member, count) in &stats.requests {
-        ctx.metrics.member_requests(&name, member, *count);
-    }
     ctx.stats
         .lock()
         .expect("stats lock")
         .insert(name.clone(), stats);
-    Ok(Action::requeue(until_deadline(
-        ctx.backoff(&name, ready),
-        deadline,
-        now,
-    )))
-}
-
-/// The earliest moment something must be renewed: a remote secret's token
-/// due for refresh, or an intermediate reaching its renewal window.
-fn next_deadline(reports: &[MemberReport], renew_before: Duration) -> Option<Timestamp> {
-    let renew_before = jiff::SignedDuration::try_from(renew_before).unwrap_or_default();
-    reports
-        .iter()
-        .flat_map(|r| {
-            let renewal = r
-                .status
-                .intermediate
-                .as_ref()
-                .and_then(|i| i.not_after.0.checked_sub(renew_before).ok());
-            r.next_token_refresh.into_iter().chain(renewal)
-        })
-        .min()
-}
-
-/// The requeue delay: `regular`, or sooner when a deadline comes first (at
-/// least a second later, so that a deadline already passed cannot spin).
-fn until_deadline(regular: Duration, deadline: Option<Timestamp>, now: Timestamp) -> Duration {
-    let Some(deadline) = deadline else {
-        return regular;
-    };
-    let wait = Duration::try_from(deadline.duration_since(now)).unwrap_or_default();
-    regular.min(wait.max(Duration::from_secs(1)))
-}
-
-fn reachability_events(
-    previous: Option<&MeshFederationStatus>,
-    report: &MemberReport,
-    events: &mut Vec<Event>,
-) {
-    let name = &report.status.name;
-    let was = previous
-        .and_then(|s| s.members.iter().find(|m| &m.name == name))
-        .map(|m| m.reachable);
-    match (was, report.unreachable.as_ref()) {
-        (Some(true) | None, Some(why)) => events.push(Event::warning(
-            "MemberUnreachable",
-            format!("member {name}: {why}"),
-        )),
-        (Some(false), None) => events.push(Event::normal(
-            "MemberRecovered",
-            format!("member {name} is reachable again"),
-        )),
-        _ => {}
-    }
+    // Workers ask for aggregation when they finish; this is the safety resync.
+    Ok(Action::requeue(ctx.settings.resync))
 }
 
 /// The recorded membership. A member that left before meshfed kept the
@@ -578,12 +568,15 @@ impl Removal {
     }
 }
 
-/// Removes meshfed's objects from one member.
+/// Removes meshfed's objects from one member, unless its cluster now belongs
+/// to a member of this federation: by the cluster's claim, or by `taken`
+/// (cluster identity to member, as the members' workers found them).
 async fn remove_member(
     ctx: &Context,
     fed: &MeshFederation,
     member: &str,
     credentials: &crate::api::MemberCredentials,
+    taken: &BTreeMap<String, String>,
 ) -> Result<Removal, String> {
     let conn = match ctx.members.connect(credentials).await {
         Ok(conn) => conn,
@@ -601,6 +594,11 @@ async fn remove_member(
         {
             // Renamed on the same cluster: everything there is the new member's.
             return Ok(Removal::ClusterTakenBy(owner.member.clone()));
+        }
+        if !taken.is_empty()
+            && let Some(owner) = taken.get(&claim::cluster_id(&conn.client).await?)
+        {
+            return Ok(Removal::ClusterTakenBy(owner.clone()));
         }
         // The claim records every kind meshfed applied: a control plane too.
         let control_plane = fed.spec.control_plane.is_some()
@@ -625,17 +623,33 @@ async fn remove_member(
 
 /// Recorded members that left the spec: clean them up with the recorded
 /// credentials, drop them from `membership` once done, and keep reporting
-/// them until then.
+/// them until then. A member renamed on the same cluster (same credentials,
+/// or a cluster a current member holds) leaves that cluster alone.
 async fn leave_departed(
     fed: &MeshFederation,
     ctx: &Context,
+    facts: &BTreeMap<String, remote_secrets::PeerFacts>,
     membership: &mut membership::Membership,
     events: &mut Vec<Event>,
 ) -> Vec<MemberReport> {
+    let taken: BTreeMap<String, String> = facts
+        .iter()
+        .filter(|(_, f)| !f.refused)
+        .filter_map(|(member, f)| Some((f.cluster_id.clone()?, member.clone())))
+        .collect();
     let mut reports = Vec::new();
     let mut removed = Vec::new();
     for (name, credentials) in membership::departed(membership, fed) {
-        match remove_member(ctx, fed, name, credentials).await {
+        let renamed = fed
+            .spec
+            .members
+            .iter()
+            .find(|m| m.credentials == *credentials);
+        let result = match renamed {
+            Some(m) => Ok(Removal::ClusterTakenBy(m.name.clone())),
+            None => remove_member(ctx, fed, name, credentials, &taken).await,
+        };
+        match result {
             Ok(removal) => {
                 events.push(removal.event(name, &fed.name_any()));
                 removed.push(name.clone());
@@ -665,17 +679,24 @@ async fn leave_departed(
     reports
 }
 
-/// Finalizer: remove meshfed's objects from every member it can reach.
+/// Finalizer: stop the federation's workers, then remove meshfed's objects
+/// from every member it can reach.
 async fn clean_up(fed: &MeshFederation, ctx: &Context) -> Result<Action, Error> {
     let name = fed.name_any();
+    ctx.workers.retain(&name, &BTreeSet::new());
+    ctx.watches.retain(&name, &BTreeSet::new());
     let recorded = known_members(fed, ctx).await?;
     let members: Vec<_> = membership::with_spec(&recorded, fed).into_iter().collect();
     let federation = &name;
-    let results = join_all(members.iter().map(|(member, credentials)| async move {
-        remove_member(ctx, fed, member, credentials)
-            .await
-            .map(|removal| removal.event(member, federation))
-            .map_err(|e| format!("{member}: {e}"))
+    let nothing_taken = BTreeMap::new();
+    let results = join_all(members.iter().map(|(member, credentials)| {
+        let taken = &nothing_taken;
+        async move {
+            remove_member(ctx, fed, member, credentials, taken)
+                .await
+                .map(|removal| removal.event(member, federation))
+                .map_err(|e| format!("{member}: {e}"))
+        }
     }))
     .await;
     let (done, failures): (Vec<_>, Vec<_>) = results.into_iter().partition(Result::is_ok);
@@ -699,8 +720,9 @@ async fn clean_up(fed: &MeshFederation, ctx: &Context) -> Result<Action, Error> 
         }
     }
     membership::forget(&ctx.client, &ctx.settings.namespace, &name).await?;
-    ctx.watches.retain(&name, &Default::default());
     ctx.metrics.forget_federation(&name, fed.status.as_ref());
+    ctx.stats.lock().expect("stats lock").remove(&name);
+    ctx.resynced.lock().expect("resync lock").remove(&name);
     info!(federation = %name, "cleaned up every member");
     Ok(Action::await_change())
 }
@@ -723,60 +745,4 @@ async fn patch_status(
     )
     .await?;
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::api::CertificateStatus;
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-
-    fn t(s: &str) -> Timestamp {
-        s.parse().unwrap()
-    }
-
-    const MINUTE: Duration = Duration::from_secs(60);
-
-    #[test]
-    fn the_nearest_token_refresh_or_renewal_is_the_deadline() {
-        let mut a = MemberReport::new("a");
-        a.next_token_refresh = Some(t("2026-01-01T05:00:00Z"));
-        let mut b = MemberReport::new("b");
-        b.next_token_refresh = Some(t("2026-01-01T03:00:00Z"));
-        b.status.intermediate = Some(CertificateStatus {
-            serial: "1".into(),
-            not_after: Time(t("2026-01-31T00:00:00Z")),
-        });
-        let renew_before = Duration::from_secs(30 * 24 * 3600);
-        assert_eq!(
-            next_deadline(&[a.clone(), b], renew_before),
-            Some(t("2026-01-01T00:00:00Z")),
-            "b's intermediate enters its renewal window first"
-        );
-        assert_eq!(
-            next_deadline(&[a], renew_before),
-            Some(t("2026-01-01T05:00:00Z"))
-        );
-        assert_eq!(next_deadline(&[MemberReport::new("c")], renew_before), None);
-    }
-
-    #[test]
-    fn a_deadline_before_the_resync_brings_the_requeue_forward() {
-        let now = t("2026-01-01T00:00:00Z");
-        let resync = 30 * MINUTE;
-        assert_eq!(until_deadline(resync, None, now), resync);
-        assert_eq!(
-            until_deadline(resync, Some(t("2026-01-01T00:10:00Z")), now),
-            10 * MINUTE
-        );
-        assert_eq!(
-            until_deadline(resync, Some(t("2026-01-01T02:00:00Z")), now),
-            resync
-        );
-        assert_eq!(
-            until_deadline(resync, Some(t("2025-12-31T00:00:00Z")), now),
-            Duration::from_secs(1),
-            "a passed deadline never spins"
-        );
-    }
 }

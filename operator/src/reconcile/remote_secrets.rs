@@ -1,10 +1,11 @@
-//! Remote secrets: for every ordered pair (member, peer) a kubeconfig in the
-//! member that lets its istiod read the peer. Planned purely from what the
-//! per-member step saw, then carried out with as few requests as possible.
-use std::collections::{BTreeMap, BTreeSet};
+//! Remote secrets in one member: for every peer, a kubeconfig that lets the
+//! member's istiod read the peer. Planned purely from what the member's own
+//! step saw and what each peer published of itself ([`PeerFacts`]), then
+//! carried out with writes into this member only: a peer that hangs cannot
+//! slow any other member down.
+use std::collections::BTreeMap;
 use std::time::Duration;
 
-use futures::future::join_all;
 use jiff::Timestamp;
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
@@ -20,7 +21,47 @@ use crate::render::{
     token_refresh_at,
 };
 
-/// What to do about the remote secret for `peer` in one member.
+/// What a member publishes of itself for its peers, from its own last run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerFacts {
+    /// Where peers reach it.
+    pub endpoint: Result<PeerEndpoint, String>,
+    /// Whom tokens for it are minted for.
+    pub reader: Result<TokenSubject, String>,
+    /// The newest token it minted for its reader, and for which subject.
+    pub token: Option<(TokenSubject, IssuedToken)>,
+    /// Its cluster belongs to another member: it is nobody's peer.
+    pub refused: bool,
+    /// Its cluster's identity, once known.
+    pub cluster_id: Option<String>,
+}
+
+impl Default for PeerFacts {
+    fn default() -> Self {
+        Self {
+            endpoint: Err("not reached yet".into()),
+            reader: Err("not reached yet".into()),
+            token: None,
+            refused: false,
+            cluster_id: None,
+        }
+    }
+}
+
+impl PeerFacts {
+    /// Its token, if it is for its current reader and not yet due for refresh.
+    pub fn usable_token(&self, lifetime: Duration, now: Timestamp) -> Option<&IssuedToken> {
+        let (subject, token) = self.token.as_ref()?;
+        let reader = self.reader.as_ref().ok()?;
+        let limit = jiff::SignedDuration::try_from(lifetime).unwrap_or(jiff::SignedDuration::MAX);
+        let fits = token.expires_at.duration_since(token.issued_at)
+            <= limit.saturating_add(jiff::SignedDuration::from_secs(60));
+        let fresh = now < token_refresh_at(Some(token.issued_at), token.expires_at, lifetime);
+        (subject == reader && fits && fresh).then_some(token)
+    }
+}
+
+/// What to do about the remote secret for one peer in this member.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PeerAction {
     /// Current; nothing to do until `refresh_at`.
@@ -28,11 +69,14 @@ pub enum PeerAction {
         token_expires_at: Timestamp,
         refresh_at: Timestamp,
     },
-    /// Write it with a fresh token from the peer.
-    Write,
+    /// Write it with this token of the peer's.
+    Write(IssuedToken),
+    /// It must be written, but the peer has no usable token yet: the peer is
+    /// asked to mint one. An existing secret stays meanwhile.
+    NeedsToken { existing: bool },
     /// A Secret of that name exists that meshfed did not create.
     Foreign,
-    /// Cannot be written now (peer unreachable or its address unknown); an
+    /// Cannot be written now (the peer's address or reader is unknown); an
     /// existing, older secret for it stays in place.
     Blocked { reason: String, existing: bool },
 }
@@ -45,174 +89,104 @@ pub struct MemberPlan {
     pub stale: Vec<String>,
 }
 
-/// Decides, for every reachable member and every peer, what must happen.
+impl MemberPlan {
+    /// Peers asked to mint a token.
+    pub fn needs_tokens(&self) -> impl Iterator<Item = &String> {
+        self.actions
+            .iter()
+            .filter(|(_, a)| matches!(a, PeerAction::NeedsToken { .. }))
+            .map(|(peer, _)| peer)
+    }
+}
+
+/// Decides, for every peer of `member`, what must happen in `member`.
 pub fn plan(
     federation: &str,
-    members: &[PreparedMember],
+    member: &PreparedMember,
+    peers: &BTreeMap<String, PeerFacts>,
     token_lifetime: Duration,
     now: Timestamp,
-) -> BTreeMap<String, MemberPlan> {
-    // A member refused its cluster (another member holds it) is nobody's peer.
-    let peers: Vec<&PreparedMember> = members
+) -> MemberPlan {
+    let peers: BTreeMap<&String, &PeerFacts> = peers
         .iter()
-        .filter(|m| m.report.claim_problem.is_none())
+        .filter(|(name, facts)| **name != member.name && !facts.refused)
         .collect();
-    let names: BTreeSet<&str> = peers.iter().map(|m| m.name.as_str()).collect();
-    let mut plans = BTreeMap::new();
-    for member in members.iter().filter(|m| m.connection.is_some()) {
-        let mut p = MemberPlan::default();
-        for peer in peers.iter().filter(|p| p.name != member.name) {
-            let live = member
-                .multicluster_secrets
-                .get(&remote_secret_name(&peer.name));
-            let target = peer
-                .endpoint
-                .as_ref()
-                .and_then(|e| Ok((e, peer.reader.as_ref()?)));
-            let action = match (live, target) {
-                (Some(s), _) if !is_ours(&s.metadata, federation) => PeerAction::Foreign,
-                (live, Err(reason)) => PeerAction::Blocked {
-                    reason: reason.clone(),
-                    existing: live.is_some(),
-                },
-                (live, Ok((endpoint, reader))) => {
-                    let state = live.map(|s| {
-                        remote_secret_state(
-                            s,
-                            &peer.name,
-                            &endpoint.fingerprint(reader),
-                            token_lifetime,
-                            now,
-                        )
-                    });
-                    match (state, peer.connection.is_some()) {
-                        (
-                            Some(RemoteSecretState::Current {
-                                token_expires_at,
-                                refresh_at,
-                            }),
-                            _,
-                        ) => PeerAction::Keep {
-                            token_expires_at,
-                            refresh_at,
-                        },
-                        (_, true) => PeerAction::Write,
-                        (_, false) => PeerAction::Blocked {
-                            reason: format!("peer {} unreachable, cannot mint a token", peer.name),
+    let mut p = MemberPlan::default();
+    for (peer, facts) in &peers {
+        let live = member.multicluster_secrets.get(&remote_secret_name(peer));
+        let target = facts
+            .endpoint
+            .as_ref()
+            .and_then(|e| Ok((e, facts.reader.as_ref()?)));
+        let action = match (live, target) {
+            (Some(s), _) if !is_ours(&s.metadata, federation) => PeerAction::Foreign,
+            (live, Err(reason)) => PeerAction::Blocked {
+                reason: reason.clone(),
+                existing: live.is_some(),
+            },
+            (live, Ok((endpoint, reader))) => {
+                let state = live.map(|s| {
+                    remote_secret_state(s, peer, &endpoint.fingerprint(reader), token_lifetime, now)
+                });
+                match state {
+                    Some(RemoteSecretState::Current {
+                        token_expires_at,
+                        refresh_at,
+                    }) => PeerAction::Keep {
+                        token_expires_at,
+                        refresh_at,
+                    },
+                    _ => match facts.usable_token(token_lifetime, now) {
+                        Some(token) => PeerAction::Write(token.clone()),
+                        None => PeerAction::NeedsToken {
                             existing: live.is_some(),
                         },
-                    }
+                    },
                 }
-            };
-            p.actions.insert(peer.name.clone(), action);
-        }
-        p.stale = member
-            .multicluster_secrets
-            .values()
-            .filter(|s| is_ours(&s.metadata, federation))
-            .filter(|s| {
-                remote_secret_peer(s)
-                    .is_none_or(|peer| peer == member.name || !names.contains(peer))
-            })
-            .filter_map(|s| s.metadata.name.clone())
-            .collect();
-        plans.insert(member.name.clone(), p);
+            }
+        };
+        p.actions.insert((*peer).clone(), action);
     }
-    plans
+    p.stale = member
+        .multicluster_secrets
+        .values()
+        .filter(|s| is_ours(&s.metadata, federation))
+        .filter(|s| {
+            remote_secret_peer(s)
+                .is_none_or(|peer| peer == member.name || !peers.keys().any(|p| p.as_str() == peer))
+        })
+        .filter_map(|s| s.metadata.name.clone())
+        .collect();
+    p
 }
 
-/// Carries out the plans; records counts and problems in each member's report.
+/// Carries out `plan` in `member` (bounded by `timeout`); records counts,
+/// problems and the next token deadline in its report.
 pub async fn sync_remote_secrets(
     federation: &str,
-    members: &mut [PreparedMember],
+    member: &mut PreparedMember,
+    plan: &MemberPlan,
+    peers: &BTreeMap<String, PeerFacts>,
     token_lifetime: Duration,
     timeout: Duration,
-    now: Timestamp,
 ) {
-    let plans = plan(federation, members, token_lifetime, now);
-    let peers_needing_tokens: BTreeSet<&str> = plans
-        .values()
-        .flat_map(|p| p.actions.iter())
-        .filter(|(_, a)| **a == PeerAction::Write)
-        .map(|(peer, _)| peer.as_str())
-        .collect();
-    // One token per peer per reconcile, shared by every member that needs it.
-    let tokens: BTreeMap<String, Result<IssuedToken, String>> = join_all(
-        members
-            .iter()
-            .filter(|m| peers_needing_tokens.contains(m.name.as_str()))
-            .map(|m| async {
-                let sa = Api::<ServiceAccount>::namespaced(
-                    m.connection
-                        .clone()
-                        .expect("planned peers are reachable")
-                        .client,
-                    ISTIO_NAMESPACE,
-                );
-                let reader = m.reader.as_ref().expect("planned peers have a reader");
-                let minted = tokio::time::timeout(
-                    timeout,
-                    mint_token(&sa, &reader.service_account, token_lifetime, now),
-                )
-                .await;
-                let result = match minted {
-                    Ok(Ok(t)) => Ok(t),
-                    Ok(Err(e)) => Err(format!(
-                        "minting token in {}: {}",
-                        m.name,
-                        unreachable_reason(&e)
-                    )),
-                    Err(_) => Err(format!(
-                        "minting token in {}: no answer within {timeout:?}",
-                        m.name
-                    )),
-                };
-                (m.name.clone(), result)
-            }),
-    )
-    .await
-    .into_iter()
-    .collect();
-
-    let targets: BTreeMap<String, Target> = members
-        .iter()
-        .filter_map(|m| {
-            let endpoint = m.endpoint.clone().ok()?;
-            let reader = m.reader.clone().ok()?;
-            Some((m.name.clone(), (endpoint, reader)))
-        })
-        .collect();
-    join_all(
-        members
-            .iter_mut()
-            .filter(|m| m.connection.is_some())
-            .map(|member| {
-                let plan = plans.get(&member.name).cloned().unwrap_or_default();
-                let (tokens, targets) = (&tokens, &targets);
-                async move {
-                    let work =
-                        carry_out(federation, token_lifetime, member, &plan, tokens, targets);
-                    if tokio::time::timeout(timeout, work).await.is_err() {
-                        member.report.remote_secret_problems.push(format!(
-                            "writing remote secrets: no answer within {timeout:?}"
-                        ));
-                    }
-                }
-            }),
-    )
-    .await;
+    if member.connection.is_none() {
+        return;
+    }
+    let work = carry_out(federation, token_lifetime, member, plan, peers);
+    if tokio::time::timeout(timeout, work).await.is_err() {
+        member.report.remote_secret_problems.push(format!(
+            "writing remote secrets: no answer within {timeout:?}"
+        ));
+    }
 }
-
-/// Where a peer is reached and whom its tokens belong to.
-type Target = (PeerEndpoint, TokenSubject);
 
 async fn carry_out(
     federation: &str,
     token_lifetime: Duration,
     member: &mut PreparedMember,
     plan: &MemberPlan,
-    tokens: &BTreeMap<String, Result<IssuedToken, String>>,
-    targets: &BTreeMap<String, Target>,
+    peers: &BTreeMap<String, PeerFacts>,
 ) {
     let api = Api::<Secret>::namespaced(
         member
@@ -227,6 +201,10 @@ async fn carry_out(
     let mut present = 0;
     let mut earliest: Option<Timestamp> = None;
     let mut next_refresh: Option<Timestamp> = None;
+    let mut note = |expires: Timestamp, refresh: Timestamp| {
+        earliest = Some(earliest.map_or(expires, |e| e.min(expires)));
+        next_refresh = Some(next_refresh.map_or(refresh, |r| r.min(refresh)));
+    };
     for (peer, action) in &plan.actions {
         let name = remote_secret_name(peer);
         match action {
@@ -235,37 +213,39 @@ async fn carry_out(
                 refresh_at,
             } => {
                 present += 1;
-                earliest = Some(earliest.map_or(*token_expires_at, |e| e.min(*token_expires_at)));
-                next_refresh = Some(next_refresh.map_or(*refresh_at, |r| r.min(*refresh_at)));
+                note(*token_expires_at, *refresh_at);
             }
             PeerAction::Foreign => report.remote_secret_problems.push(format!(
                 "{ISTIO_NAMESPACE}/{name} exists and was not created by meshfed; it is left untouched (istiod ignores a second secret for the same cluster). Delete it, or annotate it {}=true to let meshfed replace it",
                 keys::ADOPT
             )),
             PeerAction::Blocked { reason, existing } => {
-                if *existing {
-                    present += 1;
-                }
+                present += i32::from(*existing);
                 report.remote_secret_problems.push(format!("{name}: {reason}"));
             }
-            PeerAction::Write => {
-                let (Some(Ok(token)), Some((endpoint, reader))) = (tokens.get(peer), targets.get(peer)) else {
-                    let why = match tokens.get(peer) {
-                        Some(Err(e)) => e.clone(),
-                        _ => "no token".into(),
-                    };
-                    report.remote_secret_problems.push(format!("{name}: {why}"));
+            PeerAction::NeedsToken { existing } => {
+                present += i32::from(*existing);
+                report
+                    .remote_secret_problems
+                    .push(format!("{name}: waiting for a token from {peer}"));
+            }
+            PeerAction::Write(token) => {
+                let facts = &peers[peer];
+                let (Ok(endpoint), Ok(reader)) = (&facts.endpoint, &facts.reader) else {
                     continue;
                 };
                 let secret = render_remote_secret(federation, peer, endpoint, reader, token);
                 match write(&api, &secret).await {
                     Ok(_) => {
                         present += 1;
-                        earliest = Some(earliest.map_or(token.expires_at, |e| e.min(token.expires_at)));
-                        let refresh = token_refresh_at(Some(token.issued_at), token.expires_at, token_lifetime);
-                        next_refresh = Some(next_refresh.map_or(refresh, |r| r.min(refresh)));
+                        note(
+                            token.expires_at,
+                            token_refresh_at(Some(token.issued_at), token.expires_at, token_lifetime),
+                        );
                     }
-                    Err(e) => report.remote_secret_problems.push(format!("writing {name}: {}", unreachable_reason(&e))),
+                    Err(e) => report
+                        .remote_secret_problems
+                        .push(format!("writing {name}: {}", unreachable_reason(&e))),
                 }
             }
         }
@@ -285,7 +265,7 @@ async fn carry_out(
 }
 
 /// A token for the reader ServiceAccount, and its lifetime as issued.
-async fn mint_token(
+pub async fn mint_token(
     api: &Api<ServiceAccount>,
     reader: &str,
     lifetime: Duration,
@@ -323,7 +303,7 @@ async fn mint_token(
 mod tests {
     use super::*;
     use crate::reconcile::status::MemberReport;
-    use crate::render::{PeerEndpoint, keys};
+    use crate::render::keys;
 
     const DAY: Duration = Duration::from_secs(86400);
 
@@ -335,27 +315,6 @@ mod tests {
         PeerEndpoint {
             server: format!("https://{name}:6443"),
             ca_pem: "CA".into(),
-        }
-    }
-
-    fn member(name: &str, reachable: bool, secrets: Vec<Secret>) -> PreparedMember {
-        let connection = reachable.then(|| {
-            let config = kube::Config::new("https://127.0.0.1:1".parse().unwrap());
-            crate::members::connection(config).unwrap()
-        });
-        PreparedMember {
-            name: name.into(),
-            connection,
-            endpoint: Ok(endpoint(name)),
-            reader: Ok(subject(name)),
-            request_baseline: Default::default(),
-            recorded_kinds: Default::default(),
-            multicluster_secrets: secrets
-                .into_iter()
-                .map(|s| (s.metadata.name.clone().unwrap(), s))
-                .collect(),
-            report: MemberReport::new(name),
-            events: vec![],
         }
     }
 
@@ -375,6 +334,39 @@ mod tests {
         }
     }
 
+    /// What `name` publishes: reachable, with a token fresh until tomorrow.
+    fn facts(name: &str) -> PeerFacts {
+        PeerFacts {
+            endpoint: Ok(endpoint(name)),
+            reader: Ok(subject(name)),
+            token: Some((subject(name), token("2026-01-02T00:00:00Z"))),
+            refused: false,
+            cluster_id: Some(format!("cluster-of-{name}")),
+        }
+    }
+
+    fn fleet(names: &[&str]) -> BTreeMap<String, PeerFacts> {
+        names.iter().map(|n| (n.to_string(), facts(n))).collect()
+    }
+
+    fn member(name: &str, secrets: Vec<Secret>) -> PreparedMember {
+        let config = kube::Config::new("https://127.0.0.1:1".parse().unwrap());
+        PreparedMember {
+            name: name.into(),
+            connection: Some(crate::members::connection(config).unwrap()),
+            endpoint: Ok(endpoint(name)),
+            reader: Ok(subject(name)),
+            request_baseline: Default::default(),
+            recorded_kinds: Default::default(),
+            multicluster_secrets: secrets
+                .into_iter()
+                .map(|s| (s.metadata.name.clone().unwrap(), s))
+                .collect(),
+            report: MemberReport::new(name),
+            events: vec![],
+        }
+    }
+
     fn ours(peer: &str, expires: &str) -> Secret {
         render_remote_secret(
             "prod",
@@ -386,21 +378,23 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn fresh_secrets_are_kept_and_missing_ones_written() {
-        let members = [
-            member("a", true, vec![ours("b", "2026-01-01T20:00:00Z")]),
-            member("b", true, vec![]),
-        ];
-        let plans = plan("prod", &members, DAY, now());
+    async fn fresh_secrets_are_kept_and_missing_ones_written_with_the_peers_token() {
+        let peers = fleet(&["a", "b", "c"]);
+        let a = member("a", vec![ours("b", "2026-01-01T20:00:00Z")]);
+        let p = plan("prod", &a, &peers, DAY, now());
         assert_eq!(
-            plans["a"].actions["b"],
+            p.actions["b"],
             PeerAction::Keep {
                 token_expires_at: "2026-01-01T20:00:00Z".parse().unwrap(),
                 refresh_at: "2026-01-01T12:00:00Z".parse().unwrap(),
             }
         );
-        assert_eq!(plans["b"].actions["a"], PeerAction::Write);
-        assert!(plans["a"].stale.is_empty());
+        assert_eq!(
+            p.actions["c"],
+            PeerAction::Write(token("2026-01-02T00:00:00Z"))
+        );
+        assert!(!p.actions.contains_key("a"), "no secret for itself");
+        assert!(p.stale.is_empty());
     }
 
     #[tokio::test]
@@ -412,91 +406,70 @@ mod tests {
             .as_mut()
             .unwrap()
             .insert(keys::ENDPOINT_HASH.into(), "old".into());
-        let members = [
-            member("a", true, vec![ours("b", "2026-01-01T07:00:00Z"), moved]),
-            member("b", true, vec![]),
-            member("c", true, vec![]),
-        ];
-        let plans = plan("prod", &members, DAY, now());
-        assert_eq!(
-            plans["a"].actions["b"],
-            PeerAction::Write,
+        let a = member("a", vec![ours("b", "2026-01-01T07:00:00Z"), moved]);
+        let p = plan("prod", &a, &fleet(&["a", "b", "c"]), DAY, now());
+        assert!(
+            matches!(p.actions["b"], PeerAction::Write(_)),
             "7h left of 24h is under a third"
         );
-        assert_eq!(
-            plans["a"].actions["c"],
-            PeerAction::Write,
+        assert!(
+            matches!(p.actions["c"], PeerAction::Write(_)),
             "endpoint changed"
         );
     }
 
     #[tokio::test]
-    async fn a_recreated_reader_rewrites_every_secret_for_it() {
-        let members = [
-            member("a", true, vec![ours("b", "2026-01-01T20:00:00Z")]),
-            member("b", true, vec![ours("a", "2026-01-01T20:00:00Z")]),
-        ];
-        let mut recreated = members;
-        recreated[1].reader = Ok(TokenSubject {
+    async fn a_peer_without_a_usable_token_is_asked_for_one() {
+        let mut peers = fleet(&["a", "b", "c"]);
+        peers.get_mut("b").unwrap().token = None;
+        // c's token is itself due (issued for 24h, 7h left).
+        peers.get_mut("c").unwrap().token = Some((subject("c"), token("2026-01-01T07:00:00Z")));
+        let a = member("a", vec![ours("c", "2026-01-01T07:00:00Z")]);
+        let p = plan("prod", &a, &peers, DAY, now());
+        assert_eq!(p.actions["b"], PeerAction::NeedsToken { existing: false });
+        assert_eq!(p.actions["c"], PeerAction::NeedsToken { existing: true });
+        assert_eq!(p.needs_tokens().collect::<Vec<_>>(), ["b", "c"]);
+    }
+
+    #[tokio::test]
+    async fn a_recreated_reader_needs_a_new_token_for_every_secret() {
+        let mut peers = fleet(&["a", "b"]);
+        let recreated = TokenSubject {
             uid: "a-new-uid".into(),
             ..subject("b")
-        });
-        let plans = plan("prod", &recreated, DAY, now());
-        assert_eq!(plans["a"].actions["b"], PeerAction::Write);
-        assert!(matches!(plans["b"].actions["a"], PeerAction::Keep { .. }));
+        };
+        peers.get_mut("b").unwrap().reader = Ok(recreated.clone());
+        let a = member("a", vec![ours("b", "2026-01-01T20:00:00Z")]);
+        let p = plan("prod", &a, &peers, DAY, now());
+        assert_eq!(
+            p.actions["b"],
+            PeerAction::NeedsToken { existing: true },
+            "the old subject's token is no use"
+        );
+        peers.get_mut("b").unwrap().token = Some((recreated, token("2026-01-02T00:00:00Z")));
+        let p = plan("prod", &a, &peers, DAY, now());
+        assert!(matches!(p.actions["b"], PeerAction::Write(_)));
     }
 
     #[tokio::test]
-    async fn no_token_is_minted_for_a_reader_meshfed_did_not_create() {
-        let mut members = [
-            member("a", true, vec![ours("b", "2026-01-01T20:00:00Z")]),
-            member("b", true, vec![]),
-        ];
-        members[1].reader =
+    async fn unknown_or_foreign_readers_block_but_keep_existing_secrets() {
+        let mut peers = fleet(&["a", "b", "c"]);
+        peers.get_mut("b").unwrap().reader =
             Err("ServiceAccount istio-system/meshfed-reader-prod is not meshfed's".into());
-        let plans = plan("prod", &members, DAY, now());
+        peers.get_mut("c").unwrap().endpoint = Err("not reached yet".into());
+        let a = member("a", vec![ours("b", "2026-01-01T20:00:00Z")]);
+        let p = plan("prod", &a, &peers, DAY, now());
         assert!(matches!(
-            &plans["a"].actions["b"],
+            &p.actions["b"],
             PeerAction::Blocked { existing: true, reason } if reason.contains("not meshfed's")
         ));
-    }
-
-    #[tokio::test]
-    async fn a_member_refused_its_cluster_is_nobodys_peer() {
-        let mut members = [
-            member("a", true, vec![ours("dup", "2026-01-01T20:00:00Z")]),
-            member("dup", false, vec![]),
-        ];
-        members[1].report.claim_problem = Some("cluster belongs to a".into());
-        let plans = plan("prod", &members, DAY, now());
-        assert!(plans["a"].actions.is_empty());
-        assert_eq!(plans["a"].stale, ["istio-remote-secret-dup"]);
-    }
-
-    #[tokio::test]
-    async fn unreachable_peers_block_but_keep_existing_secrets() {
-        let members = [
-            member("a", true, vec![ours("b", "2026-01-01T01:00:00Z")]),
-            member("b", false, vec![]),
-            member("c", true, vec![]),
-        ];
-        let plans = plan("prod", &members, DAY, now());
-        assert!(
-            !plans.contains_key("b"),
-            "nothing is planned inside an unreachable member"
-        );
         assert!(matches!(
-            &plans["a"].actions["b"],
-            PeerAction::Blocked { existing: true, .. }
-        ));
-        assert!(matches!(
-            &plans["c"].actions["b"],
+            &p.actions["c"],
             PeerAction::Blocked {
                 existing: false,
                 ..
             }
         ));
-        assert_eq!(plans["c"].actions["a"], PeerAction::Write);
     }
 
     #[tokio::test]
@@ -504,29 +477,36 @@ mod tests {
         let mut foreign = ours("b", "2026-01-02T00:00:00Z");
         foreign.metadata.labels =
             Some(BTreeMap::from([(keys::MULTICLUSTER.into(), "true".into())]));
-        let members = [member("a", true, vec![foreign]), member("b", true, vec![])];
-        let plans = plan("prod", &members, DAY, now());
-        assert_eq!(plans["a"].actions["b"], PeerAction::Foreign);
+        let a = member("a", vec![foreign]);
+        let p = plan("prod", &a, &fleet(&["a", "b"]), DAY, now());
+        assert_eq!(p.actions["b"], PeerAction::Foreign);
     }
 
     #[tokio::test]
-    async fn secrets_for_departed_peers_and_self_are_stale() {
-        let members = [
-            member(
-                "a",
-                true,
-                vec![
-                    ours("b", "2026-01-02T00:00:00Z"),
-                    ours("gone", "2026-01-02T00:00:00Z"),
-                    ours("a", "2026-01-02T00:00:00Z"),
-                ],
-            ),
-            member("b", true, vec![]),
-        ];
-        let plans = plan("prod", &members, DAY, now());
+    async fn secrets_for_departed_refused_peers_and_self_are_stale() {
+        let mut peers = fleet(&["a", "b", "dup"]);
+        peers.get_mut("dup").unwrap().refused = true;
+        let a = member(
+            "a",
+            vec![
+                ours("b", "2026-01-02T00:00:00Z"),
+                ours("gone", "2026-01-02T00:00:00Z"),
+                ours("a", "2026-01-02T00:00:00Z"),
+                ours("dup", "2026-01-02T00:00:00Z"),
+            ],
+        );
+        let p = plan("prod", &a, &peers, DAY, now());
         assert_eq!(
-            plans["a"].stale,
-            ["istio-remote-secret-a", "istio-remote-secret-gone"]
+            p.stale,
+            [
+                "istio-remote-secret-a",
+                "istio-remote-secret-dup",
+                "istio-remote-secret-gone"
+            ]
+        );
+        assert!(
+            !p.actions.contains_key("dup"),
+            "a refused member is nobody's peer"
         );
         let other_federation = render_remote_secret(
             "staging",
@@ -535,13 +515,30 @@ mod tests {
             &subject("gone"),
             &token("2026-01-02T00:00:00Z"),
         );
-        let members = [
-            member("a", true, vec![other_federation]),
-            member("b", true, vec![]),
-        ];
+        let a = member("a", vec![other_federation]);
         assert!(
-            plan("prod", &members, DAY, now())["a"].stale.is_empty(),
+            plan("prod", &a, &fleet(&["a"]), DAY, now())
+                .stale
+                .is_empty(),
             "never prune another federation's secrets"
         );
+    }
+
+    #[test]
+    fn a_token_is_usable_only_for_its_subject_within_its_fresh_third() {
+        let f = facts("b");
+        assert!(f.usable_token(DAY, now()).is_some());
+        assert!(
+            f.usable_token(DAY, "2026-01-01T16:00:00Z".parse().unwrap())
+                .is_none(),
+            "due with a third of its lifetime left"
+        );
+        assert!(
+            f.usable_token(Duration::from_secs(3600), now()).is_none(),
+            "issued for longer than the spec now allows"
+        );
+        let mut other = facts("b");
+        other.reader = Ok(subject("someone-else"));
+        assert!(other.usable_token(DAY, now()).is_none());
     }
 }

@@ -68,7 +68,7 @@ impl MemberReport {
             .chain(&self.gateway_problem)
     }
 
-    fn is_ready(&self) -> bool {
+    pub fn is_ready(&self) -> bool {
         self.status.reachable && !self.status.leaving && self.problems().next().is_none()
     }
 }

@@ -43,6 +43,16 @@ pub struct Metrics {
     intermediate_expiry: Family<MemberLabels, Gauge<f64, AtomicU64>>,
     token_expiry: Family<MemberLabels, Gauge<f64, AtomicU64>>,
     member_requests: Family<RequestLabels, Counter>,
+    member_runs: Family<RunLabels, Counter>,
+    tokens_minted: Family<MemberLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RunLabels {
+    federation: String,
+    member: String,
+    /// ready or not_ready.
+    result: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -99,7 +109,21 @@ impl Default for Metrics {
             "API requests sent to a member's API server while reconciling, by kind (read, write)",
             member_requests.clone(),
         );
+        let member_runs = Family::default();
+        registry.register(
+            "member_runs",
+            "Runs of a member's worker by result (ready, not_ready)",
+            member_runs.clone(),
+        );
+        let tokens_minted = Family::default();
+        registry.register(
+            "tokens_minted",
+            "Tokens minted for a member's reader (TokenRequests), for its peers' remote secrets",
+            tokens_minted.clone(),
+        );
         Self {
+            member_runs,
+            tokens_minted,
             member_requests,
             registry,
             reconciles,
@@ -182,8 +206,28 @@ impl Metrics {
         }
     }
 
-    /// Counts the requests one reconcile sent to a member.
-    pub fn member_requests(&self, federation: &str, member: &str, count: RequestCount) {
+    /// Counts one run of a member's worker and the requests it sent.
+    pub fn member_run(&self, federation: &str, member: &str, ready: bool, count: RequestCount) {
+        let labels = RunLabels {
+            federation: federation.into(),
+            member: member.into(),
+            result: if ready { "ready" } else { "not_ready" },
+        };
+        self.member_runs.get_or_create(&labels).inc();
+        self.member_requests(federation, member, count);
+    }
+
+    /// Counts a token minted for `member`'s reader.
+    pub fn token_minted(&self, federation: &str, member: &str) {
+        let labels = MemberLabels {
+            federation: federation.into(),
+            member: member.into(),
+        };
+        self.tokens_minted.get_or_create(&labels).inc();
+    }
+
+    /// Counts the requests sent to a member.
+    fn member_requests(&self, federation: &str, member: &str, count: RequestCount) {
         for (kind, n) in [("read", count.reads), ("write", count.writes)] {
             let labels = RequestLabels {
                 federation: federation.into(),

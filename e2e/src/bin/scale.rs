@@ -1,0 +1,402 @@
+//! `make bench-scale`: the release-built operator against fleets of 10, 25
+//! and 50 API-server-only clusters, federations without a control plane (CA,
+//! reader identities and N×(N−1) remote secrets). For each size it measures:
+//! apply → Ready; how fast a deleted `cacerts` or remote secret is back;
+//! requests and TokenRequests per member per hour in steady state; the
+//! operator's peak RSS; and how much one hung member slows the others when
+//! the spec changes. It prints a table and writes the figures as CSV.
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use e2e::fleet::FleetOptions;
+use e2e::mesh::*;
+use e2e::{Cluster, Fleet};
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::DeleteParams;
+use kube::{Api, Client, ResourceExt};
+use meshfed::api::{CaSpec, MeshFederation};
+
+/// Scale benchmark of the meshfed operator on API-server-only fleets.
+#[derive(Parser)]
+struct Args {
+    /// Fleet sizes (members).
+    #[arg(long, value_delimiter = ',', default_value = "10,25,50")]
+    sizes: Vec<usize>,
+    /// Deletions to time per fleet (half `cacerts`, half remote secrets).
+    #[arg(long, default_value_t = 20)]
+    repairs: usize,
+    /// Seconds of steady state to count requests over.
+    #[arg(long, default_value_t = 60)]
+    steady_secs: u64,
+    /// The operator's --resync (its safety resync).
+    #[arg(long, default_value = "5m")]
+    resync: String,
+    /// Where to write the figures as CSV.
+    #[arg(long, default_value = "target/bench-scale.csv")]
+    csv: PathBuf,
+}
+
+struct Figures {
+    members: usize,
+    fleet_start: Duration,
+    to_ready: Duration,
+    repairs: Vec<Duration>,
+    steady: Counters,
+    steady_secs: f64,
+    per_run: f64,
+    change: Duration,
+    change_with_hung: Duration,
+    peak_rss_mib: f64,
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    let binary = release_operator()?;
+    let mut rows = Vec::new();
+    for &n in &args.sizes {
+        eprintln!(">> {n} members: starting an API-server-only fleet");
+        rows.push(measure(&binary, n, &args).await?);
+    }
+    print(&rows);
+    write_csv(&args.csv, &rows)?;
+    eprintln!("figures written to {}", args.csv.display());
+    Ok(())
+}
+
+fn release_operator() -> Result<PathBuf> {
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .args(["build", "-q", "--release", "-p", "meshfed-operator"])
+        .current_dir(&workspace)
+        .status()?;
+    if !status.success() {
+        bail!("building meshfed-operator (release) failed");
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR").map_or(workspace.join("target"), Into::into);
+    Ok(target.join("release").join("meshfed-operator"))
+}
+
+/// The operator process; killed when dropped.
+struct Operator {
+    child: Child,
+    metrics: SocketAddr,
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_operator(binary: &Path, host: &Cluster, resync: &str) -> Result<Operator> {
+    let metrics = TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    let child = Command::new(binary)
+        .args(["--resync", resync, "--member-timeout", "10s"])
+        .args(["--metrics-addr", &metrics.to_string()])
+        .args(["--namespace", OPERATOR_NAMESPACE])
+        .env("KUBECONFIG", host.kubeconfig_path())
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    Ok(Operator { child, metrics })
+}
+
+async fn measure(binary: &Path, n: usize, args: &Args) -> Result<Figures> {
+    let fleet = Fleet::start_with(FleetOptions {
+        apiserver_only: true,
+        ..FleetOptions::new(n)
+    })
+    .await?;
+    let fleet_start = fleet.startup_time();
+    let host = fleet.cluster(0).client();
+    prepare_host(&fleet).await?;
+    let operator = start_operator(binary, fleet.cluster(0), &args.resync)?;
+    poll(Duration::from_secs(30), "operator ready", || async {
+        Ok(http_get(operator.metrics, "/readyz").await?.0 == 200)
+    })
+    .await?;
+    let mut members = vec![local_member(fleet.cluster(0), "net-0")];
+    members.extend(
+        fleet.clusters()[1..]
+            .iter()
+            .enumerate()
+            .map(|(i, c)| member(c, &format!("net-{}", i % 2))),
+    );
+    let mut fed = federation("scale", members);
+    let ready = |f: &MeshFederation| has_condition(f, "Ready", "True");
+    let wait = Duration::from_secs(300);
+
+    let started = Instant::now();
+    apply_federation(&host, &fed).await?;
+    wait_for_federation(&host, "scale", wait, "Ready", ready).await?;
+    let to_ready = started.elapsed();
+    eprintln!("   apply -> Ready in {to_ready:?}");
+
+    // Repairs: delete, then time until a new object of that name exists.
+    let mut repairs = Vec::new();
+    for i in 0..args.repairs {
+        let index = 1 + i % (n - 1);
+        let client = fleet.cluster(index).client();
+        let secrets = Api::<Secret>::namespaced(client, "istio-system");
+        let name = if i % 2 == 0 {
+            "cacerts".to_string()
+        } else {
+            format!("istio-remote-secret-{}", fleet.cluster(0).name())
+        };
+        let uid = secrets.get(&name).await?.uid();
+        let t = Instant::now();
+        secrets.delete(&name, &DeleteParams::default()).await?;
+        loop {
+            if secrets
+                .get_opt(&name)
+                .await?
+                .is_some_and(|s| s.uid() != uid)
+            {
+                break;
+            }
+            if t.elapsed() > Duration::from_secs(60) {
+                bail!("{name} in cluster-{index} not restored within 60 s");
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        repairs.push(t.elapsed());
+    }
+    wait_for_federation(&host, "scale", wait, "Ready after repairs", ready).await?;
+
+    // Steady state: nothing changes; count what the operator sends.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let before = scrape(operator.metrics).await?;
+    tokio::time::sleep(Duration::from_secs(args.steady_secs)).await;
+    let after = scrape(operator.metrics).await?;
+    let steady = after.since(&before);
+    let per_run = if after.runs > 0.0 {
+        after.reads / after.runs
+    } else {
+        0.0
+    };
+
+    // A spec change every member acts on (new intermediates), first with
+    // every member healthy, then with one hung.
+    let healthy: Vec<Client> = fleet.clusters()[..n - 1]
+        .iter()
+        .map(|c| c.client())
+        .collect();
+    let change = time_change(&host, &mut fed, &healthy, "4000h", wait).await?;
+    let hung = fleet.cluster(n - 1);
+    hung.pause_apiserver()?;
+    let change_with_hung = time_change(&host, &mut fed, &healthy, "3000h", wait).await;
+    hung.resume_apiserver()?;
+    let change_with_hung = change_with_hung?;
+    eprintln!("   spec change: {change:?}; with one member hung: {change_with_hung:?}");
+
+    let peak_rss_mib = peak_rss_kib(operator.child.id())? as f64 / 1024.0;
+    drop(operator);
+    Ok(Figures {
+        members: n,
+        fleet_start,
+        to_ready,
+        repairs,
+        steady,
+        steady_secs: args.steady_secs as f64,
+        per_run,
+        change,
+        change_with_hung,
+        peak_rss_mib,
+    })
+}
+
+/// Sets the intermediate lifetime and times until every client's `cacerts`
+/// was re-issued.
+async fn time_change(
+    host: &Client,
+    fed: &mut MeshFederation,
+    clients: &[Client],
+    lifetime: &str,
+    wait: Duration,
+) -> Result<Duration> {
+    let mut versions = Vec::new();
+    for c in clients {
+        let s = Api::<Secret>::namespaced(c.clone(), "istio-system")
+            .get("cacerts")
+            .await?;
+        versions.push(s.resource_version());
+    }
+    fed.spec.ca = Some(CaSpec {
+        intermediate_lifetime: Some(lifetime.parse()?),
+        ..Default::default()
+    });
+    let started = Instant::now();
+    apply_federation(host, fed).await?;
+    poll(wait, "every cacerts re-issued", || async {
+        for (c, v) in clients.iter().zip(&versions) {
+            let s = Api::<Secret>::namespaced(c.clone(), "istio-system")
+                .get("cacerts")
+                .await?;
+            if s.resource_version() == *v {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    })
+    .await?;
+    Ok(started.elapsed())
+}
+
+/// Operator counters from /metrics, summed over members.
+#[derive(Clone, Copy, Default)]
+struct Counters {
+    reads: f64,
+    writes: f64,
+    tokens: f64,
+    runs: f64,
+}
+
+impl Counters {
+    fn since(&self, earlier: &Counters) -> Counters {
+        Counters {
+            reads: self.reads - earlier.reads,
+            writes: self.writes - earlier.writes,
+            tokens: self.tokens - earlier.tokens,
+            runs: self.runs - earlier.runs,
+        }
+    }
+}
+
+async fn scrape(addr: SocketAddr) -> Result<Counters> {
+    let (_, text) = http_get(addr, "/metrics").await?;
+    let mut c = Counters::default();
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let value = line
+            .rsplit(' ')
+            .next()
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0);
+        if line.starts_with("meshfed_member_api_requests_total{") {
+            if line.contains(r#"kind="read""#) {
+                c.reads += value;
+            } else {
+                c.writes += value;
+            }
+        } else if line.starts_with("meshfed_tokens_minted_total{") {
+            c.tokens += value;
+        } else if line.starts_with("meshfed_member_runs_total{") {
+            c.runs += value;
+        }
+    }
+    Ok(c)
+}
+
+fn peak_rss_kib(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .context("no VmHWM")?;
+    Ok(line
+        .split_whitespace()
+        .nth(1)
+        .context("VmHWM value")?
+        .parse()?)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn print(rows: &[Figures]) {
+    let cores = std::thread::available_parallelism().map_or(0, |c| c.get());
+    println!(
+        "\nmeshfed scale benchmark (release operator, API-server-only clusters, {cores} cores)"
+    );
+    println!(
+        "{:>7} {:>11} {:>13} {:>15} {:>15} {:>22} {:>13} {:>12} {:>16} {:>9}",
+        "members",
+        "fleet up",
+        "apply->Ready",
+        "repair p50/p99",
+        "reads/member/h",
+        "writes, tokens/member/h",
+        "reads/run",
+        "spec change",
+        "... 1 member hung",
+        "peak RSS"
+    );
+    for r in rows {
+        let mut sorted = r.repairs.clone();
+        sorted.sort();
+        let hour = |v: f64| v / r.members as f64 * 3600.0 / r.steady_secs;
+        println!(
+            "{:>7} {:>9.1} s {:>11.2} s {:>6.0}/{:>4.0} ms {:>15.1} {:>14.1}, {:>6.1} {:>13.1} {:>10.2} s {:>14.2} s {:>5.1} MiB",
+            r.members,
+            r.fleet_start.as_secs_f64(),
+            r.to_ready.as_secs_f64(),
+            percentile(&sorted, 50.0).as_secs_f64() * 1000.0,
+            percentile(&sorted, 99.0).as_secs_f64() * 1000.0,
+            hour(r.steady.reads),
+            hour(r.steady.writes),
+            hour(r.steady.tokens),
+            r.per_run,
+            r.change.as_secs_f64(),
+            r.change_with_hung.as_secs_f64(),
+            r.peak_rss_mib,
+        );
+    }
+}
+
+fn write_csv(path: &Path, rows: &[Figures]) -> Result<()> {
+    let mut out = String::from(
+        "members,fleet_start_s,apply_to_ready_s,repair_p50_ms,repair_p99_ms,steady_reads_per_member_hour,steady_writes_per_member_hour,tokens_per_member_hour,reads_per_run,spec_change_s,spec_change_one_hung_s,peak_rss_mib\n",
+    );
+    for r in rows {
+        let mut sorted = r.repairs.clone();
+        sorted.sort();
+        let hour = |v: f64| v / r.members as f64 * 3600.0 / r.steady_secs;
+        out.push_str(&format!(
+            "{},{:.2},{:.3},{:.0},{:.0},{:.2},{:.2},{:.2},{:.2},{:.3},{:.3},{:.1}\n",
+            r.members,
+            r.fleet_start.as_secs_f64(),
+            r.to_ready.as_secs_f64(),
+            percentile(&sorted, 50.0).as_secs_f64() * 1000.0,
+            percentile(&sorted, 99.0).as_secs_f64() * 1000.0,
+            hour(r.steady.reads),
+            hour(r.steady.writes),
+            hour(r.steady.tokens),
+            r.per_run,
+            r.change.as_secs_f64(),
+            r.change_with_hung.as_secs_f64(),
+            r.peak_rss_mib,
+        ));
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(path, out)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_pick_by_rank() {
+        let ms = |v: u64| Duration::from_millis(v);
+        let sorted: Vec<Duration> = (1..=100).map(ms).collect();
+        assert_eq!(percentile(&sorted, 50.0), ms(50));
+        assert_eq!(percentile(&sorted, 99.0), ms(99));
+        assert_eq!(percentile(&sorted[..1], 99.0), ms(1));
+        assert_eq!(percentile(&[], 99.0), Duration::ZERO);
+    }
+}

@@ -1,0 +1,509 @@
+//! One worker per member: its own trigger, backoff, timeout and report. The
+//! federation's reconcile decides what (membership, the root); each worker
+//! makes its member so, writes only into its own member, publishes what its
+//! peers need of it ([`PeerFacts`]), and asks for the federation's status to
+//! be aggregated when it is done. A member that hangs holds up its own
+//! worker and nobody else's.
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::ServiceAccount;
+use kube::runtime::reflector::ObjectRef;
+use kube::{Api, ResourceExt};
+use tokio::sync::{Notify, mpsc};
+use tokio::task::JoinHandle;
+use tracing::Instrument;
+
+use super::member::{prepare_member, unreachable_reason};
+use super::remote_secrets::{self, PeerFacts, mint_token};
+use super::status::MemberReport;
+use super::{Context, Event};
+use crate::api::{Member, MeshFederation};
+use crate::pki::{IntermediatePolicy, RootCa};
+use crate::render::ISTIO_NAMESPACE;
+use crate::telemetry::RequestCount;
+
+/// What a worker works from: the federation as last reconciled, its root,
+/// and the member's entry.
+#[derive(Clone)]
+pub struct Input {
+    pub fed: Arc<MeshFederation>,
+    pub root: Arc<RootCa>,
+    pub member: Member,
+}
+
+impl Input {
+    /// Whether `other` asks for different work (a new generation, root or entry).
+    fn differs(&self, other: &Input) -> bool {
+        self.fed.metadata.generation != other.fed.metadata.generation
+            || self.root.info().serial != other.root.info().serial
+            || self.member != other.member
+    }
+}
+
+/// A worker's last finished run.
+#[derive(Clone, Debug)]
+pub struct MemberRun {
+    pub report: MemberReport,
+    /// The federation generation the run worked from.
+    pub generation: Option<i64>,
+    /// API requests the run sent to the member (none when it was not reached).
+    pub requests: Option<RequestCount>,
+}
+
+/// Every worker of every federation, and what they share.
+pub struct Workers {
+    aggregate: mpsc::UnboundedSender<ObjectRef<MeshFederation>>,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    workers: HashMap<(String, String), Worker>,
+    /// What each member published, by federation and member.
+    facts: HashMap<String, BTreeMap<String, PeerFacts>>,
+    /// Members asked by a peer to mint a token.
+    wanted: HashSet<(String, String)>,
+    runs: HashMap<(String, String), MemberRun>,
+}
+
+struct Worker {
+    input: Arc<Mutex<Input>>,
+    wake: Arc<Notify>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn key(federation: &str, member: &str) -> (String, String) {
+    (federation.to_string(), member.to_string())
+}
+
+impl Workers {
+    /// The registry, and the stream of federations whose status is to be
+    /// aggregated because a worker finished (for `Controller::reconcile_on`).
+    pub fn new() -> (
+        Self,
+        impl futures::Stream<Item = ObjectRef<MeshFederation>> + Send + 'static,
+    ) {
+        let (aggregate, events) = mpsc::unbounded_channel();
+        let stream = futures::stream::unfold(events, |mut events| async move {
+            let next = events.recv().await?;
+            Some((next, events))
+        });
+        let workers = Self {
+            aggregate,
+            state: Mutex::default(),
+        };
+        (workers, stream)
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().expect("workers lock")
+    }
+
+    /// Starts the member's worker, or hands it `input`; wakes it when the
+    /// work changed or `resync` says so.
+    pub fn ensure(&self, ctx: &Arc<Context>, input: Input, resync: bool) {
+        let k = key(&input.fed.name_any(), &input.member.name);
+        let mut state = self.state();
+        if let Some(worker) = state.workers.get(&k) {
+            let mut current = worker.input.lock().expect("worker input lock");
+            let changed = current.differs(&input);
+            *current = input;
+            if changed || resync {
+                worker.wake.notify_one();
+            }
+            return;
+        }
+        let span = tracing::info_span!("member", federation = %k.0, member = %k.1);
+        let input = Arc::new(Mutex::new(input));
+        let wake = Arc::new(Notify::new());
+        let task =
+            tokio::spawn(work(Arc::downgrade(ctx), input.clone(), wake.clone()).instrument(span));
+        state.workers.insert(k, Worker { input, wake, task });
+    }
+
+    /// Wakes the member's worker.
+    pub fn wake(&self, federation: &str, member: &str) {
+        if let Some(w) = self.state().workers.get(&key(federation, member)) {
+            w.wake.notify_one();
+        }
+    }
+
+    /// Wakes every worker of `federation` but `except`'s.
+    fn wake_peers(&self, federation: &str, except: &str) {
+        for ((f, m), w) in &self.state().workers {
+            if f == federation && m != except {
+                w.wake.notify_one();
+            }
+        }
+    }
+
+    /// Stops the workers of `federation`'s members not in `members`, and
+    /// forgets what they published.
+    pub fn retain(&self, federation: &str, members: &BTreeSet<String>) {
+        let mut state = self.state();
+        let keep = |(f, m): &(String, String)| f != federation || members.contains(m);
+        state.workers.retain(|k, _| keep(k));
+        state.runs.retain(|k, _| keep(k));
+        state.wanted.retain(keep);
+        if let Some(facts) = state.facts.get_mut(federation) {
+            facts.retain(|m, _| members.contains(m));
+        }
+    }
+
+    /// What the members of `federation` published.
+    pub fn facts(&self, federation: &str) -> BTreeMap<String, PeerFacts> {
+        self.state()
+            .facts
+            .get(federation)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// The last finished run of each worker of `federation`.
+    pub fn runs(&self, federation: &str) -> BTreeMap<String, MemberRun> {
+        self.state()
+            .runs
+            .iter()
+            .filter(|((f, _), _)| f == federation)
+            .map(|((_, m), run)| (m.clone(), run.clone()))
+            .collect()
+    }
+
+    /// Publishes `member`'s facts; true when they changed.
+    fn publish(&self, federation: &str, member: &str, facts: PeerFacts) -> bool {
+        let mut state = self.state();
+        let all = state.facts.entry(federation.into()).or_default();
+        let changed = all.get(member) != Some(&facts);
+        all.insert(member.into(), facts);
+        changed
+    }
+
+    fn want_token(&self, federation: &str, member: &str) {
+        self.state().wanted.insert(key(federation, member));
+        self.wake(federation, member);
+    }
+
+    fn take_wanted(&self, federation: &str, member: &str) -> bool {
+        self.state().wanted.remove(&key(federation, member))
+    }
+
+    fn record(&self, federation: &str, member: &str, run: MemberRun) {
+        self.state().runs.insert(key(federation, member), run);
+        let _ = self
+            .aggregate
+            .send(ObjectRef::<MeshFederation>::new(federation));
+    }
+}
+
+/// The worker's loop: run, then sleep until woken, a deadline, or the
+/// backoff after a failed run.
+async fn work(ctx: Weak<Context>, input: Arc<Mutex<Input>>, wake: Arc<Notify>) {
+    let mut failures = 0u32;
+    loop {
+        let Some(ctx) = ctx.upgrade() else { return };
+        let current = input.lock().expect("worker input lock").clone();
+        let outcome = run(&ctx, &current).await;
+        failures = if outcome.ready {
+            0
+        } else {
+            (failures + 1).min(20)
+        };
+        let resync = ctx.settings.resync;
+        let retry = if outcome.ready {
+            resync
+        } else {
+            Duration::from_millis(500u64 << (failures - 1)).min(resync)
+        };
+        let wait = until_deadline(retry, outcome.deadline, Timestamp::now());
+        drop(ctx);
+        tokio::select! {
+            _ = wake.notified() => {}
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+/// What a run came to, for the worker's schedule.
+struct Outcome {
+    ready: bool,
+    deadline: Option<Timestamp>,
+}
+
+/// One pass over one member: its own objects, its token for peers, and the
+/// remote secrets in it.
+async fn run(ctx: &Arc<Context>, input: &Input) -> Outcome {
+    let fed = &input.fed;
+    let federation = fed.name_any();
+    let member = &input.member;
+    let now = Timestamp::now();
+    let ca = fed.spec.ca();
+    let policy = IntermediatePolicy {
+        algorithm: ca.key_algorithm(),
+        lifetime: ca.intermediate_lifetime(),
+        renew_before: ca.renew_before(),
+    };
+    let lifetime = fed.spec.token_lifetime();
+    let timeout = ctx.settings.member_timeout;
+    let workers = &ctx.workers;
+    let mut prepared = prepare_member(ctx, fed, member, &input.root, &policy, now).await;
+
+    // What peers need of this member; kept from the last run where this one
+    // could not find out.
+    let previous = workers
+        .facts(&federation)
+        .remove(&member.name)
+        .unwrap_or_default();
+    let reached = prepared.report.unreachable.is_none();
+    let mut facts = PeerFacts {
+        endpoint: prepared.endpoint.clone(),
+        reader: if reached {
+            prepared.reader.clone()
+        } else {
+            previous.reader.clone()
+        },
+        token: previous.token.clone(),
+        refused: prepared.report.claim_problem.is_some(),
+        cluster_id: prepared
+            .report
+            .status
+            .cluster_id
+            .clone()
+            .or(previous.cluster_id.clone()),
+    };
+    // Tokens are minted when a peer asks for one, never ahead of need.
+    if workers.take_wanted(&federation, &member.name) && facts.usable_token(lifetime, now).is_none()
+    {
+        match (&prepared.connection, &facts.reader) {
+            (Some(conn), Ok(reader)) => {
+                let sa = Api::<ServiceAccount>::namespaced(conn.client.clone(), ISTIO_NAMESPACE);
+                let minted = tokio::time::timeout(
+                    timeout,
+                    mint_token(&sa, &reader.service_account, lifetime, now),
+                )
+                .await;
+                match minted {
+                    Ok(Ok(token)) => {
+                        ctx.metrics.token_minted(&federation, &member.name);
+                        facts.token = Some((reader.clone(), token));
+                    }
+                    failed => {
+                        let why = match failed {
+                            Ok(Err(e)) => unreachable_reason(&e),
+                            _ => format!("no answer within {timeout:?}"),
+                        };
+                        prepared
+                            .report
+                            .other_problems
+                            .push(format!("minting a token for peers: {why}"));
+                        workers
+                            .state()
+                            .wanted
+                            .insert(key(&federation, &member.name));
+                    }
+                }
+            }
+            // Asked again once it can mint.
+            _ => {
+                workers
+                    .state()
+                    .wanted
+                    .insert(key(&federation, &member.name));
+            }
+        }
+    }
+    if workers.publish(&federation, &member.name, facts) {
+        workers.wake_peers(&federation, &member.name);
+    }
+
+    if let Some(conn) = prepared.connection.clone() {
+        // Every member in the spec is a peer, published or not yet.
+        let published = workers.facts(&federation);
+        let peers: BTreeMap<String, PeerFacts> = fed
+            .spec
+            .members
+            .iter()
+            .map(|m| {
+                let facts = published.get(&m.name).cloned().unwrap_or_default();
+                (m.name.clone(), facts)
+            })
+            .collect();
+        let plan = remote_secrets::plan(&federation, &prepared, &peers, lifetime, now);
+        for peer in plan.needs_tokens() {
+            workers.want_token(&federation, peer);
+        }
+        remote_secrets::sync_remote_secrets(
+            &federation,
+            &mut prepared,
+            &plan,
+            &peers,
+            lifetime,
+            timeout,
+        )
+        .await;
+        ctx.watches.ensure(
+            &federation,
+            &member.name,
+            &conn,
+            fed.spec.control_plane.is_some(),
+        );
+    }
+
+    let last = workers
+        .runs(&federation)
+        .remove(&member.name)
+        .map(|r| r.report.status.reachable);
+    let mut events = std::mem::take(&mut prepared.events);
+    events.extend(reachability_event(last, &prepared.report));
+    ctx.publish(fed, events).await;
+
+    let requests = prepared
+        .connection
+        .as_ref()
+        .map(|c| c.requests.snapshot().since(prepared.request_baseline));
+    let outcome = Outcome {
+        ready: prepared.report.is_ready(),
+        deadline: next_deadline(&prepared.report, policy.renew_before),
+    };
+    ctx.metrics.member_run(
+        &federation,
+        &member.name,
+        outcome.ready,
+        requests.unwrap_or_default(),
+    );
+    tracing::debug!(ready = outcome.ready, requests = ?requests, "member reconciled");
+    workers.record(
+        &federation,
+        &member.name,
+        MemberRun {
+            report: prepared.report,
+            generation: fed.metadata.generation,
+            requests,
+        },
+    );
+    outcome
+}
+
+/// An Event when the member became unreachable or reachable again.
+fn reachability_event(was_reachable: Option<bool>, report: &MemberReport) -> Option<Event> {
+    let name = &report.status.name;
+    match (was_reachable, report.unreachable.as_ref()) {
+        (Some(true) | None, Some(why)) => Some(Event::warning(
+            "MemberUnreachable",
+            format!("member {name}: {why}"),
+        )),
+        (Some(false), None) => Some(Event::normal(
+            "MemberRecovered",
+            format!("member {name} is reachable again"),
+        )),
+        _ => None,
+    }
+}
+
+/// The earliest moment something in the member must be renewed: a remote
+/// secret's token due for refresh, or its intermediate's renewal window.
+fn next_deadline(report: &MemberReport, renew_before: Duration) -> Option<Timestamp> {
+    let renew_before = jiff::SignedDuration::try_from(renew_before).unwrap_or_default();
+    let renewal = report
+        .status
+        .intermediate
+        .as_ref()
+        .and_then(|i| i.not_after.0.checked_sub(renew_before).ok());
+    report.next_token_refresh.into_iter().chain(renewal).min()
+}
+
+/// The wait before the next run: `regular`, or sooner when a deadline comes
+/// first (at least a second later, so that a deadline already passed cannot
+/// spin).
+fn until_deadline(regular: Duration, deadline: Option<Timestamp>, now: Timestamp) -> Duration {
+    let Some(deadline) = deadline else {
+        return regular;
+    };
+    let wait = Duration::try_from(deadline.duration_since(now)).unwrap_or_default();
+    regular.min(wait.max(Duration::from_secs(1)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::CertificateStatus;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+    fn t(s: &str) -> Timestamp {
+        s.parse().unwrap()
+    }
+
+    const MINUTE: Duration = Duration::from_secs(60);
+
+    #[test]
+    fn the_nearest_token_refresh_or_renewal_is_the_deadline() {
+        let renew_before = Duration::from_secs(30 * 24 * 3600);
+        let mut r = MemberReport::new("a");
+        assert_eq!(next_deadline(&r, renew_before), None);
+        r.next_token_refresh = Some(t("2026-01-01T05:00:00Z"));
+        assert_eq!(
+            next_deadline(&r, renew_before),
+            Some(t("2026-01-01T05:00:00Z"))
+        );
+        r.status.intermediate = Some(CertificateStatus {
+            serial: "1".into(),
+            not_after: Time(t("2026-01-31T00:00:00Z")),
+        });
+        assert_eq!(
+            next_deadline(&r, renew_before),
+            Some(t("2026-01-01T00:00:00Z")),
+            "the intermediate enters its renewal window first"
+        );
+    }
+
+    #[test]
+    fn a_deadline_before_the_regular_wait_brings_the_run_forward() {
+        let now = t("2026-01-01T00:00:00Z");
+        let resync = 30 * MINUTE;
+        assert_eq!(until_deadline(resync, None, now), resync);
+        assert_eq!(
+            until_deadline(resync, Some(t("2026-01-01T00:10:00Z")), now),
+            10 * MINUTE
+        );
+        assert_eq!(
+            until_deadline(resync, Some(t("2026-01-01T02:00:00Z")), now),
+            resync
+        );
+        assert_eq!(
+            until_deadline(resync, Some(t("2025-12-31T00:00:00Z")), now),
+            Duration::from_secs(1),
+            "a passed deadline never spins"
+        );
+    }
+
+    #[test]
+    fn reachability_changes_are_events_and_steady_states_are_not() {
+        let down = MemberReport {
+            unreachable: Some("connection refused".into()),
+            ..MemberReport::new("a")
+        };
+        let up = MemberReport::new("a");
+        assert_eq!(
+            reachability_event(Some(true), &down).map(|e| e.reason),
+            Some("MemberUnreachable")
+        );
+        assert_eq!(
+            reachability_event(None, &down).map(|e| e.reason),
+            Some("MemberUnreachable")
+        );
+        assert_eq!(
+            reachability_event(Some(false), &up).map(|e| e.reason),
+            Some("MemberRecovered")
+        );
+        assert!(reachability_event(Some(false), &down).is_none());
+        assert!(reachability_event(Some(true), &up).is_none());
+    }
+}
