@@ -1,7 +1,7 @@
 # The entry points people type. `make help` lists them.
 CARGO ?= cargo
 
-.PHONY: help demo test lint unit e2e packages testbed-tools helm istio crds bench bench-testbed bench-operator clean-testbed-cache
+.PHONY: help demo test lint unit e2e packages testbed-tools helm istio crds bench bench-testbed bench-operator bench-scale clean-testbed-cache
 
 help: ## List the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
@@ -38,13 +38,21 @@ crds: ## Regenerate the CRD YAML from operator/src/api
 	$(CARGO) run -q -p crd-gen > config/crd/meshfed.io_meshfederations.yaml
 	cp config/crd/meshfed.io_meshfederations.yaml charts/meshfed-operator/crds/
 
-bench: bench-testbed bench-operator ## All benchmarks
+bench: bench-testbed bench-operator bench-scale ## All benchmarks
 
 bench-testbed: testbed-tools ## Fleet start time and memory for 1, 3 and 10 clusters
 	$(CARGO) run -q -p e2e --bin testbed -- bench --sizes 1,3,10
 
 bench-operator: testbed-tools helm istio ## apply->Ready, requests/reconcile, RSS (3, 10 members); meshfed vs manual Istio install
 	$(CARGO) run -q -p e2e --bin bench -- --sizes 3,10
+
+PLOT_VENV := $${XDG_CACHE_HOME:-$$HOME/.cache}/meshfed/plot-venv
+
+bench-scale: testbed-tools ## 10, 25, 50 API-server-only members: apply->Ready, repair time, steady-state requests, RSS, a hung member; draws docs/img/convergence.png
+	$(CARGO) run -q -p e2e --bin scale -- --sizes 10,25,50 --csv docs/img/bench-scale.csv
+	@test -x $(PLOT_VENV)/bin/python || (python3 -m venv $(PLOT_VENV) && $(PLOT_VENV)/bin/pip install -q matplotlib==3.9.2)
+	@mkdir -p docs/img
+	$(PLOT_VENV)/bin/python e2e/bench/plot-scale.py docs/img/bench-scale.csv docs/img/convergence.png
 
 clean-testbed-cache: ## Forget the built test bed tools (next run rebuilds, ~10 min)
 	rm -rf $${XDG_CACHE_HOME:-$$HOME/.cache}/meshfed

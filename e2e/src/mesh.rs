@@ -359,24 +359,34 @@ pub fn status_table(fed: &MeshFederation) -> String {
 
 /// Path of the `meshfed-operator` binary, built (debug) if needed.
 pub fn operator_binary() -> Result<std::path::PathBuf> {
+    build_operator(false)
+}
+
+/// Builds the operator binary, optimised with `release`; returns its path.
+pub fn build_operator(release: bool) -> Result<std::path::PathBuf> {
     let workspace = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut args = vec![
+        "build",
+        "-q",
+        "-p",
+        "meshfed-operator",
+        "--bin",
+        "meshfed-operator",
+    ];
+    if release {
+        args.push("--release");
+    }
     let status =
         std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args([
-                "build",
-                "-q",
-                "-p",
-                "meshfed-operator",
-                "--bin",
-                "meshfed-operator",
-            ])
+            .args(&args)
             .current_dir(&workspace)
             .status()?;
     if !status.success() {
         bail!("building meshfed-operator failed");
     }
     let target = std::env::var_os("CARGO_TARGET_DIR").map_or(workspace.join("target"), Into::into);
-    Ok(target.join("debug").join("meshfed-operator"))
+    let profile = if release { "release" } else { "debug" };
+    Ok(target.join(profile).join("meshfed-operator"))
 }
 
 /// `GET path` over HTTP/1.0: (status, body). Bounded to 10 s.

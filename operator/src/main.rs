@@ -26,13 +26,15 @@ struct Args {
     #[arg(long, env = "MESHFED_NAMESPACE", default_value = "meshfed-system")]
     namespace: String,
 
-    /// Reconcile every federation at least this often, to refresh tokens,
-    /// renew intermediates and notice members that went away (e.g. 30s, 5m).
+    /// Safety resync: run every member's worker at least this often (e.g.
+    /// 30s, 5m). Changes in members are seen at once through watches, and
+    /// token refreshes and renewals are scheduled at their deadlines.
     #[arg(long, env = "MESHFED_RESYNC", default_value = "60s", value_parser = parse_duration)]
     resync: Duration,
 
     /// Give up on one member's step after this long; the member is then
-    /// reported unreachable and the others carry on.
+    /// reported unreachable. Each member has its own worker: the others never
+    /// wait for it.
     #[arg(long, env = "MESHFED_MEMBER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     member_timeout: Duration,
 

@@ -24,7 +24,7 @@ struct Args {
     /// Fleet sizes (number of members) to measure; `--sizes` alone measures none.
     #[arg(long, value_delimiter = ',', default_value = "3,10", num_args = 0..)]
     sizes: Vec<usize>,
-    /// Steady-state reconciles to average the request counts over.
+    /// Steady-state rounds (every member reconciled once) to average the request counts over.
     #[arg(long, default_value_t = 3)]
     reconciles: u64,
     /// Members in the Istio control plane comparison (meshfed against the
@@ -64,11 +64,7 @@ async fn main() -> Result<()> {
         println!("\nmeshfed operator benchmark (dev-profile binary, {cores} cores)");
         println!(
             "{:>7}  {:>14}  {:>26}  {:>27}  {:>17}",
-            "members",
-            "apply->Ready",
-            "reads/reconcile/member",
-            "writes/reconcile/member",
-            "operator peak RSS"
+            "members", "apply->Ready", "reads/member run", "writes/member run", "operator peak RSS"
         );
     }
     for r in rows {
@@ -125,19 +121,21 @@ async fn measure(binary: &std::path::Path, n: usize, reconciles: u64) -> Result<
         .await?;
         let to_ready = started.elapsed();
 
+        // Every member's worker runs at each resync: wait for `reconciles`
+        // rounds of them.
         let first = scrape(metrics_addr).await?;
         let mut last = first;
-        while last.0 < first.0 + reconciles {
+        while last.0 < first.0 + reconciles * n as u64 {
             tokio::time::sleep(Duration::from_millis(200)).await;
             last = scrape(metrics_addr).await?;
         }
-        let per = |total: f64| total / (last.0 - first.0) as f64 / n as f64;
+        let per = |total: f64| total / (last.0 - first.0) as f64;
         Ok::<_, anyhow::Error>(Figures {
             members: n,
             to_ready,
             reads_per_member: per(last.1 - first.1),
             writes_per_member: per(last.2 - first.2),
-            peak_rss_mib: peak_rss_kib(operator.id())? as f64 / 1024.0,
+            peak_rss_mib: e2e::fleet::peak_rss_bytes(operator.id()) as f64 / (1024.0 * 1024.0),
         })
     }
     .await;
@@ -146,7 +144,7 @@ async fn measure(binary: &std::path::Path, n: usize, reconciles: u64) -> Result<
     result
 }
 
-/// (ready reconciles, member reads, member writes) from the operator's /metrics.
+/// (ready member runs, member reads, member writes) from the operator's /metrics.
 async fn scrape(addr: std::net::SocketAddr) -> Result<(u64, f64, f64)> {
     let (_, text) = http_get(addr, "/metrics").await?;
     let mut figures = (0u64, 0.0, 0.0);
@@ -157,7 +155,7 @@ async fn scrape(addr: std::net::SocketAddr) -> Result<(u64, f64, f64)> {
                 .and_then(|v| v.parse::<f64>().ok())
                 .unwrap_or(0.0)
         };
-        if line.starts_with("meshfed_reconciles_total{") && line.contains(r#"result="ready""#) {
+        if line.starts_with("meshfed_member_runs_total{") && line.contains(r#"result="ready""#) {
             figures.0 += value() as u64;
         } else if line.starts_with("meshfed_member_api_requests_total{") {
             if line.contains(r#"kind="read""#) {
@@ -170,19 +168,6 @@ async fn scrape(addr: std::net::SocketAddr) -> Result<(u64, f64, f64)> {
     Ok(figures)
 }
 
-fn peak_rss_kib(pid: u32) -> Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let line = status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .context("no VmHWM")?;
-    Ok(line
-        .split_whitespace()
-        .nth(1)
-        .context("VmHWM value")?
-        .parse()?)
-}
-
 /// Istio's control plane on the same number of members, meshfed against the
 /// manual path.
 struct Comparison {
@@ -191,6 +176,8 @@ struct Comparison {
     meshfed: Duration,
     /// Reconciles meshfed ran until then, and the seconds they took in all.
     meshfed_reconciles: (u64, f64),
+    /// The operator's peak RSS over the Managed-mode run.
+    meshfed_peak_rss_mib: f64,
     manual: Duration,
     manual_commands: usize,
     /// (phase, seconds, commands) as manual-path.sh reports them.
@@ -229,6 +216,10 @@ impl Comparison {
             .map(|(name, s, c)| format!("{name} {s:.2} s ({c})"))
             .collect();
         println!("manual phases: {}", phases.join(", "));
+        println!(
+            "meshfed operator peak RSS in Managed mode: {:.1} MiB",
+            self.meshfed_peak_rss_mib
+        );
         println!(
             "meshfed: reconciles {}, working {:.2} s in all; operator --resync {}; (+{}): \
              member kubeconfig Secrets, stored before the clock starts",
@@ -275,7 +266,7 @@ async fn compare_control_plane(binary: &Path, n: usize, resync: &str) -> Result<
     quiet(Command::new("openssl").arg("version"))?;
 
     eprintln!(">> control plane, {n} members: meshfed");
-    let (meshfed, meshfed_reconciles) =
+    let (meshfed, meshfed_reconciles, meshfed_peak_rss_mib) =
         time_meshfed(binary, n, resync, &charts_dir, &version, &helm).await?;
     eprintln!(">> control plane, {n} members: manual path");
     let (manual, phases, manual_commands) =
@@ -285,6 +276,7 @@ async fn compare_control_plane(binary: &Path, n: usize, resync: &str) -> Result<
         resync: resync.into(),
         meshfed,
         meshfed_reconciles,
+        meshfed_peak_rss_mib,
         manual,
         manual_commands,
         phases,
@@ -323,7 +315,7 @@ async fn time_meshfed(
     charts_dir: &Path,
     version: &str,
     helm: &Path,
-) -> Result<(Duration, (u64, f64))> {
+) -> Result<(Duration, (u64, f64), f64)> {
     let fleet = Fleet::start(n).await?;
     let host = fleet.cluster(0).client();
     prepare_host(&fleet).await?;
@@ -390,7 +382,8 @@ async fn time_meshfed(
             Ok(scrape(metrics_addr).await?.0 >= 1)
         })
         .await?;
-        Ok::<_, anyhow::Error>((elapsed, reconcile_work(metrics_addr).await?))
+        let peak_rss_mib = e2e::fleet::peak_rss_bytes(operator.id()) as f64 / (1024.0 * 1024.0);
+        Ok::<_, anyhow::Error>((elapsed, reconcile_work(metrics_addr).await?, peak_rss_mib))
     }
     .await;
     let _ = operator.kill();

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use clap::Parser;
 use e2e::fleet::FleetOptions;
 use e2e::mesh::*;
@@ -56,7 +56,7 @@ struct Figures {
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
-    let binary = release_operator()?;
+    let binary = build_operator(true)?;
     let mut rows = Vec::new();
     for &n in &args.sizes {
         eprintln!(">> {n} members: starting an API-server-only fleet");
@@ -66,20 +66,6 @@ async fn main() -> Result<()> {
     write_csv(&args.csv, &rows)?;
     eprintln!("figures written to {}", args.csv.display());
     Ok(())
-}
-
-fn release_operator() -> Result<PathBuf> {
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .args(["build", "-q", "--release", "-p", "meshfed-operator"])
-        .current_dir(&workspace)
-        .status()?;
-    if !status.success() {
-        bail!("building meshfed-operator (release) failed");
-    }
-    let target = std::env::var_os("CARGO_TARGET_DIR").map_or(workspace.join("target"), Into::into);
-    Ok(target.join("release").join("meshfed-operator"))
 }
 
 /// The operator process; killed when dropped.
@@ -197,7 +183,7 @@ async fn measure(binary: &Path, n: usize, args: &Args) -> Result<Figures> {
     let change_with_hung = change_with_hung?;
     eprintln!("   spec change: {change:?}; with one member hung: {change_with_hung:?}");
 
-    let peak_rss_mib = peak_rss_kib(operator.child.id())? as f64 / 1024.0;
+    let peak_rss_mib = e2e::fleet::peak_rss_bytes(operator.child.id()) as f64 / (1024.0 * 1024.0);
     drop(operator);
     Ok(Figures {
         members: n,
@@ -294,19 +280,6 @@ async fn scrape(addr: SocketAddr) -> Result<Counters> {
     Ok(c)
 }
 
-fn peak_rss_kib(pid: u32) -> Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let line = status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .context("no VmHWM")?;
-    Ok(line
-        .split_whitespace()
-        .nth(1)
-        .context("VmHWM value")?
-        .parse()?)
-}
-
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
@@ -315,13 +288,37 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
+/// The figures of one row, in the CSV's column order.
+fn columns(r: &Figures) -> [f64; 12] {
+    let mut sorted = r.repairs.clone();
+    sorted.sort();
+    let hour = |v: f64| v / r.members as f64 * 3600.0 / r.steady_secs;
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    [
+        r.members as f64,
+        r.fleet_start.as_secs_f64(),
+        r.to_ready.as_secs_f64(),
+        ms(percentile(&sorted, 50.0)),
+        ms(percentile(&sorted, 99.0)),
+        hour(r.steady.reads),
+        hour(r.steady.writes),
+        hour(r.steady.tokens),
+        r.per_run,
+        r.change.as_secs_f64(),
+        r.change_with_hung.as_secs_f64(),
+        r.peak_rss_mib,
+    ]
+}
+
+const CSV_HEADER: &str = "members,fleet_start_s,apply_to_ready_s,repair_p50_ms,repair_p99_ms,steady_reads_per_member_hour,steady_writes_per_member_hour,tokens_per_member_hour,reads_per_run,spec_change_s,spec_change_one_hung_s,peak_rss_mib";
+
 fn print(rows: &[Figures]) {
     let cores = std::thread::available_parallelism().map_or(0, |c| c.get());
     println!(
         "\nmeshfed scale benchmark (release operator, API-server-only clusters, {cores} cores)"
     );
     println!(
-        "{:>7} {:>11} {:>13} {:>15} {:>15} {:>22} {:>13} {:>12} {:>16} {:>9}",
+        "{:>7} {:>9} {:>12} {:>16} {:>14} {:>24} {:>9} {:>11} {:>17} {:>9}",
         "members",
         "fleet up",
         "apply->Ready",
@@ -334,50 +331,20 @@ fn print(rows: &[Figures]) {
         "peak RSS"
     );
     for r in rows {
-        let mut sorted = r.repairs.clone();
-        sorted.sort();
-        let hour = |v: f64| v / r.members as f64 * 3600.0 / r.steady_secs;
+        let c = columns(r);
         println!(
-            "{:>7} {:>9.1} s {:>11.2} s {:>6.0}/{:>4.0} ms {:>15.1} {:>14.1}, {:>6.1} {:>13.1} {:>10.2} s {:>14.2} s {:>5.1} MiB",
-            r.members,
-            r.fleet_start.as_secs_f64(),
-            r.to_ready.as_secs_f64(),
-            percentile(&sorted, 50.0).as_secs_f64() * 1000.0,
-            percentile(&sorted, 99.0).as_secs_f64() * 1000.0,
-            hour(r.steady.reads),
-            hour(r.steady.writes),
-            hour(r.steady.tokens),
-            r.per_run,
-            r.change.as_secs_f64(),
-            r.change_with_hung.as_secs_f64(),
-            r.peak_rss_mib,
+            "{:>7} {:>7.1} s {:>10.2} s {:>7.0}/{:>5.0} ms {:>14.1} {:>16.1}, {:>6.1} {:>9.1} {:>9.2} s {:>15.2} s {:>5.1} MiB",
+            c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7], c[8], c[9], c[10], c[11]
         );
     }
 }
 
 fn write_csv(path: &Path, rows: &[Figures]) -> Result<()> {
-    let mut out = String::from(
-        "members,fleet_start_s,apply_to_ready_s,repair_p50_ms,repair_p99_ms,steady_reads_per_member_hour,steady_writes_per_member_hour,tokens_per_member_hour,reads_per_run,spec_change_s,spec_change_one_hung_s,peak_rss_mib\n",
-    );
+    let mut out = format!("{CSV_HEADER}\n");
     for r in rows {
-        let mut sorted = r.repairs.clone();
-        sorted.sort();
-        let hour = |v: f64| v / r.members as f64 * 3600.0 / r.steady_secs;
-        out.push_str(&format!(
-            "{},{:.2},{:.3},{:.0},{:.0},{:.2},{:.2},{:.2},{:.2},{:.3},{:.3},{:.1}\n",
-            r.members,
-            r.fleet_start.as_secs_f64(),
-            r.to_ready.as_secs_f64(),
-            percentile(&sorted, 50.0).as_secs_f64() * 1000.0,
-            percentile(&sorted, 99.0).as_secs_f64() * 1000.0,
-            hour(r.steady.reads),
-            hour(r.steady.writes),
-            hour(r.steady.tokens),
-            r.per_run,
-            r.change.as_secs_f64(),
-            r.change_with_hung.as_secs_f64(),
-            r.peak_rss_mib,
-        ));
+        let line: Vec<String> = columns(r).iter().map(|v| format!("{v:.3}")).collect();
+        out.push_str(&line.join(","));
+        out.push('\n');
     }
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;

@@ -283,14 +283,23 @@ pub fn free_port() -> Result<u16> {
 
 /// Resident set size of a process in bytes (`VmRSS` from /proc), 0 if gone.
 pub fn rss_bytes(pid: u32) -> u64 {
+    status_kib(pid, "VmRSS:") * 1024
+}
+
+/// Peak resident set size of a process (its high-water mark), in bytes.
+pub fn peak_rss_bytes(pid: u32) -> u64 {
+    status_kib(pid, "VmHWM:") * 1024
+}
+
+/// A kB figure from /proc/<pid>/status; 0 when the process is gone.
+fn status_kib(pid: u32, field: &str) -> u64 {
     let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
         return 0;
     };
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map(|kb| kb * 1024)
         .unwrap_or(0)
 }
 

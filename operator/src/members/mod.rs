@@ -16,6 +16,7 @@ use crate::telemetry::RequestCounter;
 
 mod watch;
 pub use watch::MemberWatches;
+pub(crate) use watch::receiver_stream;
 
 /// Why a member could not be connected to. Messages name the field to fix and
 /// never carry the kubeconfig itself.

@@ -43,15 +43,11 @@ impl MemberWatches {
     /// The registry, and the stream of members whose objects changed.
     pub fn new() -> (Self, impl Stream<Item = (String, String)> + Send + 'static) {
         let (trigger, events) = mpsc::unbounded_channel();
-        let stream = futures::stream::unfold(events, |mut events| async move {
-            let next = events.recv().await?;
-            Some((next, events))
-        });
         let watches = Self {
             trigger,
             running: Mutex::default(),
         };
-        (watches, stream)
+        (watches, receiver_stream(events))
     }
 
     /// Watches `member` of `federation` through `conn`, unless it already is
@@ -95,6 +91,16 @@ impl MemberWatches {
             .expect("watches lock")
             .retain(|(f, m), _| f != federation || members.contains(m));
     }
+}
+
+/// What `receiver` receives, as a stream.
+pub(crate) fn receiver_stream<T: Send + 'static>(
+    receiver: mpsc::UnboundedReceiver<T>,
+) -> impl Stream<Item = T> + Send + 'static {
+    futures::stream::unfold(receiver, |mut receiver| async move {
+        let next = receiver.recv().await?;
+        Some((next, receiver))
+    })
 }
 
 /// Every kind meshfed owns in a member, watched by meshfed's labels, metadata

@@ -93,15 +93,11 @@ impl Workers {
         impl futures::Stream<Item = ObjectRef<MeshFederation>> + Send + 'static,
     ) {
         let (aggregate, events) = mpsc::unbounded_channel();
-        let stream = futures::stream::unfold(events, |mut events| async move {
-            let next = events.recv().await?;
-            Some((next, events))
-        });
         let workers = Self {
             aggregate,
             state: Mutex::default(),
         };
-        (workers, stream)
+        (workers, crate::members::receiver_stream(events))
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
