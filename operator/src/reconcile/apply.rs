@@ -8,7 +8,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use crate::render::{FIELD_MANAGER, contains, is_ours, keys, managed_selector, wants_adoption};
+use crate::render::{FIELD_MANAGER, contains, is_ours, keys, wants_adoption};
 
 /// What [`ensure`] did.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -73,23 +73,35 @@ where
         .await
 }
 
-/// Deletes every object meshfed labelled for `federation` that `keep` rejects.
+/// Deletes every object in `api` matching `selector` that `keep` rejects.
 /// Returns the names deleted.
 pub async fn prune<K>(
     api: &Api<K>,
-    federation: &str,
+    selector: &str,
     keep: impl Fn(&K) -> bool,
 ) -> Result<Vec<String>, kube::Error>
 where
     K: Resource + Clone + Debug + DeserializeOwned,
 {
+    let objects = api.list(&ListParams::default().labels(selector)).await?;
+    let unwanted = objects
+        .items
+        .iter()
+        .filter(|o| !keep(o))
+        .map(|o| o.name_any());
+    delete_all(api, unwanted.collect()).await
+}
+
+/// Deletes the objects named `names` in `api` (one already gone is no
+/// error). Returns the names deleted.
+pub async fn delete_all<K>(api: &Api<K>, names: Vec<String>) -> Result<Vec<String>, kube::Error>
+where
+    K: Resource + Clone + Debug + DeserializeOwned,
+{
     let mut deleted = Vec::new();
-    let objects = api
-        .list(&ListParams::default().labels(&managed_selector(federation)))
-        .await?;
-    for obj in objects.items.iter().filter(|o| !keep(o)) {
-        match api.delete(&obj.name_any(), &DeleteParams::default()).await {
-            Ok(_) => deleted.push(obj.name_any()),
+    for name in names {
+        match api.delete(&name, &DeleteParams::default()).await {
+            Ok(_) => deleted.push(name),
             Err(kube::Error::Api(e)) if e.code == 404 => {}
             Err(e) => return Err(e),
         }

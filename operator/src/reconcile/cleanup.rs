@@ -1,37 +1,55 @@
 //! Removing meshfed's objects from a member that leaves, or from every member
-//! when the federation is deleted.
-use std::fmt::Debug;
+//! when the federation is deleted: the apply engine's prune with nothing
+//! desired, over every kind meshfed ever applied there.
+use std::collections::BTreeSet;
 
-use k8s_openapi::api::admissionregistration::v1::{
-    MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
-};
-use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
-use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
-use kube::api::{ApiResource, DynamicObject, GroupVersionKind, ObjectMeta};
-use kube::{Api, Client, Resource};
-use serde::de::DeserializeOwned;
+use kube::api::{DynamicObject, GroupVersionKind, ObjectMeta};
+use kube::{Api, Client};
 
 use super::apply::prune;
+use super::control_plane::KindCache;
 use crate::api::RemovalPolicy;
 use crate::render::control_plane::COMPONENT;
-use crate::render::{CACERTS, ISTIO_NAMESPACE};
+use crate::render::{CACERTS, ISTIO_NAMESPACE, managed_selector, parse_kind_key};
 
-/// Deletes what meshfed labelled for `federation` in the member. Remote
-/// secrets, the reader identity and the cluster claim always go. With `Retain`, what a running
-/// Istio needs stays: `cacerts` and the control plane meshfed installed
-/// (istiod, gateways), so the cluster keeps working on its own. Never
-/// deleted: Istio's CRDs (that would delete every Istio resource) and the
-/// `istio-system` namespace. Control-plane kinds are visited only when the
-/// federation has (or had) a control plane: otherwise the operator has no
-/// business, nor permission, listing them.
+/// What meshfed creates in every member, recorded or not: remote secrets and
+/// `cacerts`, the reader identity, the cluster claim.
+const BASE_KINDS: [(&str, &str, &str); 5] = [
+    ("", "v1", "Secret"),
+    ("", "v1", "ServiceAccount"),
+    ("", "v1", "ConfigMap"),
+    ("rbac.authorization.k8s.io", "v1", "ClusterRoleBinding"),
+    ("rbac.authorization.k8s.io", "v1", "ClusterRole"),
+];
+
+/// The kinds to visit: the base kinds, then every kind the claim recorded.
+/// Never CRDs: deleting Istio's would delete every Istio resource.
+pub fn kinds_to_remove(recorded: &BTreeSet<String>) -> Vec<GroupVersionKind> {
+    let mut kinds: Vec<GroupVersionKind> = BASE_KINDS
+        .iter()
+        .map(|(g, v, k)| GroupVersionKind::gvk(g, v, k))
+        .collect();
+    for gvk in recorded.iter().filter_map(|k| parse_kind_key(k)) {
+        if gvk.kind != "CustomResourceDefinition" && !kinds.contains(&gvk) {
+            kinds.push(gvk);
+        }
+    }
+    kinds
+}
+
+/// Deletes what meshfed labelled for `federation` in the member (`cluster`
+/// is its identity). Remote secrets, the reader identity and the cluster
+/// claim always go. With `Retain`, what a running Istio needs stays:
+/// `cacerts` and the control plane meshfed installed (istiod, gateways), so
+/// the cluster keeps working on its own. Never deleted: Istio's CRDs and the
+/// `istio-system` namespace.
 pub async fn remove_from_member(
+    kinds: &KindCache,
     client: &Client,
+    cluster: &str,
     federation: &str,
     policy: RemovalPolicy,
-    control_plane: bool,
+    recorded: &BTreeSet<String>,
 ) -> Result<Vec<String>, kube::Error> {
     let retain = policy == RemovalPolicy::Retain;
     let keep = |meta: &ObjectMeta| {
@@ -41,94 +59,56 @@ pub async fn remove_from_member(
             .is_some_and(|l| l.contains_key(COMPONENT));
         retain && (installed || meta.name.as_deref() == Some(CACERTS))
     };
-    let c = || client.clone();
-    let ns = ISTIO_NAMESPACE;
+    let selector = managed_selector(federation);
     let mut removed = Vec::new();
-    removed.extend(prune_kind(Api::<Secret>::namespaced(c(), ns), federation, &keep).await?);
-    removed.extend(
-        prune_kind(
-            Api::<ServiceAccount>::namespaced(c(), ns),
-            federation,
-            &keep,
-        )
-        .await?,
-    );
-    removed.extend(prune_kind(Api::<ClusterRoleBinding>::all(c()), federation, &keep).await?);
-    removed.extend(prune_kind(Api::<ClusterRole>::all(c()), federation, &keep).await?);
-    // The cluster claim, and the control plane's ConfigMaps unless retained.
-    removed.extend(prune_kind(Api::<ConfigMap>::namespaced(c(), ns), federation, &keep).await?);
-    if !control_plane {
-        return Ok(removed);
-    }
-    removed.extend(prune_kind(Api::<Deployment>::namespaced(c(), ns), federation, &keep).await?);
-    removed.extend(prune_kind(Api::<Service>::namespaced(c(), ns), federation, &keep).await?);
-    removed.extend(prune_kind(Api::<Role>::namespaced(c(), ns), federation, &keep).await?);
-    removed.extend(prune_kind(Api::<RoleBinding>::namespaced(c(), ns), federation, &keep).await?);
-    removed.extend(
-        prune_kind(
-            Api::<HorizontalPodAutoscaler>::namespaced(c(), ns),
-            federation,
-            &keep,
-        )
-        .await?,
-    );
-    removed.extend(
-        prune_kind(
-            Api::<PodDisruptionBudget>::namespaced(c(), ns),
-            federation,
-            &keep,
-        )
-        .await?,
-    );
-    removed.extend(
-        prune_kind(
-            Api::<MutatingWebhookConfiguration>::all(c()),
-            federation,
-            &keep,
-        )
-        .await?,
-    );
-    removed.extend(
-        prune_kind(
-            Api::<ValidatingWebhookConfiguration>::all(c()),
-            federation,
-            &keep,
-        )
-        .await?,
-    );
-    let gateway = ApiResource::from_gvk(&GroupVersionKind::gvk(
-        "networking.istio.io",
-        "v1",
-        "Gateway",
-    ));
-    match prune_kind(
-        Api::<DynamicObject>::namespaced_with(c(), ns, &gateway),
-        federation,
-        &keep,
-    )
-    .await
-    {
-        Ok(names) => removed.extend(names),
-        // Istio's CRDs are not installed: no Gateway can exist.
-        Err(kube::Error::Api(e)) if e.code == 404 => {}
-        Err(e) => return Err(e),
+    for gvk in kinds_to_remove(recorded) {
+        let (resource, namespaced) = match kinds.resolve(client, cluster, &gvk).await {
+            Ok(found) => found,
+            // Not served (any more): nothing of that kind can exist.
+            Err(kube::Error::Discovery(_)) => continue,
+            Err(kube::Error::Api(e)) if e.code == 404 => continue,
+            Err(e) => return Err(e),
+        };
+        let api = if namespaced {
+            Api::<DynamicObject>::namespaced_with(client.clone(), ISTIO_NAMESPACE, &resource)
+        } else {
+            Api::<DynamicObject>::all_with(client.clone(), &resource)
+        };
+        let names = prune(&api, &selector, |o: &DynamicObject| keep(&o.metadata)).await?;
+        removed.extend(names.into_iter().map(|n| format!("{}/{n}", gvk.kind)));
     }
     Ok(removed)
 }
 
-/// Deletes `federation`'s objects of one kind that `keep` rejects; returns "Kind/name"s.
-async fn prune_kind<K>(
-    api: Api<K>,
-    federation: &str,
-    keep: &impl Fn(&ObjectMeta) -> bool,
-) -> Result<Vec<String>, kube::Error>
-where
-    K: Resource + Clone + Debug + DeserializeOwned,
-{
-    let kind = std::any::type_name::<K>()
-        .rsplit("::")
-        .next()
-        .unwrap_or("object");
-    let names = prune(&api, federation, |o: &K| keep(o.meta())).await?;
-    Ok(names.into_iter().map(|n| format!("{kind}/{n}")).collect())
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base_kinds_come_first_then_recorded_ones_never_crds() {
+        let recorded: BTreeSet<String> = [
+            "apps/v1/Deployment",
+            "apiextensions.k8s.io/v1/CustomResourceDefinition",
+            "/v1/Secret",
+            "autoscaling/v2/HorizontalPodAutoscaler",
+        ]
+        .map(String::from)
+        .into();
+        let kinds: Vec<String> = kinds_to_remove(&recorded)
+            .iter()
+            .map(|k| k.kind.clone())
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                "Secret",
+                "ServiceAccount",
+                "ConfigMap",
+                "ClusterRoleBinding",
+                "ClusterRole",
+                "Deployment",
+                "HorizontalPodAutoscaler"
+            ]
+        );
+    }
 }

@@ -6,14 +6,12 @@ use std::sync::Mutex;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Service;
-use kube::api::{
-    ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams,
-};
+use kube::api::{ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams};
 use kube::discovery::{Scope, pinned_kind};
 use kube::{Api, Client, ResourceExt};
 
 use super::Context;
-use super::apply::write;
+use super::apply::{delete_all, write};
 use super::claim::record_kinds;
 use crate::api::{ControlPlaneMode, Member, MeshFederationSpec};
 use crate::charts::Chart;
@@ -60,7 +58,8 @@ impl KindCache {
             .remove(&Self::key(cluster, gvk));
     }
 
-    async fn resolve(
+    /// The API resource of `gvk` in the cluster, and whether it is namespaced.
+    pub(super) async fn resolve(
         &self,
         client: &Client,
         cluster: &str,
@@ -379,14 +378,13 @@ async fn converge_component(
         if gvk.kind == "CustomResourceDefinition" {
             continue;
         }
-        for ((ns, name), _) in live.iter().filter(|(k, _)| !wanted.contains(*k)) {
-            let api = api_for((!ns.is_empty()).then_some(ns.as_str()));
-            match api.delete(name, &DeleteParams::default()).await {
-                Ok(_) => {}
-                Err(kube::Error::Api(e)) if e.code == 404 => {}
-                Err(e) => return Err(e),
-            }
-        }
+        // Listed in istio-system (or cluster-wide): deleted through the same API.
+        let unwanted: Vec<String> = live
+            .keys()
+            .filter(|k| !wanted.contains(*k))
+            .map(|(_, name)| name.clone())
+            .collect();
+        delete_all(&api_for(None), unwanted).await?;
     }
     Ok(None)
 }

@@ -600,14 +600,20 @@ async fn remove_member(
         {
             return Ok(Removal::ClusterTakenBy(owner.clone()));
         }
-        // The claim records every kind meshfed applied: a control plane too.
-        let control_plane = fed.spec.control_plane.is_some()
-            || claim.is_some_and(|c| c.federation == federation && !c.kinds.is_empty());
+        // The claim records every kind meshfed applied there, a control plane's too.
+        let ours = claim.filter(|c| c.federation == federation);
+        let cluster = match &ours {
+            Some(c) => c.cluster_id.clone(),
+            None => claim::cluster_id(&conn.client).await?,
+        };
+        let recorded = ours.map(|c| c.kinds).unwrap_or_default();
         cleanup::remove_from_member(
+            &ctx.kinds,
             &conn.client,
+            &cluster,
             &federation,
             fed.spec.ca().on_removal(),
-            control_plane,
+            &recorded,
         )
         .await
         .map(Removal::Removed)
