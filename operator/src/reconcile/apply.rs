@@ -8,7 +8,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use crate::render::{FIELD_MANAGER, contains, is_ours, keys, wants_adoption};
+use crate::render::{contains, field_manager, is_ours, keys, wants_adoption};
 
 /// What [`ensure`] did.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -51,19 +51,19 @@ where
             return Ok((Applied::Unchanged, live));
         }
     }
-    Ok((Applied::Written, write(api, desired).await?))
+    Ok((Applied::Written, write(api, desired, federation).await?))
 }
 
 /// Server-side applies `desired` unconditionally (the caller decided it must
 /// change). An object a user handed over with `meshfed.io/adopt` now carries
 /// this federation's labels; the annotation goes, so that no other federation
 /// can take it.
-pub async fn write<K>(api: &Api<K>, desired: &K) -> Result<K, kube::Error>
+pub async fn write<K>(api: &Api<K>, desired: &K, federation: &str) -> Result<K, kube::Error>
 where
     K: Resource + Clone + Debug + Serialize + DeserializeOwned,
 {
     let name = desired.meta().name.clone().unwrap_or_default();
-    let params = PatchParams::apply(FIELD_MANAGER).force();
+    let params = PatchParams::apply(&field_manager(federation)).force();
     let written = api.patch(&name, &params, &Patch::Apply(desired)).await?;
     if !wants_adoption(written.meta()) {
         return Ok(written);

@@ -361,7 +361,7 @@ async fn converge_component(
             let created = matches!(unlisted, Some(None));
             let mut obj = obj.clone();
             obj.metadata.namespace = ns.clone();
-            write(&api, &obj).await?;
+            write(&api, &obj, federation).await?;
             let bootstrap = component
                 .bootstraps
                 .iter()

@@ -324,7 +324,7 @@ async fn sync_cacerts(
                         return Ok(());
                     }
                 };
-            write(secrets, &render_cacerts(federation, &bundle)).await?;
+            write(secrets, &render_cacerts(federation, &bundle), federation).await?;
             prepared
                 .events
                 .push(intermediate_event(&member.name, reason));

@@ -6,10 +6,10 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{DeleteParams, ObjectMeta, Patch, PatchParams};
-use kube::{Api, Client, Resource};
+use kube::{Api, Client, Resource, ResourceExt};
 
 use crate::api::{MemberCredentials, MeshFederation};
-use crate::render::{FIELD_MANAGER, managed_labels};
+use crate::render::{field_manager, managed_labels};
 
 /// Members by name, and how to reach them.
 pub type Membership = BTreeMap<String, MemberCredentials>;
@@ -100,7 +100,7 @@ pub async fn store(
     Api::<ConfigMap>::namespaced(client.clone(), namespace)
         .patch(
             &name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
+            &PatchParams::apply(&field_manager(&fed.name_any())).force(),
             &Patch::Apply(&record),
         )
         .await?;

@@ -30,7 +30,7 @@ use tracing::{Instrument, info, warn};
 
 use crate::api::{CertificateStatus, MeshFederation, MeshFederationStatus};
 use crate::members::{MemberPool, MemberWatches};
-use crate::render::FIELD_MANAGER;
+use crate::render::field_manager;
 use crate::telemetry::{Metrics, ReconcileResult, RequestCount};
 use status::{MemberReport, build_status};
 
@@ -746,7 +746,7 @@ async fn patch_status(
     });
     api.patch_status(
         name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
+        &PatchParams::apply(&field_manager(name)).force(),
         &Patch::Apply(&patch),
     )
     .await?;

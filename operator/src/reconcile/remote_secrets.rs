@@ -235,7 +235,7 @@ async fn carry_out(
                     continue;
                 };
                 let secret = render_remote_secret(federation, peer, endpoint, reader, token);
-                match write(&api, &secret).await {
+                match write(&api, &secret, federation).await {
                     Ok(_) => {
                         present += 1;
                         note(

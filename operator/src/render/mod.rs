@@ -31,8 +31,12 @@ pub use remote_secret::{
 pub const ISTIO_NAMESPACE: &str = "istio-system";
 /// Name istiod reads its plug-in CA from.
 pub const CACERTS: &str = "cacerts";
-/// Field manager for every server-side apply meshfed makes.
-pub const FIELD_MANAGER: &str = "meshfed";
+/// Field manager of every server-side apply meshfed makes for `federation`:
+/// one per federation, so that two federations never share the ownership of
+/// a field.
+pub fn field_manager(federation: &str) -> String {
+    format!("meshfed-{federation}")
+}
 
 /// Labels and annotations meshfed reads or writes, in one place.
 pub mod keys {
