@@ -715,3 +715,59 @@ async fn a_hung_member_does_not_slow_the_others() -> Result<()> {
     eprintln!("{}", status_table(&status));
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_caps_token_lifetimes_causes_no_rewrites() -> Result<()> {
+    let fleet = Fleet::start_with(e2e::FleetOptions {
+        apiserver_args: vec!["--service-account-max-token-expiration=1h".into()],
+        ..e2e::FleetOptions::new(2)
+    })
+    .await?;
+    let _logs = fleet.log_guard();
+    let host = fleet.cluster(0).client();
+    prepare_host(&fleet).await?;
+    let operator = start_operator(
+        fleet.cluster(0),
+        Duration::from_secs(2),
+        Duration::from_secs(3),
+    )?;
+    // tokenLifetime stays at its default, 24h: the servers issue 1h.
+    let fed = federation(
+        FED,
+        vec![
+            local_member(fleet.cluster(0), "net-a"),
+            member(fleet.cluster(1), "net-b"),
+        ],
+    );
+    apply_federation(&host, &fed).await?;
+    wait_for_federation(&host, FED, WAIT, "Ready", ready).await?;
+    let clients: Vec<Client> = fleet.clusters().iter().map(|c| c.client()).collect();
+    let versions = || async {
+        let mut out = Vec::new();
+        for (i, c) in clients.iter().enumerate() {
+            let peer = fleet.cluster(1 - i).name();
+            let s = istio_secrets(c)
+                .get(&format!("istio-remote-secret-{peer}"))
+                .await?;
+            let a = s.metadata.annotations.clone().unwrap_or_default();
+            let lifetime = a["meshfed.io/token-expires-at"]
+                .parse::<jiff::Timestamp>()?
+                .duration_since(a["meshfed.io/token-issued-at"].parse::<jiff::Timestamp>()?);
+            anyhow::ensure!(
+                lifetime <= jiff::SignedDuration::from_mins(61),
+                "the server did not cap the token: {lifetime:?}"
+            );
+            out.push(s.metadata.resource_version.unwrap());
+        }
+        anyhow::Ok(out)
+    };
+    let before = versions().await?;
+    // Fifteen safety resyncs of every member.
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert_eq!(versions().await?, before, "remote secrets were rewritten");
+    let stats = operator.context.last_reconcile(FED).unwrap();
+    for (member, count) in &stats.requests {
+        assert_eq!(count.writes, 0, "{member}: {count:?}");
+    }
+    Ok(())
+}

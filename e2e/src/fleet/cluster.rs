@@ -49,6 +49,8 @@ pub(crate) struct ClusterEnv {
     pub nodes: usize,
     /// Only kube-apiserver: no controller-manager, scheduler, kwok or nodes.
     pub apiserver_only: bool,
+    /// Extra kube-apiserver flags.
+    pub apiserver_args: Vec<String>,
     pub timeout: Duration,
 }
 
@@ -157,7 +159,8 @@ impl Cluster {
                 "--endpoint-reconciler-type=none".into(),
                 "--profiling=false".into(),
                 "--v=1".into(),
-            ]);
+            ])
+            .args(env.apiserver_args.iter().cloned());
             let admin_yaml =
                 kubeconfig_yaml(&name, &server_url, &pki.server_ca.cert_pem, &pki.admin);
             let config = kube_config_from_yaml(&admin_yaml).await?;

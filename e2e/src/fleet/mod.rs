@@ -45,6 +45,8 @@ pub struct FleetOptions {
     /// what meshfed does without a control plane (TokenRequest is served
     /// by the API server itself); Deployments never become Available.
     pub apiserver_only: bool,
+    /// Extra kube-apiserver flags for every cluster.
+    pub apiserver_args: Vec<String>,
     /// Directory for the fleet's files. `None`: a fresh temporary directory,
     /// removed on drop unless [`FleetOptions::keep`]. A given directory is
     /// never removed.
@@ -62,6 +64,7 @@ impl FleetOptions {
             clusters,
             nodes_per_cluster: 1,
             apiserver_only: false,
+            apiserver_args: Vec::new(),
             dir: None,
             keep: std::env::var(KEEP_ENV).is_ok_and(|v| v == "1" || v == "true"),
             timeout: None,
@@ -126,6 +129,7 @@ impl Fleet {
             etcd_url: etcd.url.clone(),
             nodes: opts.nodes_per_cluster,
             apiserver_only: opts.apiserver_only,
+            apiserver_args: opts.apiserver_args.clone(),
             timeout: timeout.saturating_sub(t0.elapsed()),
         });
         let clusters = futures::future::try_join_all(
