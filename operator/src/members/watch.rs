@@ -6,7 +6,7 @@ use std::sync::Mutex;
 
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use kube::core::PartialObjectMeta;
 use kube::runtime::watcher::{self, Event};
@@ -103,8 +103,9 @@ pub(crate) fn receiver_stream<T: Send + 'static>(
     })
 }
 
-/// Every kind meshfed owns in a member, watched by meshfed's labels, metadata
-/// only: any change or deletion wakes the member's worker.
+/// Every kind meshfed owns in a member, watched by meshfed's labels, and the
+/// `kube-system` (its identity) and `istio-system` namespaces, metadata only:
+/// any change or deletion wakes the member's worker.
 async fn watch_member(
     client: Client,
     member: (String, String),
@@ -131,6 +132,14 @@ async fn watch_member(
             &config,
         ),
     ];
+    // The cluster's identity, and the namespace everything meshfed owns is in.
+    for ns in ["kube-system", ISTIO_NAMESPACE] {
+        let by_name = watcher::Config::default().fields(&format!("metadata.name={ns}"));
+        streams.push(changes(
+            Api::<Meta<Namespace>>::all(client.clone()),
+            &by_name,
+        ));
+    }
     if control_plane {
         streams.push(changes(
             Api::<Meta<Deployment>>::namespaced(client.clone(), ns),
