@@ -196,6 +196,37 @@ pub fn start_operator(
     )
 }
 
+/// What most end-to-end tests start from: a fleet whose cluster-0 is the
+/// operator's host (prepared by [`prepare_host`]), and the operator running
+/// in this process. Fields drop in order: log tails first (while the files
+/// exist), then the operator, then the fleet.
+pub struct OperatorBed {
+    _logs: crate::LogTailGuard,
+    pub operator: RunningOperator,
+    pub host: Client,
+    pub fleet: crate::Fleet,
+}
+
+/// An [`OperatorBed`] of `clusters` clusters, the operator with `resync` and
+/// `member_timeout`.
+pub async fn operator_bed(
+    clusters: usize,
+    resync: Duration,
+    member_timeout: Duration,
+) -> Result<OperatorBed> {
+    let fleet = crate::Fleet::start(clusters).await?;
+    let logs = fleet.log_guard();
+    let host = fleet.cluster(0).client();
+    prepare_host(&fleet).await?;
+    let operator = start_operator(fleet.cluster(0), resync, member_timeout)?;
+    Ok(OperatorBed {
+        _logs: logs,
+        operator,
+        host,
+        fleet,
+    })
+}
+
 /// Starts the operator with `host` as its own cluster and these settings.
 pub fn start_operator_with(host: &Cluster, settings: Settings) -> Result<RunningOperator> {
     let context = Context::new(host.client(), host.kube_config(), settings)?;

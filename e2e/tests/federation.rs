@@ -118,15 +118,8 @@ async fn managed_versions(c: &Client) -> BTreeMap<String, String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn federation_lifecycle_on_three_real_clusters() -> Result<()> {
-    let fleet = Fleet::start(3).await?;
-    let _logs = fleet.log_guard();
-    let host = fleet.cluster(0).client();
-    prepare_host(&fleet).await?;
-    let operator = start_operator(
-        fleet.cluster(0),
-        Duration::from_secs(2),
-        Duration::from_secs(3),
-    )?;
+    let bed = operator_bed(3, Duration::from_secs(2), Duration::from_secs(3)).await?;
+    let (fleet, host, operator) = (&bed.fleet, bed.host.clone(), &bed.operator);
     let members = vec![
         local_member(fleet.cluster(0), "net-a"),
         member(fleet.cluster(1), "net-a"),
@@ -425,7 +418,6 @@ async fn federation_lifecycle_on_three_real_clusters() -> Result<()> {
             .await?;
         assert!(claim.is_none(), "the cluster claim is released");
     }
-    drop(operator);
     Ok(())
 }
 
@@ -536,15 +528,8 @@ async fn invalid_specs_are_rejected_by_the_api_server() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn member_kubeconfigs_without_verified_tls_are_refused() -> Result<()> {
-    let fleet = Fleet::start(2).await?;
-    let _logs = fleet.log_guard();
-    let host = fleet.cluster(0).client();
-    prepare_host(&fleet).await?;
-    let _operator = start_operator(
-        fleet.cluster(0),
-        Duration::from_secs(2),
-        Duration::from_secs(3),
-    )?;
+    let bed = operator_bed(2, Duration::from_secs(2), Duration::from_secs(3)).await?;
+    let (fleet, host) = (&bed.fleet, bed.host.clone());
     let remote = fleet.cluster(1);
     let yaml = remote.kubeconfig_yaml();
     let server_line = yaml

@@ -76,15 +76,8 @@ where
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_recreated_reader_or_a_renamed_member_keeps_peer_tokens_working() -> Result<()> {
-    let fleet = Fleet::start(3).await?;
-    let _logs = fleet.log_guard();
-    let host = fleet.cluster(0).client();
-    prepare_host(&fleet).await?;
-    let _operator = start_operator(
-        fleet.cluster(0),
-        Duration::from_secs(2),
-        Duration::from_secs(3),
-    )?;
+    let bed = operator_bed(3, Duration::from_secs(2), Duration::from_secs(3)).await?;
+    let (fleet, host) = (&bed.fleet, bed.host.clone());
     let mut members = vec![
         local_member(fleet.cluster(0), "net-a"),
         member(fleet.cluster(1), "net-a"),
@@ -166,15 +159,8 @@ async fn a_recreated_reader_or_a_renamed_member_keeps_peer_tokens_working() -> R
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cluster_belongs_to_one_member_of_one_federation() -> Result<()> {
-    let fleet = Fleet::start(3).await?;
-    let _logs = fleet.log_guard();
-    let host = fleet.cluster(0).client();
-    prepare_host(&fleet).await?;
-    let _operator = start_operator(
-        fleet.cluster(0),
-        Duration::from_secs(2),
-        Duration::from_secs(3),
-    )?;
+    let bed = operator_bed(3, Duration::from_secs(2), Duration::from_secs(3)).await?;
+    let (fleet, host) = (&bed.fleet, bed.host.clone());
     let (c1, c2) = (fleet.cluster(1), fleet.cluster(2));
     let owner = c1.name().to_string();
     let prod = vec![local_member(fleet.cluster(0), "net-a"), member(c1, "net-a")];
