@@ -13,27 +13,30 @@ use crate::render::control_plane::COMPONENT;
 use crate::render::{CACERTS, ISTIO_NAMESPACE, managed_selector, parse_kind_key};
 
 /// What meshfed creates in every member, recorded or not: remote secrets and
-/// `cacerts`, the reader identity, the cluster claim.
-const BASE_KINDS: [(&str, &str, &str); 5] = [
+/// `cacerts`, the reader identity.
+const BASE_KINDS: [(&str, &str, &str); 4] = [
     ("", "v1", "Secret"),
     ("", "v1", "ServiceAccount"),
-    ("", "v1", "ConfigMap"),
     ("rbac.authorization.k8s.io", "v1", "ClusterRoleBinding"),
     ("rbac.authorization.k8s.io", "v1", "ClusterRole"),
 ];
 
-/// The kinds to visit: the base kinds, then every kind the claim recorded.
-/// Never CRDs: deleting Istio's would delete every Istio resource.
+/// The kinds to visit: the base kinds, every kind the claim recorded, and
+/// ConfigMaps last: the claim, which records the kinds, goes only after
+/// everything it records (a cleanup cut short is resumed with the record
+/// intact). Never CRDs: deleting Istio's would delete every Istio resource.
 pub fn kinds_to_remove(recorded: &BTreeSet<String>) -> Vec<GroupVersionKind> {
+    let config_maps = GroupVersionKind::gvk("", "v1", "ConfigMap");
     let mut kinds: Vec<GroupVersionKind> = BASE_KINDS
         .iter()
         .map(|(g, v, k)| GroupVersionKind::gvk(g, v, k))
         .collect();
     for gvk in recorded.iter().filter_map(|k| parse_kind_key(k)) {
-        if gvk.kind != "CustomResourceDefinition" && !kinds.contains(&gvk) {
+        if gvk.kind != "CustomResourceDefinition" && gvk != config_maps && !kinds.contains(&gvk) {
             kinds.push(gvk);
         }
     }
+    kinds.push(config_maps);
     kinds
 }
 
@@ -85,11 +88,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn base_kinds_come_first_then_recorded_ones_never_crds() {
+    fn base_kinds_first_then_recorded_ones_config_maps_last_never_crds() {
         let recorded: BTreeSet<String> = [
             "apps/v1/Deployment",
             "apiextensions.k8s.io/v1/CustomResourceDefinition",
             "/v1/Secret",
+            "/v1/ConfigMap",
             "autoscaling/v2/HorizontalPodAutoscaler",
         ]
         .map(String::from)
@@ -103,11 +107,11 @@ mod tests {
             [
                 "Secret",
                 "ServiceAccount",
-                "ConfigMap",
                 "ClusterRoleBinding",
                 "ClusterRole",
                 "Deployment",
-                "HorizontalPodAutoscaler"
+                "HorizontalPodAutoscaler",
+                "ConfigMap"
             ]
         );
     }

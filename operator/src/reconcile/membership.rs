@@ -66,22 +66,23 @@ fn render_record(fed: &MeshFederation, membership: &Membership) -> ConfigMap {
     }
 }
 
-/// The record as stored; empty when there is none yet. Entries that cannot
+/// The record as stored; `None` when there is none yet. Entries that cannot
 /// be read are skipped (and dropped at the next write).
 pub async fn load(
     client: &Client,
     namespace: &str,
     federation: &str,
-) -> Result<Membership, kube::Error> {
+) -> Result<Option<Membership>, kube::Error> {
     let record = Api::<ConfigMap>::namespaced(client.clone(), namespace)
         .get_opt(&record_name(federation))
         .await?;
-    Ok(record
-        .and_then(|r| r.data)
-        .unwrap_or_default()
-        .into_iter()
-        .filter_map(|(name, creds)| Some((name, serde_json::from_str(&creds).ok()?)))
-        .collect())
+    Ok(record.map(|r| {
+        r.data
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|(name, creds)| Some((name, serde_json::from_str(&creds).ok()?)))
+            .collect()
+    }))
 }
 
 /// Writes `membership` unless it is what was `recorded`.

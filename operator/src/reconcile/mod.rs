@@ -169,6 +169,16 @@ impl Context {
         }))
     }
 
+    /// Whether `fed` (this very object, by UID) still exists. A failed look
+    /// counts as yes: a worker is never stopped on a transient error.
+    async fn federation_exists(&self, fed: &MeshFederation) -> bool {
+        let api = Api::<MeshFederation>::all(self.client.clone());
+        match api.get_opt(&fed.name_any()).await {
+            Ok(found) => found.is_some_and(|f| f.uid() == fed.uid()),
+            Err(_) => true,
+        }
+    }
+
     /// Whether `federation`'s workers are due for their safety resync (and
     /// if so, that it happens now).
     fn due_for_resync(&self, federation: &str) -> bool {
@@ -470,9 +480,17 @@ async fn converge(fed: &Arc<MeshFederation>, ctx: &Arc<Context>) -> Result<Actio
         .min()
         .flatten();
 
+    // A departed member's cluster may be a current member's (renamed, or
+    // refused there until now): clean up only once every current member ran
+    // for this generation and said which cluster it has.
+    let settled = spec.members.iter().all(|m| {
+        runs.get(&m.name)
+            .is_some_and(|r| r.generation == fed.metadata.generation)
+    });
     let before_leaving = membership.clone();
-    let facts = ctx.workers.facts(&name);
-    reports.extend(leave_departed(fed, ctx, &facts, &mut membership, &mut events).await);
+    let mut facts = ctx.workers.facts(&name);
+    facts.retain(|member, _| members.contains(member));
+    reports.extend(leave_departed(fed, ctx, &facts, settled, &mut membership, &mut events).await);
     membership::store(
         &ctx.client,
         &ctx.settings.namespace,
@@ -518,21 +536,20 @@ async fn converge(fed: &Arc<MeshFederation>, ctx: &Arc<Context>) -> Result<Actio
     Ok(Action::requeue(ctx.settings.resync))
 }
 
-/// The recorded membership. A member that left before meshfed kept the
-/// record (an upgrade) is known only from status: it is taken from there once.
+/// The recorded membership. Before there is a record (a federation from
+/// before meshfed kept one), members that left are known only from status.
 async fn known_members(
     fed: &MeshFederation,
     ctx: &Context,
 ) -> Result<membership::Membership, Error> {
-    let mut known = membership::load(&ctx.client, &ctx.settings.namespace, &fed.name_any()).await?;
-    for m in fed.status.iter().flat_map(|s| s.members.iter()) {
-        if let Some(credentials) = &m.credentials {
-            known
-                .entry(m.name.clone())
-                .or_insert_with(|| credentials.clone());
-        }
-    }
-    Ok(known)
+    let recorded = membership::load(&ctx.client, &ctx.settings.namespace, &fed.name_any()).await?;
+    Ok(recorded.unwrap_or_else(|| {
+        fed.status
+            .iter()
+            .flat_map(|s| s.members.iter())
+            .filter_map(|m| Some((m.name.clone(), m.credentials.clone()?)))
+            .collect()
+    }))
 }
 
 /// What removing a member's objects came to.
@@ -618,47 +635,58 @@ async fn remove_member(
         .await
         .map(Removal::Removed)
     };
-    match tokio::time::timeout(ctx.settings.member_timeout, work).await {
+    // Removing a control plane is many requests: the control plane's budget.
+    let budget = ctx.settings.member_timeout * 6;
+    match tokio::time::timeout(budget, work).await {
         Ok(result) => result.map_err(|e| member::unreachable_reason(&e)),
-        Err(_) => Err(format!(
-            "no answer within {:?}",
-            ctx.settings.member_timeout
-        )),
+        Err(_) => Err(format!("not done within {budget:?}")),
     }
 }
 
 /// Recorded members that left the spec: clean them up with the recorded
-/// credentials, drop them from `membership` once done, and keep reporting
-/// them until then. A member renamed on the same cluster (same credentials,
-/// or a cluster a current member holds) leaves that cluster alone.
+/// credentials (all at once, each with its own budget), drop them from
+/// `membership` once done, and keep reporting them until then. A member
+/// renamed on the same cluster (same credentials, or a cluster a current
+/// member holds) leaves that cluster alone. Nothing is removed until the
+/// current members are `settled`.
 async fn leave_departed(
     fed: &MeshFederation,
     ctx: &Context,
     facts: &BTreeMap<String, remote_secrets::PeerFacts>,
+    settled: bool,
     membership: &mut membership::Membership,
     events: &mut Vec<Event>,
 ) -> Vec<MemberReport> {
     let taken: BTreeMap<String, String> = facts
         .iter()
-        .filter(|(_, f)| !f.refused)
         .filter_map(|(member, f)| Some((f.cluster_id.clone()?, member.clone())))
         .collect();
+    let departed: Vec<(String, crate::api::MemberCredentials)> =
+        membership::departed(membership, fed)
+            .map(|(n, c)| (n.clone(), c.clone()))
+            .collect();
+    let results = join_all(departed.iter().map(|(name, credentials)| {
+        let taken = &taken;
+        async move {
+            let renamed = fed
+                .spec
+                .members
+                .iter()
+                .find(|m| m.credentials == *credentials);
+            match (renamed, settled) {
+                (Some(m), _) => Ok(Removal::ClusterTakenBy(m.name.clone())),
+                (None, false) => Err("waiting for the current members' first run".to_string()),
+                (None, true) => remove_member(ctx, fed, name, credentials, taken).await,
+            }
+        }
+    }))
+    .await;
     let mut reports = Vec::new();
-    let mut removed = Vec::new();
-    for (name, credentials) in membership::departed(membership, fed) {
-        let renamed = fed
-            .spec
-            .members
-            .iter()
-            .find(|m| m.credentials == *credentials);
-        let result = match renamed {
-            Some(m) => Ok(Removal::ClusterTakenBy(m.name.clone())),
-            None => remove_member(ctx, fed, name, credentials, &taken).await,
-        };
+    for ((name, credentials), result) in departed.iter().zip(results) {
         match result {
             Ok(removal) => {
                 events.push(removal.event(name, &fed.name_any()));
-                removed.push(name.clone());
+                membership.remove(name);
             }
             Err(e) => {
                 let known = fed
@@ -678,9 +706,6 @@ async fn leave_departed(
                 reports.push(report);
             }
         }
-    }
-    for name in removed {
-        membership.remove(&name);
     }
     reports
 }

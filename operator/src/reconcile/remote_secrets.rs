@@ -269,8 +269,8 @@ pub async fn mint_token(
     api: &Api<ServiceAccount>,
     reader: &str,
     lifetime: Duration,
-    now: Timestamp,
 ) -> Result<IssuedToken, kube::Error> {
+    let asked_at = Timestamp::now();
     let request = TokenRequest {
         spec: TokenRequestSpec {
             expiration_seconds: Some(lifetime.as_secs() as i64),
@@ -292,11 +292,23 @@ pub async fn mint_token(
                     .boxed(),
             )
         })?;
+    let expires_at = status.expiration_timestamp.0.max(asked_at);
     Ok(IssuedToken {
         token: status.token,
-        issued_at: now,
-        expires_at: status.expiration_timestamp.0.max(now),
+        issued_at: issued_at(asked_at, expires_at, lifetime),
+        expires_at,
     })
+}
+
+/// When a token asked for at `asked_at` (our clock) for `lifetime`, expiring
+/// at `expires_at` (the server's clock), counts as issued. The server's clock
+/// may run ahead of ours: a token never lived longer than asked for, so
+/// that a skew can never make a fresh token look too long-lived to use.
+fn issued_at(asked_at: Timestamp, expires_at: Timestamp, lifetime: Duration) -> Timestamp {
+    let asked = jiff::SignedDuration::try_from(lifetime).unwrap_or(jiff::SignedDuration::MAX);
+    expires_at
+        .checked_sub(asked)
+        .map_or(asked_at, |earliest| earliest.max(asked_at))
 }
 
 #[cfg(test)]
@@ -522,6 +534,33 @@ mod tests {
                 .is_empty(),
             "never prune another federation's secrets"
         );
+    }
+
+    #[test]
+    fn a_server_clock_ahead_of_ours_never_makes_a_token_too_long_lived() {
+        let asked = now();
+        // Server 90 s ahead: 24h from its now is 24h90s from ours.
+        let expires: Timestamp = "2026-01-02T00:01:30Z".parse().unwrap();
+        let issued = issued_at(asked, expires, DAY);
+        assert_eq!(
+            expires.duration_since(issued),
+            jiff::SignedDuration::from_hours(24)
+        );
+        let f = PeerFacts {
+            token: Some((
+                subject("b"),
+                IssuedToken {
+                    token: "t".into(),
+                    issued_at: issued,
+                    expires_at: expires,
+                },
+            )),
+            ..facts("b")
+        };
+        assert!(f.usable_token(DAY, asked).is_some());
+        // Capped by the server to 1h: issued when asked.
+        let capped: Timestamp = "2026-01-01T01:00:00Z".parse().unwrap();
+        assert_eq!(issued_at(asked, capped, DAY), asked);
     }
 
     #[test]

@@ -174,9 +174,13 @@ impl Workers {
             .collect()
     }
 
-    /// Publishes `member`'s facts; true when they changed.
+    /// Publishes `member`'s facts; true when they changed. A worker stopped
+    /// meanwhile publishes nothing.
     fn publish(&self, federation: &str, member: &str, facts: PeerFacts) -> bool {
         let mut state = self.state();
+        if !state.workers.contains_key(&key(federation, member)) {
+            return false;
+        }
         let all = state.facts.entry(federation.into()).or_default();
         let changed = all.get(member) != Some(&facts);
         all.insert(member.into(), facts);
@@ -193,7 +197,13 @@ impl Workers {
     }
 
     fn record(&self, federation: &str, member: &str, run: MemberRun) {
-        self.state().runs.insert(key(federation, member), run);
+        let k = key(federation, member);
+        let mut state = self.state();
+        if !state.workers.contains_key(&k) {
+            return;
+        }
+        state.runs.insert(k, run);
+        drop(state);
         let _ = self
             .aggregate
             .send(ObjectRef::<MeshFederation>::new(federation));
@@ -207,6 +217,13 @@ async fn work(ctx: Weak<Context>, input: Arc<Mutex<Input>>, wake: Arc<Notify>) {
     loop {
         let Some(ctx) = ctx.upgrade() else { return };
         let current = input.lock().expect("worker input lock").clone();
+        if !ctx.federation_exists(&current.fed).await {
+            // Deleted without its finalizer running (removed by hand).
+            let federation = current.fed.name_any();
+            ctx.workers.retain(&federation, &BTreeSet::new());
+            ctx.watches.retain(&federation, &BTreeSet::new());
+            return;
+        }
         let outcome = run(&ctx, &current).await;
         failures = if outcome.ready {
             0
@@ -283,7 +300,7 @@ async fn run(ctx: &Arc<Context>, input: &Input) -> Outcome {
                 let sa = Api::<ServiceAccount>::namespaced(conn.client.clone(), ISTIO_NAMESPACE);
                 let minted = tokio::time::timeout(
                     timeout,
-                    mint_token(&sa, &reader.service_account, lifetime, now),
+                    mint_token(&sa, &reader.service_account, lifetime),
                 )
                 .await;
                 match minted {

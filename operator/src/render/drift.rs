@@ -6,8 +6,9 @@ use serde_json::Value;
 /// in `live` with an equal value; lists must match element by element. Fields
 /// only `live` has (status, defaults, other managers' fields) are ignored. The
 /// API server's own rewriting is not drift: an empty or zero desired value
-/// may be absent (it drops them), and quantities compare by value ("2048Mi"
-/// is stored as "2Gi").
+/// may be absent (it drops them), and in resource quantities ("requests",
+/// "limits", "hard", "sizeLimit") equal values are equal however written
+/// ("2048Mi" is stored as "2Gi", a number 1 as "1").
 pub fn contains(live: &Value, desired: &Value) -> bool {
     difference(live, desired).is_none()
 }
@@ -15,23 +16,39 @@ pub fn contains(live: &Value, desired: &Value) -> bool {
 /// Where `live` first fails to say what `desired` says, as a JSON path
 /// (`.spec.replicas`, `.rules[0]`); `None` when it says everything.
 pub fn difference(live: &Value, desired: &Value) -> Option<String> {
+    diff(live, desired, false)
+}
+
+/// Fields whose values (or whose map's values) are Kubernetes quantities.
+fn holds_quantities(key: &str) -> bool {
+    matches!(key, "requests" | "limits" | "hard" | "sizeLimit")
+}
+
+fn diff(live: &Value, desired: &Value, quantities: bool) -> Option<String> {
     match (live, desired) {
         (Value::Object(l), Value::Object(d)) => d.iter().find_map(|(k, dv)| match l.get(k) {
-            Some(lv) => difference(lv, dv).map(|path| format!(".{k}{path}")),
+            Some(lv) => {
+                diff(lv, dv, quantities || holds_quantities(k)).map(|path| format!(".{k}{path}"))
+            }
             None => (!is_zero(dv)).then(|| format!(".{k}")),
         }),
-        (Value::Array(l), Value::Array(d)) if l.len() == d.len() => l
-            .iter()
-            .zip(d)
-            .enumerate()
-            .find_map(|(i, (lv, dv))| difference(lv, dv).map(|path| format!("[{i}]{path}"))),
-        (Value::String(l), Value::String(d))
-            if l == d || quantity(l).is_some_and(|l| quantity(d).is_some_and(|d| l == d)) =>
-        {
-            None
+        (Value::Array(l), Value::Array(d)) if l.len() == d.len() => {
+            l.iter().zip(d).enumerate().find_map(|(i, (lv, dv))| {
+                diff(lv, dv, quantities).map(|path| format!("[{i}]{path}"))
+            })
         }
         (l, d) if l == d => None,
+        (l, d) if quantities && as_quantity(l).is_some_and(|l| as_quantity(d) == Some(l)) => None,
         _ => Some(String::new()),
+    }
+}
+
+/// A quantity written as a string or a JSON number.
+fn as_quantity(v: &Value) -> Option<i128> {
+    match v {
+        Value::String(s) => quantity(s),
+        Value::Number(n) => quantity(&n.to_string()),
+        _ => None,
     }
 }
 
@@ -90,7 +107,8 @@ fn quantity(text: &str) -> Option<i128> {
         (digits % divisor == 0).then(|| digits / divisor)?
     };
     match factor {
-        -1 => (scaled % 1000 == 0).then_some(scaled / 1000),
+        // The API server rounds sub-milli values up: "1.5m" is stored as "2m".
+        -1 => Some((scaled + 999) / 1000),
         f => scaled.checked_mul(f),
     }
 }
@@ -151,6 +169,28 @@ mod tests {
     }
 
     #[test]
+    fn only_resource_quantities_compare_by_value() {
+        let live = json!({"metadata": {"labels": {"v": "1.1"}}, "resources": {"limits": {"cpu": "1", "memory": "1Gi"}}});
+        assert!(
+            !contains(&live, &json!({"metadata": {"labels": {"v": "1.10"}}})),
+            "a label is text, not a quantity"
+        );
+        assert!(contains(
+            &live,
+            &json!({"resources": {"limits": {"cpu": 1, "memory": "1024Mi"}}})
+        ));
+        assert!(!contains(
+            &live,
+            &json!({"resources": {"limits": {"cpu": 2}}})
+        ));
+        let volume = json!({"emptyDir": {"sizeLimit": "1Gi"}});
+        assert!(contains(
+            &volume,
+            &json!({"emptyDir": {"sizeLimit": "1024Mi"}})
+        ));
+    }
+
+    #[test]
     fn the_difference_names_the_path() {
         let live = json!({"spec": {"replicas": 1, "containers": [{"name": "a", "image": "x"}]}});
         assert_eq!(
@@ -177,6 +217,7 @@ mod tests {
         assert_eq!(q("0.5"), q("500m"));
         assert_eq!(q("1.5Gi"), q("1536Mi"));
         assert_ne!(q("1M"), q("1Mi"));
+        assert_eq!(q("1.5m"), q("2m"), "rounded up as the API server does");
         for not_a_quantity in [
             "", "m", "abc", "1h", "v1.2", "1.2.3", "-1", "1e3Mi", "1.31-dev",
         ] {
