@@ -219,6 +219,31 @@ async fn a_cluster_belongs_to_one_member_of_one_federation() -> Result<()> {
             .is_none(),
         "staging created its reader in a cluster it does not own"
     );
+    // Without the intruder, the two federations run side by side on disjoint
+    // clusters, each Ready, each under its own field manager.
+    let mut c2_alone = member(c2, "net-c");
+    c2_alone.name = "solo".into();
+    apply_federation(&host, &federation("staging", vec![c2_alone])).await?;
+    wait_for_federation(&host, "staging", WAIT, "staging Ready on its own", ready).await?;
+    wait_for_federation(&host, "prod", WAIT, "prod still Ready", ready).await?;
+    let staging_cacerts = Api::<Secret>::namespaced(c2.client(), "istio-system")
+        .get("cacerts")
+        .await?;
+    let managers: Vec<String> = staging_cacerts
+        .metadata
+        .managed_fields
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|m| m.manager)
+        .collect();
+    assert!(
+        managers.contains(&"meshfed-staging".to_string()),
+        "{managers:?}"
+    );
+    assert_eq!(
+        resource_version(&secrets1, "cacerts").await?,
+        cacerts_version
+    );
     Api::<MeshFederation>::all(host.clone())
         .delete("staging", &DeleteParams::default())
         .await?;
