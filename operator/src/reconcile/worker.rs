@@ -292,9 +292,12 @@ async fn run(ctx: &Arc<Context>, input: &Input) -> Outcome {
             .clone()
             .or(previous.cluster_id.clone()),
     };
-    // Tokens are minted when a peer asks for one, never ahead of need.
-    if workers.take_wanted(&federation, &member.name) && facts.usable_token(lifetime, now).is_none()
-    {
+    // Tokens are minted when a peer asks for one, and once when this worker
+    // has none yet (a new member, or the operator just started): peers that
+    // need it then find it without asking, which saves a round on joining.
+    // In steady state none is minted.
+    let asked = workers.take_wanted(&federation, &member.name);
+    if (asked || facts.token.is_none()) && facts.usable_token(lifetime, now).is_none() {
         match (&prepared.connection, &facts.reader) {
             (Some(conn), Ok(reader)) => {
                 let sa = Api::<ServiceAccount>::namespaced(conn.client.clone(), ISTIO_NAMESPACE);
