@@ -44,6 +44,8 @@ struct Figures {
     members: usize,
     fleet_start: Duration,
     to_ready: Duration,
+    /// CPU seconds the operator used from apply to Ready.
+    operator_cpu: f64,
     repairs: Vec<Duration>,
     steady: Counters,
     steady_secs: f64,
@@ -120,11 +122,13 @@ async fn measure(binary: &Path, n: usize, args: &Args) -> Result<Figures> {
     let ready = |f: &MeshFederation| has_condition(f, "Ready", "True");
     let wait = Duration::from_secs(300);
 
+    let cpu_before = cpu_seconds(operator.child.id());
     let started = Instant::now();
     apply_federation(&host, &fed).await?;
     wait_for_federation(&host, "scale", wait, "Ready", ready).await?;
     let to_ready = started.elapsed();
-    eprintln!("   apply -> Ready in {to_ready:?}");
+    let operator_cpu = cpu_seconds(operator.child.id()) - cpu_before;
+    eprintln!("   apply -> Ready in {to_ready:?}; the operator used {operator_cpu:.2} s of CPU");
 
     // Repairs: delete, then time until a new object of that name exists.
     let mut repairs = Vec::new();
@@ -189,6 +193,7 @@ async fn measure(binary: &Path, n: usize, args: &Args) -> Result<Figures> {
         members: n,
         fleet_start,
         to_ready,
+        operator_cpu,
         repairs,
         steady,
         steady_secs: args.steady_secs as f64,
@@ -280,6 +285,24 @@ async fn scrape(addr: SocketAddr) -> Result<Counters> {
     Ok(c)
 }
 
+/// User plus system CPU time of a process, in seconds (0 when it is gone).
+fn cpu_seconds(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the parenthesised command name; utime and stime are the
+    // 14th and 15th fields, in clock ticks (100 a second on Linux).
+    let after = stat.rsplit_once(") ").map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(11) + ticks(12)) / 100.0
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
@@ -289,7 +312,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 }
 
 /// The figures of one row, in the CSV's column order.
-fn columns(r: &Figures) -> [f64; 12] {
+fn columns(r: &Figures) -> [f64; 13] {
     let mut sorted = r.repairs.clone();
     sorted.sort();
     let hour = |v: f64| v / r.members as f64 * 3600.0 / r.steady_secs;
@@ -298,6 +321,7 @@ fn columns(r: &Figures) -> [f64; 12] {
         r.members as f64,
         r.fleet_start.as_secs_f64(),
         r.to_ready.as_secs_f64(),
+        r.operator_cpu,
         ms(percentile(&sorted, 50.0)),
         ms(percentile(&sorted, 99.0)),
         hour(r.steady.reads),
@@ -310,7 +334,7 @@ fn columns(r: &Figures) -> [f64; 12] {
     ]
 }
 
-const CSV_HEADER: &str = "members,fleet_start_s,apply_to_ready_s,repair_p50_ms,repair_p99_ms,steady_reads_per_member_hour,steady_writes_per_member_hour,tokens_per_member_hour,reads_per_run,spec_change_s,spec_change_one_hung_s,peak_rss_mib";
+const CSV_HEADER: &str = "members,fleet_start_s,apply_to_ready_s,operator_cpu_to_ready_s,repair_p50_ms,repair_p99_ms,steady_reads_per_member_hour,steady_writes_per_member_hour,tokens_per_member_hour,reads_per_run,spec_change_s,spec_change_one_hung_s,peak_rss_mib";
 
 fn print(rows: &[Figures]) {
     let cores = std::thread::available_parallelism().map_or(0, |c| c.get());
@@ -318,10 +342,11 @@ fn print(rows: &[Figures]) {
         "\nmeshfed scale benchmark (release operator, API-server-only clusters, {cores} cores)"
     );
     println!(
-        "{:>7} {:>9} {:>12} {:>16} {:>14} {:>24} {:>9} {:>11} {:>17} {:>9}",
+        "{:>7} {:>9} {:>12} {:>13} {:>16} {:>14} {:>24} {:>9} {:>11} {:>17} {:>9}",
         "members",
         "fleet up",
         "apply->Ready",
+        "operator CPU",
         "repair p50/p99",
         "reads/member/h",
         "writes, tokens/member/h",
@@ -333,8 +358,8 @@ fn print(rows: &[Figures]) {
     for r in rows {
         let c = columns(r);
         println!(
-            "{:>7} {:>7.1} s {:>10.2} s {:>7.0}/{:>5.0} ms {:>14.1} {:>16.1}, {:>6.1} {:>9.1} {:>9.2} s {:>15.2} s {:>5.1} MiB",
-            c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7], c[8], c[9], c[10], c[11]
+            "{:>7} {:>7.1} s {:>10.2} s {:>11.2} s {:>7.0}/{:>5.0} ms {:>14.1} {:>16.1}, {:>6.1} {:>9.1} {:>9.2} s {:>15.2} s {:>5.1} MiB",
+            c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7], c[8], c[9], c[10], c[11], c[12]
         );
     }
 }
