@@ -10,7 +10,7 @@ use super::apply::prune;
 use super::control_plane::KindCache;
 use crate::api::RemovalPolicy;
 use crate::render::control_plane::COMPONENT;
-use crate::render::{CACERTS, ISTIO_NAMESPACE, managed_selector, parse_kind_key};
+use crate::render::{CACERTS, ISTIO_NAMESPACE, managed_selector, with_recorded_kinds};
 
 /// What meshfed creates in every member, recorded or not: remote secrets and
 /// `cacerts`, the reader identity.
@@ -27,15 +27,12 @@ const BASE_KINDS: [(&str, &str, &str); 4] = [
 /// intact). Never CRDs: deleting Istio's would delete every Istio resource.
 pub fn kinds_to_remove(recorded: &BTreeSet<String>) -> Vec<GroupVersionKind> {
     let config_maps = GroupVersionKind::gvk("", "v1", "ConfigMap");
-    let mut kinds: Vec<GroupVersionKind> = BASE_KINDS
+    let base = BASE_KINDS
         .iter()
         .map(|(g, v, k)| GroupVersionKind::gvk(g, v, k))
         .collect();
-    for gvk in recorded.iter().filter_map(|k| parse_kind_key(k)) {
-        if gvk.kind != "CustomResourceDefinition" && gvk != config_maps && !kinds.contains(&gvk) {
-            kinds.push(gvk);
-        }
-    }
+    let mut kinds = with_recorded_kinds(base, recorded);
+    kinds.retain(|k| *k != config_maps);
     kinds.push(config_maps);
     kinds
 }

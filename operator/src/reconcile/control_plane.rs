@@ -20,7 +20,9 @@ use crate::render::control_plane::{
     creation_defaults, cross_network_gateway, drift, gateway_values, is_current, istiod_values,
     prepare_chart_object,
 };
-use crate::render::{ISTIO_NAMESPACE, is_ours, keys, kind_key, managed_selector, parse_kind_key};
+use crate::render::{
+    ISTIO_NAMESPACE, is_ours, keys, kind_key, managed_selector, with_recorded_kinds,
+};
 
 /// What the control-plane step found in one member.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -152,7 +154,7 @@ pub async fn sync_control_plane(
         // longer has (an HPA after autoscaleEnabled: false) is pruned too.
         let rendered_kinds = kinds_in_order(&prepared);
         record_kinds(client, &mut recorded, rendered_kinds.iter().map(kind_key)).await?;
-        let kinds = with_recorded(rendered_kinds, &recorded);
+        let kinds = with_recorded_kinds(rendered_kinds, &recorded);
         let desired = if wanted { prepared } else { Vec::new() };
         let component = Component {
             name: chart.release(),
@@ -215,20 +217,6 @@ pub async fn sync_control_plane(
         });
     }
     Ok(report)
-}
-
-/// `rendered` followed by the recorded kinds it lacks (never CRDs, which are
-/// not pruned).
-fn with_recorded(
-    mut rendered: Vec<GroupVersionKind>,
-    recorded: &BTreeSet<String>,
-) -> Vec<GroupVersionKind> {
-    for gvk in recorded.iter().filter_map(|k| parse_kind_key(k)) {
-        if gvk.kind != "CustomResourceDefinition" && !rendered.contains(&gvk) {
-            rendered.push(gvk);
-        }
-    }
-    rendered
 }
 
 /// The kinds among `objects`, in the order they first appear (CRDs first).

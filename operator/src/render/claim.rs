@@ -28,6 +28,20 @@ pub fn kind_key(gvk: &GroupVersionKind) -> String {
     format!("{}/{}/{}", gvk.group, gvk.version, gvk.kind)
 }
 
+/// `kinds` followed by the recorded kinds (kind keys) it lacks, never CRDs:
+/// pruning Istio's would delete every Istio resource.
+pub fn with_recorded_kinds(
+    mut kinds: Vec<GroupVersionKind>,
+    recorded: &BTreeSet<String>,
+) -> Vec<GroupVersionKind> {
+    for gvk in recorded.iter().filter_map(|k| parse_kind_key(k)) {
+        if gvk.kind != "CustomResourceDefinition" && !kinds.contains(&gvk) {
+            kinds.push(gvk);
+        }
+    }
+    kinds
+}
+
 /// The kind a [`kind_key`] names.
 pub fn parse_kind_key(key: &str) -> Option<GroupVersionKind> {
     let mut parts = key.split('/');

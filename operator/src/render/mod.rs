@@ -16,7 +16,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 pub use cacerts::{cacerts_bundle, render_cacerts};
 pub use claim::{
     CLAIM, ClaimDecision, ClusterClaim, judge_claim, kind_key, kinds_text, parse_kind_key,
-    read_claim, render_claim,
+    read_claim, render_claim, with_recorded_kinds,
 };
 pub use drift::{contains, difference};
 pub use kubeconfig::{KubeconfigInputs, render_kubeconfig};
