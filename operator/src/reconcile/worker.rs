@@ -164,6 +164,24 @@ impl Workers {
             .unwrap_or_default()
     }
 
+    /// What `member` of `federation` last published (defaults before that).
+    fn facts_of(&self, federation: &str, member: &str) -> PeerFacts {
+        self.state()
+            .facts
+            .get(federation)
+            .and_then(|f| f.get(member))
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Whether `member` was reachable in its last finished run, if it had one.
+    fn was_reachable(&self, federation: &str, member: &str) -> Option<bool> {
+        self.state()
+            .runs
+            .get(&key(federation, member))
+            .map(|r| r.report.status.reachable)
+    }
+
     /// The last finished run of each worker of `federation`.
     pub fn runs(&self, federation: &str) -> BTreeMap<String, MemberRun> {
         self.state()
@@ -271,10 +289,7 @@ async fn run(ctx: &Arc<Context>, input: &Input) -> Outcome {
 
     // What peers need of this member; kept from the last run where this one
     // could not find out.
-    let previous = workers
-        .facts(&federation)
-        .remove(&member.name)
-        .unwrap_or_default();
+    let previous = workers.facts_of(&federation, &member.name);
     let reached = prepared.report.unreachable.is_none();
     let mut facts = PeerFacts {
         endpoint: prepared.endpoint.clone(),
@@ -373,10 +388,7 @@ async fn run(ctx: &Arc<Context>, input: &Input) -> Outcome {
         );
     }
 
-    let last = workers
-        .runs(&federation)
-        .remove(&member.name)
-        .map(|r| r.report.status.reachable);
+    let last = workers.was_reachable(&federation, &member.name);
     let mut events = std::mem::take(&mut prepared.events);
     events.extend(reachability_event(last, &prepared.report));
     ctx.publish(fed, events).await;
