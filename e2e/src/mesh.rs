@@ -164,6 +164,7 @@ pub fn federation(name: &str, members: Vec<Member>) -> MeshFederation {
             ca: None,
             remote_secrets: None,
             control_plane: None,
+            failover: None,
         },
     )
 }

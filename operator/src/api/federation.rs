@@ -19,6 +19,17 @@ pub mod defaults {
     pub const RENEW_BEFORE: Duration = Duration::from_secs(30 * 24 * 3600);
     pub const TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
     pub const KUBECONFIG_KEY: &str = "kubeconfig";
+    pub const GRACE_PERIOD: Duration = Duration::from_secs(30);
+    pub const SETTLE_PERIOD: Duration = Duration::from_secs(60);
+    pub const PROBE_INTERVAL: Duration = Duration::from_secs(5);
+    pub const MAX_WITHDRAWN: i32 = 1;
+    /// Istio's `failoverPriority`: same network first, then same cluster.
+    pub const FAILOVER_PRIORITY: [&str; 2] =
+        ["topology.istio.io/network", "topology.istio.io/cluster"];
+    pub const CONSECUTIVE_5XX_ERRORS: i32 = 5;
+    pub const OUTLIER_INTERVAL: Duration = Duration::from_secs(10);
+    pub const BASE_EJECTION_TIME: Duration = Duration::from_secs(30);
+    pub const MAX_EJECTION_PERCENT: i32 = 100;
 }
 
 /// A set of Kubernetes clusters joined into one Istio multi-primary mesh.
@@ -73,6 +84,116 @@ pub struct MeshFederationSpec {
     /// and does not look at istiod (CA material and remote secrets only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub control_plane: Option<ControlPlaneSpec>,
+
+    /// Failover: taking an unhealthy member out of its peers' view, and the
+    /// traffic settings that move requests away from unhealthy endpoints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failover: Option<FailoverSpec>,
+}
+
+/// What happens when a member degrades.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct FailoverSpec {
+    /// Withdraw a member whose API server is unreachable, or whose east-west
+    /// gateway has no ready endpoint or no address, from every peer: its
+    /// remote secrets are removed, so peers' istiods drop its endpoints
+    /// instead of sending traffic to a dead cluster. Restored once it is
+    /// healthy again. Unset: never withdraw (peers keep its last-known
+    /// endpoints, which is Istio's own behaviour).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub withdrawal: Option<WithdrawalSpec>,
+
+    /// Mesh-wide locality failover (Managed): rendered into every member's
+    /// `meshConfig.localityLbSetting`, the same everywhere. It only acts
+    /// where outlier detection is configured (see `outlierDetection`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locality: Option<LocalityFailoverSpec>,
+
+    /// A mesh-wide DestinationRule `meshfed-failover` for `*.local` in
+    /// istio-system with this outlier detection, so that failover acts on
+    /// every service. A service's own DestinationRule replaces it for that
+    /// service (Istio does not merge them). Unset: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outlier_detection: Option<OutlierDetectionSpec>,
+}
+
+/// When a member is withdrawn from its peers and when it comes back.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct WithdrawalSpec {
+    /// How long a member must be unhealthy before it is withdrawn. Default: 30s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('1s')").message("spec.failover.withdrawal.gracePeriod must be at least 1s"))]
+    pub grace_period: Option<Duration>,
+    /// How long a withdrawn member must be healthy again before it is
+    /// restored. Default: 60s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('1s')").message("spec.failover.withdrawal.settlePeriod must be at least 1s"))]
+    pub settle_period: Option<Duration>,
+    /// How often the operator checks each member's API server between
+    /// reconciles (one GET /version per member). Default: 5s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('1s') && duration(self) <= duration('5m')").message("spec.failover.withdrawal.probeInterval must be between 1s and 5m"))]
+    pub probe_interval: Option<Duration>,
+    /// At most this many members are withdrawn at once. Default: 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 1").message("spec.failover.withdrawal.maxWithdrawn must be at least 1"))]
+    pub max_withdrawn: Option<i32>,
+    /// Withdraw only while at least this many members are reachable and
+    /// healthy, so that an operator cut off from most of the fleet (a
+    /// partition on its side) withdraws nobody. Default: a strict majority
+    /// of the members; with two members that is both, so withdrawal never
+    /// fires unless you set 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 1").message("spec.failover.withdrawal.minHealthy must be at least 1"))]
+    pub min_healthy: Option<i32>,
+}
+
+/// Istio's locality load balancing, mesh-wide.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct LocalityFailoverSpec {
+    /// Labels whose match ranks endpoints (`failoverPriority`). Default:
+    /// topology.istio.io/network, then topology.istio.io/cluster: the
+    /// client's own network first, then its own cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 16))]
+    pub failover_priority: Option<Vec<String>>,
+    /// Explicit region failover pairs (`failover`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    pub failover: Option<Vec<RegionFailover>>,
+}
+
+/// Traffic leaving region `from` goes to region `to` when `from` has no
+/// healthy endpoint.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct RegionFailover {
+    #[schemars(length(min = 1, max = 253))]
+    pub from: String,
+    #[schemars(length(min = 1, max = 253))]
+    pub to: String,
+}
+
+/// Outlier detection for the mesh-wide DestinationRule.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct OutlierDetectionSpec {
+    /// Consecutive 5xx (or connection) errors that eject an endpoint. Default: 5.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 1").message("spec.failover.outlierDetection.consecutive5xxErrors must be at least 1"))]
+    pub consecutive_5xx_errors: Option<i32>,
+    /// Time between ejection sweeps. Default: 10s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<Duration>,
+    /// Minimum ejection duration. Default: 30s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_ejection_time: Option<Duration>,
+    /// Largest share of a service's endpoints that may be ejected. Default: 100.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 0 && self <= 100").message("spec.failover.outlierDetection.maxEjectionPercent must be between 0 and 100"))]
+    pub max_ejection_percent: Option<i32>,
 }
 
 /// How Istio's control plane gets into each member.
@@ -349,6 +470,10 @@ pub struct MemberStatus {
     /// Whether istiod is available in the member (when spec.controlPlane is set).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub control_plane_ready: Option<bool>,
+    /// Whether the member is healthy enough to receive traffic from peers,
+    /// and whether it is withdrawn from them (`spec.failover.withdrawal`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<MemberHealth>,
     /// Address of the member's east-west gateway Service, once it has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gateway_address: Option<String>,
@@ -371,6 +496,25 @@ pub struct MemberStatus {
     /// What went wrong last, if anything (never secret material).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+}
+
+/// One member's health.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct MemberHealth {
+    /// Its API server answers, istiod is available (when meshfed installs or
+    /// watches it) and its east-west gateway, if it has one, has a ready
+    /// endpoint and an address.
+    pub healthy: bool,
+    /// Healthy, ApiServerUnreachable, GatewayNotReady or IstiodUnavailable.
+    pub reason: String,
+    /// What is wrong, in words.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+    /// Since when it has been withdrawn from its peers (their remote secrets
+    /// for it removed); unset while it is in their view.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub withdrawn_since: Option<Time>,
 }
 
 /// A CA certificate meshfed manages.
@@ -419,10 +563,36 @@ impl MeshFederationSpec {
             .unwrap_or(networks.len() > 1)
     }
 
+    /// The withdrawal policy, defaulted; `None` when withdrawal is off.
+    pub fn withdrawal(&self) -> Option<WithdrawalPolicy> {
+        let w = self.failover.as_ref()?.withdrawal.as_ref()?;
+        let members = self.members.len();
+        Some(WithdrawalPolicy {
+            grace: w.grace_period.map_or(defaults::GRACE_PERIOD, Into::into),
+            settle: w.settle_period.map_or(defaults::SETTLE_PERIOD, Into::into),
+            probe_interval: w
+                .probe_interval
+                .map_or(defaults::PROBE_INTERVAL, Into::into),
+            max_withdrawn: w.max_withdrawn.unwrap_or(defaults::MAX_WITHDRAWN).max(1) as usize,
+            min_healthy: w.min_healthy.map_or(members / 2 + 1, |n| n.max(1) as usize),
+        })
+    }
+
     /// The member with this name.
     pub fn member(&self, name: &str) -> Option<&Member> {
         self.members.iter().find(|m| m.name == name)
     }
+}
+
+/// `spec.failover.withdrawal` with its defaults filled in.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WithdrawalPolicy {
+    pub grace: std::time::Duration,
+    pub settle: std::time::Duration,
+    pub probe_interval: std::time::Duration,
+    pub max_withdrawn: usize,
+    /// Members that must be reachable and healthy for a withdrawal to happen.
+    pub min_healthy: usize,
 }
 
 impl CaSpec {

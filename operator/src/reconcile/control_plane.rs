@@ -6,6 +6,7 @@ use std::sync::Mutex;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams};
 use kube::discovery::{Scope, pinned_kind};
 use kube::{Api, Client, ResourceExt};
@@ -16,9 +17,9 @@ use super::claim::record_kinds;
 use crate::api::{ControlPlaneMode, Member, MeshFederationSpec};
 use crate::charts::Chart;
 use crate::render::control_plane::{
-    BOOTSTRAP_MANAGER, COMPONENT, CROSS_NETWORK_GATEWAY, EAST_WEST_GATEWAY, base_values,
-    creation_defaults, cross_network_gateway, drift, gateway_values, is_current, istiod_values,
-    prepare_chart_object,
+    BOOTSTRAP_MANAGER, COMPONENT, CROSS_NETWORK_GATEWAY, EAST_WEST_GATEWAY,
+    FAILOVER_DESTINATION_RULE, base_values, creation_defaults, cross_network_gateway, drift,
+    failover_destination_rule, gateway_values, is_current, istiod_values, prepare_chart_object,
 };
 use crate::render::{
     ISTIO_NAMESPACE, is_ours, keys, kind_key, managed_selector, with_recorded_kinds,
@@ -193,6 +194,28 @@ pub async fn sync_control_plane(
         }
     }
 
+    // The mesh-wide DestinationRule of spec.failover.outlierDetection; its
+    // kind is looked at only once it was ever wanted, so that a member
+    // without Istio's CRDs is not held up by a rule nobody asked for.
+    let rule = failover_destination_rule(federation, spec);
+    let rule_kind = GroupVersionKind::gvk("networking.istio.io", "v1", "DestinationRule");
+    if rule.is_some() {
+        record_kinds(client, &mut recorded, [kind_key(&rule_kind)]).await?;
+    }
+    if recorded.contains(&kind_key(&rule_kind)) {
+        let component = Component {
+            name: FAILOVER_DESTINATION_RULE,
+            kinds: vec![rule_kind],
+            desired: rule.into_iter().collect(),
+            bootstraps: Vec::new(),
+        };
+        if let Some(problem) =
+            converge_component(&ctx.kinds, client, cluster, federation, &component).await?
+        {
+            report.problem = Some(format!("mesh-wide DestinationRule: {problem}"));
+        }
+    }
+
     report.istio_version = managed.then(|| version.clone());
     let deployments = Api::<Deployment>::namespaced(client.clone(), ISTIO_NAMESPACE);
     report.ready = available(&deployments, "istiod").await?;
@@ -205,9 +228,18 @@ pub async fn sync_control_plane(
             .get_opt(EAST_WEST_GATEWAY)
             .await?;
         let address = service.as_ref().and_then(gateway_address);
-        let problem = match (ready, &address) {
-            (false, _) => Some(format!("{EAST_WEST_GATEWAY} Deployment is not available")),
-            (true, None) => Some(format!("{EAST_WEST_GATEWAY} Service has no address yet")),
+        // Traffic enters through the Service's endpoints, not the Deployment.
+        let slices = Api::<EndpointSlice>::namespaced(client.clone(), ISTIO_NAMESPACE)
+            .list(
+                &ListParams::default()
+                    .labels(&format!("kubernetes.io/service-name={EAST_WEST_GATEWAY}")),
+            )
+            .await?;
+        let endpoints = ready_endpoints(&slices.items);
+        let problem = match (ready, endpoints, &address) {
+            (false, _, _) => Some(format!("{EAST_WEST_GATEWAY} Deployment is not available")),
+            (true, 0, _) => Some(format!("{EAST_WEST_GATEWAY} Service has no ready endpoint")),
+            (true, _, None) => Some(format!("{EAST_WEST_GATEWAY} Service has no address yet")),
             _ => None,
         };
         report.gateway = Some(GatewayReport {
@@ -388,6 +420,16 @@ async fn available(api: &Api<Deployment>, name: &str) -> Result<bool, kube::Erro
         .any(|c| c.type_ == "Available" && c.status == "True"))
 }
 
+/// Endpoints of `slices` not known to be unready (a missing condition counts
+/// as ready, as the EndpointSlice API says consumers should).
+fn ready_endpoints(slices: &[EndpointSlice]) -> usize {
+    slices
+        .iter()
+        .flat_map(|s| &s.endpoints)
+        .filter(|e| e.conditions.as_ref().and_then(|c| c.ready) != Some(false))
+        .count()
+}
+
 /// Where peers reach the gateway: the load balancer's address, else (NodePort,
 /// ClusterIP) the cluster IP.
 fn gateway_address(service: &Service) -> Option<String> {
@@ -438,6 +480,22 @@ mod tests {
             }),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn only_endpoints_not_marked_unready_count() {
+        let slice: EndpointSlice = serde_json::from_value(serde_json::json!({
+            "addressType": "IPv4",
+            "metadata": {"name": "gw-1"},
+            "endpoints": [
+                {"addresses": ["10.0.0.1"], "conditions": {"ready": true}},
+                {"addresses": ["10.0.0.2"], "conditions": {"ready": false}},
+                {"addresses": ["10.0.0.3"]},
+            ]
+        }))
+        .unwrap();
+        assert_eq!(ready_endpoints(&[slice.clone(), slice]), 4);
+        assert_eq!(ready_endpoints(&[]), 0);
     }
 
     #[test]

@@ -155,6 +155,7 @@ mod tests {
                 ca: None,
                 remote_secrets: None,
                 control_plane: None,
+                failover: None,
             },
         );
         f.metadata.uid = Some("uid".into());

@@ -3,6 +3,7 @@ mod apply;
 mod claim;
 mod cleanup;
 mod control_plane;
+mod failover;
 mod member;
 mod membership;
 mod remote_secrets;
@@ -131,6 +132,8 @@ pub struct Context {
     failures: Mutex<HashMap<String, u32>>,
     stats: Mutex<HashMap<String, ReconcileStats>>,
     metrics: Arc<Metrics>,
+    /// Failover state by federation, loaded from its record on first use.
+    failover: Mutex<HashMap<String, failover::Tracker>>,
 }
 
 impl Context {
@@ -166,6 +169,7 @@ impl Context {
             failures: Mutex::default(),
             stats: Mutex::default(),
             metrics: Arc::default(),
+            failover: Mutex::default(),
         }))
     }
 
@@ -424,6 +428,38 @@ async fn converge(fed: &Arc<MeshFederation>, ctx: &Arc<Context>) -> Result<Actio
     ctx.workers.retain(&name, &members);
     ctx.watches.retain(&name, &members);
     let root = root::load_or_create_root(&ctx.client, &ctx.settings.namespace, fed, now).await;
+    let runs = ctx.workers.runs(&name);
+
+    // Failover: who is healthy, and whom peers must not see.
+    let health: BTreeMap<String, Option<failover::Health>> = spec
+        .members
+        .iter()
+        .map(|m| {
+            let h = runs
+                .get(&m.name)
+                .and_then(|r| failover::member_health(&r.report));
+            (m.name.clone(), h)
+        })
+        .collect();
+    let mut tracker = ctx.failover_tracker(&name).await?;
+    let withdrawn_before = tracker.withdrawn.clone();
+    let decision = tracker.decide(&health, spec.withdrawal().as_ref(), now);
+    if tracker.withdrawn != withdrawn_before {
+        failover::store(
+            &ctx.client,
+            &ctx.settings.namespace,
+            fed,
+            &tracker.withdrawn,
+        )
+        .await?;
+    }
+    ctx.failover
+        .lock()
+        .expect("failover lock")
+        .insert(name.clone(), tracker.clone());
+    events.extend(failover_events(&decision, spec.withdrawal().as_ref()));
+    let withdrawn = Arc::new(tracker.withdrawn_set());
+
     let root_status = match &root {
         Ok(root) => {
             if root.created {
@@ -439,6 +475,7 @@ async fn converge(fed: &Arc<MeshFederation>, ctx: &Arc<Context>) -> Result<Actio
                     fed: fed.clone(),
                     root: ca.clone(),
                     member: member.clone(),
+                    withdrawn: withdrawn.clone(),
                 };
                 ctx.workers.ensure(ctx, input, resync);
             }
@@ -451,7 +488,6 @@ async fn converge(fed: &Arc<MeshFederation>, ctx: &Arc<Context>) -> Result<Actio
         Err(e) => Err(e.clone()),
     };
 
-    let runs = ctx.workers.runs(&name);
     let mut reports: Vec<MemberReport> = spec
         .members
         .iter()
@@ -471,6 +507,10 @@ async fn converge(fed: &Arc<MeshFederation>, ctx: &Arc<Context>) -> Result<Actio
             }
         })
         .collect();
+    for r in &mut reports {
+        let h = health.get(&r.status.name).cloned().flatten();
+        r.status.health = tracker.status(&r.status.name, h.as_ref());
+    }
     // The status describes the oldest generation any member's run worked from.
     let generation = spec
         .members
@@ -501,7 +541,14 @@ async fn converge(fed: &Arc<MeshFederation>, ctx: &Arc<Context>) -> Result<Actio
     .await?;
 
     let previous = fed.status.as_ref();
-    let status = build_status(generation, reports, root_status, previous, now);
+    let status = build_status(
+        generation,
+        reports,
+        root_status,
+        decision.held.as_deref(),
+        previous,
+        now,
+    );
     ctx.metrics.members(&name, previous, &status, now);
     let ready = status
         .conditions
@@ -532,8 +579,55 @@ async fn converge(fed: &Arc<MeshFederation>, ctx: &Arc<Context>) -> Result<Actio
         .lock()
         .expect("stats lock")
         .insert(name.clone(), stats);
-    // Workers ask for aggregation when they finish; this is the safety resync.
-    Ok(Action::requeue(ctx.settings.resync))
+    // Workers ask for aggregation when they finish; this is the safety
+    // resync, or the end of a failover grace or settle period.
+    let until_check = decision
+        .next_check
+        .and_then(|t| Duration::try_from(t.duration_since(now)).ok());
+    Ok(Action::requeue(
+        until_check.map_or(ctx.settings.resync, |d| d.min(ctx.settings.resync)),
+    ))
+}
+
+impl Context {
+    /// The federation's failover state, from its record the first time.
+    async fn failover_tracker(&self, federation: &str) -> Result<failover::Tracker, Error> {
+        if let Some(t) = self.failover.lock().expect("failover lock").get(federation) {
+            return Ok(t.clone());
+        }
+        let withdrawn = failover::load(&self.client, &self.settings.namespace, federation).await?;
+        Ok(failover::Tracker::with_withdrawn(withdrawn))
+    }
+}
+
+/// Events for what a failover decision changed.
+fn failover_events(
+    decision: &failover::Decision,
+    policy: Option<&crate::api::WithdrawalPolicy>,
+) -> Vec<Event> {
+    let mut events = Vec::new();
+    for (member, why) in &decision.withdrawn {
+        events.push(Event::warning(
+            "MemberWithdrawn",
+            format!(
+                "member {member} withdrawn from its peers' view (their remote secrets for it removed): {why}"
+            ),
+        ));
+    }
+    for member in &decision.restored {
+        let note = match policy {
+            Some(p) => format!(
+                "member {member} restored to its peers' view after {:?} healthy",
+                p.settle
+            ),
+            None => format!("member {member} restored to its peers' view: withdrawal is off"),
+        };
+        events.push(Event::normal("MemberRestored", note));
+    }
+    if let (true, Some(held)) = (decision.held_changed, &decision.held) {
+        events.push(Event::warning("WithdrawalHeld", held.clone()));
+    }
+    events
 }
 
 /// The recorded membership. Before there is a record (a federation from

@@ -19,6 +19,8 @@ pub const REMOTE_SECRETS_READY: &str = "RemoteSecretsReady";
 pub const CONTROL_PLANES_READY: &str = "ControlPlanesReady";
 /// Every member that should have an east-west gateway has one with an address.
 pub const GATEWAYS_READY: &str = "GatewaysReady";
+/// Some member is unhealthy or withdrawn from its peers' view (True is bad).
+pub const DEGRADED: &str = "Degraded";
 
 /// What one reconcile learnt about one member.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -79,6 +81,7 @@ pub fn build_status(
     generation: Option<i64>,
     reports: Vec<MemberReport>,
     root: Result<CertificateStatus, String>,
+    withdrawal_held: Option<&str>,
     previous: Option<&MeshFederationStatus>,
     now: Timestamp,
 ) -> MeshFederationStatus {
@@ -232,7 +235,51 @@ pub fn build_status(
             },
         );
     }
+    let withdrawn: Vec<String> = in_spec_reports()
+        .filter_map(|r| {
+            let h = r.status.health.as_ref()?;
+            h.withdrawn_since.as_ref()?;
+            Some(format!("{} ({}: {})", r.status.name, h.reason, h.message))
+        })
+        .collect();
+    let unhealthy: Vec<String> = in_spec_reports()
+        .filter_map(|r| {
+            let h = r.status.health.as_ref()?;
+            (!h.healthy && h.withdrawn_since.is_none())
+                .then(|| format!("{} ({}: {})", r.status.name, h.reason, h.message))
+        })
+        .collect();
+    let mut degraded = Vec::new();
+    if !withdrawn.is_empty() {
+        degraded.push(format!("withdrawn from peers: {}", withdrawn.join(", ")));
+    }
+    if !unhealthy.is_empty() {
+        degraded.push(format!("unhealthy: {}", unhealthy.join(", ")));
+    }
+    degraded.extend(withdrawal_held.map(|h| format!("withdrawal held: {h}")));
+    let degraded_reason = if !withdrawn.is_empty() {
+        "MembersWithdrawn"
+    } else if withdrawal_held.is_some() {
+        "WithdrawalHeld"
+    } else if !unhealthy.is_empty() {
+        "MembersUnhealthy"
+    } else {
+        "AllHealthy"
+    };
+    // True is the bad state here, as Kubernetes' own Degraded conditions.
+    conditions.set(
+        DEGRADED,
+        !degraded.is_empty(),
+        degraded_reason,
+        &if degraded.is_empty() {
+            "every member judged is healthy and in its peers' view".to_string()
+        } else {
+            degraded.join("; ")
+        },
+    );
+
     let all_ready = unreachable.is_empty()
+        && withdrawn.is_empty()
         && claims_ok
         && certs_ok
         && secrets_ok
@@ -258,6 +305,11 @@ pub fn build_status(
         (
             "GatewaysNotReady",
             member_problems(reports.iter(), |r| r.gateway_problem.clone()).join("; "),
+        )
+    } else if !withdrawn.is_empty() {
+        (
+            "MembersWithdrawn",
+            format!("withdrawn from peers: {}", withdrawn.join(", ")),
         )
     } else {
         ("MembersNotReady", other_problems.join("; "))
@@ -329,8 +381,9 @@ impl<'a> Conditions<'a> {
         }
     }
 
-    fn set(&mut self, type_: &str, ok: bool, reason: &str, message: &str) {
-        let status = if ok { "True" } else { "False" };
+    /// Sets `type_` to True when `value` (True is not always good: Degraded).
+    fn set(&mut self, type_: &str, value: bool, reason: &str, message: &str) {
+        let status = if value { "True" } else { "False" };
         let last_transition_time = self
             .previous
             .iter()
@@ -385,6 +438,7 @@ mod tests {
             vec![healthy("a"), healthy("b"), healthy("c")],
             root(),
             None,
+            None,
             t("2026-01-01T00:00:00Z"),
         );
         for type_ in [
@@ -412,6 +466,7 @@ mod tests {
             Some(1),
             vec![healthy("a"), down, healthy("c")],
             root(),
+            None,
             None,
             t("2026-01-01T00:00:00Z"),
         );
@@ -444,6 +499,7 @@ mod tests {
             vec![a, healthy("b")],
             root(),
             None,
+            None,
             t("2026-01-01T00:00:00Z"),
         );
         let c = condition(&s, CERTIFICATES_READY);
@@ -465,6 +521,7 @@ mod tests {
             None,
             vec![healthy("a")],
             Err("Secret meshfed/x not found".into()),
+            None,
             None,
             t("2026-01-01T00:00:00Z"),
         );
@@ -490,6 +547,7 @@ mod tests {
             vec![a, healthy("b"), gone],
             root(),
             None,
+            None,
             t("2026-01-01T00:00:00Z"),
         );
         assert_eq!(
@@ -508,6 +566,7 @@ mod tests {
             vec![a2, healthy("b"), gone2],
             root(),
             None,
+            None,
             t("2026-01-01T00:00:00Z"),
         );
         let ready = condition(&s2, READY);
@@ -525,12 +584,14 @@ mod tests {
             vec![healthy("a")],
             root(),
             None,
+            None,
             t("2026-01-01T00:00:00Z"),
         );
         let again = build_status(
             Some(1),
             vec![healthy("a")],
             root(),
+            None,
             Some(&first),
             t("2026-01-01T01:00:00Z"),
         );
@@ -544,6 +605,7 @@ mod tests {
             Some(1),
             vec![down],
             root(),
+            None,
             Some(&again),
             t("2026-01-01T02:00:00Z"),
         );

@@ -26,20 +26,23 @@ use crate::render::ISTIO_NAMESPACE;
 use crate::telemetry::RequestCount;
 
 /// What a worker works from: the federation as last reconciled, its root,
-/// and the member's entry.
+/// the member's entry, and the members withdrawn from their peers' view.
 #[derive(Clone)]
 pub struct Input {
     pub fed: Arc<MeshFederation>,
     pub root: Arc<RootCa>,
     pub member: Member,
+    pub withdrawn: Arc<BTreeSet<String>>,
 }
 
 impl Input {
-    /// Whether `other` asks for different work (a new generation, root or entry).
+    /// Whether `other` asks for different work (a new generation, root,
+    /// entry or withdrawn set).
     fn differs(&self, other: &Input) -> bool {
         self.fed.metadata.generation != other.fed.metadata.generation
             || self.root.info().serial != other.root.info().serial
             || self.member != other.member
+            || self.withdrawn != other.withdrawn
     }
 }
 
@@ -155,6 +158,23 @@ impl Workers {
         }
     }
 
+    /// A probe found the member's API server not answering: its last run's
+    /// report says so at once, and the federation's status is aggregated,
+    /// so that failover's grace period starts now rather than after the
+    /// next full run (which, for a hung server, takes the member timeout).
+    fn mark_unreachable(&self, federation: &str, member: &str, why: String) {
+        let mut state = self.state();
+        let Some(run) = state.runs.get_mut(&key(federation, member)) else {
+            return;
+        };
+        run.report.unreachable = Some(why);
+        run.report.status.reachable = false;
+        drop(state);
+        let _ = self
+            .aggregate
+            .send(ObjectRef::<MeshFederation>::new(federation));
+    }
+
     /// What the members of `federation` published.
     pub fn facts(&self, federation: &str) -> BTreeMap<String, PeerFacts> {
         self.state()
@@ -230,10 +250,12 @@ impl Workers {
 
 /// The worker's loop: run, then sleep until woken, a deadline, or the
 /// backoff after a failed run.
-async fn work(ctx: Weak<Context>, input: Arc<Mutex<Input>>, wake: Arc<Notify>) {
+async fn work(ctx_weak: Weak<Context>, input: Arc<Mutex<Input>>, wake: Arc<Notify>) {
     let mut failures = 0u32;
     loop {
-        let Some(ctx) = ctx.upgrade() else { return };
+        let Some(ctx) = ctx_weak.upgrade() else {
+            return;
+        };
         let current = input.lock().expect("worker input lock").clone();
         if !ctx.federation_exists(&current.fed).await {
             // Deleted without its finalizer running (removed by hand).
@@ -255,17 +277,57 @@ async fn work(ctx: Weak<Context>, input: Arc<Mutex<Input>>, wake: Arc<Notify>) {
             Duration::from_millis(500u64 << (failures - 1)).min(resync)
         };
         let wait = until_deadline(retry, outcome.deadline, Timestamp::now());
+        // With withdrawal on, the API server is probed between runs, and a
+        // change of reachability starts a run at once.
+        let probe = current.fed.spec.withdrawal().map(|p| p.probe_interval);
+        let reachable = outcome.reachable;
         drop(ctx);
+        let probe = async {
+            match probe {
+                Some(every) => probe_until_changed(&ctx_weak, &current, reachable, every).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = wake.notified() => {}
             _ = tokio::time::sleep(wait) => {}
+            _ = probe => {}
         }
+    }
+}
+
+/// Asks the member's API server for its version every `every` until the
+/// answer disagrees with `reachable` (the last run's finding).
+async fn probe_until_changed(ctx: &Weak<Context>, input: &Input, reachable: bool, every: Duration) {
+    let federation = input.fed.name_any();
+    let member = &input.member;
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(ctx) = ctx.upgrade() else { return };
+        let answer = tokio::time::timeout(every.min(ctx.settings.member_timeout), async {
+            let conn = ctx.members.connect(&member.credentials).await.ok()?;
+            conn.client.apiserver_version().await.ok()
+        })
+        .await;
+        let answered = matches!(answer, Ok(Some(_)));
+        if answered == reachable {
+            continue;
+        }
+        if !answered {
+            let why = match answer {
+                Ok(_) => "API server did not answer a probe".to_string(),
+                Err(_) => format!("API server did not answer a probe within {every:?}"),
+            };
+            ctx.workers.mark_unreachable(&federation, &member.name, why);
+        }
+        return;
     }
 }
 
 /// What a run came to, for the worker's schedule.
 struct Outcome {
     ready: bool,
+    reachable: bool,
     deadline: Option<Timestamp>,
 }
 
@@ -356,12 +418,14 @@ async fn run(ctx: &Arc<Context>, input: &Input) -> Outcome {
     }
 
     if let Some(conn) = prepared.connection.clone() {
-        // Every member in the spec is a peer, published or not yet.
+        // Every member in the spec is a peer, published or not yet, unless
+        // it is withdrawn: then its remote secret goes (failover).
         let published = workers.facts(&federation);
         let peers: BTreeMap<String, PeerFacts> = fed
             .spec
             .members
             .iter()
+            .filter(|m| !input.withdrawn.contains(&m.name))
             .map(|m| {
                 let facts = published.get(&m.name).cloned().unwrap_or_default();
                 (m.name.clone(), facts)
@@ -399,6 +463,7 @@ async fn run(ctx: &Arc<Context>, input: &Input) -> Outcome {
         .map(|c| c.requests.snapshot().since(prepared.request_baseline));
     let outcome = Outcome {
         ready: prepared.report.is_ready(),
+        reachable: prepared.report.status.reachable,
         deadline: next_deadline(&prepared.report, policy.renew_before),
     };
     ctx.metrics.member_run(

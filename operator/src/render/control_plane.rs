@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use super::{ISTIO_NAMESPACE, keys, managed_labels};
-use crate::api::{GatewayServiceType, Member, MeshFederationSpec};
+use crate::api::{GatewayServiceType, Member, MeshFederationSpec, defaults};
 
 /// Label naming which chart (release) an object came from, for pruning.
 pub const COMPONENT: &str = "meshfed.io/component";
@@ -17,6 +17,8 @@ pub const APPLIED_HASH: &str = "meshfed.io/applied-hash";
 pub const EAST_WEST_GATEWAY: &str = "istio-eastwestgateway";
 /// Name of the Gateway that exposes `*.local` through the east-west gateway.
 pub const CROSS_NETWORK_GATEWAY: &str = "cross-network-gateway";
+/// Name (and component) of the mesh-wide DestinationRule with outlier detection.
+pub const FAILOVER_DESTINATION_RULE: &str = "meshfed-failover";
 
 /// `b` merged into `a`: objects key by key, anything else replaced.
 pub fn merge(a: &mut Value, b: &Value) {
@@ -54,7 +56,74 @@ pub fn istiod_values(spec: &MeshFederationSpec, member: &Member) -> Value {
             "pilot": { "env": { "ISTIO_MULTIROOT_MESH": "true" } },
         }),
     );
+    if let Some(locality) = locality_lb_setting(spec) {
+        merge(
+            &mut values,
+            &json!({ "meshConfig": { "localityLbSetting": locality } }),
+        );
+    }
     values
+}
+
+/// `meshConfig.localityLbSetting` from `spec.failover.locality`, identical
+/// for every member.
+fn locality_lb_setting(spec: &MeshFederationSpec) -> Option<Value> {
+    let locality = spec.failover.as_ref()?.locality.as_ref()?;
+    let priority: Vec<String> = match &locality.failover_priority {
+        Some(p) => p.clone(),
+        None => defaults::FAILOVER_PRIORITY.map(String::from).to_vec(),
+    };
+    let mut setting = json!({ "enabled": true });
+    if !priority.is_empty() {
+        setting["failoverPriority"] = json!(priority);
+    }
+    if let Some(pairs) = locality.failover.as_ref().filter(|p| !p.is_empty()) {
+        setting["failover"] = json!(pairs);
+    }
+    Some(setting)
+}
+
+/// A duration as protobuf JSON writes it (Istio's CRDs take only that form).
+fn proto_duration(d: std::time::Duration) -> String {
+    if d.subsec_millis() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{:.3}s", d.as_secs_f64())
+    }
+}
+
+/// The mesh-wide DestinationRule for `*.local` in the root namespace with
+/// `spec.failover.outlierDetection`, so that locality failover acts on every
+/// service; `None` when not asked for.
+pub fn failover_destination_rule(
+    federation: &str,
+    spec: &MeshFederationSpec,
+) -> Option<DynamicObject> {
+    let od = spec.failover.as_ref()?.outlier_detection.as_ref()?;
+    let resource = ApiResource::from_gvk(&GroupVersionKind::gvk(
+        "networking.istio.io",
+        "v1",
+        "DestinationRule",
+    ));
+    let mut rule = DynamicObject::new(FAILOVER_DESTINATION_RULE, &resource).within(ISTIO_NAMESPACE);
+    let interval = od.interval.map_or(defaults::OUTLIER_INTERVAL, Into::into);
+    let ejection = od
+        .base_ejection_time
+        .map_or(defaults::BASE_EJECTION_TIME, Into::into);
+    rule.data = json!({
+        "spec": {
+            "host": "*.local",
+            "trafficPolicy": {
+                "outlierDetection": {
+                    "consecutive5xxErrors": od.consecutive_5xx_errors.unwrap_or(defaults::CONSECUTIVE_5XX_ERRORS),
+                    "interval": proto_duration(interval),
+                    "baseEjectionTime": proto_duration(ejection),
+                    "maxEjectionPercent": od.max_ejection_percent.unwrap_or(defaults::MAX_EJECTION_PERCENT),
+                },
+            },
+        }
+    });
+    Some(mark(rule, federation, FAILOVER_DESTINATION_RULE))
 }
 
 /// Values for the base chart (CRDs and cluster-wide bits).
@@ -269,6 +338,7 @@ mod tests {
                 values: None,
                 east_west_gateway: None,
             }),
+            failover: None,
         }
     }
 
@@ -417,5 +487,72 @@ mod tests {
             a.metadata.annotations,
             "re-marking is stable"
         );
+    }
+
+    #[test]
+    fn locality_failover_is_rendered_the_same_for_every_member() {
+        use crate::api::{FailoverSpec, LocalityFailoverSpec, RegionFailover};
+        let mut s = spec(vec![member("east", "net-a"), member("west", "net-b")]);
+        assert!(istiod_values(&s, &s.members[0])["meshConfig"]["localityLbSetting"].is_null());
+        s.failover = Some(FailoverSpec {
+            locality: Some(LocalityFailoverSpec::default()),
+            ..FailoverSpec::default()
+        });
+        let east = istiod_values(&s, &s.members[0]);
+        let west = istiod_values(&s, &s.members[1]);
+        assert_eq!(
+            east["meshConfig"]["localityLbSetting"],
+            json!({"enabled": true, "failoverPriority": ["topology.istio.io/network", "topology.istio.io/cluster"]})
+        );
+        assert_eq!(
+            east["meshConfig"]["localityLbSetting"],
+            west["meshConfig"]["localityLbSetting"]
+        );
+        assert_eq!(
+            east["meshConfig"]["trustDomain"], "example.org",
+            "merged, not replaced"
+        );
+        s.failover.as_mut().unwrap().locality = Some(LocalityFailoverSpec {
+            failover_priority: Some(vec![]),
+            failover: Some(vec![RegionFailover {
+                from: "us-east".into(),
+                to: "us-west".into(),
+            }]),
+        });
+        assert_eq!(
+            istiod_values(&s, &s.members[0])["meshConfig"]["localityLbSetting"],
+            json!({"enabled": true, "failover": [{"from": "us-east", "to": "us-west"}]})
+        );
+    }
+
+    #[test]
+    fn the_failover_destination_rule_covers_every_local_host_with_proto_durations() {
+        use crate::api::{FailoverSpec, OutlierDetectionSpec};
+        let mut s = spec(vec![member("east", "net-a")]);
+        assert!(failover_destination_rule("prod", &s).is_none());
+        s.failover = Some(FailoverSpec {
+            outlier_detection: Some(OutlierDetectionSpec {
+                interval: Some("1m30s".parse().unwrap()),
+                ..OutlierDetectionSpec::default()
+            }),
+            ..FailoverSpec::default()
+        });
+        let rule = failover_destination_rule("prod", &s).unwrap();
+        assert_eq!(rule.metadata.namespace.as_deref(), Some(ISTIO_NAMESPACE));
+        assert_eq!(
+            rule.metadata.name.as_deref(),
+            Some(FAILOVER_DESTINATION_RULE)
+        );
+        assert_eq!(rule.data["spec"]["host"], "*.local");
+        assert_eq!(
+            rule.data["spec"]["trafficPolicy"]["outlierDetection"],
+            json!({"consecutive5xxErrors": 5, "interval": "90s", "baseEjectionTime": "30s", "maxEjectionPercent": 100})
+        );
+        assert_eq!(
+            proto_duration(std::time::Duration::from_millis(1500)),
+            "1.500s"
+        );
+        let labels = rule.metadata.labels.unwrap();
+        assert_eq!(labels[COMPONENT], FAILOVER_DESTINATION_RULE);
     }
 }

@@ -40,6 +40,8 @@ pub struct Metrics {
     reconcile_duration: Family<ReconcileLabels, Histogram, fn() -> Histogram>,
     member_reachable: Family<MemberLabels, Gauge>,
     member_ready: Family<MemberLabels, Gauge>,
+    member_healthy: Family<MemberLabels, Gauge>,
+    member_withdrawn: Family<MemberLabels, Gauge>,
     intermediate_expiry: Family<MemberLabels, Gauge<f64, AtomicU64>>,
     token_expiry: Family<MemberLabels, Gauge<f64, AtomicU64>>,
     member_requests: Family<RequestLabels, Counter>,
@@ -91,6 +93,18 @@ impl Default for Metrics {
             "1 when everything meshfed manages in the member is in place",
             member_ready.clone(),
         );
+        let member_healthy = Family::default();
+        registry.register(
+            "member_healthy",
+            "1 when the member is healthy (status.members[].health), 0 when not; absent while not judged",
+            member_healthy.clone(),
+        );
+        let member_withdrawn = Family::default();
+        registry.register(
+            "member_withdrawn",
+            "1 while the member is withdrawn from its peers' view (spec.failover.withdrawal)",
+            member_withdrawn.clone(),
+        );
         let intermediate_expiry = Family::default();
         registry.register(
             "intermediate_expiry_seconds",
@@ -130,6 +144,8 @@ impl Default for Metrics {
             reconcile_duration,
             member_reachable,
             member_ready,
+            member_healthy,
+            member_withdrawn,
             intermediate_expiry,
             token_expiry,
         }
@@ -185,6 +201,23 @@ impl Metrics {
                 .get_or_create(&l)
                 .set(i64::from(m.reachable));
             self.member_ready.get_or_create(&l).set(i64::from(m.ready));
+            match &m.health {
+                Some(h) => {
+                    self.member_healthy
+                        .get_or_create(&l)
+                        .set(i64::from(h.healthy));
+                }
+                None => {
+                    self.member_healthy.remove(&l);
+                }
+            }
+            let withdrawn = m
+                .health
+                .as_ref()
+                .is_some_and(|h| h.withdrawn_since.is_some());
+            self.member_withdrawn
+                .get_or_create(&l)
+                .set(i64::from(withdrawn));
             match &m.intermediate {
                 Some(i) => {
                     self.intermediate_expiry
@@ -251,6 +284,8 @@ impl Metrics {
     fn forget_member(&self, l: &MemberLabels) {
         self.member_reachable.remove(l);
         self.member_ready.remove(l);
+        self.member_healthy.remove(l);
+        self.member_withdrawn.remove(l);
         self.intermediate_expiry.remove(l);
         self.token_expiry.remove(l);
     }
@@ -307,9 +342,40 @@ mod tests {
         assert!(text.contains("meshfed_reconcile_duration_seconds_bucket"));
         assert!(text.contains(r#"meshfed_member_reachable{federation="prod",member="b"} 0"#));
         assert!(
+            !text.contains("meshfed_member_healthy{"),
+            "not judged, no series: {text}"
+        );
+        assert!(text.contains(r#"meshfed_member_withdrawn{federation="prod",member="b"} 0"#));
+        assert!(
             text.contains(
                 r#"meshfed_intermediate_expiry_seconds{federation="prod",member="a"} 86400"#
             ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn health_and_withdrawal_are_gauges() {
+        let m = Metrics::default();
+        let mut s = status(&[("a", true), ("b", false)]);
+        s.members[1].health = Some(crate::api::MemberHealth {
+            healthy: false,
+            reason: "ApiServerUnreachable".into(),
+            message: String::new(),
+            withdrawn_since: Some(Time("2026-01-01T00:00:00Z".parse().unwrap())),
+        });
+        m.members("prod", None, &s, "2026-01-01T00:00:00Z".parse().unwrap());
+        let text = m.encode();
+        assert!(
+            text.contains(r#"meshfed_member_healthy{federation="prod",member="b"} 0"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"meshfed_member_withdrawn{federation="prod",member="b"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"meshfed_member_withdrawn{federation="prod",member="a"} 0"#),
             "{text}"
         );
     }
