@@ -29,7 +29,7 @@ use crate::fleet::{Proc, Spec};
 pub use crate::mesh::http_get;
 use crate::mesh::poll;
 use anyhow::{Context, Result, bail};
-use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Client};
@@ -220,6 +220,10 @@ pub struct IstiodOptions {
     pub use_remote_certs: bool,
     /// Extra environment for pilot-discovery (applied last).
     pub env: Vec<(String, String)>,
+    /// The mesh config file's content, as the kubelet would mount it from
+    /// the `istio` ConfigMap (its `mesh` key) that a Managed install renders.
+    /// Default: a minimal one with `trust_domain` and `mesh_id`.
+    pub mesh_config: Option<String>,
     /// Give up if `/ready` does not answer 200 within this time (default 90 s).
     pub ready_timeout: Duration,
 }
@@ -234,6 +238,7 @@ impl IstiodOptions {
             remote_cluster_timeout: Duration::from_secs(10),
             use_remote_certs: true,
             env: Vec::new(),
+            mesh_config: None,
             ready_timeout: Duration::from_secs(90),
         }
     }
@@ -356,13 +361,13 @@ impl Istiod {
 
         let config_dir = work_dir.join("etc/istio/config");
         std::fs::create_dir_all(&config_dir)?;
-        std::fs::write(
-            config_dir.join("mesh"),
+        let mesh = opts.mesh_config.clone().unwrap_or_else(|| {
             format!(
                 "trustDomain: {}\ndefaultConfig:\n  meshId: {}\n",
                 opts.trust_domain, opts.mesh_id
-            ),
-        )?;
+            )
+        });
+        std::fs::write(config_dir.join("mesh"), mesh)?;
         std::fs::write(config_dir.join("meshNetworks"), "networks: {}\n")?;
         // USE_REMOTE_CERTS skips the fetch when a complete bundle is already
         // on disk: never let a previous run's copy stand in for the Secret.
@@ -778,4 +783,49 @@ fn free_port() -> Result<u16> {
         }
     }
     bail!("no free port found")
+}
+
+/// Creates namespace `ns`, a Service `name` (port 80 → 8080) and one pod it
+/// selects; kwok makes the pod Running with an IP. Returns (cluster IP, pod IP).
+pub async fn service_with_pod(client: &Client, ns: &str, name: &str) -> Result<(String, String)> {
+    let params = PatchParams::apply("meshfed-e2e-istiod").force();
+    let namespace: Namespace = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}
+    }))?;
+    Api::<Namespace>::all(client.clone())
+        .patch(ns, &params, &Patch::Apply(&namespace))
+        .await?;
+    let svc: Service = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {"selector": {"app": name},
+                 "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}
+    }))?;
+    let svc = Api::<Service>::namespaced(client.clone(), ns)
+        .patch(name, &params, &Patch::Apply(&svc))
+        .await?;
+    let pod_name = format!("{name}-0");
+    let pod: Pod = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": pod_name, "namespace": ns, "labels": {"app": name}},
+        "spec": {"containers": [{"name": "app", "image": name,
+                                 "ports": [{"containerPort": 8080}]}]}
+    }))?;
+    let pods = Api::<Pod>::namespaced(client.clone(), ns);
+    pods.patch(&pod_name, &params, &Patch::Apply(&pod)).await?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let ip = loop {
+        if let Some(ip) = pods.get(&pod_name).await?.status.and_then(|s| s.pod_ip) {
+            break ip;
+        }
+        if Instant::now() > deadline {
+            bail!("pod {ns}/{pod_name} got no IP within 60s");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let vip = svc
+        .spec
+        .and_then(|s| s.cluster_ip)
+        .context("no cluster IP")?;
+    Ok((vip, ip))
 }

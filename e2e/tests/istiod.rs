@@ -10,12 +10,12 @@ use anyhow::{Context as _, Result};
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD as B64, URL_SAFE_NO_PAD as B64URL};
 use e2e::Fleet;
-use e2e::istiod::{Istiod, IstiodOptions, base_crds, install_base_crds, istio};
+use e2e::istiod::{Istiod, IstiodOptions, base_crds, install_base_crds, istio, service_with_pod};
 use e2e::mesh::*;
 use k8s_openapi::api::authorization::v1::{
     ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
 };
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, RoleRef, Subject};
 use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
@@ -123,45 +123,6 @@ async fn grant_secret_read(client: &Client) -> Result<()> {
         .patch(name, &params, &Patch::Apply(&binding))
         .await?;
     Ok(())
-}
-
-/// Creates namespace `ns`, a Service `name` (port 80 → 8080) and one pod it
-/// selects; kwok makes the pod Running with an IP. Returns (cluster IP, pod IP).
-async fn service_with_pod(client: &Client, ns: &str, name: &str) -> Result<(String, String)> {
-    let params = PatchParams::apply("meshfed-e2e-istiod").force();
-    let namespace: Namespace = serde_json::from_value(serde_json::json!({
-        "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}
-    }))?;
-    Api::<Namespace>::all(client.clone())
-        .patch(ns, &params, &Patch::Apply(&namespace))
-        .await?;
-    let svc: Service = serde_json::from_value(serde_json::json!({
-        "apiVersion": "v1", "kind": "Service",
-        "metadata": {"name": name, "namespace": ns},
-        "spec": {"selector": {"app": name},
-                 "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}
-    }))?;
-    let svc = Api::<Service>::namespaced(client.clone(), ns)
-        .patch(name, &params, &Patch::Apply(&svc))
-        .await?;
-    let pod_name = format!("{name}-0");
-    let pod: Pod = serde_json::from_value(serde_json::json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": pod_name, "namespace": ns, "labels": {"app": name}},
-        "spec": {"containers": [{"name": "app", "image": name,
-                                 "ports": [{"containerPort": 8080}]}]}
-    }))?;
-    let pods = Api::<Pod>::namespaced(client.clone(), ns);
-    pods.patch(&pod_name, &params, &Patch::Apply(&pod)).await?;
-    let ip = wait_some(WAIT, "pod running with an IP", || async {
-        Ok(pods.get(&pod_name).await?.status.and_then(|s| s.pod_ip))
-    })
-    .await?;
-    let vip = svc
-        .spec
-        .and_then(|s| s.cluster_ip)
-        .context("no cluster IP")?;
-    Ok((vip, ip))
 }
 
 /// Whether a TLS handshake with `addr` succeeds when only `roots` are
