@@ -1,7 +1,7 @@
 # The entry points people type. `make help` lists them.
 CARGO ?= cargo
 
-.PHONY: help demo test lint unit e2e packages testbed-tools helm istio crds bench bench-testbed bench-operator bench-scale clean-testbed-cache
+.PHONY: help demo test lint unit e2e packages testbed-tools helm istio crds bench bench-testbed bench-operator bench-scale bench-failover clean-testbed-cache
 
 help: ## List the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
@@ -38,7 +38,7 @@ crds: ## Regenerate the CRD YAML from operator/src/api
 	$(CARGO) run -q -p crd-gen > config/crd/meshfed.io_meshfederations.yaml
 	cp config/crd/meshfed.io_meshfederations.yaml charts/meshfed-operator/crds/
 
-bench: bench-testbed bench-operator bench-scale ## All benchmarks
+bench: bench-testbed bench-operator bench-scale bench-failover ## All benchmarks
 
 bench-testbed: testbed-tools ## Fleet start time and memory for 1, 3 and 10 clusters
 	$(CARGO) run -q -p e2e --bin testbed -- bench --sizes 1,3,10
@@ -53,6 +53,9 @@ bench-scale: testbed-tools ## 10, 25, 50 API-server-only members: apply->Ready, 
 	@test -x $(PLOT_VENV)/bin/python || (python3 -m venv $(PLOT_VENV) && $(PLOT_VENV)/bin/pip install -q matplotlib==3.9.2)
 	@mkdir -p docs/img
 	$(PLOT_VENV)/bin/python e2e/bench/plot-scale.py docs/img/bench-scale.csv docs/img/convergence.png
+
+bench-failover: testbed-tools helm istio ## Failure -> withdrawal and recovery -> restore with the real istiod, against grace and settle periods
+	$(CARGO) test -q -p e2e --test failover -- --nocapture 2>&1 | grep FIGURE
 
 clean-testbed-cache: ## Forget the built test bed tools (next run rebuilds, ~10 min)
 	rm -rf $${XDG_CACHE_HOME:-$$HOME/.cache}/meshfed
