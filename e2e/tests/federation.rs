@@ -510,6 +510,44 @@ async fn invalid_specs_are_rejected_by_the_api_server() -> Result<()> {
         ));
     }
 
+    let withdrawal = |w: meshfed::api::WithdrawalSpec| {
+        let mut f = federation("failover", vec![member(c, "a")]);
+        f.spec.failover = Some(meshfed::api::FailoverSpec {
+            withdrawal: Some(w),
+            ..Default::default()
+        });
+        f
+    };
+    cases.push((
+        "no member may be withdrawn",
+        withdrawal(meshfed::api::WithdrawalSpec {
+            max_withdrawn: Some(0),
+            ..Default::default()
+        }),
+        "spec.failover.withdrawal.maxWithdrawn must be at least 1",
+    ));
+    cases.push((
+        "a probe interval under a second",
+        withdrawal(meshfed::api::WithdrawalSpec {
+            probe_interval: Some("100ms".parse().unwrap()),
+            ..Default::default()
+        }),
+        "spec.failover.withdrawal.probeInterval must be between 1s and 5m",
+    ));
+    let mut ejection = federation("ejection", vec![member(c, "a")]);
+    ejection.spec.failover = Some(meshfed::api::FailoverSpec {
+        outlier_detection: Some(meshfed::api::OutlierDetectionSpec {
+            max_ejection_percent: Some(101),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    cases.push((
+        "ejecting more than every endpoint",
+        ejection,
+        "spec.failover.outlierDetection.maxEjectionPercent must be between 0 and 100",
+    ));
+
     for (what, fed, expected) in cases {
         match create_federation(&host, &fed).await {
             Err(kube::Error::Api(e)) => {

@@ -8,12 +8,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{ObjectMeta, Patch, PatchParams};
-use kube::{Api, Client, Resource, ResourceExt};
+use kube::{Api, Client, ResourceExt};
 
 use super::status::MemberReport;
 use crate::api::{MemberHealth, MeshFederation, WithdrawalPolicy};
-use crate::render::{field_manager, managed_labels};
 
 pub const HEALTHY: &str = "Healthy";
 pub const API_SERVER_UNREACHABLE: &str = "ApiServerUnreachable";
@@ -282,30 +280,12 @@ pub async fn store(
     fed: &MeshFederation,
     withdrawn: &BTreeMap<String, Timestamp>,
 ) -> Result<(), kube::Error> {
-    let federation = fed.name_any();
-    let record = ConfigMap {
-        metadata: ObjectMeta {
-            name: Some(record_name(&federation)),
-            labels: Some(managed_labels(&federation)),
-            owner_references: fed.controller_owner_ref(&()).map(|o| vec![o]),
-            ..ObjectMeta::default()
-        },
-        data: Some(
-            withdrawn
-                .iter()
-                .map(|(m, since)| (m.clone(), since.to_string()))
-                .collect(),
-        ),
-        ..ConfigMap::default()
-    };
-    Api::<ConfigMap>::namespaced(client.clone(), namespace)
-        .patch(
-            &record_name(&federation),
-            &PatchParams::apply(&field_manager(&federation)).force(),
-            &Patch::Apply(&record),
-        )
-        .await?;
-    Ok(())
+    let data = withdrawn
+        .iter()
+        .map(|(m, since)| (m.clone(), since.to_string()))
+        .collect();
+    let name = record_name(&fed.name_any());
+    super::membership::write_record(client, namespace, fed, &name, data).await
 }
 
 #[cfg(test)]

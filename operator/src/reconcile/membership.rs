@@ -40,30 +40,50 @@ pub fn departed<'a>(
         .filter(|(name, _)| fed.spec.member(name).is_none())
 }
 
-fn render_record(fed: &MeshFederation, membership: &Membership) -> ConfigMap {
-    let federation = fed.meta().name.clone().unwrap_or_default();
+/// Writes the ConfigMap `name` in the operator's namespace with `data`,
+/// owned by the federation (garbage-collected with it should a finalizer be
+/// removed by hand). What meshfed keeps about a federation outside status.
+pub async fn write_record(
+    client: &Client,
+    namespace: &str,
+    fed: &MeshFederation,
+    name: &str,
+    data: BTreeMap<String, String>,
+) -> Result<(), kube::Error> {
+    Api::<ConfigMap>::namespaced(client.clone(), namespace)
+        .patch(
+            name,
+            &PatchParams::apply(&field_manager(&fed.name_any())).force(),
+            &Patch::Apply(&render_record(fed, name, data)),
+        )
+        .await?;
+    Ok(())
+}
+
+fn render_record(fed: &MeshFederation, name: &str, data: BTreeMap<String, String>) -> ConfigMap {
     ConfigMap {
         metadata: ObjectMeta {
-            name: Some(record_name(&federation)),
-            labels: Some(managed_labels(&federation)),
-            // Garbage-collected with the federation should a finalizer be
-            // removed by hand.
+            name: Some(name.to_string()),
+            labels: Some(managed_labels(&fed.name_any())),
             owner_references: fed.controller_owner_ref(&()).map(|o| vec![o]),
             ..ObjectMeta::default()
         },
-        data: Some(
-            membership
-                .iter()
-                .map(|(name, creds)| {
-                    (
-                        name.clone(),
-                        serde_json::to_string(creds).unwrap_or_default(),
-                    )
-                })
-                .collect(),
-        ),
+        data: Some(data),
         ..ConfigMap::default()
     }
+}
+
+/// The membership as record data: credentials as JSON, by member.
+fn record_data(membership: &Membership) -> BTreeMap<String, String> {
+    membership
+        .iter()
+        .map(|(name, creds)| {
+            (
+                name.clone(),
+                serde_json::to_string(creds).unwrap_or_default(),
+            )
+        })
+        .collect()
 }
 
 /// The record as stored; `None` when there is none yet. Entries that cannot
@@ -96,16 +116,8 @@ pub async fn store(
     if recorded == membership {
         return Ok(());
     }
-    let record = render_record(fed, membership);
-    let name = record.metadata.name.clone().unwrap_or_default();
-    Api::<ConfigMap>::namespaced(client.clone(), namespace)
-        .patch(
-            &name,
-            &PatchParams::apply(&field_manager(&fed.name_any())).force(),
-            &Patch::Apply(&record),
-        )
-        .await?;
-    Ok(())
+    let name = record_name(&fed.name_any());
+    write_record(client, namespace, fed, &name, record_data(membership)).await
 }
 
 /// Deletes the record once every member is cleaned up.
@@ -179,7 +191,7 @@ mod tests {
     fn the_record_round_trips_and_is_owned_by_the_federation() {
         let f = fed(&[("a", "a")]);
         let membership = with_spec(&Membership::new(), &f);
-        let record = render_record(&f, &membership);
+        let record = render_record(&f, &record_name("prod"), record_data(&membership));
         assert_eq!(
             record.metadata.name.as_deref(),
             Some("meshfed-members-prod")
