@@ -209,9 +209,15 @@ pub async fn sync_control_plane(
             desired: rule.into_iter().collect(),
             bootstraps: Vec::new(),
         };
-        if let Some(problem) =
-            converge_component(&ctx.kinds, client, cluster, federation, &component).await?
-        {
+        // Its failure (e.g. a member identity without the destinationrules
+        // rules) is a problem to report; istiod's and the gateway's health
+        // are still read below.
+        let problem =
+            match converge_component(&ctx.kinds, client, cluster, federation, &component).await {
+                Ok(problem) => problem,
+                Err(e) => Some(super::member::unreachable_reason(&e)),
+            };
+        if let Some(problem) = problem {
             report.problem = Some(format!("mesh-wide DestinationRule: {problem}"));
         }
     }

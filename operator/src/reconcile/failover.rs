@@ -17,6 +17,9 @@ pub const HEALTHY: &str = "Healthy";
 pub const API_SERVER_UNREACHABLE: &str = "ApiServerUnreachable";
 pub const GATEWAY_NOT_READY: &str = "GatewayNotReady";
 pub const ISTIOD_UNAVAILABLE: &str = "IstiodUnavailable";
+pub const ACCESS_FAILED: &str = "AccessFailed";
+/// A withdrawn member not checked since the operator started.
+pub const UNKNOWN: &str = "Unknown";
 
 /// A member's health as its worker last saw it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -52,8 +55,12 @@ pub fn member_health(report: &MemberReport) -> Option<Health> {
             message: message.to_string(),
         })
     };
-    if let Some(why) = &report.unreachable {
-        return health(API_SERVER_UNREACHABLE, why);
+    match &report.unreachable {
+        Some(why) if report.no_answer => return health(API_SERVER_UNREACHABLE, why),
+        // Its API server answered with errors, or the operator's credentials
+        // for it are unusable: the operator's problem, not the member's.
+        Some(why) => return health(ACCESS_FAILED, why),
+        None => {}
     }
     if !report.status.reachable {
         return None;
@@ -85,6 +92,10 @@ pub struct Tracker {
     pub withdrawn: BTreeMap<String, Timestamp>,
     /// Why withdrawal is held, as last reported.
     held: Option<String>,
+    /// Members seen healthy since the operator started: only those are
+    /// withdrawn for their gateway, so that a member still installing (a
+    /// load balancer without an address yet) is not.
+    seen_healthy: BTreeSet<String>,
 }
 
 /// What changed in one reconcile.
@@ -126,6 +137,7 @@ impl Tracker {
         self.failing_since.retain(|m, _| in_spec(m));
         self.recovered_since.retain(|m, _| in_spec(m));
         self.withdrawn.retain(|m, _| in_spec(m));
+        self.seen_healthy.retain(|m| in_spec(m));
         let Some(policy) = policy else {
             d.restored = std::mem::take(&mut self.withdrawn).into_keys().collect();
             self.failing_since.clear();
@@ -135,7 +147,12 @@ impl Tracker {
         };
         for (member, h) in health {
             let Some(h) = h else { continue };
-            if h.withdrawable() {
+            if h.healthy() {
+                self.seen_healthy.insert(member.clone());
+            }
+            let withdrawable = h.withdrawable()
+                && (h.reason != GATEWAY_NOT_READY || self.seen_healthy.contains(member));
+            if withdrawable {
                 self.failing_since.entry(member.clone()).or_insert(now);
                 self.recovered_since.remove(member);
             } else {
@@ -209,8 +226,11 @@ impl Tracker {
                 ));
             }
         }
+        // Status shows whole seconds: a finer time would never compare equal
+        // to what is read back, and every reconcile would write status again.
+        let whole_seconds = Timestamp::from_second(now.as_second()).unwrap_or(now);
         for (m, _) in &d.withdrawn {
-            self.withdrawn.insert(m.clone(), now);
+            self.withdrawn.insert(m.clone(), whole_seconds);
         }
         d.held_changed = self.held != held;
         self.held.clone_from(&held);
@@ -234,14 +254,24 @@ impl Tracker {
         self.withdrawn.keys().cloned().collect()
     }
 
-    /// The status entry for `member`.
+    /// The status entry for `member`: none while it is not judged, unless
+    /// it is withdrawn (which status must always show).
     pub fn status(&self, member: &str, health: Option<&Health>) -> Option<MemberHealth> {
-        let health = health?;
+        let withdrawn_since = self.withdrawn.get(member).map(|t| Time(*t));
+        let (healthy, reason, message) = match health {
+            Some(h) => (h.healthy(), h.reason, h.message.clone()),
+            None if withdrawn_since.is_some() => (
+                false,
+                UNKNOWN,
+                "not checked since the operator started".to_string(),
+            ),
+            None => return None,
+        };
         Some(MemberHealth {
-            healthy: health.healthy(),
-            reason: health.reason.to_string(),
-            message: health.message.clone(),
-            withdrawn_since: self.withdrawn.get(member).map(|t| Time(*t)),
+            healthy,
+            reason: reason.to_string(),
+            message,
+            withdrawn_since,
         })
     }
 }
@@ -341,8 +371,13 @@ mod tests {
         assert_eq!(gateway.reason, GATEWAY_NOT_READY);
         assert!(gateway.withdrawable());
         assert_eq!(gateway.message, "no ready endpoint");
-        r.unreachable = Some("connection refused".into());
+        r.unreachable = Some("API error 403: forbidden".into());
         r.status.reachable = false;
+        let access = member_health(&r).unwrap();
+        assert_eq!(access.reason, ACCESS_FAILED, "the server answered");
+        assert!(!access.withdrawable());
+        r.unreachable = Some("connection refused".into());
+        r.no_answer = true;
         assert_eq!(member_health(&r).unwrap().reason, API_SERVER_UNREACHABLE);
         r.claim_problem = Some("cluster is b's".into());
         assert_eq!(member_health(&r), None, "a refused member is nobody's peer");
@@ -462,7 +497,7 @@ mod tests {
 
     #[test]
     fn two_members_never_withdraw_unless_the_bound_is_lowered() {
-        let f = fleet(&[("a", h(HEALTHY)), ("b", h(GATEWAY_NOT_READY))]);
+        let f = fleet(&[("a", h(HEALTHY)), ("b", h(API_SERVER_UNREACHABLE))]);
         let default_bound = WithdrawalPolicy {
             min_healthy: 2,
             ..policy()
@@ -545,5 +580,45 @@ mod tests {
         let s = tr.status("a", h(HEALTHY).as_ref()).unwrap();
         assert!(s.healthy && s.withdrawn_since.is_none());
         assert_eq!(tr.status("a", None), None);
+        let s = tr.status("c", None).unwrap();
+        assert_eq!(s.reason, UNKNOWN, "a withdrawn member is always shown");
+        assert!(s.withdrawn_since.is_some());
+    }
+
+    #[test]
+    fn withdrawal_times_are_whole_seconds_as_status_shows_them() {
+        let mut tr = Tracker::default();
+        let p = policy();
+        let f = fleet(&[
+            ("a", h(HEALTHY)),
+            ("b", h(HEALTHY)),
+            ("c", h(API_SERVER_UNREACHABLE)),
+        ]);
+        let subsecond = |secs| {
+            t(secs)
+                .checked_add(jiff::SignedDuration::from_millis(700))
+                .unwrap()
+        };
+        tr.decide(&f, Some(&p), subsecond(0));
+        tr.decide(&f, Some(&p), subsecond(31));
+        assert_eq!(tr.withdrawn["c"], t(31));
+    }
+
+    #[test]
+    fn a_gateway_counts_only_once_the_member_was_healthy() {
+        let mut tr = Tracker::default();
+        let p = policy();
+        let installing = fleet(&[
+            ("a", h(HEALTHY)),
+            ("b", h(HEALTHY)),
+            ("c", h(GATEWAY_NOT_READY)),
+        ]);
+        tr.decide(&installing, Some(&p), t(0));
+        let d = tr.decide(&installing, Some(&p), t(600));
+        assert!(d.withdrawn.is_empty() && d.next_check.is_none(), "{d:?}");
+        let up = fleet(&[("a", h(HEALTHY)), ("b", h(HEALTHY)), ("c", h(HEALTHY))]);
+        tr.decide(&up, Some(&p), t(601));
+        tr.decide(&installing, Some(&p), t(602));
+        assert_eq!(tr.decide(&installing, Some(&p), t(632)).withdrawn.len(), 1);
     }
 }

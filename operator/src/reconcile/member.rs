@@ -95,8 +95,12 @@ pub async fn prepare_member(
             }
             prepared.connection = Some(conn);
         }
-        Ok(Err(e)) => prepared.report.unreachable = Some(unreachable_reason(&e)),
+        Ok(Err(e)) => {
+            prepared.report.no_answer = !matches!(e, kube::Error::Api(_));
+            prepared.report.unreachable = Some(unreachable_reason(&e));
+        }
         Err(_) => {
+            prepared.report.no_answer = true;
             prepared.report.unreachable = Some(format!(
                 "no answer within {:?}",
                 ctx.settings.member_timeout

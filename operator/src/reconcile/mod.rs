@@ -590,6 +590,20 @@ async fn converge(fed: &Arc<MeshFederation>, ctx: &Arc<Context>) -> Result<Actio
 }
 
 impl Context {
+    /// Drops what this process kept about a deleted federation, so that a
+    /// new one of the same name starts afresh.
+    fn forget(&self, federation: &str) {
+        self.stats.lock().expect("stats lock").remove(federation);
+        self.resynced
+            .lock()
+            .expect("resync lock")
+            .remove(federation);
+        self.failover
+            .lock()
+            .expect("failover lock")
+            .remove(federation);
+    }
+
     /// The federation's failover state, from its record the first time.
     async fn failover_tracker(&self, federation: &str) -> Result<failover::Tracker, Error> {
         if let Some(t) = self.failover.lock().expect("failover lock").get(federation) {
@@ -846,8 +860,7 @@ async fn clean_up(fed: &MeshFederation, ctx: &Context) -> Result<Action, Error> 
     }
     membership::forget(&ctx.client, &ctx.settings.namespace, &name).await?;
     ctx.metrics.forget_federation(&name, fed.status.as_ref());
-    ctx.stats.lock().expect("stats lock").remove(&name);
-    ctx.resynced.lock().expect("resync lock").remove(&name);
+    ctx.forget(&name);
     info!(federation = %name, "cleaned up every member");
     Ok(Action::await_change())
 }

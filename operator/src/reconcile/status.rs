@@ -29,6 +29,10 @@ pub struct MemberReport {
     pub status: MemberStatus,
     /// Why the member could not be reached, if it could not.
     pub unreachable: Option<String>,
+    /// The member's API server itself did not answer (refused, reset, timed
+    /// out), as opposed to answering with an error or the operator lacking
+    /// usable credentials: only this makes it a failover case.
+    pub no_answer: bool,
     /// Why its cluster is not its own (another member or federation holds it).
     pub claim_problem: Option<String>,
     /// Why its `cacerts` is not in place.

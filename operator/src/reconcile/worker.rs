@@ -168,6 +168,7 @@ impl Workers {
             return;
         };
         run.report.unreachable = Some(why);
+        run.report.no_answer = true;
         run.report.status.reachable = false;
         drop(state);
         let _ = self
@@ -262,6 +263,7 @@ async fn work(ctx_weak: Weak<Context>, input: Arc<Mutex<Input>>, wake: Arc<Notif
             let federation = current.fed.name_any();
             ctx.workers.retain(&federation, &BTreeSet::new());
             ctx.watches.retain(&federation, &BTreeSet::new());
+            ctx.forget(&federation);
             return;
         }
         let outcome = run(&ctx, &current).await;
@@ -280,11 +282,11 @@ async fn work(ctx_weak: Weak<Context>, input: Arc<Mutex<Input>>, wake: Arc<Notif
         // With withdrawal on, the API server is probed between runs, and a
         // change of reachability starts a run at once.
         let probe = current.fed.spec.withdrawal().map(|p| p.probe_interval);
-        let reachable = outcome.reachable;
+        let answered = outcome.answered;
         drop(ctx);
         let probe = async {
             match probe {
-                Some(every) => probe_until_changed(&ctx_weak, &current, reachable, every).await,
+                Some(every) => probe_until_changed(&ctx_weak, &current, answered, every).await,
                 None => std::future::pending().await,
             }
         };
@@ -297,28 +299,36 @@ async fn work(ctx_weak: Weak<Context>, input: Arc<Mutex<Input>>, wake: Arc<Notif
 }
 
 /// Asks the member's API server for its version every `every` until the
-/// answer disagrees with `reachable` (the last run's finding).
-async fn probe_until_changed(ctx: &Weak<Context>, input: &Input, reachable: bool, every: Duration) {
+/// answer disagrees with `answered` (whether it answered the last run). A
+/// server that does not answer within `every` (or the member timeout, if
+/// shorter) counts as not answering. Credentials the operator cannot use
+/// are the last run's finding, not the probe's.
+async fn probe_until_changed(ctx: &Weak<Context>, input: &Input, answered: bool, every: Duration) {
     let federation = input.fed.name_any();
     let member = &input.member;
     loop {
         tokio::time::sleep(every).await;
         let Some(ctx) = ctx.upgrade() else { return };
-        let answer = tokio::time::timeout(every.min(ctx.settings.member_timeout), async {
-            let conn = ctx.members.connect(&member.credentials).await.ok()?;
-            conn.client.apiserver_version().await.ok()
-        })
-        .await;
-        let answered = matches!(answer, Ok(Some(_)));
-        if answered == reachable {
+        let Ok(conn) = ctx.members.connect(&member.credentials).await else {
+            continue;
+        };
+        let limit = every.min(ctx.settings.member_timeout);
+        let answer = tokio::time::timeout(limit, conn.client.apiserver_version()).await;
+        let now_answered = matches!(&answer, Ok(Ok(_)) | Ok(Err(kube::Error::Api(_))));
+        if now_answered == answered {
             continue;
         }
-        if !answered {
+        if !now_answered {
             let why = match answer {
-                Ok(_) => "API server did not answer a probe".to_string(),
-                Err(_) => format!("API server did not answer a probe within {every:?}"),
+                Ok(Err(e)) => format!("API server probe failed: {}", unreachable_reason(&e)),
+                _ => format!("API server did not answer a probe within {limit:?}"),
             };
+            let event = Event::warning(
+                "MemberUnreachable",
+                format!("member {}: {why}", member.name),
+            );
             ctx.workers.mark_unreachable(&federation, &member.name, why);
+            ctx.publish(&input.fed, vec![event]).await;
         }
         return;
     }
@@ -327,7 +337,8 @@ async fn probe_until_changed(ctx: &Weak<Context>, input: &Input, reachable: bool
 /// What a run came to, for the worker's schedule.
 struct Outcome {
     ready: bool,
-    reachable: bool,
+    /// Whether the member's API server answered (see [`MemberReport::no_answer`]).
+    answered: bool,
     deadline: Option<Timestamp>,
 }
 
@@ -463,7 +474,7 @@ async fn run(ctx: &Arc<Context>, input: &Input) -> Outcome {
         .map(|c| c.requests.snapshot().since(prepared.request_baseline));
     let outcome = Outcome {
         ready: prepared.report.is_ready(),
-        reachable: prepared.report.status.reachable,
+        answered: !prepared.report.no_answer,
         deadline: next_deadline(&prepared.report, policy.renew_before),
     };
     ctx.metrics.member_run(
