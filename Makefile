@@ -1,7 +1,7 @@
 # The entry points people type. `make help` lists them.
 CARGO ?= cargo
 
-.PHONY: help demo test lint unit e2e packages testbed-tools helm istio crds bench bench-testbed bench-operator bench-scale bench-failover clean-testbed-cache
+.PHONY: help demo test lint unit e2e packages testbed-tools helm istio crds image bench bench-testbed bench-operator bench-scale bench-failover clean-testbed-cache
 
 help: ## List the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
@@ -22,7 +22,7 @@ unit: ## Unit tests only (no clusters)
 e2e: packages testbed-tools helm istio ## End-to-end tests only
 	$(CARGO) test -p e2e --tests
 
-packages: ## Install the Debian packages the tests use (lua5.1, faketime) when missing
+packages: ## Install the Debian packages the tests use (lua5.1, faketime, podman, runc) when missing
 	@bash e2e/testbed/install-packages.sh
 
 testbed-tools: ## Build the test bed's Kubernetes, etcd and kwok binaries (cached by version)
@@ -56,6 +56,12 @@ bench-scale: testbed-tools ## 10, 25, 50 API-server-only members: apply->Ready, 
 
 bench-failover: testbed-tools helm istio ## Failure -> withdrawal and recovery -> restore with the real istiod, against grace and settle periods
 	$(CARGO) test -q -p e2e --test failover -- --nocapture 2>&1 | grep FIGURE
+
+# The chart's default image.repository and tag (its appVersion, the crate version).
+IMAGE ?= ghcr.io/meshfed/meshfed-operator:$(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
+
+image: packages helm istio ## Build the operator image with podman (operator, helm, Istio charts); IMAGE=name:tag
+	@bash e2e/image/build.sh $(IMAGE)
 
 clean-testbed-cache: ## Forget the built test bed tools (next run rebuilds, ~10 min)
 	rm -rf $${XDG_CACHE_HOME:-$$HOME/.cache}/meshfed

@@ -18,11 +18,10 @@
 //! `ISTIO_MODULE_VERSION` in `versions.env`), or from `$MESHFED_ISTIO_ROOT`.
 //! See `docs/istio.md`.
 
-use std::collections::{BTreeMap, HashSet};
-use std::net::{SocketAddr, TcpListener};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use crate::fleet::{Proc, Spec};
@@ -37,7 +36,7 @@ use serde::Deserialize;
 use tokio::sync::OnceCell;
 
 use crate::Cluster;
-use crate::fleet::tail_file;
+use crate::fleet::{free_port, tail_file};
 
 /// A directory holding `bin/{pilot-discovery,istioctl}` and `charts/`; skips
 /// running the build script.
@@ -770,19 +769,6 @@ fn spawn(
         spec = spec.env(k, v);
     }
     spec.spawn().context("spawn pilot-discovery")
-}
-
-/// A free port on 127.0.0.1, never handed out twice by this process.
-fn free_port() -> Result<u16> {
-    static GIVEN: OnceLock<Mutex<HashSet<u16>>> = OnceLock::new();
-    let given = GIVEN.get_or_init(Default::default);
-    for _ in 0..100 {
-        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        if given.lock().unwrap_or_else(|e| e.into_inner()).insert(port) {
-            return Ok(port);
-        }
-    }
-    bail!("no free port found")
 }
 
 /// Creates namespace `ns`, a Service `name` (port 80 → 8080) and one pod it
