@@ -330,57 +330,15 @@ where
     }
 }
 
-/// A per-member status table, as `make demo` prints it.
+/// The federation's headline and per-member table, as `kubectl meshfed
+/// status` prints them, followed by its conditions.
 pub fn status_table(fed: &MeshFederation) -> String {
-    let row = |cells: [&str; 8]| {
-        format!(
-            "{:<10} {:<10} {:<9} {:<6} {:<17} {:<7} {:<14} {:<15} {}\n",
-            cells[0], cells[1], cells[2], cells[3], cells[4], cells[5], cells[6], cells[7], ""
-        )
-    };
-    let mut out = row([
-        "MEMBER",
-        "REACHABLE",
-        "NETWORK",
-        "READY",
-        "INTERMEDIATE EXP",
-        "REMOTE",
-        "CONTROL PLANE",
-        "GATEWAY",
-    ]);
-    let Some(status) = &fed.status else {
-        return out;
-    };
-    for m in &status.members {
-        let network = fed.spec.member(&m.name).map_or("-", |x| x.network.as_str());
-        let expires = m.intermediate.as_ref().map_or("-".into(), |i| {
-            i.not_after.0.strftime("%Y-%m-%d %H:%M").to_string()
-        });
-        let control_plane = match (m.control_plane_ready, &m.istio_version) {
-            (None, _) => "-".to_string(),
-            (Some(ready), version) => format!(
-                "{} {}",
-                version.as_deref().unwrap_or("external"),
-                if ready { "ready" } else { "not ready" }
-            ),
-        };
-        let remote = format!("{}/{}", m.remote_secrets_present, m.remote_secrets_expected);
-        let reachable = m.reachable.to_string();
-        let ready = m.ready.to_string();
-        out += row([
-            &m.name,
-            &reachable,
-            network,
-            &ready,
-            &expires,
-            &remote,
-            &control_plane,
-            m.gateway_address.as_deref().unwrap_or("-"),
-        ])
-        .trim_end();
-        out += &format!("  {}\n", m.last_error.as_deref().unwrap_or(""));
-    }
-    for c in &status.conditions {
+    let mut out = format!(
+        "{}\n{}",
+        meshfed::cli::headline(fed),
+        meshfed::cli::status_table(fed)
+    );
+    for c in fed.status.iter().flat_map(|s| &s.conditions) {
         out += &format!(
             "condition {:<20} {:<6} {:<24} {}\n",
             c.type_, c.status, c.reason, c.message
@@ -396,15 +354,14 @@ pub fn operator_binary() -> Result<std::path::PathBuf> {
 
 /// Builds the operator binary, optimised with `release`; returns its path.
 pub fn build_operator(release: bool) -> Result<std::path::PathBuf> {
+    build_binary("meshfed-operator", release)
+}
+
+/// Builds binary `name` of the operator crate (`meshfed-operator`,
+/// `kubectl-meshfed`), optimised with `release`; returns its path.
+pub fn build_binary(name: &str, release: bool) -> Result<std::path::PathBuf> {
     let workspace = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let mut args = vec![
-        "build",
-        "-q",
-        "-p",
-        "meshfed-operator",
-        "--bin",
-        "meshfed-operator",
-    ];
+    let mut args = vec!["build", "-q", "-p", "meshfed-operator", "--bin", name];
     if release {
         args.push("--release");
     }
@@ -414,11 +371,11 @@ pub fn build_operator(release: bool) -> Result<std::path::PathBuf> {
             .current_dir(&workspace)
             .status()?;
     if !status.success() {
-        bail!("building meshfed-operator failed");
+        bail!("building {name} failed");
     }
     let target = std::env::var_os("CARGO_TARGET_DIR").map_or(workspace.join("target"), Into::into);
     let profile = if release { "release" } else { "debug" };
-    Ok(target.join(profile).join("meshfed-operator"))
+    Ok(target.join(profile).join(name))
 }
 
 /// `GET path` over HTTP/1.0: (status, body). Bounded to 10 s.

@@ -244,7 +244,8 @@ fn server_url(config: &Config) -> String {
         .to_string()
 }
 
-fn ca_pem(config: &Config) -> Option<String> {
+/// The CA certificates `config` trusts for its API server, as PEM.
+pub fn ca_pem(config: &Config) -> Option<String> {
     let certs = config.root_cert.as_ref().filter(|c| !c.is_empty())?;
     Some(certs.iter().map(|der| der_to_pem(der)).collect())
 }

@@ -1,0 +1,204 @@
+//! `kubectl meshfed` against the test bed: `check` preflights a cluster
+//! (finding a seeded legacy token Secret and the loopback address), `join`
+//! gives meshfed its least-privilege identity there with a short-lived
+//! token and adds the member, `status --wait` follows it to Ready, and
+//! `status` prints the table, JSON and YAML. Exit codes are checked.
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use anyhow::Result;
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
+use e2e::mesh::*;
+use k8s_openapi::api::core::v1::Secret;
+use kube::Api;
+use kube::api::PostParams;
+use meshfed::api::MeshFederation;
+
+const WAIT: Duration = Duration::from_secs(90);
+
+struct Plugin {
+    binary: PathBuf,
+    kubeconfig: PathBuf,
+}
+
+impl Plugin {
+    fn run(&self, args: &[&str]) -> Output {
+        let out = Command::new(&self.binary)
+            .args(args)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .output()
+            .expect("running kubectl-meshfed");
+        eprintln!(
+            "$ kubectl meshfed {}\n{}{}(exit {:?})",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            out.status.code()
+        );
+        out
+    }
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().expect("UTF-8 path")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_join_and_status_from_the_plugin() -> Result<()> {
+    let binary = tokio::task::spawn_blocking(|| build_binary("kubectl-meshfed", false)).await??;
+    let bed = operator_bed(2, Duration::from_secs(2), Duration::from_secs(3)).await?;
+    let (fleet, host) = (&bed.fleet, bed.host.clone());
+    let plugin = Plugin {
+        binary,
+        kubeconfig: fleet.cluster(0).kubeconfig_path().to_path_buf(),
+    };
+    let member_kubeconfig = fleet.cluster(1).kubeconfig_path().to_path_buf();
+    let member_client = fleet.cluster(1).client();
+
+    // A user's legacy token Secret that every peer's reader would read.
+    let legacy: Secret = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "legacy-token", "namespace": "default",
+                     "annotations": {"kubernetes.io/service-account.name": "default"}},
+        "type": "kubernetes.io/service-account-token",
+    }))?;
+    Api::<Secret>::namespaced(member_client.clone(), "default")
+        .create(&PostParams::default(), &legacy)
+        .await?;
+
+    // --- check, before joining
+    let out = plugin.run(&["check", "--kubeconfig", path(&member_kubeconfig)]);
+    assert_eq!(out.status.code(), Some(0), "an admin may do everything");
+    let text = stdout(&out);
+    assert!(
+        text.contains("ok    API server answers, Kubernetes v1."),
+        "{text}"
+    );
+    assert!(
+        text.contains("WARN  https://127.0.0.1:"),
+        "loopback: {text}"
+    );
+    assert!(text.contains("default/legacy-token"), "{text}");
+    assert!(text.contains("the identity may do all 9 things"), "{text}");
+    let unreachable = fleet.dir().join("nowhere.kubeconfig");
+    std::fs::write(
+        &unreachable,
+        e2e::fleet::kubeconfig_yaml(
+            "nowhere",
+            "https://127.0.0.1:1",
+            fleet.cluster(1).ca_pem(),
+            &e2e::fleet::pki::ClusterPki::generate("nowhere")?.admin,
+        ),
+    )?;
+    let out = plugin.run(&["check", "--kubeconfig", path(&unreachable)]);
+    assert_eq!(out.status.code(), Some(1), "an unreachable cluster fails");
+    assert!(stdout(&out).contains("FAIL  API server https://127.0.0.1:1"));
+
+    // --- a federation of the operator's own cluster; then join cluster-1
+    apply_federation(
+        &host,
+        &federation("prod", vec![local_member(fleet.cluster(0), "net-a")]),
+    )
+    .await?;
+    wait_for_federation(&host, "prod", WAIT, "Ready", |f| {
+        has_condition(f, "Ready", "True")
+    })
+    .await?;
+    let name = fleet.cluster(1).name();
+    let out = plugin.run(&[
+        "join",
+        name,
+        "--kubeconfig",
+        path(&member_kubeconfig),
+        "--federation",
+        "prod",
+        "--network",
+        "net-a",
+        "--token-lifetime",
+        "1h",
+    ]);
+    assert_eq!(out.status.code(), Some(0));
+    let out = plugin.run(&["status", "prod", "--wait", "--timeout", "90s"]);
+    assert_eq!(out.status.code(), Some(0), "Ready after the join");
+    let progress = String::from_utf8_lossy(&out.stderr);
+    assert!(progress.contains("2/2 members ready"), "{progress}");
+
+    // What join stored: a token of meshfed's member identity, nothing long-lived.
+    let stored = Api::<Secret>::namespaced(host.clone(), OPERATOR_NAMESPACE)
+        .get(&format!("{name}-kubeconfig"))
+        .await?;
+    let kubeconfig = String::from_utf8(stored.data.unwrap()["kubeconfig"].0.clone())?;
+    let token = kubeconfig
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("token: "))
+        .expect("a token user");
+    let claims: serde_json::Value =
+        serde_json::from_slice(&B64URL.decode(token.split('.').nth(1).unwrap())?)?;
+    assert_eq!(
+        claims["sub"],
+        "system:serviceaccount:istio-system:meshfed-member"
+    );
+    let lifetime = claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap();
+    assert_eq!(lifetime, 3600, "the lifetime asked for");
+    assert!(
+        Api::<Secret>::namespaced(member_client.clone(), "istio-system")
+            .get_opt("meshfed-member-token")
+            .await?
+            .is_none(),
+        "no long-lived token Secret"
+    );
+    // The joined identity has what meshfed needs, and nothing flags it.
+    let joined = fleet.dir().join("joined.kubeconfig");
+    std::fs::write(&joined, &kubeconfig)?;
+    let out = plugin.run(&[
+        "check",
+        "--kubeconfig",
+        path(&joined),
+        "--federation",
+        "prod",
+    ]);
+    assert_eq!(out.status.code(), Some(0));
+    let text = stdout(&out);
+    assert!(text.contains("the identity may do all 9 things"), "{text}");
+    assert!(
+        text.contains("istio-system/cacerts is this federation's"),
+        "{text}"
+    );
+
+    // --- status: table, JSON, YAML
+    let out = plugin.run(&["status", "prod"]);
+    assert_eq!(out.status.code(), Some(0));
+    let table = stdout(&out);
+    assert!(
+        table.starts_with("prod: Ready, 2/2 members ready\nMEMBER"),
+        "{table}"
+    );
+    let row = table
+        .lines()
+        .find(|l| l.starts_with(name))
+        .expect("a row for the joined member");
+    assert!(
+        row.contains("yes") && row.contains("net-a") && row.contains("1/1"),
+        "{row}"
+    );
+    let out = plugin.run(&["status", "prod", "-o", "json"]);
+    let feds: Vec<MeshFederation> = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(feds[0].status.as_ref().unwrap().members.len(), 2);
+    let out = plugin.run(&["status", "-o", "yaml"]);
+    let feds: Vec<MeshFederation> = serde_yaml::from_slice(&out.stdout)?;
+    assert_eq!(feds.len(), 1);
+
+    // --- exit codes scripts can use
+    let out = plugin.run(&["status", "nosuch"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("federation nosuch"));
+    let out = plugin.run(&["status", "--output", "xml"]);
+    assert_eq!(out.status.code(), Some(2), "bad usage");
+    Ok(())
+}
