@@ -6,7 +6,7 @@ CARGO ?= cargo
 help: ## List the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
 
-demo: testbed-tools ## Three local clusters + operator + sample federation, ending in a status table
+demo: testbed-tools helm istio ## Three local clusters + operator + sample federation with Managed Istio: status table, each real istiod's peers, a service seen across members
 	$(CARGO) run -q -p e2e --bin demo
 
 test: packages testbed-tools helm istio lint ## Everything CI runs: lints, unit tests, end-to-end tests on real clusters

@@ -194,6 +194,29 @@ async fn check_join_and_status_from_the_plugin() -> Result<()> {
     let feds: Vec<MeshFederation> = serde_yaml::from_slice(&out.stdout)?;
     assert_eq!(feds.len(), 1);
 
+    // --watch draws the table, then again on every change.
+    let mut watch = Command::new(&plugin.binary)
+        .args(["status", "prod", "--watch"])
+        .env("KUBECONFIG", &plugin.kubeconfig)
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut fed = Api::<MeshFederation>::all(host.clone()).get("prod").await?;
+    fed.spec.remote_secrets = Some(meshfed::api::RemoteSecretsSpec {
+        token_lifetime: Some("2h".parse()?),
+    });
+    fed.status = None;
+    Api::<MeshFederation>::all(host.clone())
+        .replace("prod", &PostParams::default(), &fed)
+        .await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    watch.kill()?;
+    let drawn = String::from_utf8(watch.wait_with_output()?.stdout)?;
+    assert!(
+        drawn.matches("MEMBER").count() >= 2,
+        "redrawn after the change: {drawn}"
+    );
+
     // --- exit codes scripts can use
     let out = plugin.run(&["status", "nosuch"]);
     assert_eq!(out.status.code(), Some(1));

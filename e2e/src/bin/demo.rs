@@ -1,20 +1,44 @@
 //! `make demo`: three local clusters, the meshfed operator, and the sample
-//! federation from config/samples, down to a per-member status table. Keeps
-//! everything running until Ctrl-C.
+//! federation from config/samples with Managed Istio control planes, down to
+//! a per-member status table; then the real istiod (pilot-discovery) behind
+//! each member's istiod Deployment, each one's view of its peers, and a
+//! service discovered across members. Keeps everything running until Ctrl-C.
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use e2e::Fleet;
+use e2e::istiod::{Istiod, IstiodOptions, helm, istio, service_with_pod};
 use e2e::mesh::*;
-use meshfed::api::MeshFederation;
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::{Patch, PatchParams};
+use kube::{Api, Client};
+use meshfed::api::{
+    ControlPlaneMode, ControlPlaneSpec, EastWestGatewaySpec, GatewayServiceType, MeshFederation,
+};
+
+/// The Istio version the demo installs: the test bed's pinned build.
+const ISTIO_VERSION: &str = "1.31";
 
 const SAMPLE: &str = include_str!("../../../config/samples/meshfederation.yaml");
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    let sample: MeshFederation =
+    let mut sample: MeshFederation =
         serde_yaml::from_str(SAMPLE).context("config/samples/meshfederation.yaml")?;
+    // The sample leaves Istio to you; the demo has meshfed install it.
+    sample.spec.control_plane = Some(ControlPlaneSpec {
+        mode: ControlPlaneMode::Managed,
+        version: Some(ISTIO_VERSION.into()),
+        values: None,
+        // kwok gives LoadBalancer Services no address; NodePort has one.
+        east_west_gateway: Some(EastWestGatewaySpec {
+            service_type: Some(GatewayServiceType::NodePort),
+            ..Default::default()
+        }),
+    });
     let name = sample
         .metadata
         .name
@@ -23,8 +47,14 @@ async fn main() -> Result<()> {
     let members = sample.spec.members.len();
     let binary = operator_binary()?;
 
+    println!("building or finding Istio {ISTIO_VERSION} (pilot-discovery and charts)...");
+    let istio = istio().await?;
+    let helm = helm().await?;
     println!("starting {members} local Kubernetes clusters (real API servers, no containers)...");
     let fleet = Fleet::start(members).await?;
+    let charts_dir = fleet.dir().join("istio-charts");
+    std::fs::create_dir_all(&charts_dir)?;
+    std::os::unix::fs::symlink(istio.charts_dir(), charts_dir.join(ISTIO_VERSION))?;
     let kubeconfigs = fleet.dir().join("kubeconfigs");
     let paths = fleet.write_kubeconfigs(&kubeconfigs)?;
     let host = fleet.cluster(0).client();
@@ -53,7 +83,11 @@ async fn main() -> Result<()> {
             "10s",
             "--metrics-addr",
             "127.0.0.1:0",
+            "--charts-dir",
         ])
+        .arg(&charts_dir)
+        .arg("--helm")
+        .arg(&helm)
         .env("KUBECONFIG", fleet.cluster(0).kubeconfig_path())
         .stdout(Stdio::from(std::fs::File::create(&log)?))
         .stderr(Stdio::inherit())
@@ -66,8 +100,12 @@ async fn main() -> Result<()> {
 
     let started = Instant::now();
     apply_federation(&host, &sample).await?;
-    println!("applied config/samples/meshfederation.yaml; waiting for condition Ready...");
-    let fed = wait_for_federation(&host, &name, Duration::from_secs(120), "Ready", |f| {
+    println!(
+        "applied config/samples/meshfederation.yaml with spec.controlPlane (Managed, Istio {ISTIO_VERSION}); waiting for condition Ready..."
+    );
+    let clients: Vec<Client> = fleet.clusters().iter().map(|c| c.client()).collect();
+    relax_injection_when_installed(&clients).await?;
+    let fed = wait_for_federation(&host, &name, Duration::from_secs(240), "Ready", |f| {
         has_condition(f, "Ready", "True")
     })
     .await?;
@@ -77,6 +115,73 @@ async fn main() -> Result<()> {
     );
     print!("{}", status_table(&fed));
 
+    // The real istiod behind each member's istiod Deployment (kwok runs no
+    // containers): pilot-discovery started out of cluster with the Deployment's
+    // cluster ID and the mesh config meshfed rendered into ConfigMap istio.
+    println!(
+        "\nstarting the real istiod (pilot-discovery) behind each member's istiod Deployment..."
+    );
+    let mut istiods = Vec::new();
+    for (member, cluster) in sample.spec.members.iter().zip(fleet.clusters()) {
+        let options = istiod_behind_deployment(&cluster.client(), &member.network).await?;
+        let work = fleet.dir().join(format!("istiod-{}", member.name));
+        istiods.push(Istiod::start_with(cluster, options, &work).await?);
+    }
+    let ids: Vec<&str> = sample
+        .spec
+        .members
+        .iter()
+        .map(|m| m.name.as_str())
+        .collect();
+    for istiod in &istiods {
+        istiod.wait_synced(&ids, Duration::from_secs(90)).await?;
+    }
+    // A service with a pod in two members, discovered by every istiod.
+    for c in [&clients[0], &clients[1]] {
+        service_with_pod(c, "shop", "catalog").await?;
+    }
+    let host_name = "catalog.shop.svc.cluster.local";
+    let mut views = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for istiod in &istiods {
+        loop {
+            let endpoints: Vec<_> = istiod
+                .endpoints()
+                .await?
+                .into_iter()
+                .filter(|e| e.hostname == host_name)
+                .collect();
+            if endpoints.len() >= 2 || Instant::now() > deadline {
+                views.push(endpoints);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    println!("\nwhat each member's istiod sees:");
+    for (istiod, endpoints) in istiods.iter().zip(&views) {
+        let peers: Vec<String> = istiod
+            .clusterz()
+            .await?
+            .into_iter()
+            .map(|c| format!("{} {}", c.id, c.sync_status))
+            .collect();
+        println!(
+            "  istiod {:<8} peers: {}",
+            istiod.cluster_id(),
+            peers.join(", ")
+        );
+        for e in endpoints {
+            println!(
+                "  {:<17} {host_name} endpoint {} in cluster {} (network {})",
+                "",
+                e.addresses.join(","),
+                e.cluster,
+                e.network
+            );
+        }
+    }
+
     println!("\nkubeconfigs (cluster-0 runs the operator):");
     for p in &paths {
         println!("  {}", p.display());
@@ -84,13 +189,78 @@ async fn main() -> Result<()> {
     let kubectl = e2e::fleet::tools().await?.path("kubectl");
     let kubectl = kubectl.display();
     println!(
-        "try:\n  export KUBECONFIG={}\n  {kubectl} get meshfederations\n  {kubectl} -n istio-system get secrets -l istio/multiCluster=true",
+        "try:\n  export KUBECONFIG={}\n  cargo run -q -p meshfed-operator --bin kubectl-meshfed -- status {name}\n  {kubectl} get meshfederations\n  {kubectl} -n istio-system get secrets -l istio/multiCluster=true",
         paths[0].display()
     );
     println!("\nclusters stay up until Ctrl-C");
     tokio::signal::ctrl_c().await?;
+    drop(istiods);
     let _ = operator.kill();
     let _ = operator.wait();
     println!("stopping");
     Ok(())
+}
+
+/// kwok runs no sidecar injector, and the gateway pods ask for injection:
+/// once meshfed installed the injection webhooks, let them fail open, as a
+/// serving istiod would make moot (docs/install.md explains).
+async fn relax_injection_when_installed(clients: &[Client]) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(180);
+    for c in clients {
+        let hooks = Api::<MutatingWebhookConfiguration>::all(c.clone());
+        let found = loop {
+            let found = hooks.list(&Default::default()).await?.items;
+            if !found.is_empty() || Instant::now() > deadline {
+                break found;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        };
+        for hook in found {
+            let name = hook.metadata.name.clone().unwrap_or_default();
+            let relaxed = serde_json::json!({
+                "apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingWebhookConfiguration",
+                "metadata": {"name": name},
+                "webhooks": hook.webhooks.unwrap_or_default().iter()
+                    .map(|w| serde_json::json!({"name": w.name, "failurePolicy": "Ignore"}))
+                    .collect::<Vec<_>>(),
+            });
+            hooks
+                .patch(
+                    &name,
+                    &PatchParams::apply("e2e-testbed").force(),
+                    &Patch::Apply(&relaxed),
+                )
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+/// How to run the real istiod for a member: its cluster ID from the istiod
+/// Deployment meshfed installed, the mesh config from ConfigMap istio.
+async fn istiod_behind_deployment(client: &Client, network: &str) -> Result<IstiodOptions> {
+    let deployment = Api::<Deployment>::namespaced(client.clone(), "istio-system")
+        .get("istiod")
+        .await?;
+    let env = deployment
+        .spec
+        .and_then(|s| s.template.spec)
+        .and_then(|p| p.containers.into_iter().next())
+        .and_then(|c| c.env)
+        .unwrap_or_default();
+    let cluster_id = env
+        .iter()
+        .find(|e| e.name == "CLUSTER_ID")
+        .and_then(|e| e.value.clone())
+        .context("istiod Deployment without CLUSTER_ID")?;
+    let mesh = Api::<ConfigMap>::namespaced(client.clone(), "istio-system")
+        .get("istio")
+        .await?
+        .data
+        .and_then(|d| d.get("mesh").cloned())
+        .context("ConfigMap istio without mesh")?;
+    let mut options = IstiodOptions::new(&cluster_id, network, "");
+    options.mesh_config = Some(mesh);
+    options.remote_cluster_timeout = Duration::from_secs(5);
+    Ok(options)
 }
