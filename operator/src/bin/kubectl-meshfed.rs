@@ -25,15 +25,13 @@ use meshfed::render::{KubeconfigInputs, render_kubeconfig};
 
 /// Status, preflight checks and joining for meshfed federations.
 ///
-/// Talks to the cluster that runs the operator through the current kubeconfig
-/// context ($KUBECONFIG, --context). Exit codes: 0 done (or Ready), 1 not
-/// done (a failed check, not Ready in time, an API error), 2 bad usage.
+/// `status` and `join` talk to the cluster that runs the operator through the
+/// current kubeconfig ($KUBECONFIG or ~/.kube/config). Exit codes: 0 done (or
+/// Ready), 1 not done (a failed check, not Ready in time, an API error), 2
+/// bad usage.
 #[derive(Parser, Debug)]
 #[command(name = "kubectl meshfed", bin_name = "kubectl meshfed", version)]
 struct Args {
-    /// Context of the operator's cluster in the current kubeconfig.
-    #[arg(long, global = true)]
-    context: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -55,6 +53,9 @@ enum Command {
         /// How long --wait waits (e.g. 90s, 10m).
         #[arg(long, default_value = "10m", value_parser = parse_duration)]
         timeout: Duration,
+        /// Context of the operator's cluster in the current kubeconfig.
+        #[arg(long)]
+        context: Option<String>,
     },
     /// Preflight a cluster before it joins: what would stop meshfed or its peers.
     Check {
@@ -62,8 +63,8 @@ enum Command {
         #[arg(long)]
         kubeconfig: PathBuf,
         /// Context in that kubeconfig (default: its current context).
-        #[arg(long = "member-context")]
-        member_context: Option<String>,
+        #[arg(long)]
+        context: Option<String>,
         /// The federation it would join (to tell its own objects from others').
         #[arg(long)]
         federation: Option<String>,
@@ -76,8 +77,12 @@ enum Command {
         /// The cluster's kubeconfig, with rights to create RBAC there.
         #[arg(long)]
         kubeconfig: PathBuf,
-        #[arg(long = "member-context")]
-        member_context: Option<String>,
+        /// Context in that kubeconfig (default: its current context).
+        #[arg(long)]
+        context: Option<String>,
+        /// Context of the operator's cluster in the current kubeconfig.
+        #[arg(long)]
+        host_context: Option<String>,
         /// The operator's namespace.
         #[arg(long, default_value = "meshfed-system")]
         namespace: String,
@@ -150,8 +155,9 @@ async fn run(args: Args) -> Result<bool> {
             watch,
             wait,
             timeout,
+            context,
         } => {
-            let api = Api::<MeshFederation>::all(host_client(&args.context).await?);
+            let api = Api::<MeshFederation>::all(host_client(&context).await?);
             if wait {
                 let name = name.context("--wait needs a federation name")?;
                 return wait_ready(&api, &name, timeout).await;
@@ -169,10 +175,10 @@ async fn run(args: Args) -> Result<bool> {
         }
         Command::Check {
             kubeconfig,
-            member_context,
+            context,
             federation,
         } => {
-            let config = member_config(&kubeconfig, &member_context).await?;
+            let config = member_config(&kubeconfig, &context).await?;
             let preflight = preflight(config).await?;
             let findings = cli::findings(&preflight, federation.as_deref());
             for f in &findings {
@@ -191,14 +197,15 @@ async fn run(args: Args) -> Result<bool> {
         Command::Join {
             name,
             kubeconfig,
-            member_context,
+            context,
+            host_context,
             namespace,
             token_lifetime,
             federation,
             network,
         } => {
-            let host = host_client(&args.context).await?;
-            let config = member_config(&kubeconfig, &member_context).await?;
+            let host = host_client(&host_context).await?;
+            let config = member_config(&kubeconfig, &context).await?;
             join(
                 host,
                 config,

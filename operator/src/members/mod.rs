@@ -141,8 +141,7 @@ impl MemberPool {
             reason,
         };
         let text = std::str::from_utf8(&bytes.0).map_err(|_| invalid("not UTF-8".into()))?;
-        // The parse errors of kube's kubeconfig loader quote no content, only structure.
-        let kubeconfig = Kubeconfig::from_yaml(text).map_err(|e| invalid(e.to_string()))?;
+        let kubeconfig = parse_kubeconfig(text).map_err(invalid)?;
         if let Some(reason) = refused(&kubeconfig) {
             return Err(invalid(reason.into()));
         }
@@ -159,6 +158,25 @@ impl MemberPool {
             .insert(cache_key, (version, conn.clone()));
         Ok(conn)
     }
+}
+
+/// The kubeconfig in `text`, or why it is none. The YAML parser's errors
+/// quote what they found (a token stored where a kubeconfig belongs would
+/// land in status, Events and logs), so only their position is kept.
+fn parse_kubeconfig(text: &str) -> Result<Kubeconfig, String> {
+    Kubeconfig::from_yaml(text).map_err(|e| {
+        let shape = match serde_yaml::from_str::<serde_yaml::Value>(text) {
+            Ok(serde_yaml::Value::Mapping(_)) => "a YAML mapping without a usable kubeconfig",
+            Ok(_) => "not a YAML mapping (is the Secret's key a token or a certificate instead of a kubeconfig?)",
+            Err(_) => "not YAML",
+        };
+        let at = e
+            .to_string()
+            .rsplit_once(" at line ")
+            .map(|(_, pos)| format!(" (at line {pos})"))
+            .unwrap_or_default();
+        format!("{shape}{at}")
+    })
 }
 
 /// Why a member kubeconfig must not be used as is. Anyone who may write a
@@ -309,6 +327,22 @@ mod tests {
         }
         let plain_http = base("    token: abc", "").replace("https://x", "http://x");
         assert!(refused(&parse(plain_http)).is_some());
+    }
+
+    #[test]
+    fn a_token_in_place_of_a_kubeconfig_is_not_quoted_back() {
+        // A ServiceAccount token Secret referenced with `key: token`.
+        let token = "eyJhbGciOiJSUzI1NiIsImtpZCI6IjEyMyJ9.eyJzdWIiOiJzeXN0ZW06c2VydmljZWFjY291bnQifQ.c2lnbmF0dXJl";
+        let quoted = Kubeconfig::from_yaml(token).unwrap_err().to_string();
+        assert!(
+            quoted.contains("eyJ"),
+            "the parser itself quotes it: {quoted}"
+        );
+        for text in [token.to_string(), format!("{token}\n")] {
+            let reason = parse_kubeconfig(&text).unwrap_err();
+            assert!(!reason.contains("eyJ"), "{reason}");
+            assert!(!reason.contains("c2lnbmF0dXJl"), "{reason}");
+        }
     }
 
     #[test]
