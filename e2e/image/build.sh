@@ -9,23 +9,25 @@ repo="$(cd "$(dirname "$0")/../.." && pwd)"
 cd "$repo"
 # shellcheck source=../testbed/versions.env
 source e2e/testbed/versions.env
-# The Istio release the pinned module is (see versions.env): the directory
-# name users give as spec.controlPlane.version.
+# The Istio release the pinned module is (the release-1.31 branch, see
+# versions.env): the directory name users give as spec.controlPlane.version.
+# Change it together with ISTIO_MODULE_VERSION.
 istio_version="${MESHFED_IMAGE_ISTIO_VERSION:-1.31}"
 
 bash e2e/testbed/install-packages.sh
 cargo build -q --release --locked -p meshfed-operator --bin meshfed-operator
+binary="${CARGO_TARGET_DIR:-$repo/target}/release/meshfed-operator"
 helm="$(bash e2e/testbed/build-helm.sh)"
 istio="$(bash e2e/testbed/build-istio.sh)"
 
-stage="$repo/target/image"
+stage="${CARGO_TARGET_DIR:-$repo/target}/image"
 rm -rf "$stage"
 root="$stage/rootfs"
 mkdir -p "$root/usr/local/bin" "$root/etc" "$root/tmp" "$root/charts"
-install -m 0755 target/release/meshfed-operator "$root/usr/local/bin/"
+install -m 0755 "$binary" "$root/usr/local/bin/meshfed-operator"
 install -m 0755 "$helm" "$root/usr/local/bin/helm"
 # Exactly the libraries the binary links, at the paths the loader expects.
-ldd target/release/meshfed-operator | awk '$3 ~ /^\// {print $3} $1 ~ /^\// {print $1}' |
+ldd "$binary" | awk '$3 ~ /^\// {print $3} $1 ~ /^\// {print $1}' |
   while read -r lib; do
     mkdir -p "$root$(dirname "$lib")"
     cp -L "$lib" "$root$lib"

@@ -27,6 +27,86 @@ pub fn member_rbac() -> Vec<Value> {
 /// The ServiceAccount `join` gives meshfed in a member.
 pub const MEMBER_IDENTITY: &str = "meshfed-member";
 
+/// One thing meshfed's member identity must be allowed to do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Permission {
+    pub verb: String,
+    pub group: String,
+    pub resource: String,
+    pub subresource: String,
+    /// Empty: cluster-wide (a ClusterRole rule) or any name.
+    pub namespace: String,
+    pub name: String,
+}
+
+impl std::fmt::Display for Permission {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let group = if self.group.is_empty() {
+            String::new()
+        } else {
+            format!(".{}", self.group)
+        };
+        write!(f, "{} {}{group}", self.verb, self.resource)?;
+        if !self.subresource.is_empty() {
+            write!(f, "/{}", self.subresource)?;
+        }
+        if !self.name.is_empty() {
+            write!(f, " {}", self.name)?;
+        }
+        if !self.namespace.is_empty() {
+            write!(f, " in {}", self.namespace)?;
+        }
+        Ok(())
+    }
+}
+
+/// Every permission of the member roles `join` applies, one per verb,
+/// resource and (first) name: what `check` asks the API server about. The
+/// reader role's reads are among them: Kubernetes lets meshfed create the
+/// reader role only if it holds every permission in it.
+pub fn needed_permissions() -> Vec<Permission> {
+    let mut out = Vec::new();
+    for role in member_rbac()
+        .iter()
+        .filter(|o| o["kind"] == "ClusterRole" || o["kind"] == "Role")
+    {
+        let namespace = role["metadata"]["namespace"].as_str().unwrap_or("");
+        for rule in role["rules"].as_array().into_iter().flatten() {
+            let strings = |key: &str| -> Vec<String> {
+                rule[key]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|v| v.as_str().map(String::from))
+                    .collect()
+            };
+            let name = strings("resourceNames")
+                .into_iter()
+                .next()
+                .unwrap_or_default();
+            for group in strings("apiGroups") {
+                for resource in strings("resources") {
+                    let (resource, subresource) = match resource.split_once('/') {
+                        Some((r, s)) => (r.to_string(), s.to_string()),
+                        None => (resource.clone(), String::new()),
+                    };
+                    for verb in strings("verbs") {
+                        out.push(Permission {
+                            verb,
+                            group: group.clone(),
+                            resource: resource.clone(),
+                            subresource: subresource.clone(),
+                            namespace: namespace.to_string(),
+                            name: name.clone(),
+                        });
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
 /// Ready members, members, and whether the federation is Ready for its
 /// current generation.
 pub fn progress(fed: &MeshFederation) -> (i32, i32, bool) {
@@ -187,10 +267,13 @@ pub struct Preflight {
     pub permissions: Vec<(String, bool)>,
     /// `namespace/name` of every ServiceAccount token Secret (long-lived).
     pub token_secrets: Vec<String>,
+    /// What could not be read, and why (the other findings are then
+    /// incomplete).
+    pub unreadable: Vec<String>,
 }
 
 /// The oldest Kubernetes minor version meshfed is tested against.
-pub const MIN_KUBERNETES_MINOR: u32 = 30;
+pub const MIN_KUBERNETES_MINOR: u32 = 29;
 
 /// Whether peers' istiods could not use `server`: a loopback or
 /// cluster-internal address.
@@ -326,13 +409,21 @@ pub fn findings(p: &Preflight, federation: Option<&str>) -> Vec<Finding> {
             "kubectl meshfed join creates an identity with exactly these rights",
         ));
     }
-    if p.token_secrets.is_empty() {
+    for what in &p.unreadable {
+        out.push(Finding::new(
+            Warn,
+            format!("could not read {what}"),
+            "check it by hand, or run check with an identity that may read it",
+        ));
+    }
+    let secrets_unread = p.unreadable.iter().any(|u| u.starts_with("Secrets"));
+    if p.token_secrets.is_empty() && !secrets_unread {
         out.push(Finding::new(
             Level::Ok,
             "no long-lived ServiceAccount token Secrets",
             "",
         ));
-    } else {
+    } else if !p.token_secrets.is_empty() {
         out.push(Finding::new(
             Warn,
             format!(
@@ -419,7 +510,7 @@ mod tests {
     fn every_finding_that_needs_doing_says_what_to_do() {
         let p = Preflight {
             server: "https://127.0.0.1:6443".into(),
-            version: Ok("v1.29.3".into()),
+            version: Ok("v1.28.3".into()),
             istiod: Some(None),
             cacerts: Some(Some("other".into())),
             network: Some("net-a".into()),
@@ -428,6 +519,7 @@ mod tests {
                 ("create clusterroles".into(), false),
             ],
             token_secrets: vec!["default/legacy".into()],
+            unreadable: vec!["Secrets cluster-wide: API error 403".into()],
         };
         let f = findings(&p, Some("prod"));
         let levels: Vec<Level> = f.iter().map(|f| f.level).collect();
@@ -437,7 +529,7 @@ mod tests {
         }
         let text = format!("{f:?}");
         for expected in [
-            "older than 1.30",
+            "older than 1.29",
             "loopback",
             "not installed by meshfed",
             "federation other",
@@ -476,6 +568,24 @@ mod tests {
             assert!(kinds.contains(&k.to_string()), "{k}: {kinds:?}");
         }
         assert!(!kinds.iter().any(|k| k.starts_with("Secret/")));
+    }
+
+    #[test]
+    fn check_asks_about_every_permission_of_the_member_roles() {
+        let needed: Vec<String> = needed_permissions().iter().map(|p| p.to_string()).collect();
+        for expected in [
+            "list secrets",
+            "create clusterroles.rbac.authorization.k8s.io",
+            "patch namespaces istio-system",
+            "create serviceaccounts/token in istio-system",
+            "list endpointslices.discovery.k8s.io",
+        ] {
+            assert!(
+                needed.contains(&expected.to_string()),
+                "{expected}: {needed:?}"
+            );
+        }
+        assert!(needed.len() > 40, "{}", needed.len());
     }
 
     #[test]

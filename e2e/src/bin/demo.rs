@@ -75,7 +75,7 @@ async fn main() -> Result<()> {
     }
 
     let log = fleet.dir().join("meshfed-operator.log");
-    let mut operator = Command::new(&binary)
+    let operator = Command::new(&binary)
         .args([
             "--namespace",
             OPERATOR_NAMESPACE,
@@ -92,6 +92,8 @@ async fn main() -> Result<()> {
         .stdout(Stdio::from(std::fs::File::create(&log)?))
         .stderr(Stdio::inherit())
         .spawn()?;
+    // Killed however the demo ends, early errors included.
+    let _operator = KillOnDrop(operator);
     println!(
         "meshfed-operator running in {} (log: {})",
         fleet.cluster(0).name(),
@@ -195,18 +197,26 @@ async fn main() -> Result<()> {
     println!("\nclusters stay up until Ctrl-C");
     tokio::signal::ctrl_c().await?;
     drop(istiods);
-    let _ = operator.kill();
-    let _ = operator.wait();
     println!("stopping");
     Ok(())
+}
+
+/// A child process killed and reaped when dropped.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// kwok runs no sidecar injector, and the gateway pods ask for injection:
 /// once meshfed installed the injection webhooks, let them fail open, as a
 /// serving istiod would make moot (docs/install.md explains).
 async fn relax_injection_when_installed(clients: &[Client]) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(180);
     for c in clients {
+        let deadline = Instant::now() + Duration::from_secs(180);
         let hooks = Api::<MutatingWebhookConfiguration>::all(c.clone());
         let found = loop {
             let found = hooks.list(&Default::default()).await?.items;

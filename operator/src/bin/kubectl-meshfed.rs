@@ -21,6 +21,7 @@ use kube::runtime::watcher;
 use kube::{Api, Client, Config, ResourceExt};
 use meshfed::api::{KubeconfigSecretRef, Member, MemberCredentials, MeshFederation};
 use meshfed::cli::{self, Level, MEMBER_IDENTITY, Preflight};
+use meshfed::reconcile::unreachable_reason;
 use meshfed::render::{KubeconfigInputs, render_kubeconfig};
 
 /// Status, preflight checks and joining for meshfed federations.
@@ -45,10 +46,10 @@ enum Command {
         #[arg(short, long, value_enum, default_value = "table")]
         output: Output,
         /// Redraw whenever the federation changes.
-        #[arg(long, conflicts_with = "wait")]
+        #[arg(long, conflicts_with = "wait", requires = "name")]
         watch: bool,
         /// Wait until the federation is Ready, showing members done / total.
-        #[arg(long)]
+        #[arg(long, requires = "name")]
         wait: bool,
         /// How long --wait waits (e.g. 90s, 10m).
         #[arg(long, default_value = "10m", value_parser = parse_duration)]
@@ -92,9 +93,14 @@ enum Command {
         /// Also add (or update) the member in this federation.
         #[arg(long, requires = "network")]
         federation: Option<String>,
-        /// The member's network (with --federation).
+        /// The member's network (topology.istio.io/network).
         #[arg(long)]
         network: Option<String>,
+        /// The API server address the operator (and peers) should use, when
+        /// it differs from the one in --kubeconfig (a bastion, a loopback
+        /// tunnel, a private endpoint).
+        #[arg(long)]
+        server: Option<String>,
     },
 }
 
@@ -203,18 +209,19 @@ async fn run(args: Args) -> Result<bool> {
             token_lifetime,
             federation,
             network,
+            server,
         } => {
             let host = host_client(&host_context).await?;
             let config = member_config(&kubeconfig, &context).await?;
-            join(
-                host,
-                config,
-                &name,
-                &namespace,
+            let target = JoinTarget {
+                name,
+                namespace,
                 token_lifetime,
-                federation.zip(network),
-            )
-            .await?;
+                federation,
+                network,
+                server,
+            };
+            join(host, config, &target).await?;
             Ok(true)
         }
     }
@@ -287,34 +294,6 @@ async fn watch_status(api: &Api<MeshFederation>, name: &str, output: Output) -> 
     Ok(true)
 }
 
-/// What meshfed does in a member, to ask the API server whether the
-/// identity may: (verb, group, resource, namespace, subresource, name).
-const NEEDED: [(&str, &str, &str, &str, &str, &str); 9] = [
-    ("create", "", "namespaces", "", "", ""),
-    ("patch", "", "namespaces", "", "", "istio-system"),
-    (
-        "create",
-        "rbac.authorization.k8s.io",
-        "clusterroles",
-        "",
-        "",
-        "",
-    ),
-    (
-        "create",
-        "rbac.authorization.k8s.io",
-        "clusterrolebindings",
-        "",
-        "",
-        "",
-    ),
-    ("create", "", "serviceaccounts", "istio-system", "", ""),
-    ("create", "", "serviceaccounts", "istio-system", "token", ""),
-    ("create", "", "secrets", "istio-system", "", ""),
-    ("list", "", "secrets", "istio-system", "", ""),
-    ("create", "", "configmaps", "istio-system", "", ""),
-];
-
 async fn preflight(config: Config) -> Result<Preflight> {
     let server = config.cluster_url.to_string();
     let client = Client::try_from(config)?;
@@ -330,38 +309,63 @@ async fn preflight(config: Config) -> Result<Preflight> {
         network: None,
         permissions: Vec::new(),
         token_secrets: Vec::new(),
+        unreadable: Vec::new(),
     };
     if p.version.is_err() {
         return Ok(p);
     }
     let federation_label =
         |labels: &BTreeMap<String, String>| labels.get("meshfed.io/federation").cloned();
-    p.istiod = Api::<Deployment>::namespaced(client.clone(), "istio-system")
+    let mut unreadable = Vec::new();
+    let mut note =
+        |what: &str, e: kube::Error| unreadable.push(format!("{what}: {}", unreachable_reason(&e)));
+    match Api::<Deployment>::namespaced(client.clone(), "istio-system")
         .get_opt("istiod")
         .await
-        .unwrap_or(None)
-        .map(|d| federation_label(d.labels()));
-    p.cacerts = Api::<Secret>::namespaced(client.clone(), "istio-system")
+    {
+        Ok(d) => p.istiod = d.map(|d| federation_label(d.labels())),
+        Err(e) => note("Deployment istio-system/istiod", e),
+    }
+    match Api::<Secret>::namespaced(client.clone(), "istio-system")
         .get_metadata_opt("cacerts")
         .await
-        .unwrap_or(None)
-        .map(|s| federation_label(s.labels()));
-    p.network = Api::<Namespace>::all(client.clone())
+    {
+        Ok(s) => p.cacerts = s.map(|s| federation_label(s.labels())),
+        Err(e) => note("Secret istio-system/cacerts", e),
+    }
+    match Api::<Namespace>::all(client.clone())
         .get_opt("istio-system")
         .await
-        .unwrap_or(None)
-        .and_then(|n| n.labels().get("topology.istio.io/network").cloned());
+    {
+        Ok(n) => p.network = n.and_then(|n| n.labels().get("topology.istio.io/network").cloned()),
+        Err(e) => note("Namespace istio-system", e),
+    }
+    match Api::<Secret>::all(client.clone())
+        .list_metadata(&ListParams::default().fields("type=kubernetes.io/service-account-token"))
+        .await
+    {
+        Ok(list) => {
+            p.token_secrets = list
+                .items
+                .iter()
+                .map(|s| format!("{}/{}", s.namespace().unwrap_or_default(), s.name_any()))
+                .collect()
+        }
+        Err(e) => note("Secrets cluster-wide", e),
+    }
+    p.unreadable = unreadable;
     let reviews = Api::<SelfSubjectAccessReview>::all(client.clone());
-    for (verb, group, resource, namespace, subresource, name) in NEEDED {
+    for needed in cli::needed_permissions() {
+        let optional = |s: &str| (!s.is_empty()).then(|| s.to_string());
         let review = SelfSubjectAccessReview {
             spec: SelfSubjectAccessReviewSpec {
                 resource_attributes: Some(ResourceAttributes {
-                    verb: Some(verb.into()),
-                    group: Some(group.into()),
-                    resource: Some(resource.into()),
-                    namespace: (!namespace.is_empty()).then(|| namespace.into()),
-                    subresource: (!subresource.is_empty()).then(|| subresource.into()),
-                    name: (!name.is_empty()).then(|| name.into()),
+                    verb: Some(needed.verb.clone()),
+                    group: Some(needed.group.clone()),
+                    resource: Some(needed.resource.clone()),
+                    subresource: optional(&needed.subresource),
+                    namespace: optional(&needed.namespace),
+                    name: optional(&needed.name),
                     ..Default::default()
                 }),
                 ..Default::default()
@@ -374,36 +378,39 @@ async fn preflight(config: Config) -> Result<Preflight> {
             .ok()
             .and_then(|r| r.status)
             .is_some_and(|s| s.allowed);
-        let what = match (subresource, namespace, name) {
-            ("", "", "") => format!("{verb} {resource}"),
-            ("", "", name) => format!("{verb} {resource} {name}"),
-            ("", ns, _) => format!("{verb} {resource} in {ns}"),
-            (sub, ns, _) => format!("{verb} {resource}/{sub} in {ns}"),
-        };
-        p.permissions.push((what, allowed));
-    }
-    if let Ok(list) = Api::<Secret>::all(client.clone())
-        .list_metadata(&ListParams::default().fields("type=kubernetes.io/service-account-token"))
-        .await
-    {
-        p.token_secrets = list
-            .items
-            .iter()
-            .map(|s| format!("{}/{}", s.namespace().unwrap_or_default(), s.name_any()))
-            .collect();
+        p.permissions.push((needed.to_string(), allowed));
     }
     Ok(p)
 }
 
-async fn join(
-    host: Client,
-    member: Config,
-    name: &str,
-    namespace: &str,
+/// What `join` is asked to do.
+struct JoinTarget {
+    name: String,
+    namespace: String,
     token_lifetime: Duration,
-    federation: Option<(String, String)>,
-) -> Result<()> {
-    let server = member.cluster_url.to_string();
+    federation: Option<String>,
+    network: Option<String>,
+    server: Option<String>,
+}
+
+async fn join(host: Client, member: Config, target: &JoinTarget) -> Result<()> {
+    let JoinTarget {
+        name,
+        namespace,
+        token_lifetime,
+        federation,
+        network,
+        server,
+    } = target;
+    let (name, namespace, token_lifetime) = (name.as_str(), namespace.as_str(), *token_lifetime);
+    let server = server
+        .clone()
+        .unwrap_or_else(|| member.cluster_url.to_string());
+    if cli::unusable_by_peers(&server) {
+        eprintln!(
+            "warning: {server} is a loopback or cluster-internal address: the operator and peers must be able to reach it (--server, and spec.members[].apiServer for peers)"
+        );
+    }
     let ca_pem = member_ca_pem(&member)?;
     let client = Client::try_from(member)?;
     let params = PatchParams::apply("kubectl-meshfed").force();
@@ -473,9 +480,7 @@ async fn join(
 
     let entry = Member {
         name: name.into(),
-        network: federation
-            .as_ref()
-            .map_or("<network>".into(), |(_, n)| n.clone()),
+        network: network.clone().unwrap_or_else(|| "<network>".into()),
         credentials: MemberCredentials {
             secret_ref: Some(KubeconfigSecretRef {
                 name: secret_name.clone(),
@@ -488,21 +493,9 @@ async fn join(
         east_west_gateway: None,
     };
     match federation {
-        Some((fed_name, _)) => {
+        Some(fed_name) => {
             eprintln!("[4/4] member {name} in federation {fed_name}");
-            let api = Api::<MeshFederation>::all(host);
-            let mut fed = get_federation(&api, &fed_name).await?;
-            match fed.spec.members.iter_mut().find(|m| m.name == name) {
-                Some(existing) => {
-                    existing.credentials = entry.credentials;
-                    existing.network = entry.network;
-                }
-                None => fed.spec.members.push(entry),
-            }
-            fed.status = None;
-            api.replace(&fed_name, &PostParams::default(), &fed)
-                .await
-                .context("updating the federation")?;
+            add_member(&Api::<MeshFederation>::all(host), fed_name, &entry).await?;
             println!(
                 "member {name} joined federation {fed_name}; its token expires at {} (run join again before then)",
                 issued.expiration_timestamp.0
@@ -514,6 +507,41 @@ async fn join(
         }
     }
     Ok(())
+}
+
+/// Adds `entry` to the federation's members (or updates the member of that
+/// name), touching nothing else in the object: a merge patch of
+/// `spec.members` carrying the resourceVersion it was computed from (the API
+/// server refuses it with 409 if the federation changed meanwhile; then it is
+/// computed again).
+async fn add_member(api: &Api<MeshFederation>, federation: &str, entry: &Member) -> Result<()> {
+    for _ in 0..5 {
+        let fed = get_federation(api, federation).await?;
+        let mut members = serde_json::to_value(&fed.spec.members)?;
+        let list = members.as_array_mut().context("spec.members is a list")?;
+        let new = serde_json::to_value(entry)?;
+        match list.iter_mut().find(|m| m["name"] == entry.name) {
+            Some(existing) => {
+                existing["credentials"] = new["credentials"].clone();
+                existing["network"] = new["network"].clone();
+            }
+            None => list.push(new),
+        }
+        let patch = serde_json::json!({
+            "metadata": {"resourceVersion": fed.metadata.resource_version},
+            "spec": {"members": members},
+        });
+        match api
+            .patch(federation, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => return Ok(()),
+            // The federation changed since it was read: read it again.
+            Err(kube::Error::Api(e)) if e.code == 409 => continue,
+            Err(e) => return Err(e).context("updating the federation"),
+        }
+    }
+    bail!("federation {federation} kept changing; run join again")
 }
 
 /// The CA the member's kubeconfig trusts, as PEM: peers and the operator

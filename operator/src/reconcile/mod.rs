@@ -35,6 +35,7 @@ use crate::render::field_manager;
 use crate::telemetry::{Metrics, ReconcileResult, RequestCount};
 use status::{MemberReport, build_status};
 
+pub use member::unreachable_reason;
 pub use root::generated_root_name;
 
 /// Finalizer that lets meshfed clean members up before the federation goes.
