@@ -258,8 +258,10 @@ async fn a_dead_member_leaves_its_peers_view_and_comes_back() -> Result<()> {
     for c in &clients[..2] {
         assert!(!holds_remote_secret(c, gone).await?);
     }
-    // Withdrawn and still down: status settles instead of being rewritten.
-    let version = f.metadata.resource_version.clone();
+    // Withdrawn and still down: once the peers' runs are recorded, status
+    // settles instead of being rewritten.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let version = federation_now(&host).await?.metadata.resource_version;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let again = federation_now(&host).await?;
     assert_eq!(

@@ -90,9 +90,6 @@ pub async fn prepare_member(
         }
         Ok(Ok(())) => {
             prepared.report.status.reachable = true;
-            if fed.spec.control_plane.is_some() {
-                sync_member_control_plane(ctx, &conn, fed, member, &mut prepared).await;
-            }
             prepared.connection = Some(conn);
         }
         Ok(Err(e)) => {
@@ -110,16 +107,24 @@ pub async fn prepare_member(
     prepared
 }
 
-/// Istio's control plane in a reachable member. A first install applies
-/// dozens of objects, so it gets a longer budget than a member's basic step,
-/// and its failures are control-plane problems, never unreachability.
-async fn sync_member_control_plane(
+/// Istio's control plane in a reachable member (when the spec asks for
+/// one). A first install applies dozens of objects, so it gets a longer
+/// budget than a member's basic step, and its failures are control-plane
+/// problems, never unreachability. It runs after the remote secrets, so
+/// that a peer withdrawn or restored by failover is not held up by it.
+pub async fn sync_member_control_plane(
     ctx: &Context,
-    conn: &MemberConnection,
     fed: &MeshFederation,
     member: &Member,
     prepared: &mut PreparedMember,
 ) {
+    let Some(conn) = prepared.connection.clone() else {
+        return;
+    };
+    if fed.spec.control_plane.is_none() {
+        return;
+    }
+    let conn = &conn;
     let budget = ctx.settings.member_timeout * 6;
     let certificates_ready = prepared.report.certificate_problem.is_none();
     let version = prepared

@@ -16,7 +16,7 @@ use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
-use super::member::{prepare_member, unreachable_reason};
+use super::member::{prepare_member, sync_member_control_plane, unreachable_reason};
 use super::remote_secrets::{self, PeerFacts, mint_token};
 use super::status::MemberReport;
 use super::{Context, Event};
@@ -462,6 +462,7 @@ async fn run(ctx: &Arc<Context>, input: &Input) -> Outcome {
             fed.spec.control_plane.is_some(),
         );
     }
+    sync_member_control_plane(ctx, fed, member, &mut prepared).await;
 
     let last = workers.was_reachable(&federation, &member.name);
     let mut events = std::mem::take(&mut prepared.events);
