@@ -794,3 +794,79 @@ async fn a_server_that_caps_token_lifetimes_causes_no_rewrites() -> Result<()> {
     }
     Ok(())
 }
+
+/// A ServiceAccount token stored where the kubeconfig belongs (a Secret
+/// referenced with `key: token`): the member is refused as unreachable, and
+/// neither status nor any Event quotes the token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_in_place_of_a_kubeconfig_never_reaches_status_or_events() -> Result<()> {
+    let bed = operator_bed(2, Duration::from_secs(2), Duration::from_secs(3)).await?;
+    let (fleet, host) = (&bed.fleet, bed.host.clone());
+    let request = k8s_openapi::api::authentication::v1::TokenRequest::default();
+    let token = Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(
+        fleet.cluster(1).client(),
+        "default",
+    )
+    .create_token_request("default", &PostParams::default(), &request)
+    .await?
+    .status
+    .unwrap()
+    .token;
+    assert!(token.starts_with("eyJ"), "a JWT");
+    let secret = Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some("cluster-1-token".into()),
+            ..Default::default()
+        },
+        data: Some(BTreeMap::from([(
+            "token".to_string(),
+            ByteString(token.clone().into_bytes()),
+        )])),
+        ..Default::default()
+    };
+    Api::<Secret>::namespaced(host.clone(), OPERATOR_NAMESPACE)
+        .create(&PostParams::default(), &secret)
+        .await?;
+    let mut m = member(fleet.cluster(1), "net-a");
+    m.credentials.secret_ref = Some(meshfed::api::KubeconfigSecretRef {
+        name: "cluster-1-token".into(),
+        key: Some("token".into()),
+    });
+    apply_federation(
+        &host,
+        &federation("tokenkey", vec![local_member(fleet.cluster(0), "net-a"), m]),
+    )
+    .await?;
+    let refused = wait_for_federation(&host, "tokenkey", WAIT, "MembersReachable=False", |f| {
+        has_condition(f, "MembersReachable", "False")
+    })
+    .await?;
+    let message = &condition(&refused, "MembersReachable").unwrap().message;
+    eprintln!("{message}");
+    assert!(message.contains("not a YAML mapping"), "{message}");
+    // Let a few more reconciles and Events happen.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let status = serde_json::to_string(
+        &Api::<MeshFederation>::all(host.clone())
+            .get("tokenkey")
+            .await?
+            .status,
+    )?;
+    assert!(!status.contains("eyJ"), "status quotes the token: {status}");
+    let events = Api::<k8s_openapi::api::core::v1::Event>::all(host.clone())
+        .list(&ListParams::default())
+        .await?;
+    let notes: Vec<String> = events
+        .items
+        .iter()
+        .filter_map(|e| e.message.clone())
+        .collect();
+    assert!(
+        notes.iter().any(|n| n.contains("cluster-1")),
+        "the member's Events are there: {notes:?}"
+    );
+    for note in &notes {
+        assert!(!note.contains("eyJ"), "an Event quotes the token: {note}");
+    }
+    Ok(())
+}
