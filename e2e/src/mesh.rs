@@ -347,6 +347,34 @@ pub fn status_table(fed: &MeshFederation) -> String {
     out
 }
 
+/// kwok runs no sidecar injector, and the gateway pods ask for injection:
+/// lets every mutating webhook in the cluster fail open, as a serving istiod
+/// would make moot (docs/install.md explains). Returns how many webhook
+/// configurations there were.
+pub async fn relax_injection(client: &Client) -> Result<usize> {
+    use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+    let hooks = Api::<MutatingWebhookConfiguration>::all(client.clone());
+    let found = hooks.list(&Default::default()).await?.items;
+    for hook in &found {
+        let name = hook.metadata.name.clone().unwrap_or_default();
+        let relaxed = serde_json::json!({
+            "apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingWebhookConfiguration",
+            "metadata": {"name": name},
+            "webhooks": hook.webhooks.iter().flatten()
+                .map(|w| serde_json::json!({"name": w.name, "failurePolicy": "Ignore"}))
+                .collect::<Vec<_>>(),
+        });
+        hooks
+            .patch(
+                &name,
+                &PatchParams::apply("e2e-testbed").force(),
+                &Patch::Apply(&relaxed),
+            )
+            .await?;
+    }
+    Ok(found.len())
+}
+
 /// Path of the `meshfed-operator` binary, built (debug) if needed.
 pub fn operator_binary() -> Result<std::path::PathBuf> {
     build_operator(false)

@@ -83,22 +83,7 @@ async fn istio_charts_install_istiod_and_east_west_gateways() -> Result<()> {
     // ask for it: relax the injector as a serving istiod would make moot.
     let clients: Vec<Client> = fleet.clusters().iter().map(|c| c.client()).collect();
     for c in &clients {
-        let hooks = Api::<MutatingWebhookConfiguration>::all(c.clone());
-        for hook in hooks.list(&Default::default()).await?.items {
-            let name = hook.metadata.name.clone().unwrap();
-            let relaxed = json!({
-                "apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingWebhookConfiguration",
-                "metadata": {"name": name},
-                "webhooks": hook.webhooks.unwrap_or_default().iter().map(|w| json!({"name": w.name, "failurePolicy": "Ignore"})).collect::<Vec<_>>(),
-            });
-            hooks
-                .patch(
-                    &name,
-                    &PatchParams::apply("e2e-testbed").force(),
-                    &Patch::Apply(&relaxed),
-                )
-                .await?;
-        }
+        relax_injection(c).await?;
     }
     // Members span two networks: by default each gets an east-west gateway.
     fed.spec

@@ -10,10 +10,8 @@ use anyhow::{Context, Result};
 use e2e::Fleet;
 use e2e::istiod::{Istiod, IstiodOptions, helm, istio, service_with_pod};
 use e2e::mesh::*;
-use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::ConfigMap;
-use kube::api::{Patch, PatchParams};
 use kube::{Api, Client};
 use meshfed::api::{
     ControlPlaneMode, ControlPlaneSpec, EastWestGatewaySpec, GatewayServiceType, MeshFederation,
@@ -211,36 +209,13 @@ impl Drop for KillOnDrop {
     }
 }
 
-/// kwok runs no sidecar injector, and the gateway pods ask for injection:
-/// once meshfed installed the injection webhooks, let them fail open, as a
-/// serving istiod would make moot (docs/install.md explains).
+/// Relaxes each member's injection webhooks once meshfed installed them
+/// (see [`relax_injection`]).
 async fn relax_injection_when_installed(clients: &[Client]) -> Result<()> {
     for c in clients {
         let deadline = Instant::now() + Duration::from_secs(180);
-        let hooks = Api::<MutatingWebhookConfiguration>::all(c.clone());
-        let found = loop {
-            let found = hooks.list(&Default::default()).await?.items;
-            if !found.is_empty() || Instant::now() > deadline {
-                break found;
-            }
+        while relax_injection(c).await? == 0 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(500)).await;
-        };
-        for hook in found {
-            let name = hook.metadata.name.clone().unwrap_or_default();
-            let relaxed = serde_json::json!({
-                "apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingWebhookConfiguration",
-                "metadata": {"name": name},
-                "webhooks": hook.webhooks.unwrap_or_default().iter()
-                    .map(|w| serde_json::json!({"name": w.name, "failurePolicy": "Ignore"}))
-                    .collect::<Vec<_>>(),
-            });
-            hooks
-                .patch(
-                    &name,
-                    &PatchParams::apply("e2e-testbed").force(),
-                    &Patch::Apply(&relaxed),
-                )
-                .await?;
         }
     }
     Ok(())

@@ -72,36 +72,40 @@ enum Command {
     },
     /// Give meshfed a least-privilege identity in a cluster and store a
     /// short-lived credential for it in the operator's namespace.
-    Join {
-        /// Member name (its Istio cluster ID).
-        name: String,
-        /// The cluster's kubeconfig, with rights to create RBAC there.
-        #[arg(long)]
-        kubeconfig: PathBuf,
-        /// Context in that kubeconfig (default: its current context).
-        #[arg(long)]
-        context: Option<String>,
-        /// Context of the operator's cluster in the current kubeconfig.
-        #[arg(long)]
-        host_context: Option<String>,
-        /// The operator's namespace.
-        #[arg(long, default_value = "meshfed-system")]
-        namespace: String,
-        /// Lifetime of the stored token; run join again before it ends.
-        #[arg(long, default_value = "24h", value_parser = parse_duration)]
-        token_lifetime: Duration,
-        /// Also add (or update) the member in this federation.
-        #[arg(long, requires = "network")]
-        federation: Option<String>,
-        /// The member's network (topology.istio.io/network).
-        #[arg(long)]
-        network: Option<String>,
-        /// The API server address the operator (and peers) should use, when
-        /// it differs from the one in --kubeconfig (a bastion, a loopback
-        /// tunnel, a private endpoint).
-        #[arg(long)]
-        server: Option<String>,
-    },
+    Join(JoinArgs),
+}
+
+/// `join`'s arguments.
+#[derive(clap::Args, Debug)]
+struct JoinArgs {
+    /// Member name (its Istio cluster ID).
+    name: String,
+    /// The cluster's kubeconfig, with rights to create RBAC there.
+    #[arg(long)]
+    kubeconfig: PathBuf,
+    /// Context in that kubeconfig (default: its current context).
+    #[arg(long)]
+    context: Option<String>,
+    /// Context of the operator's cluster in the current kubeconfig.
+    #[arg(long)]
+    host_context: Option<String>,
+    /// The operator's namespace.
+    #[arg(long, default_value = "meshfed-system")]
+    namespace: String,
+    /// Lifetime of the stored token; run join again before it ends.
+    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    token_lifetime: Duration,
+    /// Also add (or update) the member in this federation.
+    #[arg(long, requires = "network")]
+    federation: Option<String>,
+    /// The member's network (topology.istio.io/network).
+    #[arg(long)]
+    network: Option<String>,
+    /// The API server address the operator (and peers) should use, when
+    /// it differs from the one in --kubeconfig (a bastion, a loopback
+    /// tunnel, a private endpoint).
+    #[arg(long)]
+    server: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -200,28 +204,10 @@ async fn run(args: Args) -> Result<bool> {
             }
             Ok(!findings.iter().any(|f| f.level == Level::Fail))
         }
-        Command::Join {
-            name,
-            kubeconfig,
-            context,
-            host_context,
-            namespace,
-            token_lifetime,
-            federation,
-            network,
-            server,
-        } => {
-            let host = host_client(&host_context).await?;
-            let config = member_config(&kubeconfig, &context).await?;
-            let target = JoinTarget {
-                name,
-                namespace,
-                token_lifetime,
-                federation,
-                network,
-                server,
-            };
-            join(host, config, &target).await?;
+        Command::Join(args) => {
+            let host = host_client(&args.host_context).await?;
+            let config = member_config(&args.kubeconfig, &args.context).await?;
+            join(host, config, &args).await?;
             Ok(true)
         }
     }
@@ -383,27 +369,14 @@ async fn preflight(config: Config) -> Result<Preflight> {
     Ok(p)
 }
 
-/// What `join` is asked to do.
-struct JoinTarget {
-    name: String,
-    namespace: String,
-    token_lifetime: Duration,
-    federation: Option<String>,
-    network: Option<String>,
-    server: Option<String>,
-}
-
-async fn join(host: Client, member: Config, target: &JoinTarget) -> Result<()> {
-    let JoinTarget {
-        name,
-        namespace,
-        token_lifetime,
-        federation,
-        network,
-        server,
-    } = target;
-    let (name, namespace, token_lifetime) = (name.as_str(), namespace.as_str(), *token_lifetime);
-    let server = server
+async fn join(host: Client, member: Config, args: &JoinArgs) -> Result<()> {
+    let (name, namespace, token_lifetime) = (
+        args.name.as_str(),
+        args.namespace.as_str(),
+        args.token_lifetime,
+    );
+    let server = args
+        .server
         .clone()
         .unwrap_or_else(|| member.cluster_url.to_string());
     if cli::unusable_by_peers(&server) {
@@ -480,7 +453,7 @@ async fn join(host: Client, member: Config, target: &JoinTarget) -> Result<()> {
 
     let entry = Member {
         name: name.into(),
-        network: network.clone().unwrap_or_else(|| "<network>".into()),
+        network: args.network.clone().unwrap_or_else(|| "<network>".into()),
         credentials: MemberCredentials {
             secret_ref: Some(KubeconfigSecretRef {
                 name: secret_name.clone(),
@@ -492,7 +465,7 @@ async fn join(host: Client, member: Config, target: &JoinTarget) -> Result<()> {
         control_plane_values: None,
         east_west_gateway: None,
     };
-    match federation {
+    match &args.federation {
         Some(fed_name) => {
             eprintln!("[4/4] member {name} in federation {fed_name}");
             add_member(&Api::<MeshFederation>::all(host), fed_name, &entry).await?;
