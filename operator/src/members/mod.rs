@@ -10,7 +10,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config};
 
-use crate::api::{Member, MemberCredentials};
+use crate::api::{KubeconfigSecretRef, Member, MemberCredentials};
 use crate::render::PeerEndpoint;
 use crate::telemetry::RequestCounter;
 
@@ -101,6 +101,23 @@ impl MemberPool {
     }
 
     /// A connection to the member behind `credentials`.
+    /// The connection the last [`MemberPool::connect`] built for these
+    /// credentials, without reading their Secret again: for frequent probes,
+    /// which should cost the member one request and the operator's own
+    /// cluster none.
+    pub fn cached(&self, credentials: &MemberCredentials) -> Option<MemberConnection> {
+        match (&credentials.secret_ref, &credentials.local) {
+            (Some(r), _) => self
+                .cache
+                .lock()
+                .expect("pool lock")
+                .get(&cache_key(r))
+                .map(|(_, conn)| conn.clone()),
+            (None, Some(_)) => Some(self.local.clone()),
+            (None, None) => None,
+        }
+    }
+
     pub async fn connect(
         &self,
         credentials: &MemberCredentials,
@@ -120,7 +137,7 @@ impl MemberPool {
                 name: name.clone(),
             })?;
         let version = secret.metadata.resource_version.clone().unwrap_or_default();
-        let cache_key = format!("{name}/{}", secret_ref.key());
+        let cache_key = cache_key(secret_ref);
         if let Some((v, conn)) = self.cache.lock().expect("pool lock").get(&cache_key)
             && *v == version
         {
@@ -158,6 +175,11 @@ impl MemberPool {
             .insert(cache_key, (version, conn.clone()));
         Ok(conn)
     }
+}
+
+/// Connections are cached by Secret and key.
+fn cache_key(secret_ref: &KubeconfigSecretRef) -> String {
+    format!("{}/{}", secret_ref.name, secret_ref.key())
 }
 
 /// The kubeconfig in `text`, or why it is none. The YAML parser's errors

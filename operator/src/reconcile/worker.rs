@@ -301,15 +301,16 @@ async fn work(ctx_weak: Weak<Context>, input: Arc<Mutex<Input>>, wake: Arc<Notif
 /// Asks the member's API server for its version every `every` until the
 /// answer disagrees with `answered` (whether it answered the last run). A
 /// server that does not answer within `every` (or the member timeout, if
-/// shorter) counts as not answering. Credentials the operator cannot use
-/// are the last run's finding, not the probe's.
+/// shorter) counts as not answering. It uses the connection the last run
+/// built; credentials the operator cannot use are the runs' finding, not
+/// the probe's.
 async fn probe_until_changed(ctx: &Weak<Context>, input: &Input, answered: bool, every: Duration) {
     let federation = input.fed.name_any();
     let member = &input.member;
     loop {
         tokio::time::sleep(every).await;
         let Some(ctx) = ctx.upgrade() else { return };
-        let Ok(conn) = ctx.members.connect(&member.credentials).await else {
+        let Some(conn) = ctx.members.cached(&member.credentials) else {
             continue;
         };
         let limit = every.min(ctx.settings.member_timeout);
