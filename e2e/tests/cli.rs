@@ -204,6 +204,7 @@ async fn check_join_and_status_from_the_plugin() -> Result<()> {
     let mut fed = Api::<MeshFederation>::all(host.clone()).get("prod").await?;
     fed.spec.remote_secrets = Some(meshfed::api::RemoteSecretsSpec {
         token_lifetime: Some("2h".parse()?),
+        ..Default::default()
     });
     fed.status = None;
     Api::<MeshFederation>::all(host.clone())

@@ -485,6 +485,7 @@ async fn invalid_specs_are_rejected_by_the_api_server() -> Result<()> {
     let mut short = federation("short", vec![member(c, "a")]);
     short.spec.remote_secrets = Some(meshfed::api::RemoteSecretsSpec {
         token_lifetime: Some("1m".parse().unwrap()),
+        ..Default::default()
     });
     cases.push((
         "token lifetime below TokenRequest minimum",
@@ -696,6 +697,7 @@ async fn a_hung_member_does_not_slow_the_others() -> Result<()> {
     });
     fed.spec.remote_secrets = Some(meshfed::api::RemoteSecretsSpec {
         token_lifetime: Some("2h".parse().unwrap()),
+        ..Default::default()
     });
     let started = std::time::Instant::now();
     apply_federation(&host, &fed).await?;

@@ -166,7 +166,13 @@ async fn real_istiod_consumes_meshfed_federation() -> Result<()> {
         member(fleet.cluster(1), NETWORKS[1]),
         member(fleet.cluster(2), NETWORKS[2]),
     ];
-    apply_federation(&host, &federation(FED, members)).await?;
+    let mut fed = federation(FED, members);
+    // Replaced tokens are revoked 5 s after the last peer took the new one.
+    fed.spec.remote_secrets = Some(meshfed::api::RemoteSecretsSpec {
+        revoke_after: Some("5s".parse()?),
+        ..Default::default()
+    });
+    apply_federation(&host, &fed).await?;
     wait_for_federation(&host, FED, WAIT, "Ready", ready).await?;
     mark("federation Ready");
     futures::future::try_join_all(clients.iter().map(install_base_crds)).await?;
@@ -638,6 +644,137 @@ async fn real_istiod_consumes_meshfed_federation() -> Result<()> {
             istiod.cluster_id()
         );
     }
+    // --- a forced token refresh: every old token revoked, every istiod switches
+    let held = |secret: &Secret, peer: &str| -> (String, String) {
+        let kubeconfig: serde_json::Value =
+            serde_yaml::from_slice(&secret_bytes(secret, peer)).expect("a kubeconfig");
+        let token = kubeconfig["users"][0]["user"]["token"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
+        let binding = secret
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get("meshfed.io/token-binding"))
+            .cloned()
+            .unwrap_or_default();
+        (token, binding)
+    };
+    // Before: what cluster-0 holds of cluster-1 (bound, and working).
+    let remote = |i: usize, peer: usize| {
+        let api = Api::<Secret>::namespaced(clients[i].clone(), "istio-system");
+        let name = format!("istio-remote-secret-{}", ids[peer]);
+        async move { anyhow::Ok(api.get(&name).await?) }
+    };
+    let (old_token, old_binding) = held(&remote(0, 1).await?, &ids[1]);
+    assert!(
+        !old_binding.is_empty(),
+        "remote-secret tokens are bound to a Secret"
+    );
+    let old_claims = jwt_claims(&old_token);
+    assert_eq!(
+        old_claims["kubernetes.io"]["secret"]["name"],
+        old_binding.as_str(),
+        "the token itself names the Secret it is bound to: {old_claims}"
+    );
+    let as_reader = |token: &str| {
+        let mut config = fleet.cluster(1).kube_config();
+        config.auth_info = kube::config::AuthInfo {
+            token: Some(token.to_string().into()),
+            ..Default::default()
+        };
+        Client::try_from(config)
+    };
+    Api::<k8s_openapi::api::core::v1::Namespace>::all(as_reader(&old_token)?)
+        .get("istio-system")
+        .await
+        .context("the current token reads its member")?;
+    let refreshed_at = Instant::now();
+    Api::<MeshFederation>::all(host.clone())
+        .patch(
+            FED,
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"metadata": {"annotations": {"meshfed.io/refresh-tokens": "e2e-1"}}})),
+        )
+        .await?;
+    // Every remote secret in every member is rewritten for the request.
+    poll(
+        WAIT,
+        "every remote secret holds a token minted for e2e-1",
+        || async {
+            for i in 0..ids.len() {
+                for peer in (0..ids.len()).filter(|p| *p != i) {
+                    let s = remote(i, peer).await?;
+                    let for_request = s
+                        .metadata
+                        .annotations
+                        .as_ref()
+                        .and_then(|a| a.get("meshfed.io/refresh-tokens"));
+                    if for_request.map(String::as_str) != Some("e2e-1") {
+                        return Ok(false);
+                    }
+                }
+            }
+            Ok(true)
+        },
+    )
+    .await?;
+    let (new_token, new_binding) = held(&remote(0, 1).await?, &ids[1]);
+    assert_ne!(new_binding, old_binding);
+    assert_ne!(new_token, old_token);
+    assert_eq!(
+        held(&remote(2, 1).await?, &ids[1]).1,
+        new_binding,
+        "one token per member, for all its peers"
+    );
+    // The old binding goes (revokeAfter 5 s), and with it the old token.
+    let bindings = Api::<Secret>::namespaced(clients[1].clone(), "istio-system");
+    poll(
+        WAIT,
+        "the old token's Secret deleted in cluster-1",
+        || async { Ok(bindings.get_opt(&old_binding).await?.is_none()) },
+    )
+    .await?;
+    let revoked_after = refreshed_at.elapsed();
+    let denied = Api::<k8s_openapi::api::core::v1::Namespace>::all(as_reader(&old_token)?)
+        .get("istio-system")
+        .await;
+    assert!(
+        matches!(&denied, Err(kube::Error::Api(e)) if e.code == 401),
+        "the revoked token is rejected: {:?}",
+        denied.as_ref().map(|n| n.metadata.name.clone())
+    );
+    Api::<k8s_openapi::api::core::v1::Namespace>::all(as_reader(&new_token)?)
+        .get("istio-system")
+        .await
+        .context("the new token reads its member")?;
+    // Every istiod moved to the new tokens: still synced, and it sees a
+    // service created in a member after the old tokens died.
+    for istiod in &istiods {
+        let all: Vec<&str> = ids.iter().map(String::as_str).collect();
+        istiod.wait_synced(&all, Duration::from_secs(30)).await?;
+    }
+    let (vip_fresh, _) = service_with_pod(&clients[1], "shop", "after-refresh").await?;
+    for i in [0, 2] {
+        poll(
+            WAIT,
+            "a service created after the revocation reaches the peers",
+            || async {
+                Ok(istiods[i].services().await?.iter().any(|s| {
+                    s.hostname == "after-refresh.shop.svc.cluster.local"
+                        && s.cluster_vips.get(&ids[1]) == Some(&vec![vip_fresh.clone()])
+                }))
+            },
+        )
+        .await?;
+    }
+    eprintln!(
+        "forced refresh: old tokens revoked {revoked_after:?} after the request; every istiod synced and seeing new services after {:?}",
+        refreshed_at.elapsed()
+    );
+    mark("forced token refresh, revocation, istiods switched");
+
     // --- a member's API server stops: what does a peer istiod say?
     let down = 1;
     fleet.cluster(down).stop_apiserver().await?;

@@ -244,6 +244,7 @@ async fn two_replicas_one_leader_and_a_takeover() -> Result<()> {
     let mut changed = fed.clone();
     changed.spec.remote_secrets = Some(RemoteSecretsSpec {
         token_lifetime: Some("2h".parse().unwrap()),
+        ..Default::default()
     });
     apply_federation(&host, &changed).await?;
     let after = wait_for_federation(

@@ -18,6 +18,7 @@ pub mod defaults {
     pub const INTERMEDIATE_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
     pub const RENEW_BEFORE: Duration = Duration::from_secs(30 * 24 * 3600);
     pub const TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+    pub const REVOKE_AFTER: Duration = Duration::from_secs(10 * 60);
     pub const KUBECONFIG_KEY: &str = "kubeconfig";
     pub const GRACE_PERIOD: Duration = Duration::from_secs(30);
     pub const SETTLE_PERIOD: Duration = Duration::from_secs(60);
@@ -417,6 +418,14 @@ pub struct RemoteSecretsSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("duration(self) >= duration('10m')").message("spec.remoteSecrets.tokenLifetime must be at least 10m (the TokenRequest minimum)"))]
     pub token_lifetime: Option<Duration>,
+    /// How long a replaced token keeps working after the last peer wrote its
+    /// successor: the time every istiod gets to switch to the new token
+    /// (istiod shows no sign of which one it uses). Then meshfed deletes the
+    /// Secret the old token is bound to, and the API server rejects it.
+    /// Default: 10m.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('0s')").message("spec.remoteSecrets.revokeAfter must not be negative"))]
+    pub revoke_after: Option<Duration>,
 }
 
 /// Observed state of a MeshFederation.
@@ -546,6 +555,14 @@ impl MeshFederationSpec {
             .as_ref()
             .and_then(|r| r.token_lifetime)
             .map_or(defaults::TOKEN_LIFETIME, Into::into)
+    }
+
+    /// How long a replaced remote-secret token stays valid, defaulted.
+    pub fn revoke_after(&self) -> std::time::Duration {
+        self.remote_secrets
+            .as_ref()
+            .and_then(|r| r.revoke_after)
+            .map_or(defaults::REVOKE_AFTER, Into::into)
     }
 
     /// Whether `member` gets an east-west gateway: its own wish, the spec's, or

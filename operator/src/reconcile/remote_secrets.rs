@@ -7,18 +7,18 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use jiff::Timestamp;
-use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::Api;
 use kube::api::{DeleteParams, PostParams};
+use kube::{Api, ResourceExt};
 
 use super::apply::write;
 use super::member::{PreparedMember, unreachable_reason};
 use crate::render::{
-    ISTIO_NAMESPACE, IssuedToken, PeerEndpoint, RemoteSecretState, TokenSubject, is_ours, keys,
-    remote_secret_name, remote_secret_peer, remote_secret_state, render_remote_secret,
-    token_refresh_at,
+    HeldToken, ISTIO_NAMESPACE, IssuedToken, PeerEndpoint, RemoteSecretState, TokenSubject,
+    WrittenToken, is_ours, keys, remote_secret_held, remote_secret_name, remote_secret_peer,
+    remote_secret_state, render_remote_secret, render_token_binding, token_refresh_at,
 };
 
 /// What a member publishes of itself for its peers, from its own last run.
@@ -34,6 +34,13 @@ pub struct PeerFacts {
     pub refused: bool,
     /// Its cluster's identity, once known.
     pub cluster_id: Option<String>,
+    /// The forced-refresh request (`meshfed.io/refresh-tokens`) its token
+    /// was minted for.
+    pub refreshed_for: Option<String>,
+    /// Which token of each peer its remote secrets hold; `None` until it has
+    /// read them. A peer's old token is revoked only once no member may
+    /// still hold it.
+    pub holds: Option<BTreeMap<String, HeldToken>>,
 }
 
 impl Default for PeerFacts {
@@ -44,13 +51,28 @@ impl Default for PeerFacts {
             token: None,
             refused: false,
             cluster_id: None,
+            refreshed_for: None,
+            holds: None,
         }
     }
 }
 
+/// How peers' tokens are to be minted and written: their lifetime, and the
+/// forced refresh the federation asks for, if any.
+#[derive(Clone, Copy, Debug)]
+pub struct TokenPolicy<'a> {
+    pub lifetime: Duration,
+    pub refresh: Option<&'a str>,
+}
+
 impl PeerFacts {
-    /// Its token, if it is for its current reader and not yet due for refresh.
-    pub fn usable_token(&self, lifetime: Duration, now: Timestamp) -> Option<&IssuedToken> {
+    /// Its token, if it is for its current reader, not yet due for refresh,
+    /// and minted for the forced refresh asked for.
+    pub fn usable_token(&self, policy: TokenPolicy, now: Timestamp) -> Option<&IssuedToken> {
+        let lifetime = policy.lifetime;
+        if policy.refresh.is_some() && self.refreshed_for.as_deref() != policy.refresh {
+            return None;
+        }
         let (subject, token) = self.token.as_ref()?;
         let reader = self.reader.as_ref().ok()?;
         let limit = jiff::SignedDuration::try_from(lifetime).unwrap_or(jiff::SignedDuration::MAX);
@@ -104,7 +126,7 @@ pub fn plan(
     federation: &str,
     member: &PreparedMember,
     peers: &BTreeMap<String, PeerFacts>,
-    token_lifetime: Duration,
+    policy: TokenPolicy,
     now: Timestamp,
 ) -> MemberPlan {
     let peers: BTreeMap<&String, &PeerFacts> = peers
@@ -126,7 +148,8 @@ pub fn plan(
             },
             (live, Ok((endpoint, reader))) => {
                 let state = live.map(|s| {
-                    remote_secret_state(s, peer, &endpoint.fingerprint(reader), token_lifetime, now)
+                    let fingerprint = endpoint.fingerprint(reader);
+                    remote_secret_state(s, peer, &fingerprint, policy.lifetime, policy.refresh, now)
                 });
                 match state {
                     Some(RemoteSecretState::Current {
@@ -136,7 +159,7 @@ pub fn plan(
                         token_expires_at,
                         refresh_at,
                     },
-                    _ => match facts.usable_token(token_lifetime, now) {
+                    _ => match facts.usable_token(policy, now) {
                         Some(token) => PeerAction::Write(token.clone()),
                         None => PeerAction::NeedsToken {
                             existing: live.is_some(),
@@ -161,32 +184,45 @@ pub fn plan(
 }
 
 /// Carries out `plan` in `member` (bounded by `timeout`); records counts,
-/// problems and the next token deadline in its report.
+/// problems and the next token deadline in its report. Returns which token
+/// of each peer the member's remote secrets now hold: what they held
+/// before, but for the writes that were confirmed.
 pub async fn sync_remote_secrets(
     federation: &str,
     member: &mut PreparedMember,
     plan: &MemberPlan,
     peers: &BTreeMap<String, PeerFacts>,
-    token_lifetime: Duration,
+    policy: TokenPolicy<'_>,
     timeout: Duration,
-) {
+) -> BTreeMap<String, HeldToken> {
+    let mut held: BTreeMap<String, HeldToken> = plan
+        .actions
+        .keys()
+        .filter_map(|peer| {
+            let live = member.multicluster_secrets.get(&remote_secret_name(peer))?;
+            let ours = is_ours(&live.metadata, federation);
+            Some((peer.clone(), remote_secret_held(live).filter(|_| ours)?))
+        })
+        .collect();
     if member.connection.is_none() {
-        return;
+        return held;
     }
-    let work = carry_out(federation, token_lifetime, member, plan, peers);
+    let work = carry_out(federation, policy, member, plan, peers, &mut held);
     if tokio::time::timeout(timeout, work).await.is_err() {
         member.report.remote_secret_problems.push(format!(
             "writing remote secrets: no answer within {timeout:?}"
         ));
     }
+    held
 }
 
 async fn carry_out(
     federation: &str,
-    token_lifetime: Duration,
+    policy: TokenPolicy<'_>,
     member: &mut PreparedMember,
     plan: &MemberPlan,
     peers: &BTreeMap<String, PeerFacts>,
+    held: &mut BTreeMap<String, HeldToken>,
 ) {
     let api = Api::<Secret>::namespaced(
         member
@@ -234,13 +270,24 @@ async fn carry_out(
                 let (Ok(endpoint), Ok(reader)) = (&facts.endpoint, &facts.reader) else {
                     continue;
                 };
-                let secret = render_remote_secret(federation, peer, endpoint, reader, token);
+                let written = WrittenToken {
+                    at: Timestamp::now(),
+                    refresh: policy.refresh,
+                };
+                let secret = render_remote_secret(federation, peer, endpoint, reader, token, written);
                 match write(&api, &secret, federation).await {
                     Ok(_) => {
                         present += 1;
+                        held.insert(
+                            peer.clone(),
+                            HeldToken {
+                                binding: token.binding.clone(),
+                                written_at: written.at,
+                            },
+                        );
                         note(
                             token.expires_at,
-                            token_refresh_at(Some(token.issued_at), token.expires_at, token_lifetime),
+                            token_refresh_at(Some(token.issued_at), token.expires_at, policy.lifetime),
                         );
                     }
                     Err(e) => report
@@ -264,23 +311,44 @@ async fn carry_out(
     report.next_token_refresh = next_refresh;
 }
 
-/// A token for the reader ServiceAccount, and its lifetime as issued.
+/// A token for the reader ServiceAccount, bound to a new Secret of its own
+/// (deleting that Secret revokes it), and its lifetime as issued.
 pub async fn mint_token(
-    api: &Api<ServiceAccount>,
+    client: &kube::Client,
+    federation: &str,
     reader: &str,
     lifetime: Duration,
 ) -> Result<IssuedToken, kube::Error> {
+    let secrets = Api::<Secret>::namespaced(client.clone(), ISTIO_NAMESPACE);
+    let accounts = Api::<ServiceAccount>::namespaced(client.clone(), ISTIO_NAMESPACE);
     let asked_at = Timestamp::now();
+    let binding = render_token_binding(federation, reader, asked_at + signed(lifetime));
+    let binding = secrets.create(&PostParams::default(), &binding).await?;
+    let name = binding.name_any();
     let request = TokenRequest {
         spec: TokenRequestSpec {
             expiration_seconds: Some(lifetime.as_secs() as i64),
+            bound_object_ref: Some(BoundObjectReference {
+                api_version: Some("v1".into()),
+                kind: Some("Secret".into()),
+                name: Some(name.clone()),
+                uid: binding.uid(),
+            }),
             ..TokenRequestSpec::default()
         },
         ..TokenRequest::default()
     };
-    let response = api
+    let response = match accounts
         .create_token_request(reader, &PostParams::default(), &request)
-        .await?;
+        .await
+    {
+        Ok(response) => response,
+        Err(e) => {
+            // Nothing is bound to it: no reason to keep it.
+            let _ = secrets.delete(&name, &DeleteParams::default()).await;
+            return Err(e);
+        }
+    };
     // The server may shorten the lifetime; trust what it says.
     let status = response
         .status
@@ -297,7 +365,79 @@ pub async fn mint_token(
         token: status.token,
         issued_at: issued_at(asked_at, expires_at, lifetime),
         expires_at,
+        binding: name,
     })
+}
+
+fn signed(d: Duration) -> jiff::SignedDuration {
+    jiff::SignedDuration::try_from(d).unwrap_or(jiff::SignedDuration::MAX)
+}
+
+/// A Secret a token of this member's reader is bound to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Binding {
+    pub name: String,
+    /// When its token expires (as asked; the server may have made it sooner).
+    pub expires_at: Option<Timestamp>,
+}
+
+impl Binding {
+    pub fn of(secret: &Secret) -> Self {
+        Binding {
+            name: secret.name_any(),
+            expires_at: secret
+                .annotations()
+                .get(keys::TOKEN_EXPIRES_AT)
+                .and_then(|t| t.parse().ok()),
+        }
+    }
+}
+
+/// Which of this member's bindings to delete now (revoking their tokens),
+/// and when to look again. `holders` has, for every other member, the
+/// token of this member its remote secret holds: `None` when that is not
+/// known (not read since the operator started), `Some(None)` when it holds
+/// none. A binding goes when its token expired, or when it is not the
+/// current one, no member may hold it, and every holder wrote what it holds
+/// at least `revoke_after` ago (time for its istiod to switch).
+pub fn revocable(
+    bindings: &[Binding],
+    current: Option<&str>,
+    holders: &[Option<Option<HeldToken>>],
+    revoke_after: Duration,
+    now: Timestamp,
+) -> (Vec<String>, Option<Timestamp>) {
+    let all_known = holders.iter().all(Option::is_some);
+    let held: Vec<&HeldToken> = holders.iter().flatten().flatten().collect();
+    let switched_at = held
+        .iter()
+        .map(|h| h.written_at + signed(revoke_after))
+        .max();
+    let mut revoke = Vec::new();
+    let mut next: Option<Timestamp> = None;
+    let mut wake = |at: Timestamp| next = Some(next.map_or(at, |n: Timestamp| n.min(at)));
+    for b in bindings {
+        if Some(b.name.as_str()) == current {
+            continue;
+        }
+        if b.expires_at.is_some_and(|at| at <= now) {
+            revoke.push(b.name.clone());
+            continue;
+        }
+        let unheld = all_known && held.iter().all(|h| h.binding != b.name);
+        match switched_at {
+            _ if !unheld => {}
+            Some(at) if at > now => wake(at),
+            _ => {
+                revoke.push(b.name.clone());
+                continue;
+            }
+        }
+        if let Some(at) = b.expires_at {
+            wake(at);
+        }
+    }
+    (revoke, next)
 }
 
 /// When a token asked for at `asked_at` (our clock) for `lifetime`, expiring
@@ -343,6 +483,7 @@ mod tests {
             token: "tok".into(),
             issued_at: expires_at - jiff::SignedDuration::from_hours(24),
             expires_at,
+            binding: format!("binding-{expires}"),
         }
     }
 
@@ -354,6 +495,8 @@ mod tests {
             token: Some((subject(name), token("2026-01-02T00:00:00Z"))),
             refused: false,
             cluster_id: Some(format!("cluster-of-{name}")),
+            refreshed_for: None,
+            holds: None,
         }
     }
 
@@ -379,6 +522,13 @@ mod tests {
         }
     }
 
+    fn written() -> WrittenToken<'static> {
+        WrittenToken {
+            at: now(),
+            refresh: None,
+        }
+    }
+
     fn ours(peer: &str, expires: &str) -> Secret {
         render_remote_secret(
             "prod",
@@ -386,14 +536,22 @@ mod tests {
             &endpoint(peer),
             &subject(peer),
             &token(expires),
+            written(),
         )
+    }
+
+    fn policy(lifetime: Duration) -> TokenPolicy<'static> {
+        TokenPolicy {
+            lifetime,
+            refresh: None,
+        }
     }
 
     #[tokio::test]
     async fn fresh_secrets_are_kept_and_missing_ones_written_with_the_peers_token() {
         let peers = fleet(&["a", "b", "c"]);
         let a = member("a", vec![ours("b", "2026-01-01T20:00:00Z")]);
-        let p = plan("prod", &a, &peers, DAY, now());
+        let p = plan("prod", &a, &peers, policy(DAY), now());
         assert_eq!(
             p.actions["b"],
             PeerAction::Keep {
@@ -419,7 +577,7 @@ mod tests {
             .unwrap()
             .insert(keys::ENDPOINT_HASH.into(), "old".into());
         let a = member("a", vec![ours("b", "2026-01-01T07:00:00Z"), moved]);
-        let p = plan("prod", &a, &fleet(&["a", "b", "c"]), DAY, now());
+        let p = plan("prod", &a, &fleet(&["a", "b", "c"]), policy(DAY), now());
         assert!(
             matches!(p.actions["b"], PeerAction::Write(_)),
             "7h left of 24h is under a third"
@@ -437,7 +595,7 @@ mod tests {
         // c's token is itself due (issued for 24h, 7h left).
         peers.get_mut("c").unwrap().token = Some((subject("c"), token("2026-01-01T07:00:00Z")));
         let a = member("a", vec![ours("c", "2026-01-01T07:00:00Z")]);
-        let p = plan("prod", &a, &peers, DAY, now());
+        let p = plan("prod", &a, &peers, policy(DAY), now());
         assert_eq!(p.actions["b"], PeerAction::NeedsToken { existing: false });
         assert_eq!(p.actions["c"], PeerAction::NeedsToken { existing: true });
         assert_eq!(p.needs_tokens().collect::<Vec<_>>(), ["b", "c"]);
@@ -452,14 +610,14 @@ mod tests {
         };
         peers.get_mut("b").unwrap().reader = Ok(recreated.clone());
         let a = member("a", vec![ours("b", "2026-01-01T20:00:00Z")]);
-        let p = plan("prod", &a, &peers, DAY, now());
+        let p = plan("prod", &a, &peers, policy(DAY), now());
         assert_eq!(
             p.actions["b"],
             PeerAction::NeedsToken { existing: true },
             "the old subject's token is no use"
         );
         peers.get_mut("b").unwrap().token = Some((recreated, token("2026-01-02T00:00:00Z")));
-        let p = plan("prod", &a, &peers, DAY, now());
+        let p = plan("prod", &a, &peers, policy(DAY), now());
         assert!(matches!(p.actions["b"], PeerAction::Write(_)));
     }
 
@@ -470,7 +628,7 @@ mod tests {
             Err("ServiceAccount istio-system/meshfed-reader-prod is not meshfed's".into());
         peers.get_mut("c").unwrap().endpoint = Err("not reached yet".into());
         let a = member("a", vec![ours("b", "2026-01-01T20:00:00Z")]);
-        let p = plan("prod", &a, &peers, DAY, now());
+        let p = plan("prod", &a, &peers, policy(DAY), now());
         assert!(matches!(
             &p.actions["b"],
             PeerAction::Blocked { existing: true, reason } if reason.contains("not meshfed's")
@@ -490,7 +648,7 @@ mod tests {
         foreign.metadata.labels =
             Some(BTreeMap::from([(keys::MULTICLUSTER.into(), "true".into())]));
         let a = member("a", vec![foreign]);
-        let p = plan("prod", &a, &fleet(&["a", "b"]), DAY, now());
+        let p = plan("prod", &a, &fleet(&["a", "b"]), policy(DAY), now());
         assert_eq!(p.actions["b"], PeerAction::Foreign);
     }
 
@@ -507,7 +665,7 @@ mod tests {
                 ours("dup", "2026-01-02T00:00:00Z"),
             ],
         );
-        let p = plan("prod", &a, &peers, DAY, now());
+        let p = plan("prod", &a, &peers, policy(DAY), now());
         assert_eq!(
             p.stale,
             [
@@ -526,10 +684,11 @@ mod tests {
             &endpoint("gone"),
             &subject("gone"),
             &token("2026-01-02T00:00:00Z"),
+            written(),
         );
         let a = member("a", vec![other_federation]);
         assert!(
-            plan("prod", &a, &fleet(&["a"]), DAY, now())
+            plan("prod", &a, &fleet(&["a"]), policy(DAY), now())
                 .stale
                 .is_empty(),
             "never prune another federation's secrets"
@@ -553,11 +712,12 @@ mod tests {
                     token: "t".into(),
                     issued_at: issued,
                     expires_at: expires,
+                    binding: "b".into(),
                 },
             )),
             ..facts("b")
         };
-        assert!(f.usable_token(DAY, asked).is_some());
+        assert!(f.usable_token(policy(DAY), asked).is_some());
         // Capped by the server to 1h: issued when asked.
         let capped: Timestamp = "2026-01-01T01:00:00Z".parse().unwrap();
         assert_eq!(issued_at(asked, capped, DAY), asked);
@@ -566,18 +726,144 @@ mod tests {
     #[test]
     fn a_token_is_usable_only_for_its_subject_within_its_fresh_third() {
         let f = facts("b");
-        assert!(f.usable_token(DAY, now()).is_some());
+        assert!(f.usable_token(policy(DAY), now()).is_some());
         assert!(
-            f.usable_token(DAY, "2026-01-01T16:00:00Z".parse().unwrap())
+            f.usable_token(policy(DAY), "2026-01-01T16:00:00Z".parse().unwrap())
                 .is_none(),
             "due with a third of its lifetime left"
         );
         assert!(
-            f.usable_token(Duration::from_secs(3600), now()).is_none(),
+            f.usable_token(policy(Duration::from_secs(3600)), now())
+                .is_none(),
             "issued for longer than the spec now allows"
         );
         let mut other = facts("b");
         other.reader = Ok(subject("someone-else"));
-        assert!(other.usable_token(DAY, now()).is_none());
+        assert!(other.usable_token(policy(DAY), now()).is_none());
+    }
+
+    #[tokio::test]
+    async fn a_forced_refresh_takes_a_token_minted_for_it_and_only_that() {
+        let request = TokenPolicy {
+            lifetime: DAY,
+            refresh: Some("incident-42"),
+        };
+        let mut peers = fleet(&["a", "b"]);
+        let a = member("a", vec![ours("b", "2026-01-01T20:00:00Z")]);
+        assert!(matches!(
+            plan("prod", &a, &peers, policy(DAY), now()).actions["b"],
+            PeerAction::Keep { .. }
+        ));
+        assert_eq!(
+            plan("prod", &a, &peers, request, now()).actions["b"],
+            PeerAction::NeedsToken { existing: true },
+            "b's token predates the request: b is asked for a new one"
+        );
+        peers.get_mut("b").unwrap().refreshed_for = Some("incident-42".into());
+        let p = plan("prod", &a, &peers, request, now());
+        assert_eq!(
+            p.actions["b"],
+            PeerAction::Write(token("2026-01-02T00:00:00Z"))
+        );
+    }
+
+    fn held(binding: &str, written_at: &str) -> Option<Option<HeldToken>> {
+        Some(Some(HeldToken {
+            binding: binding.into(),
+            written_at: written_at.parse().unwrap(),
+        }))
+    }
+
+    fn binding(name: &str, expires: &str) -> Binding {
+        Binding {
+            name: name.into(),
+            expires_at: Some(expires.parse().unwrap()),
+        }
+    }
+
+    const GRACE: Duration = Duration::from_secs(600);
+
+    #[test]
+    fn a_replaced_token_is_revoked_a_grace_period_after_the_last_peer_switched() {
+        let bindings = [
+            binding("old", "2026-01-01T12:00:00Z"),
+            binding("new", "2026-01-02T00:00:00Z"),
+        ];
+        let t = |s: &str| s.parse::<Timestamp>().unwrap();
+        // b switched at 00:00, c at 00:05: old goes at 00:15, not before.
+        let both = [
+            held("new", "2026-01-01T00:00:00Z"),
+            held("new", "2026-01-01T00:05:00Z"),
+        ];
+        let (revoke, next) = revocable(
+            &bindings,
+            Some("new"),
+            &both,
+            GRACE,
+            t("2026-01-01T00:14:59Z"),
+        );
+        assert!(revoke.is_empty());
+        assert_eq!(next, Some(t("2026-01-01T00:15:00Z")));
+        let (revoke, _) = revocable(
+            &bindings,
+            Some("new"),
+            &both,
+            GRACE,
+            t("2026-01-01T00:15:00Z"),
+        );
+        assert_eq!(revoke, ["old"]);
+        // The current one is never revoked, even once unheld.
+        let (revoke, _) = revocable(
+            &bindings,
+            Some("old"),
+            &both,
+            GRACE,
+            t("2026-01-01T01:00:00Z"),
+        );
+        assert!(revoke.is_empty());
+    }
+
+    #[test]
+    fn a_token_a_member_may_still_hold_is_kept_until_it_expires() {
+        let bindings = [binding("old", "2026-01-01T12:00:00Z")];
+        let t = |s: &str| s.parse::<Timestamp>().unwrap();
+        let later = t("2026-01-01T06:00:00Z");
+        let still = [
+            held("new", "2026-01-01T00:00:00Z"),
+            held("old", "2025-12-31T12:00:00Z"),
+        ];
+        let (revoke, next) = revocable(&bindings, Some("new"), &still, GRACE, later);
+        assert!(revoke.is_empty(), "c still holds it");
+        assert_eq!(
+            next,
+            Some(t("2026-01-01T12:00:00Z")),
+            "looked at again when it expires"
+        );
+        let unknown = [held("new", "2026-01-01T00:00:00Z"), None];
+        let (revoke, _) = revocable(&bindings, Some("new"), &unknown, GRACE, later);
+        assert!(
+            revoke.is_empty(),
+            "c not heard from since the operator started"
+        );
+        let (revoke, _) = revocable(
+            &bindings,
+            Some("new"),
+            &unknown,
+            GRACE,
+            t("2026-01-01T12:00:00Z"),
+        );
+        assert_eq!(revoke, ["old"], "expired: no member can use it");
+        // A peer holding nothing of this member (none written, or foreign).
+        let none = [held("new", "2026-01-01T00:00:00Z"), Some(None)];
+        let (revoke, _) = revocable(&bindings, Some("new"), &none, GRACE, later);
+        assert_eq!(revoke, ["old"]);
+    }
+
+    #[test]
+    fn a_binding_minted_but_never_handed_out_goes_at_once() {
+        let bindings = [binding("orphan", "2026-01-02T00:00:00Z")];
+        let (revoke, next) = revocable(&bindings, Some("new"), &[Some(None)], GRACE, now());
+        assert_eq!(revoke, ["orphan"]);
+        assert_eq!(next, None);
     }
 }

@@ -49,6 +49,8 @@ pub struct MemberReport {
     pub gateway_problem: Option<String>,
     /// When the first of its remote secrets' tokens is due for refresh.
     pub next_token_refresh: Option<Timestamp>,
+    /// When a replaced token of its reader may next be revoked.
+    pub next_revocation: Option<Timestamp>,
 }
 
 impl MemberReport {

@@ -9,20 +9,22 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use jiff::Timestamp;
-use k8s_openapi::api::core::v1::ServiceAccount;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{DeleteParams, ListParams};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, ResourceExt};
 use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
+use super::member::PreparedMember;
 use super::member::{prepare_member, sync_member_control_plane, unreachable_reason};
-use super::remote_secrets::{self, PeerFacts, mint_token};
+use super::remote_secrets::{self, Binding, PeerFacts, TokenPolicy, mint_token, revocable};
 use super::status::MemberReport;
 use super::{Context, Event};
 use crate::api::{Member, MeshFederation};
 use crate::pki::{IntermediatePolicy, RootCa};
-use crate::render::ISTIO_NAMESPACE;
+use crate::render::{ISTIO_NAMESPACE, keys, reader_name};
 use crate::telemetry::RequestCount;
 
 /// What a worker works from: the federation as last reconciled, its root,
@@ -43,7 +45,16 @@ impl Input {
             || self.root.info().serial != other.root.info().serial
             || self.member != other.member
             || self.withdrawn != other.withdrawn
+            || refresh_request(&self.fed) != refresh_request(&other.fed)
     }
+}
+
+/// The forced token refresh the federation asks for: the value of its
+/// `meshfed.io/refresh-tokens` annotation.
+pub fn refresh_request(fed: &MeshFederation) -> Option<&str> {
+    fed.annotations()
+        .get(keys::REFRESH_TOKENS)
+        .map(String::as_str)
 }
 
 /// A worker's last finished run.
@@ -356,7 +367,10 @@ async fn run(ctx: &Arc<Context>, input: &Input) -> Outcome {
         lifetime: ca.intermediate_lifetime(),
         renew_before: ca.renew_before(),
     };
-    let lifetime = fed.spec.token_lifetime();
+    let tokens = TokenPolicy {
+        lifetime: fed.spec.token_lifetime(),
+        refresh: refresh_request(fed),
+    };
     let timeout = ctx.settings.member_timeout;
     let workers = &ctx.workers;
     let mut prepared = prepare_member(ctx, fed, member, &input.root, &policy, now).await;
@@ -380,25 +394,47 @@ async fn run(ctx: &Arc<Context>, input: &Input) -> Outcome {
             .cluster_id
             .clone()
             .or(previous.cluster_id.clone()),
+        refreshed_for: previous.refreshed_for.clone(),
+        holds: previous.holds.clone(),
     };
     // Tokens are minted when a peer asks for one, and once when this worker
     // has none yet (a new member, or the operator just started): peers that
     // need it then find it without asking, which saves a round on joining.
-    // In steady state none is minted.
+    // In steady state none is minted. A forced refresh mints at once.
     let asked = workers.take_wanted(&federation, &member.name);
-    if (asked || facts.token.is_none()) && facts.usable_token(lifetime, now).is_none() {
+    let refresh_pending = tokens
+        .refresh
+        .is_some_and(|r| facts.refreshed_for.as_deref() != Some(r));
+    if (asked || facts.token.is_none() || refresh_pending)
+        && facts.usable_token(tokens, now).is_none()
+    {
         match (&prepared.connection, &facts.reader) {
             (Some(conn), Ok(reader)) => {
-                let sa = Api::<ServiceAccount>::namespaced(conn.client.clone(), ISTIO_NAMESPACE);
                 let minted = tokio::time::timeout(
                     timeout,
-                    mint_token(&sa, &reader.service_account, lifetime),
+                    mint_token(
+                        &conn.client,
+                        &federation,
+                        &reader.service_account,
+                        tokens.lifetime,
+                    ),
                 )
                 .await;
                 match minted {
                     Ok(Ok(token)) => {
                         ctx.metrics.token_minted(&federation, &member.name);
+                        if let (true, Some(request)) = (refresh_pending, tokens.refresh) {
+                            prepared.events.push(Event::normal(
+                                "TokenRefreshed",
+                                format!(
+                                    "member {}: a new reader token for peers ({}={request}); the old ones are revoked once every peer holds the new one",
+                                    member.name,
+                                    keys::REFRESH_TOKENS
+                                ),
+                            ));
+                        }
                         facts.token = Some((reader.clone(), token));
+                        facts.refreshed_for = tokens.refresh.map(String::from);
                     }
                     failed => {
                         let why = match failed {
@@ -443,19 +479,27 @@ async fn run(ctx: &Arc<Context>, input: &Input) -> Outcome {
                 (m.name.clone(), facts)
             })
             .collect();
-        let plan = remote_secrets::plan(&federation, &prepared, &peers, lifetime, now);
+        let plan = remote_secrets::plan(&federation, &prepared, &peers, tokens, now);
         for peer in plan.needs_tokens() {
             workers.want_token(&federation, peer);
         }
-        remote_secrets::sync_remote_secrets(
+        let held = remote_secrets::sync_remote_secrets(
             &federation,
             &mut prepared,
             &plan,
             &peers,
-            lifetime,
+            tokens,
             timeout,
         )
         .await;
+        // Peers learn what this member now holds of theirs, so they can
+        // revoke what nobody holds any more.
+        let mut facts = workers.facts_of(&federation, &member.name);
+        facts.holds = Some(held);
+        if workers.publish(&federation, &member.name, facts) {
+            workers.wake_peers(&federation, &member.name);
+        }
+        revoke_replaced_tokens(ctx, fed, &mut prepared, &conn.client).await;
         ctx.watches.ensure(
             &federation,
             &member.name,
@@ -498,6 +542,77 @@ async fn run(ctx: &Arc<Context>, input: &Input) -> Outcome {
     outcome
 }
 
+/// Deletes the Secrets that replaced tokens of this member's reader are
+/// bound to, once no member may still use them: the API server then
+/// rejects those tokens. What each member holds comes from what it
+/// published; one not heard from since the operator started may hold
+/// anything, so nothing but expired tokens is revoked until it is.
+async fn revoke_replaced_tokens(
+    ctx: &Arc<Context>,
+    fed: &MeshFederation,
+    prepared: &mut PreparedMember,
+    client: &kube::Client,
+) {
+    let federation = fed.name_any();
+    let member = prepared.name.clone();
+    let facts = ctx.workers.facts(&federation);
+    let Some(current) = facts.get(&member).and_then(|f| f.token.as_ref()) else {
+        return;
+    };
+    let current = current.1.binding.clone();
+    let holders: Vec<_> = fed
+        .spec
+        .members
+        .iter()
+        .filter(|m| m.name != member)
+        .map(|m| facts.get(&m.name).filter(|f| !f.refused))
+        .map(|f| {
+            f.and_then(|f| f.holds.as_ref())
+                .map(|h| h.get(&member).cloned())
+        })
+        .collect();
+    let secrets = Api::<Secret>::namespaced(client.clone(), ISTIO_NAMESPACE);
+    let selector = format!("{}={}", keys::TOKEN_BINDING, reader_name(&federation));
+    let listed = match secrets.list(&ListParams::default().labels(&selector)).await {
+        Ok(list) => list.items,
+        Err(e) => {
+            let why = unreachable_reason(&e);
+            prepared
+                .report
+                .other_problems
+                .push(format!("listing the reader's token bindings: {why}"));
+            return;
+        }
+    };
+    let bindings: Vec<Binding> = listed
+        .iter()
+        .filter(|s| crate::render::is_ours(&s.metadata, &federation))
+        .map(Binding::of)
+        .collect();
+    let revoke_after = fed.spec.revoke_after();
+    let (revoke, next) = revocable(
+        &bindings,
+        Some(&current),
+        &holders,
+        revoke_after,
+        Timestamp::now(),
+    );
+    prepared.report.next_revocation = next;
+    for name in revoke {
+        match secrets.delete(&name, &DeleteParams::default()).await {
+            Ok(_) => prepared.events.push(Event::normal(
+                "TokenRevoked",
+                format!("member {member}: revoked a replaced reader token (deleted {ISTIO_NAMESPACE}/{name}, which it was bound to)"),
+            )),
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => prepared.report.other_problems.push(format!(
+                "revoking the token bound to {name}: {}",
+                unreachable_reason(&e)
+            )),
+        }
+    }
+}
+
 /// An Event when the member became unreachable or reachable again.
 fn reachability_event(was_reachable: Option<bool>, report: &MemberReport) -> Option<Event> {
     let name = &report.status.name;
@@ -523,7 +638,12 @@ fn next_deadline(report: &MemberReport, renew_before: Duration) -> Option<Timest
         .intermediate
         .as_ref()
         .and_then(|i| i.not_after.0.checked_sub(renew_before).ok());
-    report.next_token_refresh.into_iter().chain(renewal).min()
+    report
+        .next_token_refresh
+        .into_iter()
+        .chain(report.next_revocation)
+        .chain(renewal)
+        .min()
 }
 
 /// The wait before the next run: `regular`, or sooner when a deadline comes

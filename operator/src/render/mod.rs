@@ -23,8 +23,9 @@ pub use kubeconfig::{KubeconfigInputs, render_kubeconfig};
 pub use namespace::render_istio_namespace;
 pub use reader::{ReaderIdentity, reader_name, render_reader_identity};
 pub use remote_secret::{
-    IssuedToken, PeerEndpoint, RemoteSecretState, TokenSubject, remote_secret_name,
-    remote_secret_peer, remote_secret_state, render_remote_secret, token_refresh_at,
+    HeldToken, IssuedToken, PeerEndpoint, RemoteSecretState, TokenSubject, WrittenToken,
+    remote_secret_held, remote_secret_name, remote_secret_peer, remote_secret_state,
+    render_remote_secret, render_token_binding, token_refresh_at,
 };
 
 /// Namespace where Istio's control plane and its multicluster Secrets live.
@@ -51,6 +52,15 @@ pub mod keys {
     pub const TOKEN_ISSUED_AT: &str = "meshfed.io/token-issued-at";
     pub const TOKEN_EXPIRES_AT: &str = "meshfed.io/token-expires-at";
     pub const ENDPOINT_HASH: &str = "meshfed.io/endpoint-hash";
+    /// On a remote secret: the Secret its token is bound to. On a binding
+    /// Secret (as a label): the reader whose tokens it binds.
+    pub const TOKEN_BINDING: &str = "meshfed.io/token-binding";
+    /// On a remote secret: when meshfed wrote its current token.
+    pub const TOKEN_WRITTEN_AT: &str = "meshfed.io/token-written-at";
+    /// On a MeshFederation: changing its value makes every member mint a new
+    /// token and every peer take it now (the old ones are then revoked). On
+    /// a remote secret: the value its token was minted for.
+    pub const REFRESH_TOKENS: &str = "meshfed.io/refresh-tokens";
 }
 
 /// Labels every object meshfed creates carries, so pruning and `kubectl get -l` work.

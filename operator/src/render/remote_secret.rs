@@ -32,6 +32,24 @@ pub struct IssuedToken {
     pub token: String,
     pub issued_at: Timestamp,
     pub expires_at: Timestamp,
+    /// The Secret in the issuing member's `istio-system` the token is bound
+    /// to: deleting it revokes the token.
+    pub binding: String,
+}
+
+/// When a remote secret's token was written, and for which forced-refresh
+/// request (the federation's `meshfed.io/refresh-tokens` at that time).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WrittenToken<'a> {
+    pub at: Timestamp,
+    pub refresh: Option<&'a str>,
+}
+
+/// Which of a peer's tokens a remote secret holds, since when.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HeldToken {
+    pub binding: String,
+    pub written_at: Timestamp,
 }
 
 impl std::fmt::Debug for IssuedToken {
@@ -39,6 +57,7 @@ impl std::fmt::Debug for IssuedToken {
         f.debug_struct("IssuedToken")
             .field("issued_at", &self.issued_at)
             .field("expires_at", &self.expires_at)
+            .field("binding", &self.binding)
             .finish_non_exhaustive()
     }
 }
@@ -88,17 +107,24 @@ pub fn render_remote_secret(
     endpoint: &PeerEndpoint,
     reader: &TokenSubject,
     token: &IssuedToken,
+    written: WrittenToken,
 ) -> Secret {
     let mut meta = managed_meta(federation, &remote_secret_name(peer), Some(ISTIO_NAMESPACE));
     meta.labels
         .get_or_insert_default()
         .insert(keys::MULTICLUSTER.into(), "true".into());
-    meta.annotations = Some(BTreeMap::from([
+    let mut annotations = BTreeMap::from([
         (keys::CLUSTER.into(), peer.into()),
         (keys::TOKEN_ISSUED_AT.into(), token.issued_at.to_string()),
         (keys::TOKEN_EXPIRES_AT.into(), token.expires_at.to_string()),
         (keys::ENDPOINT_HASH.into(), endpoint.fingerprint(reader)),
-    ]));
+        (keys::TOKEN_BINDING.into(), token.binding.clone()),
+        (keys::TOKEN_WRITTEN_AT.into(), written.at.to_string()),
+    ]);
+    if let Some(request) = written.refresh {
+        annotations.insert(keys::REFRESH_TOKENS.into(), request.into());
+    }
+    meta.annotations = Some(annotations);
     let kubeconfig = render_kubeconfig(&KubeconfigInputs {
         cluster: peer,
         server: &endpoint.server,
@@ -116,6 +142,38 @@ pub fn render_remote_secret(
     }
 }
 
+/// The token a remote secret of meshfed's holds; none for one written
+/// before tokens were bound (it is replaced when due).
+pub fn remote_secret_held(secret: &Secret) -> Option<HeldToken> {
+    let annotations = secret.metadata.annotations.as_ref()?;
+    Some(HeldToken {
+        binding: annotations.get(keys::TOKEN_BINDING)?.clone(),
+        written_at: annotations.get(keys::TOKEN_WRITTEN_AT)?.parse().ok()?,
+    })
+}
+
+/// The empty Secret a new token of `reader` is bound to, in `istio-system`
+/// (TokenRequest binds only to an object in the ServiceAccount's namespace).
+/// The API server names it; it records when the token expires, so that it
+/// is deleted then even if a peer never let go of it.
+pub fn render_token_binding(federation: &str, reader: &str, expires_at: Timestamp) -> Secret {
+    let mut meta = managed_meta(federation, "", Some(ISTIO_NAMESPACE));
+    meta.name = None;
+    meta.generate_name = Some(format!("{reader}-token-"));
+    meta.labels
+        .get_or_insert_default()
+        .insert(keys::TOKEN_BINDING.into(), reader.into());
+    meta.annotations = Some(BTreeMap::from([(
+        keys::TOKEN_EXPIRES_AT.into(),
+        expires_at.to_string(),
+    )]));
+    Secret {
+        metadata: meta,
+        type_: Some("meshfed.io/token-binding".into()),
+        ..Secret::default()
+    }
+}
+
 /// Whether an existing remote secret can stay as it is.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RemoteSecretState {
@@ -128,8 +186,9 @@ pub enum RemoteSecretState {
     /// Points at another address, CA or reader, is missing its kubeconfig, or
     /// holds a token issued for longer than the spec now allows.
     Outdated,
-    /// Its token has less than a third of its lifetime left (or expired).
-    TokenExpiring,
+    /// Its token has less than a third of its lifetime left (or expired), or
+    /// was minted before the refresh the federation asks for.
+    TokenDue,
 }
 
 /// Slack for the API server rounding a token's expiry.
@@ -146,6 +205,7 @@ pub fn remote_secret_state(
     peer: &str,
     fingerprint: &str,
     token_lifetime: Duration,
+    refresh: Option<&str>,
     now: Timestamp,
 ) -> RemoteSecretState {
     let annotation = |k: &str| secret.metadata.annotations.as_ref().and_then(|a| a.get(k));
@@ -169,8 +229,10 @@ pub fn remote_secret_state(
         return RemoteSecretState::Outdated;
     }
     let refresh_at = token_refresh_at(issued_at, expires_at, token_lifetime);
-    if now >= refresh_at {
-        RemoteSecretState::TokenExpiring
+    let refresh_requested =
+        refresh.is_some() && annotation(keys::REFRESH_TOKENS).map(String::as_str) != refresh;
+    if now >= refresh_at || refresh_requested {
+        RemoteSecretState::TokenDue
     } else {
         RemoteSecretState::Current {
             token_expires_at: expires_at,
@@ -230,8 +292,23 @@ mod tests {
             token: "tok".into(),
             issued_at: expires_at - jiff::SignedDuration::try_from(lifetime).unwrap(),
             expires_at,
+            binding: "meshfed-reader-prod-token-abcde".into(),
         };
-        render_remote_secret("prod", "west", &endpoint(), &reader("uid-1"), &token)
+        render_remote_secret(
+            "prod",
+            "west",
+            &endpoint(),
+            &reader("uid-1"),
+            &token,
+            written(None),
+        )
+    }
+
+    fn written(refresh: Option<&str>) -> WrittenToken<'_> {
+        WrittenToken {
+            at: t("2026-01-01T00:00:00Z"),
+            refresh,
+        }
     }
 
     fn secret(expires: &str) -> Secret {
@@ -292,6 +369,7 @@ mod tests {
             token: "eyJhbGciOi-secret".into(),
             issued_at: t("2026-01-01T00:00:00Z"),
             expires_at: t("2026-01-02T00:00:00Z"),
+            binding: "b".into(),
         };
         assert!(!format!("{token:?}").contains("secret"));
     }
@@ -303,7 +381,7 @@ mod tests {
         // not at once (24h / 3 = 8h is more than the whole token).
         let capped = issued("2026-01-01T01:00:00Z", HOUR);
         let state =
-            |s: &Secret, lifetime, now| remote_secret_state(s, "west", &fp, lifetime, t(now));
+            |s: &Secret, lifetime, now| remote_secret_state(s, "west", &fp, lifetime, None, t(now));
         assert!(matches!(
             state(&capped, 24 * HOUR, "2026-01-01T00:00:00Z"),
             RemoteSecretState::Current { .. }
@@ -314,7 +392,7 @@ mod tests {
         ));
         assert_eq!(
             state(&capped, 24 * HOUR, "2026-01-01T00:40:00Z"),
-            RemoteSecretState::TokenExpiring
+            RemoteSecretState::TokenDue
         );
         // A spec lifetime shortened below what a token was issued for: rewrite.
         let long = secret("2026-01-02T00:00:00Z");
@@ -334,7 +412,7 @@ mod tests {
         let fp = endpoint().fingerprint(&reader("uid-1"));
         let s = secret("2026-01-02T00:00:00Z");
         let lifetime = 24 * HOUR; // refresh 8h before expiry
-        let state = |now| remote_secret_state(&s, "west", &fp, lifetime, t(now));
+        let state = |now| remote_secret_state(&s, "west", &fp, lifetime, None, t(now));
         assert_eq!(
             state("2026-01-01T15:59:59Z"),
             RemoteSecretState::Current {
@@ -342,14 +420,8 @@ mod tests {
                 refresh_at: t("2026-01-01T16:00:00Z"),
             }
         );
-        assert_eq!(
-            state("2026-01-01T16:00:00Z"),
-            RemoteSecretState::TokenExpiring
-        );
-        assert_eq!(
-            state("2026-01-03T00:00:00Z"),
-            RemoteSecretState::TokenExpiring
-        );
+        assert_eq!(state("2026-01-01T16:00:00Z"), RemoteSecretState::TokenDue);
+        assert_eq!(state("2026-01-03T00:00:00Z"), RemoteSecretState::TokenDue);
     }
 
     #[test]
@@ -357,8 +429,9 @@ mod tests {
         let fp = endpoint().fingerprint(&reader("uid-1"));
         let now = t("2026-01-01T00:00:00Z");
         let good = secret("2026-01-02T00:00:00Z");
-        let state =
-            |s: &Secret, peer: &str, fp: &str| remote_secret_state(s, peer, fp, 24 * HOUR, now);
+        let state = |s: &Secret, peer: &str, fp: &str| {
+            remote_secret_state(s, peer, fp, 24 * HOUR, None, now)
+        };
         assert!(matches!(
             state(&good, "west", &fp),
             RemoteSecretState::Current { .. }
@@ -379,6 +452,87 @@ mod tests {
         assert_eq!(
             state(&Secret::default(), "west", &fp),
             RemoteSecretState::Outdated
+        );
+    }
+
+    #[test]
+    fn a_remote_secret_records_the_binding_and_write_it_holds() {
+        let s = secret("2026-01-02T00:00:00Z");
+        assert_eq!(
+            remote_secret_held(&s),
+            Some(HeldToken {
+                binding: "meshfed-reader-prod-token-abcde".into(),
+                written_at: t("2026-01-01T00:00:00Z"),
+            })
+        );
+        let mut unbound = s.clone();
+        unbound
+            .metadata
+            .annotations
+            .as_mut()
+            .unwrap()
+            .remove(keys::TOKEN_BINDING);
+        assert_eq!(remote_secret_held(&unbound), None, "written before binding");
+    }
+
+    #[test]
+    fn a_refresh_request_makes_a_fresh_token_due_once() {
+        let fp = endpoint().fingerprint(&reader("uid-1"));
+        let now = t("2026-01-01T01:00:00Z");
+        let s = secret("2026-01-02T00:00:00Z");
+        let state =
+            |s: &Secret, refresh| remote_secret_state(s, "west", &fp, 24 * HOUR, refresh, now);
+        assert!(matches!(state(&s, None), RemoteSecretState::Current { .. }));
+        assert_eq!(state(&s, Some("incident-42")), RemoteSecretState::TokenDue);
+        let token = IssuedToken {
+            token: "new".into(),
+            issued_at: now,
+            expires_at: t("2026-01-02T01:00:00Z"),
+            binding: "b2".into(),
+        };
+        let rewritten = render_remote_secret(
+            "prod",
+            "west",
+            &endpoint(),
+            &reader("uid-1"),
+            &token,
+            written(Some("incident-42")),
+        );
+        assert!(
+            matches!(
+                state(&rewritten, Some("incident-42")),
+                RemoteSecretState::Current { .. }
+            ),
+            "written for that request: not due again"
+        );
+        assert_eq!(
+            state(&rewritten, Some("incident-43")),
+            RemoteSecretState::TokenDue
+        );
+        assert!(
+            matches!(state(&rewritten, None), RemoteSecretState::Current { .. }),
+            "a request removed later asks for nothing"
+        );
+    }
+
+    #[test]
+    fn a_binding_is_named_by_the_server_and_labelled_for_its_reader() {
+        let b = render_token_binding("prod", "meshfed-reader-prod", t("2026-01-02T00:00:00Z"));
+        assert_eq!(b.metadata.name, None);
+        assert_eq!(
+            b.metadata.generate_name.as_deref(),
+            Some("meshfed-reader-prod-token-")
+        );
+        assert_eq!(b.metadata.namespace.as_deref(), Some("istio-system"));
+        assert_eq!(
+            b.metadata.labels.as_ref().unwrap()[keys::TOKEN_BINDING],
+            "meshfed-reader-prod"
+        );
+        assert!(is_ours(&b.metadata, "prod"), "pruned with the member");
+        assert!(b.data.is_none() && b.string_data.is_none(), "holds nothing");
+        assert_eq!(
+            b.metadata.annotations.as_ref().unwrap()[keys::TOKEN_EXPIRES_AT],
+            "2026-01-02T00:00:00Z"
         );
     }
 }
