@@ -13,7 +13,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use e2e::mesh::*;
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
-use kube::api::PostParams;
+use kube::api::{Patch, PatchParams, PostParams};
 use meshfed::api::MeshFederation;
 
 const WAIT: Duration = Duration::from_secs(90);
@@ -153,6 +153,48 @@ async fn check_join_and_status_from_the_plugin() -> Result<()> {
             .is_none(),
         "no long-lived token Secret"
     );
+
+    // --- the operator renews its own token in the member and stores it
+    // (forced here: a due renewal comes with a third of the lifetime left).
+    let credentials = Api::<Secret>::namespaced(host.clone(), OPERATOR_NAMESPACE);
+    Api::<MeshFederation>::all(host.clone())
+        .patch(
+            "prod",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"metadata": {"annotations": {"meshfed.io/refresh-tokens": "e2e-renew"}}})),
+        )
+        .await?;
+    poll(
+        WAIT,
+        "a renewed member token stored by the operator",
+        || async {
+            let s = credentials.get(&format!("{name}-kubeconfig")).await?;
+            Ok(s.metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get("meshfed.io/refresh-tokens"))
+                .map(String::as_str)
+                == Some("e2e-renew"))
+        },
+    )
+    .await?;
+    let renewed = credentials.get(&format!("{name}-kubeconfig")).await?;
+    let renewed_kubeconfig = String::from_utf8(renewed.data.unwrap()["kubeconfig"].0.clone())?;
+    let renewed_token = renewed_kubeconfig
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("token: "))
+        .expect("a token user");
+    assert_ne!(renewed_token, token);
+    let renewed_claims: serde_json::Value =
+        serde_json::from_slice(&B64URL.decode(renewed_token.split('.').nth(1).unwrap())?)?;
+    assert_eq!(renewed_claims["sub"], claims["sub"], "the same identity");
+    assert_eq!(
+        renewed_claims["exp"].as_i64().unwrap() - renewed_claims["iat"].as_i64().unwrap(),
+        3600,
+        "the same lifetime"
+    );
+    let out = plugin.run(&["status", "prod", "--wait", "--timeout", "60s"]);
+    assert_eq!(out.status.code(), Some(0), "Ready with the renewed token");
     // The joined identity has what meshfed needs, and nothing flags it.
     let joined = fleet.dir().join("joined.kubeconfig");
     std::fs::write(&joined, &kubeconfig)?;
@@ -218,6 +260,51 @@ async fn check_join_and_status_from_the_plugin() -> Result<()> {
         "redrawn after the change: {drawn}"
     );
 
+    // --- a member whose stored token expired (the operator was down for
+    // longer than its lifetime): said so, with the command that fixes it.
+    let expired_token = {
+        let part = |v: serde_json::Value| B64URL.encode(v.to_string());
+        let mut c = renewed_claims.clone();
+        c["iat"] = (unix_now() - 7200).into();
+        c["exp"] = (unix_now() - 3600).into();
+        format!(
+            "{}.{}.sig",
+            part(serde_json::json!({"alg": "RS256"})),
+            part(c)
+        )
+    };
+    let stale: Secret = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "stale-kubeconfig", "namespace": OPERATOR_NAMESPACE},
+        "stringData": {"kubeconfig": renewed_kubeconfig.replace(renewed_token, &expired_token)},
+    }))?;
+    credentials.create(&PostParams::default(), &stale).await?;
+    let mut fed = Api::<MeshFederation>::all(host.clone()).get("prod").await?;
+    let mut entry = fed.spec.members[1].clone();
+    entry.name = "stale".into();
+    entry.credentials.secret_ref.as_mut().unwrap().name = "stale-kubeconfig".into();
+    fed.spec.members.push(entry);
+    fed.status = None;
+    Api::<MeshFederation>::all(host.clone())
+        .replace("prod", &PostParams::default(), &fed)
+        .await?;
+    let reported = wait_for_federation(&host, "prod", WAIT, "the stale member reported", |f| {
+        f.status.as_ref().is_some_and(|s| {
+            s.members.iter().any(|m| {
+                m.name == "stale"
+                    && m.last_error
+                        .as_deref()
+                        .is_some_and(|e| e.contains("expired"))
+            })
+        })
+    })
+    .await?;
+    let text = serde_json::to_string(&reported.status)?;
+    assert!(
+        text.contains("kubectl meshfed join stale --kubeconfig"),
+        "{text}"
+    );
+    assert!(!text.contains("eyJ"), "no token in status: {text}");
+
     // --- exit codes scripts can use
     let out = plugin.run(&["status", "nosuch"]);
     assert_eq!(out.status.code(), Some(1));
@@ -225,4 +312,11 @@ async fn check_join_and_status_from_the_plugin() -> Result<()> {
     let out = plugin.run(&["status", "--output", "xml"]);
     assert_eq!(out.status.code(), Some(2), "bad usage");
     Ok(())
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
 }

@@ -34,7 +34,7 @@ use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
 use k8s_openapi::api::events::v1::Event;
-use k8s_openapi::api::rbac::v1::ClusterRole;
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
@@ -1151,6 +1151,11 @@ async fn operator_with_only_the_charts_rbac_takes_a_two_member_federation_to_rea
             .await?
             .is_some()
     );
+    // The member identity of config/member-rbac in cluster-1, tried for
+    // what it must not do: change any RBAC object but meshfed's reader, or
+    // get a token for any account but the reader and itself.
+    member_identity_is_least_privilege(&remote_admin, &member_kubeconfig).await?;
+
     // Events about the cluster-scoped federation land in `default`.
     let events = Api::<Event>::namespaced(admin.clone(), "default");
     poll(Duration::from_secs(20), "an Event from meshfed", || {
@@ -1190,6 +1195,115 @@ async fn operator_with_only_the_charts_rbac_takes_a_two_member_federation_to_rea
     );
     eprintln!("cleanup as the ServiceAccount: {:?}", started.elapsed());
     drop(operator);
+    Ok(())
+}
+
+/// Tries, as meshfed's member identity (`kubeconfig`), every RBAC and
+/// token write it must be refused, and the ones it needs.
+async fn member_identity_is_least_privilege(admin: &Client, kubeconfig: &str) -> Result<()> {
+    let config = kube::Config::from_custom_kubeconfig(
+        kube::config::Kubeconfig::from_yaml(kubeconfig)?,
+        &Default::default(),
+    )
+    .await?;
+    let member = Client::try_from(config)?;
+    let dry = PatchParams {
+        dry_run: true,
+        ..PatchParams::default()
+    };
+    let touch = json!({"metadata": {"annotations": {"meshfed.io/e2e": "touched"}}});
+    let roles = Api::<ClusterRole>::all(member.clone());
+    let bindings = Api::<ClusterRoleBinding>::all(member.clone());
+    for name in [
+        "cluster-admin",
+        "admin",
+        "meshfed-member",
+        "system:basic-user",
+    ] {
+        ensure!(
+            is_forbidden(roles.patch(name, &dry, &Patch::Merge(&touch)).await),
+            "member identity may patch ClusterRole {name}"
+        );
+        ensure!(
+            is_forbidden(
+                roles
+                    .delete(
+                        name,
+                        &DeleteParams {
+                            dry_run: true,
+                            ..Default::default()
+                        }
+                    )
+                    .await
+            ),
+            "member identity may delete ClusterRole {name}"
+        );
+    }
+    for name in ["cluster-admin", "meshfed-member", "system:basic-user"] {
+        ensure!(
+            is_forbidden(bindings.patch(name, &dry, &Patch::Merge(&touch)).await),
+            "member identity may patch ClusterRoleBinding {name}"
+        );
+    }
+    // Creating is not limited by name; the escalation check stops it from
+    // granting anything it does not hold.
+    let escalate: ClusterRoleBinding = serde_json::from_value(json!({
+        "metadata": {"name": "meshfed-e2e-escalate"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cluster-admin"},
+        "subjects": [{"kind": "ServiceAccount", "name": "meshfed-member", "namespace": ISTIO_NAMESPACE}],
+    }))?;
+    ensure!(
+        is_forbidden(bindings.create(&PostParams::default(), &escalate).await),
+        "member identity may bind cluster-admin"
+    );
+    let wide: ClusterRole = serde_json::from_value(json!({
+        "metadata": {"name": "meshfed-e2e-wide"},
+        "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["create"]}],
+    }))?;
+    ensure!(
+        is_forbidden(roles.create(&PostParams::default(), &wide).await),
+        "member identity may create a role that grants writes it lacks"
+    );
+    // Allowed: its own reader role and binding.
+    roles
+        .patch("meshfed-reader-prod", &dry, &Patch::Merge(&touch))
+        .await
+        .context("patching meshfed's reader role")?;
+    bindings
+        .patch("meshfed-reader-prod", &dry, &Patch::Merge(&touch))
+        .await
+        .context("patching meshfed's reader binding")?;
+    // Tokens: for the reader and itself only. istiod's account stands in
+    // for every other one in istio-system.
+    let accounts = Api::<ServiceAccount>::namespaced(admin.clone(), ISTIO_NAMESPACE);
+    let istiod: ServiceAccount = serde_json::from_value(json!({"metadata": {"name": "istiod"}}))?;
+    if accounts.get_opt("istiod").await?.is_none() {
+        accounts.create(&PostParams::default(), &istiod).await?;
+    }
+    let request = TokenRequest {
+        spec: TokenRequestSpec {
+            expiration_seconds: Some(600),
+            ..TokenRequestSpec::default()
+        },
+        ..TokenRequest::default()
+    };
+    let as_member = Api::<ServiceAccount>::namespaced(member.clone(), ISTIO_NAMESPACE);
+    for other in ["istiod", "default"] {
+        ensure!(
+            is_forbidden(
+                as_member
+                    .create_token_request(other, &PostParams::default(), &request)
+                    .await
+            ),
+            "member identity may mint a token for {other}"
+        );
+    }
+    for own in ["meshfed-reader-prod", "meshfed-member"] {
+        as_member
+            .create_token_request(own, &PostParams::default(), &request)
+            .await
+            .with_context(|| format!("a token for {own}"))?;
+    }
     Ok(())
 }
 

@@ -6,10 +6,36 @@ use serde_json::Value;
 
 use crate::api::MeshFederation;
 
+/// The reader name the shipped member roles are written for (the sample
+/// federation's); [`member_rbac`] puts the federations' own names there.
+const SHIPPED_READER: &str = "meshfed-reader-prod";
+
 /// The member-side RBAC `kubectl meshfed join` applies: `config/rbac/member`
-/// and the identity of `config/member-rbac`, without its long-lived token
-/// Secret (join stores a short-lived token instead).
-pub fn member_rbac() -> Vec<Value> {
+/// and the identity of `config/member-rbac`, with the rules limited by name
+/// to the readers of `federations`, and without any token Secret (join
+/// stores a short-lived token instead).
+pub fn member_rbac(federations: &[&str]) -> Vec<Value> {
+    let readers: Vec<Value> = federations
+        .iter()
+        .map(|f| Value::String(crate::render::reader_name(f)))
+        .collect();
+    let mut objects = shipped_member_rbac();
+    for rule in objects
+        .iter_mut()
+        .filter_map(|o| o.get_mut("rules"))
+        .filter_map(Value::as_array_mut)
+        .flatten()
+    {
+        if let Some(Value::Array(names)) = rule.get_mut("resourceNames")
+            && let Some(at) = names.iter().position(|n| n == SHIPPED_READER)
+        {
+            names.splice(at..=at, readers.iter().cloned());
+        }
+    }
+    objects
+}
+
+fn shipped_member_rbac() -> Vec<Value> {
     let files = [
         include_str!("../../config/rbac/member/cluster_role.yaml"),
         include_str!("../../config/rbac/member/istio_system_role.yaml"),
@@ -60,13 +86,13 @@ impl std::fmt::Display for Permission {
     }
 }
 
-/// Every permission of the member roles `join` applies, one per verb,
-/// resource and (first) name: what `check` asks the API server about. The
-/// reader role's reads are among them: Kubernetes lets meshfed create the
-/// reader role only if it holds every permission in it.
-pub fn needed_permissions() -> Vec<Permission> {
+/// Every permission of the member roles `join` applies for `federation`,
+/// one per verb, resource and (first) name: what `check` asks the API server
+/// about. The reader role's reads are among them: Kubernetes lets meshfed
+/// create the reader role only if it holds every permission in it.
+pub fn needed_permissions(federation: &str) -> Vec<Permission> {
     let mut out = Vec::new();
-    for role in member_rbac()
+    for role in member_rbac(&[federation])
         .iter()
         .filter(|o| o["kind"] == "ClusterRole" || o["kind"] == "Role")
     {
@@ -547,7 +573,7 @@ mod tests {
 
     #[test]
     fn join_applies_the_member_roles_and_identity_but_no_token_secret() {
-        let objects = member_rbac();
+        let objects = member_rbac(&["blue", "green"]);
         let kinds: Vec<String> = objects
             .iter()
             .map(|o| {
@@ -568,16 +594,35 @@ mod tests {
             assert!(kinds.contains(&k.to_string()), "{k}: {kinds:?}");
         }
         assert!(!kinds.iter().any(|k| k.starts_with("Secret/")));
+        let limited: Vec<&Value> = objects
+            .iter()
+            .flat_map(|o| o["rules"].as_array().into_iter().flatten())
+            .filter_map(|r| r.get("resourceNames"))
+            .filter(|n| n.to_string().contains("meshfed-reader"))
+            .collect();
+        assert_eq!(limited.len(), 2, "RBAC writes and tokens: {limited:?}");
+        for names in limited {
+            let names = names.to_string();
+            assert!(
+                names.contains("\"meshfed-reader-blue\",\"meshfed-reader-green\""),
+                "{names}"
+            );
+            assert!(!names.contains("prod"), "{names}");
+        }
     }
 
     #[test]
     fn check_asks_about_every_permission_of_the_member_roles() {
-        let needed: Vec<String> = needed_permissions().iter().map(|p| p.to_string()).collect();
+        let needed: Vec<String> = needed_permissions("blue")
+            .iter()
+            .map(|p| p.to_string())
+            .collect();
         for expected in [
             "list secrets",
             "create clusterroles.rbac.authorization.k8s.io",
+            "patch clusterroles.rbac.authorization.k8s.io meshfed-reader-blue",
             "patch namespaces istio-system",
-            "create serviceaccounts/token in istio-system",
+            "create serviceaccounts/token meshfed-reader-blue in istio-system",
             "list endpointslices.discovery.k8s.io",
         ] {
             assert!(

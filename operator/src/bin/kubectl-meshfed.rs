@@ -66,9 +66,10 @@ enum Command {
         /// Context in that kubeconfig (default: its current context).
         #[arg(long)]
         context: Option<String>,
-        /// The federation it would join (to tell its own objects from others').
-        #[arg(long)]
-        federation: Option<String>,
+        /// The federation it would join (to tell its own objects from
+        /// others', and to check the rights on its reader).
+        #[arg(long, default_value = "prod")]
+        federation: String,
     },
     /// Give meshfed a least-privilege identity in a cluster and store a
     /// short-lived credential for it in the operator's namespace.
@@ -92,12 +93,17 @@ struct JoinArgs {
     /// The operator's namespace.
     #[arg(long, default_value = "meshfed-system")]
     namespace: String,
-    /// Lifetime of the stored token; run join again before it ends.
+    /// Lifetime of the stored token. The operator renews it (a new token of
+    /// the same lifetime) with a third left; if the operator is stopped for
+    /// longer, run join again.
     #[arg(long, default_value = "24h", value_parser = parse_duration)]
     token_lifetime: Duration,
-    /// Also add (or update) the member in this federation.
-    #[arg(long, requires = "network")]
-    federation: Option<String>,
+    /// The federation it joins: the member's roles may change only its
+    /// reader role and mint tokens only for its reader. With --network the
+    /// member is also added (or updated) there; without, the entry to add is
+    /// printed.
+    #[arg(long)]
+    federation: String,
     /// The member's network (topology.istio.io/network).
     #[arg(long)]
     network: Option<String>,
@@ -189,8 +195,8 @@ async fn run(args: Args) -> Result<bool> {
             federation,
         } => {
             let config = member_config(&kubeconfig, &context).await?;
-            let preflight = preflight(config).await?;
-            let findings = cli::findings(&preflight, federation.as_deref());
+            let preflight = preflight(config, &federation).await?;
+            let findings = cli::findings(&preflight, Some(&federation));
             for f in &findings {
                 let level = match f.level {
                     Level::Ok => "ok  ",
@@ -280,7 +286,7 @@ async fn watch_status(api: &Api<MeshFederation>, name: &str, output: Output) -> 
     Ok(true)
 }
 
-async fn preflight(config: Config) -> Result<Preflight> {
+async fn preflight(config: Config, federation: &str) -> Result<Preflight> {
     let server = config.cluster_url.to_string();
     let client = Client::try_from(config)?;
     let version = tokio::time::timeout(Duration::from_secs(10), client.apiserver_version())
@@ -341,7 +347,7 @@ async fn preflight(config: Config) -> Result<Preflight> {
     }
     p.unreadable = unreadable;
     let reviews = Api::<SelfSubjectAccessReview>::all(client.clone());
-    for needed in cli::needed_permissions() {
+    for needed in cli::needed_permissions(federation) {
         let optional = |s: &str| (!s.is_empty()).then(|| s.to_string());
         let review = SelfSubjectAccessReview {
             spec: SelfSubjectAccessReviewSpec {
@@ -396,7 +402,7 @@ async fn join(host: Client, member: Config, args: &JoinArgs) -> Result<()> {
     if namespaces.get_opt("istio-system").await?.is_none() {
         namespaces.create(&PostParams::default(), &ns).await?;
     }
-    for object in cli::member_rbac() {
+    for object in cli::member_rbac(&[args.federation.as_str()]) {
         let obj: DynamicObject = serde_json::from_value(object)?;
         let types = obj.types.clone().context("object without a kind")?;
         let (group, version) = types
@@ -440,8 +446,7 @@ async fn join(host: Client, member: Config, args: &JoinArgs) -> Result<()> {
         "apiVersion": "v1", "kind": "Secret",
         "metadata": {
             "name": secret_name, "namespace": namespace,
-            "labels": {"app.kubernetes.io/managed-by": "kubectl-meshfed", "meshfed.io/member": name},
-            "annotations": {"meshfed.io/token-expires": issued.expiration_timestamp.0.to_string()},
+            "labels": {"app.kubernetes.io/managed-by": meshfed::members::JOIN_MANAGER, "meshfed.io/member": name},
         },
         "type": "Opaque",
         "stringData": {"kubeconfig": kubeconfig},
@@ -451,6 +456,7 @@ async fn join(host: Client, member: Config, args: &JoinArgs) -> Result<()> {
         .await
         .context("storing the member's kubeconfig")?;
 
+    let fed_name = &args.federation;
     let entry = Member {
         name: name.into(),
         network: args.network.clone().unwrap_or_else(|| "<network>".into()),
@@ -465,17 +471,17 @@ async fn join(host: Client, member: Config, args: &JoinArgs) -> Result<()> {
         control_plane_values: None,
         east_west_gateway: None,
     };
-    match &args.federation {
-        Some(fed_name) => {
+    match &args.network {
+        Some(_) => {
             eprintln!("[4/4] member {name} in federation {fed_name}");
             add_member(&Api::<MeshFederation>::all(host), fed_name, &entry).await?;
             println!(
-                "member {name} joined federation {fed_name}; its token expires at {} (run join again before then)",
+                "member {name} joined federation {fed_name}; the operator renews its token (valid until {}) while it runs",
                 issued.expiration_timestamp.0
             );
         }
         None => {
-            eprintln!("[4/4] add this entry to spec.members:");
+            eprintln!("[4/4] add this entry to spec.members of {fed_name}:");
             print!("{}", serde_yaml::to_string(&vec![entry])?);
         }
     }

@@ -8,13 +8,15 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use k8s_openapi::api::core::v1::Secret;
 use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::{Api, Client, Config};
+use kube::{Api, Client, Config, ResourceExt};
 
 use crate::api::{KubeconfigSecretRef, Member, MemberCredentials};
-use crate::render::PeerEndpoint;
+use crate::render::{PeerEndpoint, keys};
 use crate::telemetry::RequestCounter;
 
+mod credential;
 mod watch;
+pub use credential::{TokenClaims, current_token, with_token};
 pub use watch::MemberWatches;
 pub(crate) use watch::receiver_stream;
 
@@ -56,6 +58,23 @@ pub struct MemberConnection {
     pub server: String,
     pub ca_pem: Option<String>,
     pub requests: RequestCounter,
+    /// The ServiceAccount token it authenticates with, when it is a bound one.
+    pub credential: Option<StoredCredential>,
+}
+
+/// A member credential that is a bound ServiceAccount token, and where it is kept.
+#[derive(Clone, Debug)]
+pub struct StoredCredential {
+    /// The Secret in the operator's namespace, and its key.
+    pub secret: String,
+    pub key: String,
+    pub claims: TokenClaims,
+    /// Whether meshfed may store a renewed token there: `kubectl meshfed
+    /// join` made the Secret, or its owner annotated it
+    /// `meshfed.io/renew-credentials: "true"`.
+    pub renewable: bool,
+    /// The forced refresh (`meshfed.io/refresh-tokens`) it was renewed for.
+    pub renewed_for: Option<String>,
 }
 
 impl MemberConnection {
@@ -168,7 +187,16 @@ impl MemberPool {
         config.connect_timeout = Some(self.request_timeout.min(Duration::from_secs(5)));
         config.read_timeout = Some(self.request_timeout);
         config.write_timeout = Some(self.request_timeout);
-        let conn = connection(config).map_err(|e| invalid(e.to_string()))?;
+        let mut conn = connection(config).map_err(|e| invalid(e.to_string()))?;
+        conn.credential = current_token(text)
+            .and_then(|t| TokenClaims::of(&t))
+            .map(|claims| StoredCredential {
+                secret: name.clone(),
+                key: secret_ref.key().into(),
+                claims,
+                renewable: renewable(&secret),
+                renewed_for: secret.annotations().get(keys::REFRESH_TOKENS).cloned(),
+            });
         self.cache
             .lock()
             .expect("pool lock")
@@ -176,6 +204,61 @@ impl MemberPool {
         Ok(conn)
     }
 }
+
+impl MemberPool {
+    /// Stores `token` in place of the one in `credential`'s Secret, unless
+    /// the Secret changed since it was read (someone else wrote it: theirs
+    /// wins).
+    pub async fn store_renewed(
+        &self,
+        credential: &StoredCredential,
+        token: &str,
+        renewed_for: Option<&str>,
+    ) -> Result<(), String> {
+        let api = Api::<Secret>::namespaced(self.local.client.clone(), &self.operator_namespace);
+        let mut secret = api
+            .get(&credential.secret)
+            .await
+            .map_err(|e| format!("reading {}: {e}", credential.secret))?;
+        let text = secret
+            .data
+            .as_ref()
+            .and_then(|d| d.get(&credential.key))
+            .and_then(|b| String::from_utf8(b.0.clone()).ok())
+            .ok_or_else(|| format!("{} lost its kubeconfig", credential.secret))?;
+        let renewed = with_token(&text, token)
+            .ok_or_else(|| format!("{}'s kubeconfig has no token any more", credential.secret))?;
+        secret.data.get_or_insert_default().insert(
+            credential.key.clone(),
+            k8s_openapi::ByteString(renewed.into_bytes()),
+        );
+        let annotations = secret.metadata.annotations.get_or_insert_default();
+        match renewed_for {
+            Some(request) => annotations.insert(keys::REFRESH_TOKENS.into(), request.into()),
+            None => annotations.remove(keys::REFRESH_TOKENS),
+        };
+        // The resourceVersion read above makes this a compare-and-swap.
+        api.replace(&credential.secret, &Default::default(), &secret)
+            .await
+            .map(|_| ())
+            .map_err(|e| format!("storing the renewed token in {}: {e}", credential.secret))
+    }
+}
+
+/// Whether meshfed may write a renewed token into this credentials Secret.
+fn renewable(secret: &Secret) -> bool {
+    let made_by_join =
+        secret.labels().get(keys::MANAGED_BY).map(String::as_str) == Some(JOIN_MANAGER);
+    let opted_in = secret
+        .annotations()
+        .get(keys::RENEW_CREDENTIALS)
+        .map(String::as_str)
+        == Some("true");
+    made_by_join || opted_in
+}
+
+/// The `app.kubernetes.io/managed-by` of credentials Secrets `kubectl meshfed join` writes.
+pub const JOIN_MANAGER: &str = "kubectl-meshfed";
 
 /// Connections are cached by Secret and key.
 fn cache_key(secret_ref: &KubeconfigSecretRef) -> String {
@@ -273,6 +356,7 @@ pub fn connection(config: Config) -> Result<MemberConnection, kube::Error> {
         server,
         ca_pem,
         requests,
+        credential: None,
     })
 }
 

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use jiff::Timestamp;
-use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::ListParams;
 use kube::{Api, ResourceExt};
@@ -72,6 +72,20 @@ pub async fn prepare_member(
             return prepared;
         }
     };
+    if let Some(expired) = conn
+        .credential
+        .as_ref()
+        .filter(|c| c.claims.expires_at <= now)
+    {
+        prepared.report.unreachable = Some(format!(
+            "the token in credentials Secret {} expired at {} (meshfed renews it only while it runs); bootstrap it again: kubectl meshfed join {} --kubeconfig <an admin kubeconfig of the member> --federation {}",
+            expired.secret,
+            expired.claims.expires_at,
+            member.name,
+            fed.name_any()
+        ));
+        return prepared;
+    }
     prepared.request_baseline = conn.requests.snapshot();
     prepared.endpoint = conn.peer_endpoint(member);
     if let Err(e) = &prepared.endpoint {
@@ -90,6 +104,7 @@ pub async fn prepare_member(
         }
         Ok(Ok(())) => {
             prepared.report.status.reachable = true;
+            renew_credential(ctx, fed, member, &conn, now, &mut prepared).await;
             prepared.connection = Some(conn);
         }
         Ok(Err(e)) => {
@@ -105,6 +120,63 @@ pub async fn prepare_member(
         }
     }
     prepared
+}
+
+/// Renews the operator's own token in the member when a third of its
+/// lifetime is left, or a forced refresh asks for it: a TokenRequest for the
+/// identity the token belongs to, stored back into the credentials Secret.
+/// The bootstrap credential is then no longer needed; if the operator is
+/// down for longer than the token's lifetime, the member reports it
+/// expired and how to bootstrap again.
+async fn renew_credential(
+    ctx: &Context,
+    fed: &MeshFederation,
+    member: &Member,
+    conn: &MemberConnection,
+    now: Timestamp,
+    prepared: &mut PreparedMember,
+) {
+    let Some(credential) = conn.credential.as_ref().filter(|c| c.renewable) else {
+        return;
+    };
+    let refresh = super::worker::refresh_request(fed);
+    let forced = refresh.is_some() && credential.renewed_for.as_deref() != refresh;
+    if now < credential.claims.renew_at() && !forced {
+        prepared.report.next_token_refresh = Some(credential.claims.renew_at());
+        return;
+    }
+    let claims = &credential.claims;
+    let lifetime = claims.lifetime().max(std::time::Duration::from_secs(600));
+    let accounts = Api::<ServiceAccount>::namespaced(conn.client.clone(), &claims.namespace);
+    let minted =
+        super::remote_secrets::request_token(&accounts, &claims.service_account, lifetime, None)
+            .await;
+    let stored = match minted {
+        Ok(token) => {
+            ctx.members
+                .store_renewed(credential, &token.token, refresh)
+                .await
+        }
+        Err(e) => Err(format!(
+            "requesting a token for {}/{}: {}",
+            claims.namespace,
+            claims.service_account,
+            unreachable_reason(&e)
+        )),
+    };
+    match stored {
+        Ok(()) => prepared.events.push(Event::normal(
+            "CredentialsRenewed",
+            format!(
+                "member {}: stored a new token of {}/{} in credentials Secret {}",
+                member.name, claims.namespace, claims.service_account, credential.secret
+            ),
+        )),
+        Err(why) => prepared
+            .report
+            .other_problems
+            .push(format!("renewing meshfed's own credentials: {why}")),
+    }
 }
 
 /// Istio's control plane in a reachable member (when the spec asks for

@@ -308,7 +308,11 @@ async fn carry_out(
     }
     report.status.remote_secrets_present = present;
     report.status.token_expiry = earliest.map(Time);
-    report.next_token_refresh = next_refresh;
+    report.next_token_refresh = report
+        .next_token_refresh
+        .into_iter()
+        .chain(next_refresh)
+        .min();
 }
 
 /// A token for the reader ServiceAccount, bound to a new Secret of its own
@@ -321,34 +325,57 @@ pub async fn mint_token(
 ) -> Result<IssuedToken, kube::Error> {
     let secrets = Api::<Secret>::namespaced(client.clone(), ISTIO_NAMESPACE);
     let accounts = Api::<ServiceAccount>::namespaced(client.clone(), ISTIO_NAMESPACE);
-    let asked_at = Timestamp::now();
-    let binding = render_token_binding(federation, reader, asked_at + signed(lifetime));
+    let binding = render_token_binding(federation, reader, Timestamp::now() + signed(lifetime));
     let binding = secrets.create(&PostParams::default(), &binding).await?;
     let name = binding.name_any();
+    let bound = BoundObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("Secret".into()),
+        name: Some(name.clone()),
+        uid: binding.uid(),
+    };
+    match request_token(&accounts, reader, lifetime, Some(bound)).await {
+        Ok(token) => Ok(IssuedToken {
+            token: token.token,
+            issued_at: token.issued_at,
+            expires_at: token.expires_at,
+            binding: name,
+        }),
+        Err(e) => {
+            // Nothing is bound to it: no reason to keep it.
+            let _ = secrets.delete(&name, &DeleteParams::default()).await;
+            Err(e)
+        }
+    }
+}
+
+/// A token from TokenRequest, with its lifetime as the server issued it.
+pub struct RequestedToken {
+    pub token: String,
+    pub issued_at: Timestamp,
+    pub expires_at: Timestamp,
+}
+
+/// A TokenRequest for `account` in `accounts`' namespace, for `lifetime`,
+/// bound to `bound` if given.
+pub async fn request_token(
+    accounts: &Api<ServiceAccount>,
+    account: &str,
+    lifetime: Duration,
+    bound: Option<BoundObjectReference>,
+) -> Result<RequestedToken, kube::Error> {
+    let asked_at = Timestamp::now();
     let request = TokenRequest {
         spec: TokenRequestSpec {
             expiration_seconds: Some(lifetime.as_secs() as i64),
-            bound_object_ref: Some(BoundObjectReference {
-                api_version: Some("v1".into()),
-                kind: Some("Secret".into()),
-                name: Some(name.clone()),
-                uid: binding.uid(),
-            }),
+            bound_object_ref: bound,
             ..TokenRequestSpec::default()
         },
         ..TokenRequest::default()
     };
-    let response = match accounts
-        .create_token_request(reader, &PostParams::default(), &request)
-        .await
-    {
-        Ok(response) => response,
-        Err(e) => {
-            // Nothing is bound to it: no reason to keep it.
-            let _ = secrets.delete(&name, &DeleteParams::default()).await;
-            return Err(e);
-        }
-    };
+    let response = accounts
+        .create_token_request(account, &PostParams::default(), &request)
+        .await?;
     // The server may shorten the lifetime; trust what it says.
     let status = response
         .status
@@ -361,11 +388,10 @@ pub async fn mint_token(
             )
         })?;
     let expires_at = status.expiration_timestamp.0.max(asked_at);
-    Ok(IssuedToken {
+    Ok(RequestedToken {
         token: status.token,
         issued_at: issued_at(asked_at, expires_at, lifetime),
         expires_at,
-        binding: name,
     })
 }
 

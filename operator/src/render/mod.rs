@@ -61,6 +61,9 @@ pub mod keys {
     /// token and every peer take it now (the old ones are then revoked). On
     /// a remote secret: the value its token was minted for.
     pub const REFRESH_TOKENS: &str = "meshfed.io/refresh-tokens";
+    /// On a member's credentials Secret: `"true"` lets meshfed store the
+    /// renewed token of its member identity there.
+    pub const RENEW_CREDENTIALS: &str = "meshfed.io/renew-credentials";
 }
 
 /// Labels every object meshfed creates carries, so pruning and `kubectl get -l` work.
