@@ -502,6 +502,15 @@ pub struct MemberStatus {
     /// can still be cleaned up.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials: Option<MemberCredentials>,
+    /// The operator runs in this member's cluster: every peer's reader
+    /// token may read the operator's namespace (docs/security.md).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub operator_cluster: bool,
+    /// Long-lived ServiceAccount token Secrets in the member
+    /// (`namespace/name`), which every peer's reader token may read. Not
+    /// meshfed's: delete them or move their users to short-lived tokens.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub readable_token_secrets: Vec<String>,
     /// What went wrong last, if anything (never secret material).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,

@@ -102,6 +102,7 @@ pub struct MemberPool {
     local: MemberConnection,
     request_timeout: Duration,
     cache: Mutex<HashMap<String, (String, MemberConnection)>>,
+    own_cluster_id: tokio::sync::OnceCell<Option<String>>,
 }
 
 impl MemberPool {
@@ -116,7 +117,26 @@ impl MemberPool {
             local: connection(local)?,
             request_timeout,
             cache: Mutex::default(),
+            own_cluster_id: tokio::sync::OnceCell::new(),
         })
+    }
+
+    /// The identity (`kube-system`'s UID) of the cluster the operator runs
+    /// in, to recognise it among the members; `None` if it cannot be read.
+    pub async fn own_cluster_id(&self) -> Option<String> {
+        self.own_cluster_id
+            .get_or_init(|| async {
+                let namespaces = Api::<k8s_openapi::api::core::v1::Namespace>::all(self.local.client.clone());
+                match namespaces.get("kube-system").await {
+                    Ok(ns) => ns.uid(),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot read the operator's own cluster identity; a member reached through a kubeconfig of this cluster is not recognised as the operator's");
+                        None
+                    }
+                }
+            })
+            .await
+            .clone()
     }
 
     /// A connection to the member behind `credentials`.

@@ -104,6 +104,11 @@ pub async fn prepare_member(
         }
         Ok(Ok(())) => {
             prepared.report.status.reachable = true;
+            let own = ctx.members.own_cluster_id().await;
+            prepared.report.status.operator_cluster = member.credentials.local.is_some()
+                || (own.is_some() && own == prepared.report.status.cluster_id);
+            let previous = ctx.workers.last_report(&fed.name_any(), &member.name);
+            find_token_secrets(&conn, previous.as_ref(), now, &mut prepared.report).await;
             renew_credential(ctx, fed, member, &conn, now, &mut prepared).await;
             prepared.connection = Some(conn);
         }
@@ -120,6 +125,47 @@ pub async fn prepare_member(
         }
     }
     prepared
+}
+
+/// How often a member's long-lived ServiceAccount token Secrets are looked for.
+const TOKEN_SECRET_SCAN: jiff::SignedDuration = jiff::SignedDuration::from_mins(10);
+
+/// Users' long-lived ServiceAccount token Secrets in the member: meshfed
+/// cannot remove them, but every peer's reader token may read them, so they
+/// are reported. Looked for every ten minutes (metadata only); in between,
+/// the last finding stands.
+async fn find_token_secrets(
+    conn: &MemberConnection,
+    previous: Option<&MemberReport>,
+    now: Timestamp,
+    report: &mut MemberReport,
+) {
+    if let Some(prev) = previous
+        && let Some(at) = prev.token_secrets_scanned_at
+        && now < at + TOKEN_SECRET_SCAN
+    {
+        report.token_secrets_scanned_at = Some(at);
+        report.status.readable_token_secrets = prev.status.readable_token_secrets.clone();
+        return;
+    }
+    let legacy = ListParams::default().fields("type=kubernetes.io/service-account-token");
+    match Api::<Secret>::all(conn.client.clone())
+        .list_metadata(&legacy)
+        .await
+    {
+        Ok(list) => {
+            report.token_secrets_scanned_at = Some(now);
+            report.status.readable_token_secrets = list
+                .items
+                .iter()
+                .map(|s| format!("{}/{}", s.namespace().unwrap_or_default(), s.name_any()))
+                .collect();
+        }
+        Err(e) => report.other_problems.push(format!(
+            "looking for long-lived ServiceAccount token Secrets: {}",
+            unreachable_reason(&e)
+        )),
+    }
 }
 
 /// Renews the operator's own token in the member when a third of its

@@ -542,11 +542,15 @@ async fn converge(fed: &Arc<MeshFederation>, ctx: &Arc<Context>) -> Result<Actio
     .await?;
 
     let previous = fed.status.as_ref();
+    let kept_secrets = kept_secrets(fed, &ctx.settings.namespace);
     let status = build_status(
         generation,
         reports,
         root_status,
-        decision.held.as_deref(),
+        status::FleetFacts {
+            withdrawal_held: decision.held.as_deref(),
+            kept_secrets: &kept_secrets,
+        },
         previous,
         now,
     );
@@ -558,6 +562,7 @@ async fn converge(fed: &Arc<MeshFederation>, ctx: &Arc<Context>) -> Result<Actio
     if previous != Some(&status) {
         patch_status(ctx, &name, &status).await?;
     }
+    events.extend(newly_exposed(previous, &status));
     ctx.publish(fed, events).await;
     let result = if ready {
         ReconcileResult::Ready
@@ -884,4 +889,40 @@ async fn patch_status(
     )
     .await?;
     Ok(())
+}
+
+/// A Warning when `CredentialsExposed` turns True (or says something new).
+fn newly_exposed(
+    previous: Option<&MeshFederationStatus>,
+    now: &MeshFederationStatus,
+) -> Option<Event> {
+    let exposed = |s: &MeshFederationStatus| {
+        s.conditions
+            .iter()
+            .find(|c| c.type_ == status::CREDENTIALS_EXPOSED && c.status == "True")
+            .map(|c| c.message.clone())
+    };
+    let message = exposed(now)?;
+    (previous.and_then(exposed) != Some(message.clone()))
+        .then(|| Event::warning("CredentialsExposed", message))
+}
+
+/// The Secrets the operator keeps for `fed` in its namespace: the root (key
+/// included) and every member's credentials.
+fn kept_secrets(fed: &MeshFederation, namespace: &str) -> Vec<String> {
+    let root = match &fed.spec.ca().root_secret_ref {
+        Some(r) => r.name.clone(),
+        None => root::generated_root_name(&fed.name_any()),
+    };
+    let credentials = fed
+        .spec
+        .members
+        .iter()
+        .filter_map(|m| Some(m.credentials.secret_ref.as_ref()?.name.clone()));
+    let mut names: Vec<String> = std::iter::once(root)
+        .chain(credentials)
+        .map(|n| format!("{namespace}/{n}"))
+        .collect();
+    names.dedup();
+    names
 }

@@ -22,6 +22,62 @@ pub const GATEWAYS_READY: &str = "GatewaysReady";
 /// Some member is unhealthy or withdrawn from its peers' view (True is bad).
 pub const DEGRADED: &str = "Degraded";
 
+/// What the status needs beyond the members' reports.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FleetFacts<'a> {
+    /// Why failover holds a withdrawal back, if it does.
+    pub withdrawal_held: Option<&'a str>,
+    /// The Secrets the operator keeps for this federation in its namespace
+    /// (`namespace/name`: the root, the members' credentials): exposed to
+    /// every peer when the operator's cluster is a member.
+    pub kept_secrets: &'a [String],
+}
+
+/// Something meshfed keeps, or a member holds, is readable with a peer's
+/// reader token (True is bad).
+pub const CREDENTIALS_EXPOSED: &str = "CredentialsExposed";
+
+/// What the operator can tell about credentials peers may read.
+pub fn exposure(members: &[MemberStatus], kept_secrets: &[String]) -> (bool, &'static str, String) {
+    let host: Vec<&str> = members
+        .iter()
+        .filter(|m| m.operator_cluster && !m.leaving)
+        .map(|m| m.name.as_str())
+        .collect();
+    let legacy: Vec<String> = members
+        .iter()
+        .filter(|m| !m.readable_token_secrets.is_empty())
+        .map(|m| format!("{} ({})", m.name, m.readable_token_secrets.join(", ")))
+        .collect();
+    let legacy_text = format!(
+        "long-lived ServiceAccount token Secrets that every peer's reader token may read, not created by meshfed: {}; delete them or move their users to short-lived tokens",
+        legacy.join("; ")
+    );
+    if !host.is_empty() && !kept_secrets.is_empty() {
+        let mut message = format!(
+            "the operator runs in member {}'s cluster, where every peer's reader token may read Secrets: {} (the root key and credentials that can write to members). Run the operator in a cluster that is not a member (docs/security.md, Topologies)",
+            host.join(", "),
+            kept_secrets.join(", ")
+        );
+        if !legacy.is_empty() {
+            message = format!("{message}. Also {legacy_text}");
+        }
+        (true, "OperatorClusterIsMember", message)
+    } else if !legacy.is_empty() {
+        (
+            true,
+            "ReadableTokenSecrets",
+            format!("members hold {legacy_text}"),
+        )
+    } else {
+        (
+            false,
+            "NoneFound",
+            "nothing meshfed keeps is readable with a peer's reader token, and no member holds long-lived ServiceAccount token Secrets".into(),
+        )
+    }
+}
+
 /// What one reconcile learnt about one member.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct MemberReport {
@@ -51,6 +107,8 @@ pub struct MemberReport {
     pub next_token_refresh: Option<Timestamp>,
     /// When a replaced token of its reader may next be revoked.
     pub next_revocation: Option<Timestamp>,
+    /// When its long-lived token Secrets were last looked for.
+    pub token_secrets_scanned_at: Option<Timestamp>,
 }
 
 impl MemberReport {
@@ -87,10 +145,11 @@ pub fn build_status(
     generation: Option<i64>,
     reports: Vec<MemberReport>,
     root: Result<CertificateStatus, String>,
-    withdrawal_held: Option<&str>,
+    fleet: FleetFacts,
     previous: Option<&MeshFederationStatus>,
     now: Timestamp,
 ) -> MeshFederationStatus {
+    let withdrawal_held = fleet.withdrawal_held;
     let in_spec = reports.iter().filter(|r| !r.status.leaving).count();
     let ready = reports.iter().filter(|r| r.is_ready()).count();
 
@@ -327,7 +386,7 @@ pub fn build_status(
     };
     conditions.set(READY, all_ready, ready_reason, &ready_message);
 
-    let members = reports
+    let members: Vec<MemberStatus> = reports
         .into_iter()
         .map(|r| {
             let ready = r.is_ready();
@@ -339,6 +398,8 @@ pub fn build_status(
             }
         })
         .collect();
+    let (exposed, reason, message) = exposure(&members, fleet.kept_secrets);
+    conditions.set(CREDENTIALS_EXPOSED, exposed, reason, &message);
     MeshFederationStatus {
         observed_generation: generation,
         conditions: conditions.into_vec(),
@@ -443,7 +504,7 @@ mod tests {
             Some(3),
             vec![healthy("a"), healthy("b"), healthy("c")],
             root(),
-            None,
+            FleetFacts::default(),
             None,
             t("2026-01-01T00:00:00Z"),
         );
@@ -472,7 +533,7 @@ mod tests {
             Some(1),
             vec![healthy("a"), down, healthy("c")],
             root(),
-            None,
+            FleetFacts::default(),
             None,
             t("2026-01-01T00:00:00Z"),
         );
@@ -504,7 +565,7 @@ mod tests {
             None,
             vec![a, healthy("b")],
             root(),
-            None,
+            FleetFacts::default(),
             None,
             t("2026-01-01T00:00:00Z"),
         );
@@ -527,7 +588,7 @@ mod tests {
             None,
             vec![healthy("a")],
             Err("Secret meshfed/x not found".into()),
-            None,
+            FleetFacts::default(),
             None,
             t("2026-01-01T00:00:00Z"),
         );
@@ -552,7 +613,7 @@ mod tests {
             None,
             vec![a, healthy("b"), gone],
             root(),
-            None,
+            FleetFacts::default(),
             None,
             t("2026-01-01T00:00:00Z"),
         );
@@ -571,7 +632,7 @@ mod tests {
             None,
             vec![a2, healthy("b"), gone2],
             root(),
-            None,
+            FleetFacts::default(),
             None,
             t("2026-01-01T00:00:00Z"),
         );
@@ -589,7 +650,7 @@ mod tests {
             Some(1),
             vec![healthy("a")],
             root(),
-            None,
+            FleetFacts::default(),
             None,
             t("2026-01-01T00:00:00Z"),
         );
@@ -597,7 +658,7 @@ mod tests {
             Some(1),
             vec![healthy("a")],
             root(),
-            None,
+            FleetFacts::default(),
             Some(&first),
             t("2026-01-01T01:00:00Z"),
         );
@@ -611,7 +672,7 @@ mod tests {
             Some(1),
             vec![down],
             root(),
-            None,
+            FleetFacts::default(),
             Some(&again),
             t("2026-01-01T02:00:00Z"),
         );
@@ -623,6 +684,89 @@ mod tests {
             condition(&flipped, CERTIFICATES_READY).last_transition_time,
             Time(t("2026-01-01T02:00:00Z")),
             "unreachable means certificates cannot be confirmed"
+        );
+    }
+
+    fn member(name: &str) -> MemberStatus {
+        MemberStatus {
+            name: name.into(),
+            ..MemberStatus::default()
+        }
+    }
+
+    #[test]
+    fn the_operators_cluster_as_a_member_exposes_what_the_operator_keeps() {
+        let kept = [
+            "meshfed-system/prod-root-ca".to_string(),
+            "meshfed-system/west-kubeconfig".to_string(),
+        ];
+        let mut host = member("east");
+        host.operator_cluster = true;
+        let (exposed, reason, message) = exposure(&[host.clone(), member("west")], &kept);
+        assert!(exposed);
+        assert_eq!(reason, "OperatorClusterIsMember");
+        for part in [
+            "member east",
+            "meshfed-system/prod-root-ca",
+            "meshfed-system/west-kubeconfig",
+            "not a member",
+        ] {
+            assert!(message.contains(part), "{part}: {message}");
+        }
+        let (exposed, reason, _) = exposure(&[member("east"), member("west")], &kept);
+        assert!(!exposed, "the recommended topology");
+        assert_eq!(reason, "NoneFound");
+        let mut leaving = host.clone();
+        leaving.leaving = true;
+        assert!(
+            !exposure(&[leaving], &kept).0,
+            "a member on its way out no longer counts"
+        );
+    }
+
+    #[test]
+    fn users_legacy_token_secrets_are_reported_by_member() {
+        let mut west = member("west");
+        west.readable_token_secrets = vec!["ci/deployer-token".into()];
+        let (exposed, reason, message) = exposure(&[member("east"), west.clone()], &[]);
+        assert!(exposed);
+        assert_eq!(reason, "ReadableTokenSecrets");
+        assert!(message.contains("west (ci/deployer-token)"), "{message}");
+        let mut host = member("east");
+        host.operator_cluster = true;
+        let (_, reason, message) = exposure(&[host, west], &["ns/root".into()]);
+        assert_eq!(reason, "OperatorClusterIsMember", "the worse finding leads");
+        assert!(
+            message.contains("ci/deployer-token"),
+            "and the other is kept: {message}"
+        );
+    }
+
+    #[test]
+    fn exposure_is_a_condition_of_the_status() {
+        let kept = ["ns/prod-root-ca".to_string()];
+        let mut host = healthy("a");
+        host.status.operator_cluster = true;
+        let s = build_status(
+            Some(1),
+            vec![host, healthy("b")],
+            root(),
+            FleetFacts {
+                withdrawal_held: None,
+                kept_secrets: &kept,
+            },
+            None,
+            t("2026-01-01T00:00:00Z"),
+        );
+        let c = condition(&s, CREDENTIALS_EXPOSED);
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("True", "OperatorClusterIsMember")
+        );
+        assert_eq!(
+            condition(&s, READY).status,
+            "True",
+            "a warning, not an outage"
         );
     }
 }

@@ -206,6 +206,14 @@ impl Workers {
             .unwrap_or_default()
     }
 
+    /// The report of `member`'s last finished run, if it had one.
+    pub fn last_report(&self, federation: &str, member: &str) -> Option<MemberReport> {
+        self.state()
+            .runs
+            .get(&key(federation, member))
+            .map(|r| r.report.clone())
+    }
+
     /// Whether `member` was reachable in its last finished run, if it had one.
     fn was_reachable(&self, federation: &str, member: &str) -> Option<bool> {
         self.state()
