@@ -117,6 +117,99 @@ pub async fn store_kubeconfig(host: &Client, name: &str, kubeconfig: &str) -> Re
     Ok(())
 }
 
+/// A kubeconfig for `cluster` holding a one-hour token of ServiceAccount
+/// `namespace/name`.
+pub async fn token_kubeconfig(
+    cluster: &Cluster,
+    admin: &Client,
+    namespace: &str,
+    name: &str,
+) -> Result<String> {
+    use base64::Engine as _;
+    use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+    let request = TokenRequest {
+        spec: TokenRequestSpec {
+            expiration_seconds: Some(3600),
+            ..TokenRequestSpec::default()
+        },
+        ..TokenRequest::default()
+    };
+    let token =
+        Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(admin.clone(), namespace)
+            .create_token_request(name, &PostParams::default(), &request)
+            .await?
+            .status
+            .context("TokenRequest without status")?
+            .token;
+    let ca = base64::engine::general_purpose::STANDARD.encode(cluster.ca_pem());
+    Ok(format!(
+        "apiVersion: v1
+kind: Config
+clusters:
+- name: c
+  cluster:
+    server: {}
+    certificate-authority-data: {ca}
+users:
+- name: {name}
+  user:
+    token: {token}
+contexts:
+- name: c
+  context: {{cluster: c, user: {name}}}
+current-context: c
+",
+        cluster.server_url()
+    ))
+}
+
+/// What `kubectl meshfed join` does to a cluster, without the plugin:
+/// `istio-system`, meshfed's member roles limited to `federation`, and the
+/// member identity; returns a kubeconfig with a token of that identity.
+pub async fn join_identity(cluster: &Cluster, federation: &str) -> Result<String> {
+    use kube::ResourceExt as _;
+    use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
+    let admin = cluster.client();
+    let ns: Namespace =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": "istio-system"}}))?;
+    if Api::<Namespace>::all(admin.clone())
+        .get_opt("istio-system")
+        .await?
+        .is_none()
+    {
+        Api::<Namespace>::all(admin.clone())
+            .create(&PostParams::default(), &ns)
+            .await?;
+    }
+    for object in meshfed::cli::member_rbac(&[federation]) {
+        let obj: DynamicObject = serde_json::from_value(object)?;
+        let types = obj.types.clone().context("object without a kind")?;
+        let (group, version) = types
+            .api_version
+            .split_once('/')
+            .unwrap_or(("", types.api_version.as_str()));
+        let resource = ApiResource::from_gvk(&GroupVersionKind::gvk(group, version, &types.kind));
+        let api = match obj.namespace() {
+            Some(ns) => Api::<DynamicObject>::namespaced_with(admin.clone(), &ns, &resource),
+            None => Api::<DynamicObject>::all_with(admin.clone(), &resource),
+        };
+        api.patch(
+            &obj.name_any(),
+            &PatchParams::apply("meshfed-e2e").force(),
+            &Patch::Apply(&obj),
+        )
+        .await
+        .with_context(|| format!("applying {} {}", types.kind, obj.name_any()))?;
+    }
+    token_kubeconfig(
+        cluster,
+        &admin,
+        "istio-system",
+        meshfed::cli::MEMBER_IDENTITY,
+    )
+    .await
+}
+
 /// A member entry for `cluster` on `network`, reached through its kubeconfig Secret.
 pub fn member(cluster: &Cluster, network: &str) -> Member {
     Member {

@@ -23,11 +23,10 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, ensure};
-use base64::Engine;
 use e2e::Fleet;
 use e2e::mesh::{
     OPERATOR_NAMESPACE, credentials_secret_name, federation, has_condition, local_member, member,
-    poll, store_kubeconfig, wait_for_federation,
+    poll, store_kubeconfig, token_kubeconfig, wait_for_federation,
 };
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
@@ -924,49 +923,6 @@ async fn chart_and_kustomize_apply_to_a_real_api_server_and_the_operator_becomes
     Ok(())
 }
 
-/// A kubeconfig for `cluster` holding a one-hour token of ServiceAccount
-/// `namespace/name`.
-async fn token_kubeconfig(
-    cluster: &e2e::Cluster,
-    admin: &Client,
-    namespace: &str,
-    name: &str,
-) -> Result<String> {
-    let request = TokenRequest {
-        spec: TokenRequestSpec {
-            expiration_seconds: Some(3600),
-            ..TokenRequestSpec::default()
-        },
-        ..TokenRequest::default()
-    };
-    let token = Api::<ServiceAccount>::namespaced(admin.clone(), namespace)
-        .create_token_request(name, &PostParams::default(), &request)
-        .await?
-        .status
-        .context("TokenRequest without status")?
-        .token;
-    let ca = base64::engine::general_purpose::STANDARD.encode(cluster.ca_pem());
-    Ok(format!(
-        "apiVersion: v1
-kind: Config
-clusters:
-- name: c
-  cluster:
-    server: {}
-    certificate-authority-data: {ca}
-users:
-- name: {name}
-  user:
-    token: {token}
-contexts:
-- name: c
-  context: {{cluster: c, user: {name}}}
-current-context: c
-",
-        cluster.server_url()
-    ))
-}
-
 /// A client for `cluster` authenticated with a bound token of the chart's
 /// ServiceAccount (as the operator's pod would be).
 async fn service_account_config(cluster: &e2e::Cluster, admin: &Client) -> Result<Config> {
@@ -1125,6 +1081,25 @@ async fn operator_with_only_the_charts_rbac_takes_a_two_member_federation_to_rea
     );
     let status = ready.status.unwrap();
     ensure!(status.ready_members == 2, "{status:?}");
+    // The operator's own cluster is a member here: peers may read what it
+    // keeps, and the status says so (by name, with the fix).
+    let exposed = wait_for_federation(
+        &admin,
+        "prod",
+        Duration::from_secs(30),
+        "CredentialsExposed",
+        |f| has_condition(f, "CredentialsExposed", "True"),
+    )
+    .await?;
+    let c = e2e::mesh::condition(&exposed, "CredentialsExposed").unwrap();
+    ensure!(c.reason == "OperatorClusterIsMember", "{c:?}");
+    for part in [
+        format!("{OPERATOR_NAMESPACE}/prod-root-ca"),
+        format!("{OPERATOR_NAMESPACE}/{}", credentials_secret_name(remote)),
+        "not a member".to_string(),
+    ] {
+        ensure!(c.message.contains(&part), "{part}: {}", c.message);
+    }
 
     // What the operator's identity did in its own cluster (member side) and
     // in the operator namespace.

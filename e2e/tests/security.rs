@@ -1,0 +1,313 @@
+//! The attack meshfed's security model must survive (docs/security.md), in
+//! the recommended topology: the operator in a cluster that is not a member,
+//! every member reached through the least-privilege identity `join` gives
+//! it. An attacker who owns one member takes every remote-secret token
+//! there, reads every Secret each token can read in every cluster, takes
+//! every credential found there in turn, and tries each for writes. None of
+//! what meshfed created or keeps may write anything anywhere, and the root
+//! key is never read. A user's own legacy token Secret, seeded in one member
+//! with cluster-admin behind it, must be found by the same search (so the
+//! test can fail) and reported by meshfed.
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, ensure};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use e2e::Fleet;
+use e2e::mesh::*;
+use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::core::v1::{Pod, Secret, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use kube::{Api, Client};
+use serde_json::json;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// A bearer token, and where the attacker found it. It is tried against
+/// every cluster.
+#[derive(Clone, Debug)]
+struct Stolen {
+    token: String,
+    found_in: String,
+}
+
+impl Stolen {
+    async fn client(&self, server: &str, ca_pem: &str) -> Result<Client> {
+        let kubeconfig = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: {server}\n    certificate-authority-data: {}\nusers:\n- name: u\n  user:\n    token: {}\ncontexts:\n- name: c\n  context: {{cluster: c, user: u}}\ncurrent-context: c\n",
+            B64.encode(ca_pem),
+            self.token
+        );
+        let mut config = kube::Config::from_custom_kubeconfig(
+            kube::config::Kubeconfig::from_yaml(&kubeconfig)?,
+            &Default::default(),
+        )
+        .await?;
+        config.connect_timeout = Some(Duration::from_secs(5));
+        config.read_timeout = Some(Duration::from_secs(10));
+        Ok(Client::try_from(config)?)
+    }
+}
+
+/// Every bearer token in `secret` (read from `server`): a token Secret's
+/// `token`, a kubeconfig's users' tokens, any bare JWT.
+fn tokens_in(secret: &Secret, server: &str) -> Vec<Stolen> {
+    let name = format!(
+        "{}/{}",
+        secret.metadata.namespace.as_deref().unwrap_or(""),
+        secret.metadata.name.as_deref().unwrap_or("")
+    );
+    let mut out = Vec::new();
+    for (key, value) in secret.data.iter().flatten() {
+        let Ok(text) = std::str::from_utf8(&value.0) else {
+            continue;
+        };
+        let found_in = format!("{server} {name}[{key}]");
+        if text.starts_with("eyJ") {
+            out.push(Stolen {
+                token: text.trim().into(),
+                found_in: found_in.clone(),
+            });
+        }
+        let Ok(kubeconfig) = serde_yaml::from_str::<serde_json::Value>(text) else {
+            continue;
+        };
+        for user in kubeconfig["users"].as_array().into_iter().flatten() {
+            if let Some(token) = user["user"]["token"].as_str() {
+                out.push(Stolen {
+                    token: token.into(),
+                    found_in: found_in.clone(),
+                });
+            }
+        }
+    }
+    out
+}
+
+/// The writes `client` manages on one cluster: a pod (dry run: authorised
+/// like a real one), a change to the `admin` ClusterRole (dry run), a token
+/// for `default/default`.
+async fn writes(client: &Client) -> Vec<&'static str> {
+    let dry = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "attacker"},
+        "spec": {"containers": [{"name": "c", "image": "busybox"}]},
+    }))
+    .unwrap();
+    let mut done = Vec::new();
+    if (Api::<Pod>::namespaced(client.clone(), "default")
+        .create(&dry, &pod)
+        .await)
+        .is_ok()
+    {
+        done.push("create a pod");
+    }
+    let patch = PatchParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    let touch = json!({"metadata": {"labels": {"attacker": "was-here"}}});
+    if (Api::<ClusterRole>::all(client.clone())
+        .patch("admin", &patch, &Patch::Merge(&touch))
+        .await)
+        .is_ok()
+    {
+        done.push("patch a ClusterRole");
+    }
+    let request = TokenRequest {
+        spec: TokenRequestSpec {
+            expiration_seconds: Some(600),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    if (Api::<ServiceAccount>::namespaced(client.clone(), "default")
+        .create_token_request("default", &PostParams::default(), &request)
+        .await)
+        .is_ok()
+    {
+        done.push("create a token");
+    }
+    done
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_credential_meshfed_created_or_keeps_leads_to_a_write() -> Result<()> {
+    let fleet = Fleet::start(4).await?;
+    let _logs = fleet.log_guard();
+    let host = fleet.cluster(0).client();
+    prepare_host(&fleet).await?;
+    let members: Vec<&e2e::Cluster> = (1..4).map(|i| fleet.cluster(i)).collect();
+    for m in &members {
+        let kubeconfig = join_identity(m, "prod").await?;
+        store_kubeconfig(&host, &credentials_secret_name(m), &kubeconfig).await?;
+    }
+    // A user's own long-lived token Secret in member 1, for an account that
+    // is cluster-admin there.
+    let seeded = members[0].client();
+    let sa: ServiceAccount = serde_json::from_value(json!({"metadata": {"name": "ci"}}))?;
+    Api::<ServiceAccount>::namespaced(seeded.clone(), "default")
+        .create(&PostParams::default(), &sa)
+        .await?;
+    let binding: ClusterRoleBinding = serde_json::from_value(json!({
+        "metadata": {"name": "ci-admin"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cluster-admin"},
+        "subjects": [{"kind": "ServiceAccount", "name": "ci", "namespace": "default"}],
+    }))?;
+    Api::<ClusterRoleBinding>::all(seeded.clone())
+        .create(&PostParams::default(), &binding)
+        .await?;
+    let legacy: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "ci-token", "annotations": {"kubernetes.io/service-account.name": "ci"}},
+        "type": "kubernetes.io/service-account-token",
+    }))?;
+    let secrets = Api::<Secret>::namespaced(seeded.clone(), "default");
+    secrets.create(&PostParams::default(), &legacy).await?;
+    poll(WAIT, "the token controller fills ci-token", || async {
+        Ok(secrets
+            .get("ci-token")
+            .await?
+            .data
+            .is_some_and(|d| d.contains_key("token")))
+    })
+    .await?;
+
+    let _operator = start_operator(
+        fleet.cluster(0),
+        Duration::from_secs(2),
+        Duration::from_secs(3),
+    )?;
+    let nets = ["net-a", "net-b", "net-c"];
+    let fed = federation(
+        "prod",
+        members
+            .iter()
+            .zip(nets)
+            .map(|(m, n)| member(m, n))
+            .collect(),
+    );
+    apply_federation(&host, &fed).await?;
+    wait_for_federation(&host, "prod", WAIT, "Ready", |f| {
+        has_condition(f, "Ready", "True")
+    })
+    .await?;
+    // meshfed reports the seeded Secret, and nothing about its own topology.
+    let reported = wait_for_federation(&host, "prod", WAIT, "the legacy token reported", |f| {
+        condition(f, "CredentialsExposed").is_some_and(|c| {
+            c.status == "True"
+                && c.reason == "ReadableTokenSecrets"
+                && c.message.contains("default/ci-token")
+        })
+    })
+    .await?;
+    let status = reported.status.unwrap();
+    let by_name: BTreeMap<&str, &meshfed::api::MemberStatus> = status
+        .members
+        .iter()
+        .map(|m| (m.name.as_str(), m))
+        .collect();
+    assert_eq!(
+        by_name[members[0].name()].readable_token_secrets,
+        ["default/ci-token"]
+    );
+    assert!(by_name.values().all(|m| !m.operator_cluster));
+
+    // --- the attack, from every member in turn: its remote secrets first.
+    let clusters: Vec<(String, String)> = fleet
+        .clusters()
+        .iter()
+        .map(|c| (c.server_url().to_string(), c.ca_pem().to_string()))
+        .collect();
+    let mut queue: VecDeque<Stolen> = VecDeque::new();
+    for m in &members {
+        let istio = Api::<Secret>::namespaced(m.client(), "istio-system");
+        for s in istio
+            .list(&ListParams::default().labels("istio/multiCluster=true"))
+            .await?
+        {
+            queue.extend(tokens_in(&s, m.server_url()));
+        }
+    }
+    ensure!(
+        queue.len() == 6,
+        "one reader token per ordered pair: {}",
+        queue.len()
+    );
+    let root_key = Api::<Secret>::namespaced(host.clone(), OPERATOR_NAMESPACE)
+        .get("prod-root-ca")
+        .await?
+        .data
+        .context("root Secret without data")?;
+    let root_key = root_key
+        .get("tls.key")
+        .context("root without a key")?
+        .0
+        .clone();
+
+    let mut tried: BTreeSet<String> = BTreeSet::new();
+    let mut read: BTreeSet<String> = BTreeSet::new();
+    let mut wrote: Vec<(String, String, &'static str)> = Vec::new();
+    let mut seeded_found = false;
+    while let Some(stolen) = queue.pop_front() {
+        if !tried.insert(stolen.token.clone()) {
+            continue;
+        }
+        seeded_found |= stolen.found_in.contains("default/ci-token");
+        // Everything it reads, in every cluster it is good for.
+        for (server, ca) in &clusters {
+            let client = stolen.client(server, ca).await?;
+            if let Ok(list) = Api::<Secret>::all(client.clone())
+                .list(&ListParams::default())
+                .await
+            {
+                for s in list {
+                    let name = format!(
+                        "{server} {}/{}",
+                        s.metadata.namespace.as_deref().unwrap_or(""),
+                        s.metadata.name.as_deref().unwrap_or("")
+                    );
+                    ensure!(
+                        s.data.iter().flatten().all(|(_, v)| v.0 != root_key),
+                        "the root key was read with a token from {}: {name}",
+                        stolen.found_in
+                    );
+                    read.insert(name);
+                    queue.extend(tokens_in(&s, server));
+                }
+            }
+            for what in writes(&client).await {
+                wrote.push((stolen.found_in.clone(), server.clone(), what));
+            }
+        }
+    }
+    eprintln!(
+        "attack: {} credentials tried, {} Secrets read, writes: {wrote:#?}",
+        tried.len(),
+        read.len()
+    );
+    ensure!(seeded_found, "the search must find the seeded legacy token");
+    ensure!(
+        wrote
+            .iter()
+            .any(|(from, _, _)| from.contains("default/ci-token")),
+        "the seeded cluster-admin token must write (else the test cannot fail)"
+    );
+    let meshfeds: Vec<_> = wrote
+        .iter()
+        .filter(|(from, _, _)| !from.contains("default/ci-token"))
+        .collect();
+    ensure!(
+        meshfeds.is_empty(),
+        "writes with credentials meshfed created or keeps: {meshfeds:#?}"
+    );
+    ensure!(
+        !read.iter().any(|n| n.contains("meshfed-system/")),
+        "the operator's namespace was read: it is not in a member"
+    );
+    Ok(())
+}
