@@ -168,6 +168,17 @@ pub fn headline(fed: &MeshFederation) -> String {
     }
 }
 
+/// Lines under the table for conditions that warn without making the
+/// federation not Ready (today: `CredentialsExposed`).
+pub fn warnings(fed: &MeshFederation) -> Vec<String> {
+    fed.status
+        .iter()
+        .flat_map(|s| &s.conditions)
+        .filter(|c| c.type_ == "CredentialsExposed" && c.status == "True")
+        .map(|c| format!("warning: {} ({}): {}", c.type_, c.reason, c.message))
+        .collect()
+}
+
 /// Cuts `s` to `max` characters, marking the cut.
 fn cut(s: &str, max: usize) -> String {
     if s.chars().count() <= max {
@@ -656,5 +667,34 @@ mod tests {
         f.status.as_mut().unwrap().observed_generation = Some(2);
         assert_eq!(progress(&f), (3, 3, true));
         assert_eq!(headline(&f), "prod: Ready, 3/3 members ready");
+    }
+
+    #[test]
+    fn exposed_credentials_are_a_warning_under_the_table() {
+        let mut f = fed(2);
+        assert!(warnings(&f).is_empty());
+        let condition = |status: &str| k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+            type_: "CredentialsExposed".into(),
+            status: status.into(),
+            reason: "OperatorClusterIsMember".into(),
+            message: "the operator runs in member a's cluster".into(),
+            observed_generation: None,
+            last_transition_time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                jiff::Timestamp::UNIX_EPOCH,
+            ),
+        };
+        f.status
+            .as_mut()
+            .unwrap()
+            .conditions
+            .push(condition("False"));
+        assert!(warnings(&f).is_empty());
+        f.status.as_mut().unwrap().conditions = vec![condition("True")];
+        assert_eq!(
+            warnings(&f),
+            [
+                "warning: CredentialsExposed (OperatorClusterIsMember): the operator runs in member a's cluster"
+            ]
+        );
     }
 }

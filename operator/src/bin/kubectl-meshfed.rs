@@ -225,7 +225,10 @@ fn render(feds: &[MeshFederation], output: Output) -> Result<String> {
         Output::Yaml => serde_yaml::to_string(feds)?,
         Output::Table => feds
             .iter()
-            .map(|f| format!("{}\n{}", cli::headline(f), cli::status_table(f)))
+            .map(|f| {
+                let warnings: String = cli::warnings(f).iter().map(|w| format!("{w}\n")).collect();
+                format!("{}\n{}{warnings}", cli::headline(f), cli::status_table(f))
+            })
             .collect::<Vec<_>>()
             .join("\n"),
     })
