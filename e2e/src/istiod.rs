@@ -37,6 +37,7 @@ use tokio::sync::OnceCell;
 
 use crate::Cluster;
 use crate::fleet::{free_port, tail_file};
+use crate::workload::SecretProjection;
 
 /// A directory holding `bin/{pilot-discovery,istioctl}` and `charts/`; skips
 /// running the build script.
@@ -217,6 +218,11 @@ pub struct IstiodOptions {
     /// `USE_REMOTE_CERTS=true` (default): istiod fetches the `cacerts`
     /// Secret from its cluster into `<work_dir>/etc/cacerts` at start-up.
     pub use_remote_certs: bool,
+    /// Instead, keep `cacerts` projected into `<work_dir>/etc/cacerts` as
+    /// the kubelet mounts a Secret volume ([`SecretProjection`]), for as
+    /// long as istiod runs: istiod then reloads its plug-in CA on every
+    /// change, as in a pod.
+    pub project_cacerts: bool,
     /// Extra environment for pilot-discovery (applied last).
     pub env: Vec<(String, String)>,
     /// The mesh config file's content, as the kubelet would mount it from
@@ -236,6 +242,7 @@ impl IstiodOptions {
             trust_domain: "cluster.local".into(),
             remote_cluster_timeout: Duration::from_secs(10),
             use_remote_certs: true,
+            project_cacerts: false,
             env: Vec::new(),
             mesh_config: None,
             ready_timeout: Duration::from_secs(90),
@@ -306,6 +313,8 @@ pub struct Istiod {
     log: PathBuf,
     started: Instant,
     ready_after: Duration,
+    /// Keeps `cacerts` on disk while istiod runs (`project_cacerts`).
+    _projection: Option<SecretProjection>,
 }
 
 impl Istiod {
@@ -374,6 +383,19 @@ impl Istiod {
         if ca_dir.exists() {
             std::fs::remove_dir_all(&ca_dir)?;
         }
+        let mut opts = opts;
+        let mut projection = if opts.project_cacerts {
+            opts.use_remote_certs = false;
+            let projected =
+                SecretProjection::start(cluster.client(), ISTIO_NAMESPACE, "cacerts", &ca_dir);
+            Some(
+                tokio::time::timeout(Duration::from_secs(30), projected)
+                    .await
+                    .context("waiting for cacerts to project")??,
+            )
+        } else {
+            None
+        };
         let log = work_dir.join("istiod.log");
 
         let mut last_err = None;
@@ -397,6 +419,7 @@ impl Istiod {
                 log: log.clone(),
                 started,
                 ready_after: Duration::ZERO,
+                _projection: projection.take(),
             };
             match istiod.wait_ready(opts.ready_timeout).await {
                 Ok(()) => {
@@ -405,6 +428,7 @@ impl Istiod {
                 }
                 Err(e) if tail_file(&log, 60).contains("address already in use") => {
                     istiod.stop();
+                    projection = istiod._projection.take();
                     last_err = Some(e);
                 }
                 Err(e) => return Err(e),

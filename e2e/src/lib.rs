@@ -4,5 +4,6 @@
 pub mod fleet;
 pub mod istiod;
 pub mod mesh;
+pub mod workload;
 
 pub use fleet::{Cluster, Fleet, FleetOptions, LogTailGuard};

@@ -50,7 +50,13 @@ pub fn istiod_values(spec: &MeshFederationSpec, member: &Member) -> Value {
                 "multiCluster": { "clusterName": member.name },
                 "network": member.network,
             },
-            "meshConfig": { "trustDomain": spec.trust_domain() },
+            // Proxies get their root bundle over xDS from istiod (as Istio's
+            // own root-rotation test sets it), so a changed bundle reaches
+            // them without a restart; only proxies injected afterwards.
+            "meshConfig": {
+                "trustDomain": spec.trust_domain(),
+                "defaultConfig": { "proxyMetadata": { "PROXY_CONFIG_XDS_AGENT": "true" } },
+            },
             // A changed root-cert.pem is only honoured with multi-root enabled:
             // needed for root rotation without restarts.
             "pilot": { "env": { "ISTIO_MULTIROOT_MESH": "true" } },
@@ -361,6 +367,10 @@ mod tests {
         );
         assert_eq!(v["meshConfig"]["trustDomain"], "example.org");
         assert_eq!(v["pilot"]["env"]["ISTIO_MULTIROOT_MESH"], "true");
+        assert_eq!(
+            v["meshConfig"]["defaultConfig"]["proxyMetadata"]["PROXY_CONFIG_XDS_AGENT"],
+            "true"
+        );
         assert_eq!(
             v["pilot"]["env"]["X"], "1",
             "user env kept beside meshfed's"
