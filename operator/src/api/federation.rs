@@ -19,6 +19,8 @@ pub mod defaults {
     pub const RENEW_BEFORE: Duration = Duration::from_secs(30 * 24 * 3600);
     pub const TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
     pub const REVOKE_AFTER: Duration = Duration::from_secs(10 * 60);
+    pub const PROPAGATION_PERIOD: Duration = Duration::from_secs(5 * 60);
+    pub const DRAIN_PERIOD: Duration = Duration::from_secs(25 * 3600);
     pub const KUBECONFIG_KEY: &str = "kubeconfig";
     pub const GRACE_PERIOD: Duration = Duration::from_secs(30);
     pub const SETTLE_PERIOD: Duration = Duration::from_secs(60);
@@ -387,6 +389,38 @@ pub struct CaSpec {
     /// reader identities are always removed; Istio's CRDs never are.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_removal: Option<RemovalPolicy>,
+
+    /// How the root is rotated. A rotation starts when `rootSecretRef`
+    /// names another root, when `rootRotation.request` changes (a generated
+    /// root is replaced by a new one), or when a generated root is lost; it
+    /// goes through four phases across every member (docs/rotation.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root_rotation: Option<RootRotationSpec>,
+}
+
+/// Root rotation settings.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct RootRotationSpec {
+    /// Set or change to any other value to rotate a generated root now
+    /// (GitOps can express it; ignored with rootSecretRef, where naming
+    /// another Secret is the request).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 63))]
+    pub request: Option<String>,
+    /// Time for proxies to receive the new trust bundle once every istiod
+    /// distributes both roots (kubelet ConfigMap refresh, or an xDS push),
+    /// before any member signs with the new root. Default: 5m.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('0s')").message("spec.ca.rootRotation.propagationPeriod must not be negative"))]
+    pub propagation_period: Option<Duration>,
+    /// Time for workload certificates signed under the old root to expire
+    /// or be re-issued once every member signs with the new one, before the
+    /// old root leaves the trust bundles. Default: 25h (istiod's default
+    /// workload certificate lifetime, 24h, plus an hour).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('0s')").message("spec.ca.rootRotation.drainPeriod must not be negative"))]
+    pub drain_period: Option<Duration>,
 }
 
 /// Reference to a Secret in the operator's namespace.
@@ -447,10 +481,37 @@ pub struct MeshFederationStatus {
     /// The shared root CA.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub root: Option<CertificateStatus>,
+    /// The trust bundle members hold, and a root rotation in progress.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<CaStatus>,
     /// Per-member state, in spec order; members still being cleaned up after
     /// leaving the spec come last.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub members: Vec<MemberStatus>,
+}
+
+/// The roots members trust, and where a rotation stands.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct CaStatus {
+    /// The roots in every member's trust bundle (`root-cert.pem`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub roots: Vec<CertificateStatus>,
+    /// TrustBoth, SignWithNew, Drain or TrustNew while a rotation runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
+    /// When the current phase began.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase_since: Option<Time>,
+    /// Why the rotation started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Members that have not finished the current phase (they hold it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub waiting_for: Vec<String>,
+    /// When the phase's wait ends once every member finished it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_phase_at: Option<Time>,
 }
 
 /// Where one member stands.
@@ -641,6 +702,22 @@ impl CaSpec {
     /// Removal policy, defaulted.
     pub fn on_removal(&self) -> RemovalPolicy {
         self.on_removal.unwrap_or_default()
+    }
+
+    /// The rotation request for a generated root, if any.
+    pub fn rotation_request(&self) -> Option<&str> {
+        self.root_rotation.as_ref()?.request.as_deref()
+    }
+
+    /// Propagation and drain periods of a root rotation, defaulted.
+    pub fn rotation_periods(&self) -> (std::time::Duration, std::time::Duration) {
+        let r = self.root_rotation.as_ref();
+        (
+            r.and_then(|r| r.propagation_period)
+                .map_or(defaults::PROPAGATION_PERIOD, Into::into),
+            r.and_then(|r| r.drain_period)
+                .map_or(defaults::DRAIN_PERIOD, Into::into),
+        )
     }
 }
 

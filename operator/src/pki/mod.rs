@@ -32,6 +32,15 @@ pub use issue::{
 pub use keys::{generate_private_key_pem, private_key_algorithm};
 pub use renewal::{LIFETIME_TOLERANCE, ReissueReason, reissue_reason};
 
+/// The certificates of a PEM bundle as a set of DER encodings (order and
+/// text formatting aside); empty when it cannot be read.
+pub fn certificate_set(bundle_pem: &str) -> std::collections::BTreeSet<Vec<u8>> {
+    pem::certificates(bundle_pem, "bundle")
+        .unwrap_or_default()
+        .into_iter()
+        .collect()
+}
+
 /// Failures of the PKI functions; messages never contain key material.
 #[derive(thiserror::Error, Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]

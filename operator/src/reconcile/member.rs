@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use jiff::Timestamp;
-use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, ServiceAccount};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::ListParams;
 use kube::{Api, ResourceExt};
@@ -12,11 +12,12 @@ use kube::{Api, ResourceExt};
 use super::apply::{Applied, Ownership, ensure, write};
 use super::claim::{Claim, claim_cluster};
 use super::control_plane::{ControlPlaneReport, MemberCluster, sync_control_plane};
+use super::root::CaMaterial;
 use super::status::MemberReport;
 use super::{Context, Event};
 use crate::api::{CertificateStatus, Member, MeshFederation};
 use crate::members::MemberConnection;
-use crate::pki::{self, IntermediatePolicy, ReissueReason, RootCa};
+use crate::pki::{self, CacertsBundle, IntermediatePolicy, ReissueReason, RootCa};
 use crate::render::{
     CACERTS, ISTIO_NAMESPACE, PeerEndpoint, TokenSubject, cacerts_bundle, is_ours, keys,
     render_cacerts, render_istio_namespace, render_reader_identity,
@@ -49,7 +50,7 @@ pub async fn prepare_member(
     ctx: &Context,
     fed: &MeshFederation,
     member: &Member,
-    root: &RootCa,
+    ca: &CaMaterial,
     policy: &IntermediatePolicy,
     now: Timestamp,
 ) -> PreparedMember {
@@ -91,7 +92,7 @@ pub async fn prepare_member(
     if let Err(e) = &prepared.endpoint {
         prepared.report.other_problems.push(e.clone());
     }
-    let work = sync_member(&conn, fed, member, root, policy, now, &mut prepared);
+    let work = sync_member(&conn, fed, member, ca, policy, now, &mut prepared);
     match tokio::time::timeout(ctx.settings.member_timeout, work).await {
         Ok(Ok(())) if prepared.report.claim_problem.is_some() => {
             // Reached, but its cluster is another member's: nothing is
@@ -225,6 +226,50 @@ async fn renew_credential(
     }
 }
 
+/// What to do with a member's `cacerts`.
+enum CacertsPlan<'a> {
+    Keep,
+    /// Only `root-cert.pem` changes.
+    Rebundle,
+    Issue(&'a RootCa, pki::ReissueReason),
+}
+
+/// `existing` with `trust_bundle` as its `root-cert.pem`.
+fn rebundled(existing: &CacertsBundle, trust_bundle: &str) -> Option<CacertsBundle> {
+    Some(CacertsBundle {
+        root_cert_pem: trust_bundle.to_string(),
+        ..existing.clone()
+    })
+}
+
+/// Whether the roots the member's istiod distributes to workloads (its
+/// `istio-ca-root-cert` ConfigMap in `istio-system`) are the target's: a
+/// member reaches a CA target only when what istiod serves, not just what
+/// the Secret holds, has changed. A member without that ConfigMap has no
+/// istiod distributing roots; its `cacerts` is all there is.
+async fn check_distributed_roots(
+    client: &kube::Client,
+    ca: &CaMaterial,
+    prepared: &mut PreparedMember,
+) -> Result<(), kube::Error> {
+    let distributed = Api::<ConfigMap>::namespaced(client.clone(), ISTIO_NAMESPACE)
+        .get_opt(ROOT_CERT_CONFIGMAP)
+        .await?
+        .and_then(|m| m.data?.get("root-cert.pem").cloned());
+    let wanted = pki::certificate_set(&ca.trust_bundle_pem);
+    match distributed {
+        Some(pem) if pki::certificate_set(&pem) != wanted => {
+            // Not a problem: istiod reloads its CA within seconds.
+            prepared.report.ca_reached = None;
+        }
+        _ => prepared.report.ca_reached = Some(ca.target_id.clone()),
+    }
+    Ok(())
+}
+
+/// The ConfigMap istiod writes its root bundle into, in every namespace.
+const ROOT_CERT_CONFIGMAP: &str = "istio-ca-root-cert";
+
 /// Istio's control plane in a reachable member (when the spec asks for
 /// one). A first install applies dozens of objects, so it gets a longer
 /// budget than a member's basic step, and its failures are control-plane
@@ -309,7 +354,7 @@ async fn sync_member(
     conn: &MemberConnection,
     fed: &MeshFederation,
     member: &Member,
-    root: &RootCa,
+    ca: &CaMaterial,
     policy: &IntermediatePolicy,
     now: Timestamp,
     prepared: &mut PreparedMember,
@@ -398,7 +443,10 @@ async fn sync_member(
     };
 
     let secrets = Api::<Secret>::namespaced(client.clone(), ISTIO_NAMESPACE);
-    sync_cacerts(&secrets, &federation, member, root, policy, now, prepared).await?;
+    sync_cacerts(&secrets, &federation, member, ca, policy, now, prepared).await?;
+    if prepared.report.certificate_problem.is_none() {
+        check_distributed_roots(&client, ca, prepared).await?;
+    }
 
     let multicluster = secrets
         .list(&ListParams::default().labels(&format!("{}=true", keys::MULTICLUSTER)))
@@ -415,7 +463,7 @@ async fn sync_cacerts(
     secrets: &Api<Secret>,
     federation: &str,
     member: &Member,
-    root: &RootCa,
+    ca: &CaMaterial,
     policy: &IntermediatePolicy,
     now: Timestamp,
     prepared: &mut PreparedMember,
@@ -430,18 +478,62 @@ async fn sync_cacerts(
         ));
         return Ok(());
     }
-    let trust_bundle = root.cert_pem.as_str();
+    let trust_bundle = ca.trust_bundle_pem.as_str();
     let existing = live.as_ref().and_then(cacerts_bundle);
-    let current = match pki::reissue_reason(
-        existing.as_ref(),
-        root,
-        trust_bundle,
-        &member.name,
-        policy,
-        now,
-    ) {
-        None => existing.expect("no reissue reason implies an existing bundle"),
-        Some(reason) => {
+    let plan = match &ca.signing {
+        Some(root) => match pki::reissue_reason(
+            existing.as_ref(),
+            root,
+            trust_bundle,
+            &member.name,
+            policy,
+            now,
+        ) {
+            None => CacertsPlan::Keep,
+            // Only the bundle moved (a root rotation's trust phases): the
+            // intermediate and its key stay.
+            Some(pki::ReissueReason::TrustBundleChanged)
+                if existing.as_ref().is_some_and(|e| {
+                    rebundled(e, trust_bundle).as_ref().is_some_and(|b| {
+                        pki::reissue_reason(Some(b), root, trust_bundle, &member.name, policy, now)
+                            .is_none()
+                    })
+                }) =>
+            {
+                CacertsPlan::Rebundle
+            }
+            Some(reason) => CacertsPlan::Issue(root, reason),
+        },
+        // The signing root's key is gone: only the bundle can change.
+        None => match &existing {
+            Some(e) if e.root_cert_pem == trust_bundle => CacertsPlan::Keep,
+            Some(_) => CacertsPlan::Rebundle,
+            None => {
+                prepared.report.certificate_problem = Some("no intermediate can be issued: the signing root's key is gone (lost); it is issued once the rotation to the new root reaches SignWithNew".into());
+                return Ok(());
+            }
+        },
+    };
+    let current = match plan {
+        CacertsPlan::Keep => existing.expect("kept bundles exist"),
+        CacertsPlan::Rebundle => {
+            let bundle = rebundled(
+                existing.as_ref().expect("rebundled bundles exist"),
+                trust_bundle,
+            )
+            .expect("checked above");
+            write(secrets, &render_cacerts(federation, &bundle), federation).await?;
+            prepared.events.push(Event::normal(
+                "TrustBundleUpdated",
+                format!(
+                    "member {}: root-cert.pem now holds {} root(s); the intermediate is unchanged",
+                    member.name,
+                    trust_bundle.matches("BEGIN CERTIFICATE").count()
+                ),
+            ));
+            bundle
+        }
+        CacertsPlan::Issue(root, reason) => {
             let bundle =
                 match pki::issue_intermediate(root, trust_bundle, &member.name, policy, now) {
                     Ok(b) => b,

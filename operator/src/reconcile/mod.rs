@@ -8,6 +8,7 @@ mod member;
 mod membership;
 mod remote_secrets;
 mod root;
+pub mod rotation;
 pub mod status;
 mod worker;
 
@@ -302,7 +303,7 @@ fn uses_secret(fed: &MeshFederation, secret: &str) -> bool {
         .and_then(|c| c.root_secret_ref.as_ref())
         .map(|r| r.name.as_str());
     root == Some(secret)
-        || *secret == generated_root_name(&fed.name_any())
+        || root::is_generated_root(&fed.name_any(), secret)
         || spec.members.iter().any(|m| {
             m.credentials
                 .secret_ref
@@ -428,8 +429,16 @@ async fn converge(fed: &Arc<MeshFederation>, ctx: &Arc<Context>) -> Result<Actio
     let members: BTreeSet<String> = spec.members.iter().map(|m| m.name.clone()).collect();
     ctx.workers.retain(&name, &members);
     ctx.watches.retain(&name, &members);
-    let root = root::load_or_create_root(&ctx.client, &ctx.settings.namespace, fed, now).await;
     let runs = ctx.workers.runs(&name);
+    // Every member in the spec reached `target` (unreachable ones hold a
+    // root rotation where it is).
+    let reached = |target: &str| {
+        spec.members.iter().all(|m| {
+            runs.get(&m.name)
+                .is_some_and(|r| r.report.ca_reached.as_deref() == Some(target))
+        })
+    };
+    let ca = root::prepare_ca(&ctx.client, &ctx.settings.namespace, fed, now, reached).await;
 
     // Failover: who is healthy, and whom peers must not see.
     let health: BTreeMap<String, Option<failover::Health>> = spec
@@ -461,38 +470,51 @@ async fn converge(fed: &Arc<MeshFederation>, ctx: &Arc<Context>) -> Result<Actio
     events.extend(failover_events(&decision, spec.withdrawal().as_ref()));
     let withdrawn = Arc::new(tracker.withdrawn_set());
 
-    let root_status = match &root {
-        Ok(root) => {
-            if root.created {
-                events.push(Event::normal(
-                    "RootCreated",
-                    format!("generated root CA {}", root.ca.info().serial),
-                ));
-            }
+    let root_status = match &ca {
+        Ok(ca) => {
+            events.extend(ca.events.iter().map(|(reason, message)| {
+                let warning = *reason == "RootLost";
+                if warning {
+                    Event::warning(reason, message.clone())
+                } else {
+                    Event::normal(reason, message.clone())
+                }
+            }));
             let resync = ctx.due_for_resync(&name);
-            let ca = Arc::new(root.ca.clone());
             for member in &spec.members {
                 let input = worker::Input {
                     fed: fed.clone(),
-                    root: ca.clone(),
+                    ca: ca.material.clone(),
                     member: member.clone(),
                     withdrawn: withdrawn.clone(),
                 };
                 ctx.workers.ensure(ctx, input, resync);
             }
-            let info = root.ca.info();
-            Ok(CertificateStatus {
-                serial: info.serial.clone(),
-                not_after: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(info.not_after),
-            })
+            match &ca.root_status {
+                Some(info) => Ok(CertificateStatus {
+                    serial: info.serial.clone(),
+                    not_after: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(info.not_after),
+                }),
+                None => Err("the signing root's key is gone (lost); existing intermediates stay until the rotation to its replacement signs with the new root".to_string()),
+            }
         }
         Err(e) => Err(e.clone()),
     };
+    let ca_status = ca.as_ref().ok().map(|ca| {
+        let (propagation, drain) = spec.ca().rotation_periods();
+        status::ca_status(
+            &ca.record,
+            &ca.material.target_id,
+            &runs,
+            spec,
+            rotation::Periods { propagation, drain },
+        )
+    });
 
     let mut reports: Vec<MemberReport> = spec
         .members
         .iter()
-        .map(|m| match (runs.get(&m.name), &root) {
+        .map(|m| match (runs.get(&m.name), &ca) {
             (Some(run), _) => run.report.clone(),
             (None, Ok(_)) => {
                 let mut r = MemberReport::new(&m.name);
@@ -550,6 +572,7 @@ async fn converge(fed: &Arc<MeshFederation>, ctx: &Arc<Context>) -> Result<Actio
         status::FleetFacts {
             withdrawal_held: decision.held.as_deref(),
             kept_secrets: &kept_secrets,
+            ca: ca_status,
         },
         previous,
         now,

@@ -8,84 +8,281 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::PostParams;
 use kube::{Api, Client, ResourceExt};
 
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::ConfigMap;
+
+use super::membership;
+use super::rotation::{CaRecord, Periods, RootRef, Step};
 use crate::api::{MeshFederation, defaults};
-use crate::pki::RootCa;
+use crate::pki::{CertInfo, RootCa};
 use crate::render::{is_ours, managed_labels};
 
 const CERT_KEY: &str = "tls.crt";
 const KEY_KEY: &str = "tls.key";
 
-/// Name of the Secret holding a generated root.
+/// Name of the Secret holding the federation's `n`th generated root
+/// (`<federation>-root-ca`, then `-1`, `-2`, … after rotations).
+pub fn generated_root_name_at(federation: &str, n: u32) -> String {
+    match n {
+        0 => format!("{federation}-root-ca"),
+        n => format!("{federation}-root-ca-{n}"),
+    }
+}
+
+/// Name of the Secret holding the first generated root.
 pub fn generated_root_name(federation: &str) -> String {
-    format!("{federation}-root-ca")
+    generated_root_name_at(federation, 0)
 }
 
-/// Where the root comes from and whether meshfed generated it.
-pub struct Root {
-    pub ca: RootCa,
-    /// Set when meshfed created it in this reconcile.
-    pub created: bool,
+/// Whether `secret` is one of the federation's generated roots.
+pub fn is_generated_root(federation: &str, secret: &str) -> bool {
+    secret
+        .strip_prefix(&generated_root_name(federation))
+        .is_some_and(|rest| {
+            rest.is_empty()
+                || rest
+                    .strip_prefix('-')
+                    .is_some_and(|n| n.parse::<u32>().is_ok())
+        })
 }
 
-/// Loads the root (creating a generated one on first use). Errors are
-/// sentences for a status condition: they name the field and the fix.
-pub async fn load_or_create_root(
+/// What members are given: the key that signs intermediates and the trust
+/// bundle, for the current phase of the root's life.
+pub struct CaMaterial {
+    /// `None` when the signing root's key is gone (a lost root, until its
+    /// replacement signs): existing intermediates stay, none is issued.
+    pub signing: Option<RootCa>,
+    pub trust_bundle_pem: String,
+    /// The target's id ([`rotation::Target::id`]): what members report.
+    pub target_id: String,
+}
+
+/// The federation's CA this reconcile: the material for the workers, the
+/// record as it now stands, and what happened to it.
+pub struct Ca {
+    pub material: Arc<CaMaterial>,
+    pub record: CaRecord,
+    /// (reason, message) of Events to publish.
+    pub events: Vec<(&'static str, String)>,
+    /// The signing root, for `status.root`.
+    pub root_status: Option<CertInfo>,
+}
+
+fn record_name(federation: &str) -> String {
+    format!("meshfed-ca-{federation}")
+}
+
+async fn load_record(
+    client: &Client,
+    namespace: &str,
+    federation: &str,
+) -> Result<Option<CaRecord>, String> {
+    let record = Api::<ConfigMap>::namespaced(client.clone(), namespace)
+        .get_opt(&record_name(federation))
+        .await
+        .map_err(|e| {
+            format!(
+                "reading the CA record {namespace}/{}: {e}",
+                record_name(federation)
+            )
+        })?;
+    Ok(record.and_then(|r| CaRecord::from_data(&r.data.unwrap_or_default())))
+}
+
+/// Loads the root the spec asks for, creating a generated one where there
+/// is none, starts or moves on a rotation (`all_done(id)`: every member
+/// reached target `id`), and records where it stands before anything in a
+/// member changes. Errors are sentences for a status condition.
+pub async fn prepare_ca(
     client: &Client,
     namespace: &str,
     fed: &MeshFederation,
     now: Timestamp,
-) -> Result<Root, String> {
-    let api = Api::<Secret>::namespaced(client.clone(), namespace);
+    all_done: impl Fn(&str) -> bool,
+) -> Result<Ca, String> {
     let federation = fed.name_any();
-    let ca = fed.spec.ca();
-    if let Some(r) = &ca.root_secret_ref {
-        let secret = api
-            .get_opt(&r.name)
-            .await
-            .map_err(|e| format!("reading root Secret {namespace}/{}: {e}", r.name))?
-            .ok_or_else(|| {
+    let spec = fed.spec.ca();
+    let api = Api::<Secret>::namespaced(client.clone(), namespace);
+    let loaded = load_record(client, namespace, &federation).await?;
+    let mut record = loaded.clone();
+    let mut events = Vec::new();
+    let request = spec.rotation_request().map(String::from);
+
+    // The root the spec asks for, and why it would replace the active one.
+    let (desired, reason) = match &spec.root_secret_ref {
+        Some(r) => {
+            let secret = api
+                .get_opt(&r.name)
+                .await
+                .map_err(|e| format!("reading root Secret {namespace}/{}: {e}", r.name))?
+                .ok_or_else(|| {
+                    format!(
+                        "root Secret {namespace}/{} (spec.ca.rootSecretRef.name) not found; create it with tls.crt and tls.key",
+                        r.name
+                    )
+                })?;
+            let root = root_from_secret(&secret, now).map_err(|e| {
                 format!(
-                    "root Secret {namespace}/{} (spec.ca.rootSecretRef.name) not found; create it with tls.crt and tls.key",
+                    "root Secret {namespace}/{} (spec.ca.rootSecretRef.name): {e}",
                     r.name
                 )
             })?;
-        let root = root_from_secret(&secret, now).map_err(|e| {
-            format!(
-                "root Secret {namespace}/{} (spec.ca.rootSecretRef.name): {e}",
-                r.name
+            (
+                named(root, &r.name),
+                "spec.ca.rootSecretRef names another root".to_string(),
             )
-        })?;
-        return Ok(Root {
-            ca: root,
-            created: false,
-        });
+        }
+        None => {
+            let n = record.as_ref().map_or(0, |r| r.generated);
+            let name = generated_root_name_at(&federation, n);
+            let existing = api
+                .get_opt(&name)
+                .await
+                .map_err(|e| format!("reading root Secret {namespace}/{name}: {e}"))?;
+            let requested = record
+                .as_ref()
+                .is_some_and(|r| r.rotation.is_none() && request.is_some() && r.request != request);
+            let lost = existing.is_none() && record.is_some();
+            match existing {
+                Some(secret) if !requested => {
+                    if !is_ours(&secret.metadata, &federation) {
+                        return Err(format!(
+                            "Secret {namespace}/{name} exists and was not created by meshfed; delete or rename it, or point spec.ca.rootSecretRef at it"
+                        ));
+                    }
+                    let root = root_from_secret(&secret, now)
+                        .map_err(|e| format!("generated root Secret {namespace}/{name}: {e}"))?;
+                    (named(root, &name), String::new())
+                }
+                _ => {
+                    let n = if record.is_some() { n + 1 } else { 0 };
+                    let name = generated_root_name_at(&federation, n);
+                    let root =
+                        create_generated(&api, &federation, &name, spec.key_algorithm(), now)
+                            .await?;
+                    let why = if lost {
+                        events.push(("RootLost", format!("root Secret {namespace}/{} is gone; its certificate stays trusted while a new root {} replaces it through every phase", generated_root_name_at(&federation, n - 1), root.1.info().serial)));
+                        format!(
+                            "the generated root Secret {} was lost",
+                            generated_root_name_at(&federation, n - 1)
+                        )
+                    } else if requested {
+                        "spec.ca.rootRotation.request changed".to_string()
+                    } else {
+                        events.push((
+                            "RootCreated",
+                            format!("generated root CA {}", root.1.info().serial),
+                        ));
+                        String::new()
+                    };
+                    if let Some(r) = record.as_mut() {
+                        r.generated = n;
+                        if lost {
+                            r.active.secret = None;
+                        }
+                    }
+                    (root, why)
+                }
+            }
+        }
+    };
+    let (desired_ref, desired_root) = desired;
+
+    let record = record.get_or_insert_with(|| CaRecord::new(desired_ref.clone(), request.clone()));
+    if spec.root_secret_ref.is_none() && record.request != request && record.rotation.is_none() {
+        record.request = request.clone();
+    }
+    if record.start(desired_ref.clone(), &reason, now) {
+        events.push((
+            "RootRotationStarted",
+            format!(
+                "rotating to root {} ({reason}): phase TrustBoth",
+                desired_root.info().serial
+            ),
+        ));
+    }
+    let target_id = record.target().id();
+    let (propagation, drain) = spec.rotation_periods();
+    let periods = Periods { propagation, drain };
+    let mut retired = None;
+    match record.advance(all_done(&target_id), periods, now) {
+        Some(Step::Entered(phase)) => events.push((
+            "RootRotationPhase",
+            format!(
+                "every member finished the last phase; phase {} began",
+                phase.name()
+            ),
+        )),
+        Some(Step::Finished) => {
+            events.push((
+                "RootRotationFinished",
+                "the old root left every trust bundle; the rotation is complete".to_string(),
+            ));
+            retired = loaded
+                .as_ref()
+                .and_then(|l| l.rotation.as_ref())
+                .and_then(|r| r.from.secret.clone());
+        }
+        _ => {}
+    }
+    if loaded.as_ref() != Some(record) {
+        membership::write_record(
+            client,
+            namespace,
+            fed,
+            &record_name(&federation),
+            record.to_data(),
+        )
+        .await
+        .map_err(|e| format!("writing the CA record: {e}"))?;
+    }
+    // A generated root no member trusts any more: its key goes.
+    if let Some(old) = retired.filter(|s| is_generated_root(&federation, s)) {
+        let _ = api.delete(&old, &Default::default()).await;
     }
 
-    let name = generated_root_name(&federation);
-    if let Some(secret) = api
-        .get_opt(&name)
-        .await
-        .map_err(|e| format!("reading root Secret {namespace}/{name}: {e}"))?
-    {
-        if !is_ours(&secret.metadata, &federation) {
-            return Err(format!(
-                "Secret {namespace}/{name} exists and was not created by meshfed; delete or rename it, or point spec.ca.rootSecretRef at it"
-            ));
-        }
-        let root = root_from_secret(&secret, now)
-            .map_err(|e| format!("generated root Secret {namespace}/{name}: {e}"))?;
-        return Ok(Root {
-            ca: root,
-            created: false,
-        });
-    }
-    let root = RootCa::generate(
-        &federation,
-        ca.key_algorithm(),
-        defaults::ROOT_LIFETIME,
-        now,
+    let target = record.target();
+    let signing = match &target.signing.secret {
+        Some(name) if Some(name) == desired_ref.secret.as_ref() => Some(desired_root),
+        Some(name) => match api.get_opt(name).await {
+            Ok(Some(secret)) => root_from_secret(&secret, now).ok(),
+            _ => None,
+        },
+        None => None,
+    };
+    let material = CaMaterial {
+        signing,
+        trust_bundle_pem: target.bundle_pem(),
+        target_id: target.id(),
+    };
+    Ok(Ca {
+        root_status: material.signing.as_ref().map(|r| r.info().clone()),
+        material: Arc::new(material),
+        record: record.clone(),
+        events,
+    })
+}
+
+fn named(root: RootCa, secret: &str) -> (RootRef, RootCa) {
+    (
+        RootRef {
+            cert_pem: root.cert_pem.clone(),
+            secret: Some(secret.to_string()),
+        },
+        root,
     )
-    .map_err(|e| format!("generating root CA: {e}"))?;
+}
+
+async fn create_generated(
+    api: &Api<Secret>,
+    federation: &str,
+    name: &str,
+    algorithm: crate::api::KeyAlgorithm,
+    now: Timestamp,
+) -> Result<(RootRef, RootCa), String> {
+    let root = RootCa::generate(federation, algorithm, defaults::ROOT_LIFETIME, now)
+        .map_err(|e| format!("generating root CA: {e}"))?;
     let mut secret = Secret {
         type_: Some("kubernetes.io/tls".into()),
         data: Some(BTreeMap::from([
@@ -100,18 +297,15 @@ pub async fn load_or_create_root(
         ])),
         ..Secret::default()
     };
-    secret.metadata.name = Some(name.clone());
-    secret.metadata.labels = Some(managed_labels(&federation));
+    secret.metadata.name = Some(name.to_string());
+    secret.metadata.labels = Some(managed_labels(federation));
     // Create, never apply: two racing reconciles must not mint two roots.
     match api.create(&PostParams::default(), &secret).await {
-        Ok(_) => Ok(Root {
-            ca: root,
-            created: true,
-        }),
+        Ok(_) => Ok(named(root, name)),
         Err(kube::Error::Api(e)) if e.code == 409 => {
             Err("root CA created concurrently; retrying".into())
         }
-        Err(e) => Err(format!("storing root Secret {namespace}/{name}: {e}")),
+        Err(e) => Err(format!("storing root Secret {name}: {e}")),
     }
 }
 

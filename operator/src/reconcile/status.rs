@@ -1,9 +1,15 @@
 //! Pure status aggregation: member reports in, `MeshFederationStatus` out.
 //! Every condition type meshfed sets is defined here.
+use std::collections::BTreeMap;
+
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
-use crate::api::{CertificateStatus, MemberStatus, MeshFederationStatus};
+use super::rotation::{CaRecord, Periods};
+use super::worker::MemberRun;
+use crate::api::{
+    CaStatus, CertificateStatus, MemberStatus, MeshFederationSpec, MeshFederationStatus,
+};
 
 /// Summary condition for `kubectl wait --for=condition=Ready` and Argo CD.
 pub const READY: &str = "Ready";
@@ -23,7 +29,7 @@ pub const GATEWAYS_READY: &str = "GatewaysReady";
 pub const DEGRADED: &str = "Degraded";
 
 /// What the status needs beyond the members' reports.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct FleetFacts<'a> {
     /// Why failover holds a withdrawal back, if it does.
     pub withdrawal_held: Option<&'a str>,
@@ -31,6 +37,50 @@ pub struct FleetFacts<'a> {
     /// (`namespace/name`: the root, the members' credentials): exposed to
     /// every peer when the operator's cluster is a member.
     pub kept_secrets: &'a [String],
+    /// The trust bundle and a root rotation in progress.
+    pub ca: Option<CaStatus>,
+}
+
+/// `status.ca`: the roots of the current target's bundle, and where a
+/// rotation stands (members in the spec that have not reached `target`
+/// hold it).
+pub fn ca_status(
+    record: &CaRecord,
+    target: &str,
+    runs: &BTreeMap<String, MemberRun>,
+    spec: &MeshFederationSpec,
+    periods: Periods,
+) -> CaStatus {
+    let roots = record
+        .target()
+        .bundle
+        .iter()
+        .filter_map(|pem| crate::pki::inspect(pem).ok())
+        .map(|info| CertificateStatus {
+            serial: info.serial,
+            not_after: Time(info.not_after),
+        })
+        .collect();
+    let rotation = record.rotation.as_ref();
+    CaStatus {
+        roots,
+        phase: rotation.map(|r| r.phase.name().to_string()),
+        phase_since: rotation.map(|r| Time(r.since)),
+        reason: rotation.map(|r| r.reason.clone()),
+        waiting_for: match rotation {
+            None => Vec::new(),
+            Some(_) => spec
+                .members
+                .iter()
+                .filter(|m| {
+                    runs.get(&m.name)
+                        .is_none_or(|r| r.report.ca_reached.as_deref() != Some(target))
+                })
+                .map(|m| m.name.clone())
+                .collect(),
+        },
+        next_phase_at: record.next_phase_at(periods).map(Time),
+    }
 }
 
 /// Something meshfed keeps, or a member holds, is readable with a peer's
@@ -109,6 +159,9 @@ pub struct MemberReport {
     pub next_revocation: Option<Timestamp>,
     /// When its long-lived token Secrets were last looked for.
     pub token_secrets_scanned_at: Option<Timestamp>,
+    /// The CA target ([`super::rotation::Target::id`]) its `cacerts` and its
+    /// istiod's distributed roots match.
+    pub ca_reached: Option<String>,
 }
 
 impl MemberReport {
@@ -150,6 +203,7 @@ pub fn build_status(
     now: Timestamp,
 ) -> MeshFederationStatus {
     let withdrawal_held = fleet.withdrawal_held;
+    let ca = fleet.ca.clone();
     let in_spec = reports.iter().filter(|r| !r.status.leaving).count();
     let ready = reports.iter().filter(|r| r.is_ready()).count();
 
@@ -406,6 +460,7 @@ pub fn build_status(
         member_count: in_spec as i32,
         ready_members: ready as i32,
         root: root.ok(),
+        ca,
         members,
     }
 }
@@ -752,8 +807,8 @@ mod tests {
             vec![host, healthy("b")],
             root(),
             FleetFacts {
-                withdrawal_held: None,
                 kept_secrets: &kept,
+                ..FleetFacts::default()
             },
             None,
             t("2026-01-01T00:00:00Z"),

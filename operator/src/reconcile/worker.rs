@@ -20,10 +20,11 @@ use tracing::Instrument;
 use super::member::PreparedMember;
 use super::member::{prepare_member, sync_member_control_plane, unreachable_reason};
 use super::remote_secrets::{self, Binding, PeerFacts, TokenPolicy, mint_token, revocable};
+use super::root::CaMaterial;
 use super::status::MemberReport;
 use super::{Context, Event};
 use crate::api::{Member, MeshFederation};
-use crate::pki::{IntermediatePolicy, RootCa};
+use crate::pki::IntermediatePolicy;
 use crate::render::{ISTIO_NAMESPACE, keys, reader_name};
 use crate::telemetry::RequestCount;
 
@@ -32,7 +33,7 @@ use crate::telemetry::RequestCount;
 #[derive(Clone)]
 pub struct Input {
     pub fed: Arc<MeshFederation>,
-    pub root: Arc<RootCa>,
+    pub ca: Arc<CaMaterial>,
     pub member: Member,
     pub withdrawn: Arc<BTreeSet<String>>,
 }
@@ -42,7 +43,9 @@ impl Input {
     /// entry or withdrawn set).
     fn differs(&self, other: &Input) -> bool {
         self.fed.metadata.generation != other.fed.metadata.generation
-            || self.root.info().serial != other.root.info().serial
+            || self.ca.target_id != other.ca.target_id
+            || self.ca.signing.as_ref().map(|r| &r.info().serial)
+                != other.ca.signing.as_ref().map(|r| &r.info().serial)
             || self.member != other.member
             || self.withdrawn != other.withdrawn
             || refresh_request(&self.fed) != refresh_request(&other.fed)
@@ -381,7 +384,7 @@ async fn run(ctx: &Arc<Context>, input: &Input) -> Outcome {
     };
     let timeout = ctx.settings.member_timeout;
     let workers = &ctx.workers;
-    let mut prepared = prepare_member(ctx, fed, member, &input.root, &policy, now).await;
+    let mut prepared = prepare_member(ctx, fed, member, &input.ca, &policy, now).await;
 
     // What peers need of this member; kept from the last run where this one
     // could not find out.
