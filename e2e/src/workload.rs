@@ -121,8 +121,10 @@ fn project(dir: &Path, data: &BTreeMap<String, ByteString>) -> std::io::Result<(
 #[derive(Clone)]
 pub struct Workload {
     pub spiffe_id: String,
-    /// Leaf first, as istiod returns it (its last element is the root).
+    /// Leaf, intermediate, and the root that signed the intermediate.
     pub chain: Vec<CertificateDer<'static>>,
+    /// The roots istiod sent with it (its whole trust bundle).
+    pub served_roots: Vec<CertificateDer<'static>>,
     pub key: Arc<PrivateKeyDer<'static>>,
     pub not_before: jiff::Timestamp,
     pub not_after: jiff::Timestamp,
@@ -224,16 +226,24 @@ pub async fn mint(
         .unary(request, path, tonic_prost::ProstCodec::default())
         .await
         .context("CreateCertificate")?;
+    // [leaf, cert-chain.pem (intermediate and its root), root-cert.pem]
     let pems = response.into_inner().cert_chain;
+    let Some((bundle, chain_pems)) = pems.split_last() else {
+        bail!("CreateCertificate returned nothing");
+    };
     let mut chain = Vec::new();
-    for pem in &pems {
+    for pem in chain_pems {
         for der in rustls_pemfile::certs(&mut pem.as_bytes()) {
             chain.push(der?);
         }
     }
-    if chain.len() < 2 {
-        bail!("CreateCertificate returned {} certificates", chain.len());
+    if chain.len() < 3 {
+        bail!(
+            "CreateCertificate returned a chain of {} certificates",
+            chain.len()
+        );
     }
+    let served_roots = roots(bundle)?;
     let (_, leaf) = x509_parser::parse_x509_certificate(&chain[0])?;
     let time = |t: x509_parser::time::ASN1Time| jiff::Timestamp::from_second(t.timestamp());
     Ok(Workload {
@@ -241,6 +251,7 @@ pub async fn mint(
         not_before: time(leaf.validity().not_before)?,
         not_after: time(leaf.validity().not_after)?,
         chain,
+        served_roots,
         key: Arc::new(PrivateKeyDer::Pkcs8(key.serialize_der().into())),
     })
 }
@@ -463,4 +474,188 @@ pub async fn handshake(
     served.context("server side")?;
     called.context("client side")?;
     Ok(())
+}
+
+/// A workload in one member, as its sidecar would run: the member's istiod
+/// (with `cacerts` projected), an `istio-ca` token of its own
+/// ServiceAccount, the roots that istiod distributes (refreshed, as a proxy
+/// receives them), and a certificate renewed at half its life.
+pub struct MemberWorkload {
+    pub istiod: crate::istiod::Istiod,
+    client: Client,
+    token: String,
+    pub spiffe_id: String,
+    ttl: Duration,
+    roots_pem: tokio::sync::Mutex<String>,
+    current: tokio::sync::Mutex<Option<Workload>>,
+}
+
+impl MemberWorkload {
+    /// Starts istiod for member `cluster` (`network`, mesh `mesh1`) in
+    /// `work_dir`, and a workload `default/workload-<name>` there.
+    pub async fn start(
+        cluster: &crate::Cluster,
+        network: &str,
+        work_dir: &Path,
+        ttl: Duration,
+    ) -> Result<Self> {
+        let mut options = crate::istiod::IstiodOptions::new(cluster.name(), network, "mesh1");
+        options.project_cacerts = true;
+        let istiod = crate::istiod::Istiod::start_with(cluster, options, work_dir).await?;
+        let client = cluster.client();
+        let account = format!("workload-{}", cluster.name());
+        let sa: ServiceAccount =
+            serde_json::from_value(serde_json::json!({"metadata": {"name": account}}))?;
+        let accounts = Api::<ServiceAccount>::namespaced(client.clone(), "default");
+        if accounts.get_opt(&account).await?.is_none() {
+            accounts.create(&PostParams::default(), &sa).await?;
+        }
+        let token = ca_token(&client, "default", &account).await?;
+        let roots_pem = distributed_roots(&client, Duration::from_secs(60)).await?;
+        let w = MemberWorkload {
+            istiod,
+            client,
+            token,
+            spiffe_id: format!("spiffe://cluster.local/ns/default/sa/{account}"),
+            ttl,
+            roots_pem: tokio::sync::Mutex::new(roots_pem),
+            current: tokio::sync::Mutex::new(None),
+        };
+        w.certificate().await?;
+        Ok(w)
+    }
+
+    /// A new certificate from its istiod.
+    pub async fn mint(&self) -> Result<Workload> {
+        let roots = self.roots_pem.lock().await.clone();
+        mint(
+            self.istiod.secure_grpc_addr(),
+            &roots,
+            &self.token,
+            &self.spiffe_id,
+            self.ttl,
+        )
+        .await
+    }
+
+    /// Its certificate, renewed first if past half its life (the agent's
+    /// rule).
+    pub async fn certificate(&self) -> Result<Workload> {
+        let mut current = self.current.lock().await;
+        match current.as_ref() {
+            Some(w) if jiff::Timestamp::now() < w.renew_at() => Ok(w.clone()),
+            _ => {
+                let w = self.mint().await?;
+                *current = Some(w.clone());
+                Ok(w)
+            }
+        }
+    }
+
+    /// The roots it trusts now.
+    pub async fn roots(&self) -> Vec<CertificateDer<'static>> {
+        roots(&self.roots_pem.lock().await).unwrap_or_default()
+    }
+
+    /// Takes the roots its istiod distributes now (kept if unreadable).
+    pub async fn refresh_roots(&self) {
+        if let Ok(pem) = distributed_roots(&self.client, Duration::ZERO).await {
+            *self.roots_pem.lock().await = pem;
+        }
+    }
+}
+
+/// The roots istiod distributes to workloads in namespace `default` (its
+/// `istio-ca-root-cert`), waiting up to `wait` for them to appear.
+pub async fn distributed_roots(client: &Client, wait: Duration) -> Result<String> {
+    let maps = Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(client.clone(), "default");
+    let deadline = std::time::Instant::now() + wait;
+    loop {
+        let found = maps
+            .get_opt("istio-ca-root-cert")
+            .await?
+            .and_then(|m| m.data?.get("root-cert.pem").cloned());
+        match found {
+            Some(pem) => return Ok(pem),
+            None if std::time::Instant::now() >= deadline => {
+                bail!("no istio-ca-root-cert in default")
+            }
+            None => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+}
+
+/// Handshakes between the workloads of every ordered pair of members, over
+/// and over until finished, with roots refreshed before each round. A
+/// certificate that cannot be renewed (its istiod unreachable) skips the
+/// pair: only a handshake that fails counts as a failure.
+pub struct Sampler {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    done: Arc<std::sync::atomic::AtomicUsize>,
+    failures: Arc<tokio::sync::Mutex<Vec<String>>>,
+    task: JoinHandle<()>,
+}
+
+impl Sampler {
+    pub fn start(members: Vec<Arc<MemberWorkload>>) -> Self {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        let stop = Arc::new(AtomicBool::new(false));
+        let done = Arc::new(AtomicUsize::new(0));
+        let failures = Arc::new(tokio::sync::Mutex::new(Vec::new()));
+        let task = {
+            let (stop, done, failures) = (stop.clone(), done.clone(), failures.clone());
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    for m in &members {
+                        m.refresh_roots().await;
+                    }
+                    for (i, a) in members.iter().enumerate() {
+                        for (_, b) in members.iter().enumerate().filter(|(j, _)| *j != i) {
+                            let (Ok(client), Ok(server)) =
+                                (a.certificate().await, b.certificate().await)
+                            else {
+                                continue;
+                            };
+                            match handshake(&client, &a.roots().await, &server, &b.roots().await)
+                                .await
+                            {
+                                Ok(()) => {
+                                    done.fetch_add(1, Ordering::Relaxed);
+                                }
+                                Err(e) => failures.lock().await.push(format!(
+                                    "{} -> {} at {}: {e:#}",
+                                    a.spiffe_id,
+                                    b.spiffe_id,
+                                    jiff::Timestamp::now()
+                                )),
+                            }
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            })
+        };
+        Sampler {
+            stop,
+            done,
+            failures,
+            task,
+        }
+    }
+
+    /// Handshakes that succeeded so far.
+    pub fn handshakes(&self) -> usize {
+        self.done.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Stops; the handshakes that succeeded, and every failure.
+    pub async fn finish(self) -> Result<(usize, Vec<String>)> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.task.await?;
+        let failures = self.failures.lock().await.clone();
+        Ok((
+            self.done.load(std::sync::atomic::Ordering::Relaxed),
+            failures,
+        ))
+    }
 }

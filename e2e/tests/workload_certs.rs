@@ -9,77 +9,21 @@
 //! and handshakes sampled continuously across it, with certificates minted
 //! before and after, never fail.
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, ensure};
 use e2e::Fleet;
-use e2e::istiod::{Istiod, IstiodOptions, base_crds, install_base_crds, istio};
+use e2e::istiod::{base_crds, install_base_crds, istio};
 use e2e::mesh::*;
-use e2e::workload::{Workload, ca_token, handshake, mint, roots};
-use k8s_openapi::api::core::v1::{ConfigMap, Secret, ServiceAccount};
-use kube::api::{DeleteParams, PostParams};
+use e2e::workload::{MemberWorkload, Sampler, distributed_roots, handshake, roots};
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::DeleteParams;
 use kube::{Api, Client};
-use rustls::pki_types::CertificateDer;
-use tokio::sync::Mutex;
 
 const WAIT: Duration = Duration::from_secs(60);
 const NETWORKS: [&str; 3] = ["net-a", "net-a", "net-b"];
 /// Short, so that the sampler renews during the test (at half of it).
 const WORKLOAD_TTL: Duration = Duration::from_secs(30);
-
-/// One member's workload: where its istiod's CA is, its `istio-ca` token,
-/// the roots its istiod distributes, and its current certificate.
-struct Member {
-    istiod: Istiod,
-    token: String,
-    spiffe_id: String,
-    roots_pem: String,
-    current: Mutex<Workload>,
-}
-
-impl Member {
-    async fn mint(&self) -> Result<Workload> {
-        mint(
-            self.istiod.secure_grpc_addr(),
-            &self.roots_pem,
-            &self.token,
-            &self.spiffe_id,
-            WORKLOAD_TTL,
-        )
-        .await
-    }
-
-    /// Its certificate, renewed first if past half its life (the agent's rule).
-    async fn certificate(&self) -> Result<Workload> {
-        let mut current = self.current.lock().await;
-        if jiff::Timestamp::now() >= current.renew_at() {
-            *current = self.mint().await?;
-        }
-        Ok(current.clone())
-    }
-
-    fn roots(&self) -> Vec<CertificateDer<'static>> {
-        roots(&self.roots_pem).expect("roots were parsed before")
-    }
-}
-
-/// The roots istiod distributes to workloads in namespace `default`.
-async fn distributed_roots(client: &Client) -> Result<String> {
-    let maps = Api::<ConfigMap>::namespaced(client.clone(), "default");
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let found = maps
-            .get_opt("istio-ca-root-cert")
-            .await?
-            .and_then(|m| m.data?.get("root-cert.pem").cloned());
-        match found {
-            Some(pem) => return Ok(pem),
-            None if Instant::now() > deadline => anyhow::bail!("no istio-ca-root-cert in default"),
-            None => tokio::time::sleep(Duration::from_millis(200)).await,
-        }
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn workloads_of_every_member_handshake_through_an_intermediate_renewal() -> Result<()> {
@@ -116,42 +60,18 @@ async fn workloads_of_every_member_handshake_through_an_intermediate_renewal() -
 
     let mut workloads = Vec::new();
     for (i, cluster) in fleet.clusters().iter().enumerate() {
-        let mut options = IstiodOptions::new(cluster.name(), NETWORKS[i], "mesh1");
-        options.project_cacerts = true;
-        let istiod =
-            Istiod::start_with(cluster, options, &fleet.dir().join(format!("istiod-{i}"))).await?;
-        let account = format!("workload-{i}");
-        let sa: ServiceAccount =
-            serde_json::from_value(serde_json::json!({"metadata": {"name": account}}))?;
-        Api::<ServiceAccount>::namespaced(clients[i].clone(), "default")
-            .create(&PostParams::default(), &sa)
-            .await?;
-        let token = ca_token(&clients[i], "default", &account).await?;
-        let roots_pem = distributed_roots(&clients[i]).await?;
+        let dir = fleet.dir().join(format!("istiod-{i}"));
+        let w = MemberWorkload::start(cluster, NETWORKS[i], &dir, WORKLOAD_TTL).await?;
         ensure!(
-            roots(&roots_pem)? == federation_root,
+            w.roots().await == federation_root,
             "istiod {i} distributes the federation's root"
         );
-        let spiffe_id = format!("spiffe://cluster.local/ns/default/sa/{account}");
-        let first = mint(
-            istiod.secure_grpc_addr(),
-            &roots_pem,
-            &token,
-            &spiffe_id,
-            WORKLOAD_TTL,
-        )
-        .await?;
+        let first = w.certificate().await?;
         ensure!(
             first.chain.last() == federation_root.first(),
             "istiod {i}'s CreateCertificate ends in the federation's root"
         );
-        workloads.push(Arc::new(Member {
-            istiod,
-            token,
-            spiffe_id,
-            roots_pem,
-            current: Mutex::new(first),
-        }));
+        workloads.push(Arc::new(w));
     }
 
     // The handshake can fail: an untrusted root, or a peer that is not who
@@ -160,63 +80,44 @@ async fn workloads_of_every_member_handshake_through_an_intermediate_renewal() -
         workloads[0].certificate().await?,
         workloads[2].certificate().await?,
     );
-    handshake(&a, &workloads[0].roots(), &b, &workloads[2].roots()).await?;
+    handshake(
+        &a,
+        &workloads[0].roots().await,
+        &b,
+        &workloads[2].roots().await,
+    )
+    .await?;
     let stranger = rcgen::CertificateParams::new(Vec::<String>::new())?
         .self_signed(&rcgen::KeyPair::generate()?)?;
     let untrusted = vec![stranger.der().clone()];
     ensure!(
-        handshake(&a, &untrusted, &b, &workloads[2].roots())
+        handshake(&a, &untrusted, &b, &workloads[2].roots().await)
             .await
             .is_err()
     );
     ensure!(
-        handshake(&a, &workloads[0].roots(), &b, &untrusted)
+        handshake(&a, &workloads[0].roots().await, &b, &untrusted)
             .await
             .is_err()
     );
     let mut impostor = b.clone();
     impostor.spiffe_id = workloads[1].spiffe_id.clone();
     ensure!(
-        handshake(&a, &workloads[0].roots(), &impostor, &workloads[2].roots())
-            .await
-            .is_err(),
+        handshake(
+            &a,
+            &workloads[0].roots().await,
+            &impostor,
+            &workloads[2].roots().await
+        )
+        .await
+        .is_err(),
         "a certificate for another identity is refused"
     );
 
     // Every ordered pair, sampled continuously.
-    let stop = Arc::new(AtomicBool::new(false));
-    let done = Arc::new(AtomicUsize::new(0));
-    let failures = Arc::new(Mutex::new(Vec::<String>::new()));
-    let sampler = {
-        let (workloads, stop, done, failures) = (
-            workloads.clone(),
-            stop.clone(),
-            done.clone(),
-            failures.clone(),
-        );
-        tokio::spawn(async move {
-            while !stop.load(Ordering::Relaxed) {
-                for (i, a) in workloads.iter().enumerate() {
-                    for (j, b) in workloads.iter().enumerate().filter(|(j, _)| *j != i) {
-                        let result = async {
-                            let (client, server) = (a.certificate().await?, b.certificate().await?);
-                            handshake(&client, &a.roots(), &server, &b.roots()).await
-                        }
-                        .await;
-                        match result {
-                            Ok(()) => {
-                                done.fetch_add(1, Ordering::Relaxed);
-                            }
-                            Err(e) => failures.lock().await.push(format!("{i} -> {j}: {e:#}")),
-                        }
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        })
-    };
+    let sampler = Sampler::start(workloads.clone());
     poll(WAIT, "handshakes between every pair", || async {
-        Ok(done.load(Ordering::Relaxed) >= 12)
+        Ok(sampler.handshakes() >= 12)
     })
     .await?;
 
@@ -254,12 +155,9 @@ async fn workloads_of_every_member_handshake_through_an_intermediate_renewal() -
     );
     ensure!(after.chain.last() == federation_root.first(), "same root");
     // Old and new certificates side by side for a while.
-    let sampled_before = done.load(Ordering::Relaxed);
+    let sampled_before = sampler.handshakes();
     tokio::time::sleep(WORKLOAD_TTL).await;
-    stop.store(true, Ordering::Relaxed);
-    sampler.await?;
-    let total = done.load(Ordering::Relaxed);
-    let failures = failures.lock().await.clone();
+    let (total, failures) = sampler.finish().await?;
     eprintln!(
         "intermediate renewal picked up by istiod in {took:?} without a restart; {total} handshakes ({} after the renewal), failures: {failures:#?}",
         total - sampled_before
@@ -272,7 +170,7 @@ async fn workloads_of_every_member_handshake_through_an_intermediate_renewal() -
     // What istiod serves, not what the Secret holds: the roots it distributes.
     for (i, c) in clients.iter().enumerate() {
         ensure!(
-            roots(&distributed_roots(c).await?)? == federation_root,
+            roots(&distributed_roots(c, WAIT).await?)? == federation_root,
             "member {i}"
         );
     }
