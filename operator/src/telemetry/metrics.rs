@@ -20,6 +20,20 @@ struct ReconcileLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FederationLabels {
+    federation: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PhaseLabels {
+    federation: String,
+    phase: &'static str,
+}
+
+/// The phases of a root rotation, as `status.ca.phase` names them.
+const ROTATION_PHASES: [&str; 4] = ["TrustBoth", "SignWithNew", "Drain", "TrustNew"];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct MemberLabels {
     federation: String,
     member: String,
@@ -47,6 +61,8 @@ pub struct Metrics {
     member_requests: Family<RequestLabels, Counter>,
     member_runs: Family<RunLabels, Counter>,
     tokens_minted: Family<MemberLabels, Counter>,
+    root_expiry: Family<FederationLabels, Gauge<f64, AtomicU64>>,
+    rotation_phase: Family<PhaseLabels, Gauge>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -135,7 +151,21 @@ impl Default for Metrics {
             "Tokens minted for a member's reader (TokenRequests), for its peers' remote secrets",
             tokens_minted.clone(),
         );
+        let root_expiry = Family::default();
+        registry.register(
+            "root_expiry_seconds",
+            "Seconds until the root that signs the federation's intermediates expires",
+            root_expiry.clone(),
+        );
+        let rotation_phase = Family::default();
+        registry.register(
+            "root_rotation_phase",
+            "1 for the phase a root rotation is in (TrustBoth, SignWithNew, Drain, TrustNew), 0 for the others",
+            rotation_phase.clone(),
+        );
         Self {
+            root_expiry,
+            rotation_phase,
             member_runs,
             tokens_minted,
             member_requests,
@@ -195,6 +225,28 @@ impl Metrics {
             self.forget_member(&labels(&gone.name));
         }
         let seconds_until = |t: Timestamp| t.duration_since(now).as_secs_f64();
+        let fed = FederationLabels {
+            federation: federation.into(),
+        };
+        match &current.root {
+            Some(root) => {
+                self.root_expiry
+                    .get_or_create(&fed)
+                    .set(seconds_until(root.not_after.0));
+            }
+            None => {
+                self.root_expiry.remove(&fed);
+            }
+        }
+        let phase = current.ca.as_ref().and_then(|c| c.phase.as_deref());
+        for p in ROTATION_PHASES {
+            self.rotation_phase
+                .get_or_create(&PhaseLabels {
+                    federation: federation.into(),
+                    phase: p,
+                })
+                .set(i64::from(phase == Some(p)));
+        }
         for m in &current.members {
             let l = labels(&m.name);
             self.member_reachable
@@ -273,6 +325,15 @@ impl Metrics {
 
     /// Drops every series of a deleted federation's members.
     pub fn forget_federation(&self, federation: &str, status: Option<&MeshFederationStatus>) {
+        self.root_expiry.remove(&FederationLabels {
+            federation: federation.into(),
+        });
+        for phase in ROTATION_PHASES {
+            self.rotation_phase.remove(&PhaseLabels {
+                federation: federation.into(),
+                phase,
+            });
+        }
         for m in status.iter().flat_map(|s| &s.members) {
             self.forget_member(&MemberLabels {
                 federation: federation.into(),
@@ -351,6 +412,41 @@ mod tests {
                 r#"meshfed_intermediate_expiry_seconds{federation="prod",member="a"} 86400"#
             ),
             "{text}"
+        );
+        assert!(
+            text.contains(r#"meshfed_root_rotation_phase{federation="prod",phase="TrustBoth"} 0"#),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn the_root_and_its_rotation_are_gauges() {
+        let m = Metrics::default();
+        let mut s = status(&[("a", true)]);
+        s.root = Some(crate::api::CertificateStatus {
+            serial: "01".into(),
+            not_after: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                "2026-01-11T00:00:00Z".parse().unwrap(),
+            ),
+        });
+        s.ca = Some(crate::api::CaStatus {
+            phase: Some("Drain".into()),
+            ..Default::default()
+        });
+        m.members("prod", None, &s, "2026-01-01T00:00:00Z".parse().unwrap());
+        let text = m.encode();
+        assert!(
+            text.contains(r#"meshfed_root_expiry_seconds{federation="prod"} 864000"#),
+            "{text}"
+        );
+        assert!(text.contains(r#"meshfed_root_rotation_phase{federation="prod",phase="Drain"} 1"#));
+        assert!(
+            text.contains(r#"meshfed_root_rotation_phase{federation="prod",phase="TrustNew"} 0"#)
+        );
+        m.forget_federation("prod", Some(&s));
+        assert!(
+            !m.encode().contains(r#"federation="prod""#),
+            "all series gone"
         );
     }
 
