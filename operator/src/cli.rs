@@ -168,15 +168,34 @@ pub fn headline(fed: &MeshFederation) -> String {
     }
 }
 
-/// Lines under the table for conditions that warn without making the
-/// federation not Ready (today: `CredentialsExposed`).
+/// Lines under the table: a root rotation in progress, and conditions that
+/// warn without making the federation not Ready (`CredentialsExposed`).
 pub fn warnings(fed: &MeshFederation) -> Vec<String> {
-    fed.status
+    let rotation = fed
+        .status
+        .iter()
+        .filter_map(|s| s.ca.as_ref())
+        .filter_map(|ca| {
+            let phase = ca.phase.as_ref()?;
+            let since = ca
+                .phase_since
+                .as_ref()
+                .map(|t| format!(" since {}", t.0.strftime("%Y-%m-%d %H:%M:%S")))
+                .unwrap_or_default();
+            let waiting = if ca.waiting_for.is_empty() {
+                String::new()
+            } else {
+                format!(", waiting for {}", ca.waiting_for.join(", "))
+            };
+            Some(format!("root rotation: phase {phase}{since}{waiting}"))
+        });
+    let exposed = fed
+        .status
         .iter()
         .flat_map(|s| &s.conditions)
         .filter(|c| c.type_ == "CredentialsExposed" && c.status == "True")
-        .map(|c| format!("warning: {} ({}): {}", c.type_, c.reason, c.message))
-        .collect()
+        .map(|c| format!("warning: {} ({}): {}", c.type_, c.reason, c.message));
+    rotation.chain(exposed).collect()
 }
 
 /// Cuts `s` to `max` characters, marking the cut.
