@@ -19,6 +19,7 @@ pub mod defaults {
     pub const RENEW_BEFORE: Duration = Duration::from_secs(30 * 24 * 3600);
     pub const TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
     pub const REVOKE_AFTER: Duration = Duration::from_secs(10 * 60);
+    pub const ROOT_RENEW_BEFORE: Duration = Duration::from_secs(365 * 24 * 3600);
     pub const PROPAGATION_PERIOD: Duration = Duration::from_secs(5 * 60);
     pub const DRAIN_PERIOD: Duration = Duration::from_secs(25 * 3600);
     pub const KUBECONFIG_KEY: &str = "kubeconfig";
@@ -396,6 +397,13 @@ pub struct CaSpec {
     /// goes through four phases across every member (docs/rotation.md).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub root_rotation: Option<RootRotationSpec>,
+
+    /// A generated root is rotated to a new one when less than this much of
+    /// its validity is left (it is generated for 10 years). Default: 8760h
+    /// (one year).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('0s') && duration(self) < duration('87600h')").message("spec.ca.rootRenewBefore must be at least 0s and shorter than a generated root's lifetime (87600h)"))]
+    pub root_renew_before: Option<Duration>,
 }
 
 /// Root rotation settings.
@@ -702,6 +710,12 @@ impl CaSpec {
     /// Removal policy, defaulted.
     pub fn on_removal(&self) -> RemovalPolicy {
         self.on_removal.unwrap_or_default()
+    }
+
+    /// How long before its expiry a generated root is rotated, defaulted.
+    pub fn root_renew_before(&self) -> std::time::Duration {
+        self.root_renew_before
+            .map_or(defaults::ROOT_RENEW_BEFORE, Into::into)
     }
 
     /// The rotation request for a generated root, if any.

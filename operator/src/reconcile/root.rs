@@ -140,19 +140,41 @@ pub async fn prepare_ca(
                 .get_opt(&name)
                 .await
                 .map_err(|e| format!("reading root Secret {namespace}/{name}: {e}"))?;
-            let requested = record
-                .as_ref()
-                .is_some_and(|r| r.rotation.is_none() && request.is_some() && r.request != request);
-            let lost = existing.is_none() && record.is_some();
-            match existing {
-                Some(secret) if !requested => {
+            let idle = record.as_ref().is_some_and(|r| r.rotation.is_none());
+            let requested =
+                idle && request.is_some() && record.as_ref().is_some_and(|r| r.request != request);
+            // The active root is this generated one, and its Secret is gone.
+            let lost = existing.is_none()
+                && record
+                    .as_ref()
+                    .is_some_and(|r| r.active.secret.as_deref() == Some(name.as_str()));
+            let loaded = match &existing {
+                Some(secret) => {
                     if !is_ours(&secret.metadata, &federation) {
                         return Err(format!(
                             "Secret {namespace}/{name} exists and was not created by meshfed; delete or rename it, or point spec.ca.rootSecretRef at it"
                         ));
                     }
-                    let root = root_from_secret(&secret, now)
-                        .map_err(|e| format!("generated root Secret {namespace}/{name}: {e}"))?;
+                    Some(
+                        root_from_secret(secret, now).map_err(|e| {
+                            format!("generated root Secret {namespace}/{name}: {e}")
+                        })?,
+                    )
+                }
+                None => None,
+            };
+            // A generated root near its end is replaced like a requested one.
+            let expiring = loaded.as_ref().filter(|root| {
+                idle && renewal_due(root.info().not_after, spec.root_renew_before(), now)
+            });
+            let expiring_reason = expiring.map(|root| {
+                format!(
+                    "the generated root expires at {} (spec.ca.rootRenewBefore)",
+                    root.info().not_after
+                )
+            });
+            match loaded {
+                Some(root) if !requested && expiring_reason.is_none() => {
                     (named(root, &name), String::new())
                 }
                 _ => {
@@ -161,14 +183,16 @@ pub async fn prepare_ca(
                     let root =
                         create_generated(&api, &federation, &name, spec.key_algorithm(), now)
                             .await?;
+                    let previous = generated_root_name_at(&federation, n.saturating_sub(1));
                     let why = if lost {
-                        events.push(("RootLost", format!("root Secret {namespace}/{} is gone; its certificate stays trusted while a new root {} replaces it through every phase", generated_root_name_at(&federation, n - 1), root.1.info().serial)));
-                        format!(
-                            "the generated root Secret {} was lost",
-                            generated_root_name_at(&federation, n - 1)
-                        )
+                        events.push(("RootLost", format!("root Secret {namespace}/{previous} is gone; its certificate stays trusted while a new root {} replaces it through every phase", root.1.info().serial)));
+                        format!("the generated root Secret {previous} was lost")
                     } else if requested {
                         "spec.ca.rootRotation.request changed".to_string()
+                    } else if let Some(why) = expiring_reason {
+                        why
+                    } else if record.is_some() {
+                        "spec.ca.rootSecretRef removed: a generated root replaces it".to_string()
                     } else {
                         events.push((
                             "RootCreated",
@@ -319,4 +343,46 @@ fn root_from_secret(secret: &Secret, now: Timestamp) -> Result<RootCa, String> {
             .ok_or_else(|| format!("missing key {k}"))
     };
     RootCa::from_pem(&text(CERT_KEY)?, &text(KEY_KEY)?, now).map_err(|e| e.to_string())
+}
+
+/// Whether a generated root expiring at `not_after` is due for rotation.
+fn renewal_due(not_after: Timestamp, renew_before: std::time::Duration, now: Timestamp) -> bool {
+    now + signed(renew_before) >= not_after
+}
+
+fn signed(d: std::time::Duration) -> jiff::SignedDuration {
+    jiff::SignedDuration::try_from(d).unwrap_or(jiff::SignedDuration::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_roots_are_named_by_their_generation() {
+        assert_eq!(generated_root_name_at("prod", 0), "prod-root-ca");
+        assert_eq!(generated_root_name_at("prod", 3), "prod-root-ca-3");
+        assert!(is_generated_root("prod", "prod-root-ca"));
+        assert!(is_generated_root("prod", "prod-root-ca-12"));
+        assert!(!is_generated_root("prod", "prod-root-ca-x"));
+        assert!(!is_generated_root("prod", "prod-root-cat"));
+        assert!(!is_generated_root("prod", "staging-root-ca"));
+    }
+
+    #[test]
+    fn a_generated_root_is_due_within_root_renew_before_of_its_end() {
+        let end: Timestamp = "2030-01-01T00:00:00Z".parse().unwrap();
+        let year = std::time::Duration::from_secs(365 * 86400);
+        assert!(!renewal_due(
+            end,
+            year,
+            "2028-12-31T23:59:59Z".parse().unwrap()
+        ));
+        assert!(renewal_due(
+            end,
+            year,
+            "2029-01-01T00:00:00Z".parse().unwrap()
+        ));
+        assert!(renewal_due(end, std::time::Duration::ZERO, end), "expired");
+    }
 }
