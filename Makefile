@@ -1,7 +1,7 @@
 # The entry points people type. `make help` lists them.
 CARGO ?= cargo
 
-.PHONY: help demo test lint unit e2e packages testbed-tools helm istio crds image bench bench-testbed bench-operator bench-scale bench-failover clean-testbed-cache
+.PHONY: help demo test lint unit e2e packages testbed-tools helm istio crds image bench bench-testbed bench-operator bench-scale bench-failover bench-rotation clean-testbed-cache
 
 help: ## List the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
@@ -38,7 +38,7 @@ crds: ## Regenerate the CRD YAML from operator/src/api
 	$(CARGO) run -q -p crd-gen > config/crd/meshfed.io_meshfederations.yaml
 	cp config/crd/meshfed.io_meshfederations.yaml charts/meshfed-operator/crds/
 
-bench: bench-testbed bench-operator bench-scale bench-failover ## All benchmarks
+bench: bench-testbed bench-operator bench-scale bench-failover bench-rotation ## All benchmarks
 
 bench-testbed: testbed-tools ## Fleet start time and memory for 1, 3 and 10 clusters
 	$(CARGO) run -q -p e2e --bin testbed -- bench --sizes 1,3,10
@@ -56,6 +56,9 @@ bench-scale: testbed-tools ## 10, 25, 50 API-server-only members: apply->Ready, 
 
 bench-failover: testbed-tools helm istio ## Failure -> withdrawal and recovery -> restore with the real istiod, against grace and settle periods
 	$(CARGO) test -q -p e2e --test failover -- --nocapture 2>&1 | grep FIGURE
+
+bench-rotation: testbed-tools ## A full root rotation on 3 and 10 API-server-only members against its floor (the phase waits); cacerts writes per member per phase
+	$(CARGO) run -q --release -p e2e --bin rotation -- --sizes 3,10
 
 # The chart's default image.repository and tag (its appVersion, the crate version).
 IMAGE ?= ghcr.io/meshfed/meshfed-operator:$(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)

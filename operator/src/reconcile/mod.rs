@@ -609,10 +609,19 @@ async fn converge(fed: &Arc<MeshFederation>, ctx: &Arc<Context>) -> Result<Actio
         .expect("stats lock")
         .insert(name.clone(), stats);
     // Workers ask for aggregation when they finish; this is the safety
-    // resync, or the end of a failover grace or settle period.
+    // resync, the end of a failover grace or settle period, or the end of a
+    // root rotation phase's wait.
+    let phase_ends = ca.as_ref().ok().and_then(|ca| {
+        let (propagation, drain) = spec.ca().rotation_periods();
+        ca.record
+            .next_phase_at(rotation::Periods { propagation, drain })
+    });
     let until_check = decision
         .next_check
-        .and_then(|t| Duration::try_from(t.duration_since(now)).ok());
+        .into_iter()
+        .chain(phase_ends)
+        .filter_map(|t| Duration::try_from(t.duration_since(now)).ok())
+        .min();
     Ok(Action::requeue(
         until_check.map_or(ctx.settings.resync, |d| d.min(ctx.settings.resync)),
     ))
