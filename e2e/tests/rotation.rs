@@ -30,6 +30,34 @@ const PROPAGATION: &str = "3s";
 /// old root has been renewed before the old root leaves the bundles.
 const DRAIN: &str = "30s";
 
+/// A CA certificate (PEM) and its key: self-signed, or signed by `issuer`
+/// (certificate PEM and key), able to sign CAs below it.
+fn ca(name: &str, issuer: Option<(&str, &rcgen::KeyPair)>) -> Result<(String, rcgen::KeyPair)> {
+    let key = rcgen::KeyPair::generate()?;
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, name);
+    params.is_ca = rcgen::IsCa::Ca(match issuer {
+        None => rcgen::BasicConstraints::Unconstrained,
+        Some(_) => rcgen::BasicConstraints::Constrained(1),
+    });
+    params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::DigitalSignature,
+        rcgen::KeyUsagePurpose::CrlSign,
+    ];
+    let cert = match issuer {
+        None => params.self_signed(&key)?,
+        Some((issuer_pem, issuer_key)) => {
+            let issuer = rcgen::Issuer::from_ca_cert_pem(issuer_pem, issuer_key)?;
+            params.signed_by(&key, &issuer)?
+        }
+    };
+    Ok((cert.pem(), key))
+}
+
 fn ders(pem: &str) -> BTreeSet<Vec<u8>> {
     e2e::workload::roots(pem)
         .unwrap_or_default()
@@ -210,10 +238,112 @@ async fn a_root_rotation_never_fails_a_handshake() -> Result<()> {
         }
     }
     istiods_serve(&workloads, &clients, &[0, 1, 2], &new, &new_der).await?;
-    tokio::time::sleep(WORKLOAD_TTL / 2).await;
+    let first_rotation = started.elapsed();
+
+    // --- an offline root: the operator's namespace gets only a signing
+    // intermediate (tls.crt, tls.key) and the root's certificate (ca.crt).
+    let (offline_pem, offline_key) = ca("Offline Root", None)?;
+    let (signing_pem, signing_key) = ca("Signing CA 1", Some((&offline_pem, &offline_key)))?;
+    let offline_secret = |signing_pem: &str, signing_key: &rcgen::KeyPair| -> Result<Secret> {
+        Ok(serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "offline-root", "namespace": OPERATOR_NAMESPACE},
+            "stringData": {"tls.crt": signing_pem, "tls.key": signing_key.serialize_pem(), "ca.crt": offline_pem},
+        }))?)
+    };
+    let secrets = Api::<Secret>::namespaced(host.clone(), OPERATOR_NAMESPACE);
+    secrets
+        .create(
+            &Default::default(),
+            &offline_secret(&signing_pem, &signing_key)?,
+        )
+        .await?;
+    let offline = ders(&offline_pem);
+    let offline_der = offline.iter().next().unwrap().clone();
+    let new_and_offline: BTreeSet<Vec<u8>> = new.union(&offline).cloned().collect();
+    feds.patch(
+        "prod",
+        &PatchParams::default(),
+        &Patch::Merge(
+            serde_json::json!({"spec": {"ca": {"rootSecretRef": {"name": "offline-root"}}}}),
+        ),
+    )
+    .await?;
+    let rotating = Instant::now();
+    let finished = |f: &MeshFederation| {
+        f.status
+            .as_ref()
+            .and_then(|s| s.ca.as_ref())
+            .is_some_and(|ca| {
+                ca.phase.is_none()
+                    && ca.roots.len() == 1
+                    && ca.roots[0].serial == meshfed::pki::inspect(&offline_pem).unwrap().serial
+            })
+    };
+    wait_for_federation(
+        &host,
+        "prod",
+        Duration::from_secs(120),
+        "TrustBoth with the offline root",
+        |f| {
+            f.status
+                .as_ref()
+                .and_then(|s| s.ca.as_ref())
+                .is_some_and(|ca| ca.phase.is_some())
+        },
+    )
+    .await?;
+    istiods_serve(&workloads, &clients, &[0, 1, 2], &new_and_offline, &new_der).await?;
+    wait_for_federation(
+        &host,
+        "prod",
+        Duration::from_secs(120),
+        "the rotation to the offline root",
+        finished,
+    )
+    .await?;
+    istiods_serve(&workloads, &clients, &[0, 1, 2], &offline, &offline_der).await?;
+    let to_offline = rotating.elapsed();
+    // Workload chains run through the signing intermediate to the root.
+    let minted = workloads[0].mint().await?;
+    ensure!(
+        minted.chain.len() == 4,
+        "leaf, intermediate, signing CA, root"
+    );
+    ensure!(minted.chain[2].to_vec() == ders(&signing_pem).into_iter().next().unwrap());
+
+    // --- the signing intermediate replaced under the same root: no trust
+    // change, so no phases; every member re-issues under the new one.
+    let (signing2_pem, signing2_key) = ca("Signing CA 2", Some((&offline_pem, &offline_key)))?;
+    secrets
+        .replace("offline-root", &Default::default(), &{
+            let mut s = offline_secret(&signing2_pem, &signing2_key)?;
+            s.metadata.resource_version =
+                secrets.get("offline-root").await?.metadata.resource_version;
+            s
+        })
+        .await?;
+    let signing2 = ders(&signing2_pem).into_iter().next().unwrap();
+    for (i, w) in workloads.iter().enumerate() {
+        poll(
+            WAIT,
+            "a workload certificate under the new signing CA",
+            || async {
+                Ok(w.mint().await?.chain.get(2).map(|c| c.to_vec()) == Some(signing2.clone()))
+            },
+        )
+        .await
+        .with_context(|| format!("member {i}"))?;
+    }
+    let status = feds.get("prod").await?.status.unwrap_or_default();
+    ensure!(
+        status.ca.as_ref().is_some_and(|ca| ca.phase.is_none()),
+        "a new signing intermediate starts no rotation: {:?}",
+        status.ca
+    );
+    tokio::time::sleep(WORKLOAD_TTL).await;
     let (total, failures) = sampler.finish().await?;
     eprintln!(
-        "root rotation: phases {phases:?}; timeline {timeline:?}; {total} handshakes, failures: {failures:#?}"
+        "root rotation: phases {phases:?}; timeline {timeline:?} ({first_rotation:?} to every istiod serving the new root); to an offline root in {to_offline:?}; {total} handshakes, failures: {failures:#?}"
     );
     ensure!(
         phases == ["TrustBoth", "SignWithNew", "Drain", "TrustNew"],
@@ -223,16 +353,15 @@ async fn a_root_rotation_never_fails_a_handshake() -> Result<()> {
     let status = feds.get("prod").await?.status.unwrap_or_default();
     let serial = status.root.as_ref().map(|r| r.serial.clone());
     ensure!(
-        serial == Some(meshfed::pki::inspect(&new_root)?.serial),
-        "status.root is the new root"
+        serial == Some(meshfed::pki::inspect(&signing2_pem)?.serial),
+        "status.root is the key that signs: the new signing intermediate"
     );
-    ensure!(
-        Api::<Secret>::namespaced(host.clone(), OPERATOR_NAMESPACE)
-            .get_opt("prod-root-ca")
-            .await?
-            .is_none(),
-        "the old generated root's key is deleted once nobody trusts it"
-    );
+    for retired in ["prod-root-ca", "prod-root-ca-1"] {
+        ensure!(
+            secrets.get_opt(retired).await?.is_none(),
+            "the retired generated root {retired}'s key is deleted once nobody trusts it"
+        );
+    }
     drop(operator);
     Ok(())
 }

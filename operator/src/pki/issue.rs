@@ -39,6 +39,13 @@ pub struct RootCa {
     cert_der: Vec<u8>,
     /// The signing key (issuing uses this, not `key_pem`).
     key: Arc<LoadedKey>,
+    /// For a signing intermediate below an offline root: the certificates
+    /// above it, its issuer first, up to and including the root (PEM);
+    /// empty for a self-signed root.
+    chain_pem: String,
+    /// The trust anchor intermediates chain to: the certificate itself for
+    /// a self-signed root, else the offline root (DER).
+    anchor_der: Vec<u8>,
 }
 
 impl fmt::Debug for RootCa {
@@ -144,6 +151,61 @@ impl RootCa {
         &self.info
     }
 
+    /// Loads a signing CA below an offline root: `chain_pem` holds the
+    /// signing certificate first, then any certificates above it; the
+    /// root, if not last there, is `anchor_pem` (its key stays offline).
+    /// The signing certificate is checked as [`RootCa::from_pem`] checks a
+    /// root, and every link up to the root must verify. Without an anchor
+    /// and with a single certificate, it is a self-signed root.
+    pub fn from_signing_pem(
+        chain_pem: &str,
+        key_pem: &str,
+        anchor_pem: Option<&str>,
+        now: Timestamp,
+    ) -> Result<RootCa, Error> {
+        let mut certs = pem::certificates(chain_pem, "signing certificate chain")?;
+        if let Some(anchor) = anchor_pem {
+            let anchor = pem::single_certificate(anchor, "root certificate (ca.crt)")?;
+            if certs.last() != Some(&anchor) {
+                certs.push(anchor);
+            }
+        }
+        let signer = certs.remove(0);
+        let mut root = RootCa::from_pem(&pem::encode(pem::CERTIFICATE, &signer), key_pem, now)?;
+        if certs.is_empty() {
+            return Ok(root);
+        }
+        let mut child = signer;
+        for issuer in &certs {
+            let (c, i) = (
+                inspect::parse_der(&child, "signing certificate chain")?,
+                inspect::parse_der(issuer, "signing certificate chain")?,
+            );
+            if !signed_by(&c, &i) {
+                return Err(Error::ChainBroken);
+            }
+            child = issuer.clone();
+        }
+        root.chain_pem = certs
+            .iter()
+            .map(|der| pem::encode(pem::CERTIFICATE, der))
+            .collect();
+        root.anchor_der = certs.last().expect("not empty").clone();
+        Ok(root)
+    }
+
+    /// The trust anchor intermediates chain to (PEM): this root, or the
+    /// offline root above a signing intermediate.
+    pub fn anchor_pem(&self) -> String {
+        pem::encode(pem::CERTIFICATE, &self.anchor_der)
+    }
+
+    /// What `cert-chain.pem` holds above a member's intermediate: the
+    /// signing certificate and the certificates above it, up to the root.
+    pub fn issuer_chain_pem(&self) -> String {
+        format!("{}{}", self.cert_pem, self.chain_pem)
+    }
+
     /// Builds a root from a DER certificate and its (already matched) key.
     fn from_parts(cert_der: Vec<u8>, key: LoadedKey) -> Result<RootCa, Error> {
         let info = inspect::info_from_der(&cert_der, "root certificate")?;
@@ -151,8 +213,10 @@ impl RootCa {
             cert_pem: pem::encode(pem::CERTIFICATE, &cert_der),
             key_pem: key.pair.serialize_pem(),
             info,
+            anchor_der: cert_der.clone(),
             cert_der,
             key: Arc::new(key),
+            chain_pem: String::new(),
         })
     }
 
@@ -314,7 +378,7 @@ pub fn issue_intermediate(
     for der in &bundle {
         inspect::parse_der(der, "trust bundle")?;
     }
-    if !bundle.iter().any(|der| der.as_slice() == root.cert_der()) {
+    if !bundle.contains(&root.anchor_der) {
         return Err(Error::RootNotInTrustBundle);
     }
 
@@ -344,7 +408,7 @@ pub fn issue_intermediate(
     let der = root.sign(&params, &key.pair)?;
     let ca_cert_pem = pem::encode(pem::CERTIFICATE, &der);
     Ok(CacertsBundle {
-        cert_chain_pem: format!("{ca_cert_pem}{}", root.cert_pem),
+        cert_chain_pem: format!("{ca_cert_pem}{}", root.issuer_chain_pem()),
         ca_cert_pem,
         ca_key_pem: key.pair.serialize_pem(),
         root_cert_pem: trust_bundle_pem.to_owned(),
@@ -1183,5 +1247,92 @@ mod tests {
         })
         .unwrap();
         assert_eq!(partial.ca_key_pem, "");
+    }
+
+    /// A signing CA `CN=Signing CA` below `root`, able to issue intermediates
+    /// (pathlen 1), and its key: what a user keeps when the root is offline.
+    fn signing_ca(root: &RootCa) -> (String, String) {
+        let key = keys::generate(KeyAlgorithm::EcdsaP256).unwrap();
+        let mut params = CertificateParams::default();
+        params.distinguished_name = name(&[(DnType::CommonName, "Signing CA")]);
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(1));
+        params.key_usages = ca_key_usages();
+        params.serial_number = Some(random_serial().unwrap());
+        params.not_before = offset_date_time(t0().as_second() - 60).unwrap();
+        params.not_after = offset_date_time(t0().as_second() + 86400 * 365).unwrap();
+        let der = root.sign(&params, &key.pair).unwrap();
+        (
+            pem::encode(pem::CERTIFICATE, &der),
+            key.pair.serialize_pem(),
+        )
+    }
+
+    #[test]
+    fn an_offline_root_signs_through_its_signing_intermediate() {
+        let offline = root(KeyAlgorithm::EcdsaP256);
+        let (signing_pem, signing_key) = signing_ca(&offline);
+        let signer =
+            RootCa::from_signing_pem(&signing_pem, &signing_key, Some(&offline.cert_pem), t0())
+                .unwrap();
+        assert_eq!(
+            signer.anchor_pem(),
+            offline.cert_pem,
+            "trust goes to the root"
+        );
+        assert_eq!(signer.cert_pem, signing_pem);
+        // The root also accepted at the end of tls.crt instead of as ca.crt.
+        let appended = format!("{signing_pem}{}", offline.cert_pem);
+        let same = RootCa::from_signing_pem(&appended, &signing_key, None, t0()).unwrap();
+        assert_eq!(same.anchor_pem(), offline.cert_pem);
+        let policy = policy(KeyAlgorithm::EcdsaP256);
+        let bundle = issue_intermediate(&signer, &offline.cert_pem, "east", &policy, t0()).unwrap();
+        assert_eq!(
+            bundle.cert_chain_pem,
+            format!("{}{signing_pem}{}", bundle.ca_cert_pem, offline.cert_pem),
+            "cert-chain.pem: intermediate, signing CA, root"
+        );
+        let leaf = issue_leaf(&bundle, t0());
+        webpki_verify(
+            &leaf,
+            &[der(&bundle.ca_cert_pem), der(&signing_pem)],
+            &offline.cert_pem,
+            t0(),
+        )
+        .unwrap();
+        assert_eq!(
+            crate::pki::reissue_reason(
+                Some(&bundle),
+                &signer,
+                &offline.cert_pem,
+                "east",
+                &policy,
+                t0()
+            ),
+            None,
+            "stable once issued"
+        );
+        // Intermediates must chain to the root in the bundle, not the signer.
+        assert_eq!(
+            issue_intermediate(&signer, &signing_pem, "east", &policy, t0()).unwrap_err(),
+            Error::RootNotInTrustBundle
+        );
+    }
+
+    #[test]
+    fn a_signing_chain_that_does_not_reach_its_root_is_refused() {
+        let offline = root(KeyAlgorithm::EcdsaP256);
+        let other = root(KeyAlgorithm::EcdsaP256);
+        let (signing_pem, signing_key) = signing_ca(&offline);
+        assert_eq!(
+            RootCa::from_signing_pem(&signing_pem, &signing_key, Some(&other.cert_pem), t0())
+                .unwrap_err(),
+            Error::ChainBroken
+        );
+        let (_, foreign_key) = signing_ca(&offline);
+        assert_eq!(
+            RootCa::from_signing_pem(&signing_pem, &foreign_key, Some(&offline.cert_pem), t0())
+                .unwrap_err(),
+            Error::KeyMismatch
+        );
     }
 }

@@ -101,6 +101,11 @@ pub enum Error {
     /// The supplied root certificate may not sign certificates.
     #[error("root CA certificate lacks the keyCertSign key usage")]
     RootCannotSign,
+    /// A certificate of a signing chain is not signed by the next one.
+    #[error(
+        "signing certificate chain is broken: a certificate is not signed by the next one (tls.crt: signing certificate first, then its issuers; ca.crt: the root)"
+    )]
+    ChainBroken,
     /// The supplied root certificate forbids intermediate CAs below it.
     #[error("root CA certificate has pathLenConstraint 0 and cannot issue intermediate CAs")]
     RootPathLenZero,

@@ -136,7 +136,7 @@ pub fn reissue_reason(
         return Some(ReissueReason::LifetimeChanged);
     }
 
-    let expected_chain = format!("{}{}", existing.ca_cert_pem, root.cert_pem);
+    let expected_chain = format!("{}{}", existing.ca_cert_pem, root.issuer_chain_pem());
     if existing.root_cert_pem != trust_bundle_pem || existing.cert_chain_pem != expected_chain {
         return Some(ReissueReason::TrustBundleChanged);
     }

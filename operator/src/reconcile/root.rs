@@ -13,13 +13,15 @@ use std::sync::Arc;
 use k8s_openapi::api::core::v1::ConfigMap;
 
 use super::membership;
-use super::rotation::{CaRecord, Periods, RootRef, Step};
+use super::rotation::{self, CaRecord, Periods, RootRef, Step};
 use crate::api::{MeshFederation, defaults};
 use crate::pki::{CertInfo, RootCa};
 use crate::render::{is_ours, managed_labels};
 
 const CERT_KEY: &str = "tls.crt";
 const KEY_KEY: &str = "tls.key";
+/// The offline root above a signing intermediate in `tls.crt`.
+const ANCHOR_KEY: &str = "ca.crt";
 
 /// Name of the Secret holding the federation's `n`th generated root
 /// (`<federation>-root-ca`, then `-1`, `-2`, … after rotations).
@@ -217,6 +219,14 @@ pub async fn prepare_ca(
     if spec.root_secret_ref.is_none() && record.request != request && record.rotation.is_none() {
         record.request = request.clone();
     }
+    // Another Secret with a signing key under the same root (an offline
+    // root's new signing intermediate): no trust changes, so no phases;
+    // members re-issue their intermediates under it.
+    if record.rotation.is_none()
+        && rotation::same_root(&desired_ref.cert_pem, &record.active.cert_pem)
+    {
+        record.active.secret = desired_ref.secret.clone();
+    }
     if record.start(desired_ref.clone(), &reason, now) {
         events.push((
             "RootRotationStarted",
@@ -288,10 +298,12 @@ pub async fn prepare_ca(
     })
 }
 
+/// The record's view of `root`: the root it chains to (what members
+/// trust), and the Secret with the key that signs.
 fn named(root: RootCa, secret: &str) -> (RootRef, RootCa) {
     (
         RootRef {
-            cert_pem: root.cert_pem.clone(),
+            cert_pem: root.anchor_pem(),
             secret: Some(secret.to_string()),
         },
         root,
@@ -340,9 +352,17 @@ fn root_from_secret(secret: &Secret, now: Timestamp) -> Result<RootCa, String> {
             .as_ref()
             .and_then(|d| d.get(k))
             .and_then(|b| String::from_utf8(b.0.clone()).ok())
-            .ok_or_else(|| format!("missing key {k}"))
     };
-    RootCa::from_pem(&text(CERT_KEY)?, &text(KEY_KEY)?, now).map_err(|e| e.to_string())
+    let required = |k: &str| text(k).ok_or_else(|| format!("missing key {k}"));
+    // tls.crt may be a signing intermediate (and its issuers) below an
+    // offline root given as ca.crt.
+    RootCa::from_signing_pem(
+        &required(CERT_KEY)?,
+        &required(KEY_KEY)?,
+        text(ANCHOR_KEY).as_deref(),
+        now,
+    )
+    .map_err(|e| e.to_string())
 }
 
 /// Whether a generated root expiring at `not_after` is due for rotation.
