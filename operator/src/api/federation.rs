@@ -363,8 +363,11 @@ pub struct ApiServerEndpoint {
 #[x_kube(validation = Rule::new("duration(has(self.renewBefore) ? self.renewBefore : '720h') < duration(has(self.intermediateLifetime) ? self.intermediateLifetime : '8760h')").message("spec.ca.renewBefore must be shorter than spec.ca.intermediateLifetime (defaults 720h and 8760h)"))]
 pub struct CaSpec {
     /// A Secret in the operator's namespace with your own root CA (`tls.crt`,
-    /// `tls.key`). Default: meshfed generates a root and keeps it in the Secret
-    /// `<federation>-root-ca` in the operator's namespace.
+    /// `tls.key`), or with a signing intermediate (`tls.crt`, `tls.key`) and
+    /// only the certificate of the offline root above it (`ca.crt`).
+    /// Default: meshfed generates a root and keeps it in the Secret
+    /// `<federation>-root-ca` in the operator's namespace. Naming another
+    /// root rotates to it through every phase (docs/rotation.md).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub root_secret_ref: Option<SecretRef>,
 
