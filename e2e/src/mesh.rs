@@ -167,40 +167,8 @@ current-context: c
 /// `istio-system`, meshfed's member roles limited to `federation`, and the
 /// member identity; returns a kubeconfig with a token of that identity.
 pub async fn join_identity(cluster: &Cluster, federation: &str) -> Result<String> {
-    use kube::ResourceExt as _;
-    use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
     let admin = cluster.client();
-    let ns: Namespace =
-        serde_json::from_value(serde_json::json!({"metadata": {"name": "istio-system"}}))?;
-    if Api::<Namespace>::all(admin.clone())
-        .get_opt("istio-system")
-        .await?
-        .is_none()
-    {
-        Api::<Namespace>::all(admin.clone())
-            .create(&PostParams::default(), &ns)
-            .await?;
-    }
-    for object in meshfed::cli::member_rbac(&[federation]) {
-        let obj: DynamicObject = serde_json::from_value(object)?;
-        let types = obj.types.clone().context("object without a kind")?;
-        let (group, version) = types
-            .api_version
-            .split_once('/')
-            .unwrap_or(("", types.api_version.as_str()));
-        let resource = ApiResource::from_gvk(&GroupVersionKind::gvk(group, version, &types.kind));
-        let api = match obj.namespace() {
-            Some(ns) => Api::<DynamicObject>::namespaced_with(admin.clone(), &ns, &resource),
-            None => Api::<DynamicObject>::all_with(admin.clone(), &resource),
-        };
-        api.patch(
-            &obj.name_any(),
-            &PatchParams::apply("meshfed-e2e").force(),
-            &Patch::Apply(&obj),
-        )
-        .await
-        .with_context(|| format!("applying {} {}", types.kind, obj.name_any()))?;
-    }
+    meshfed::members::apply_member_rbac(&admin, federation, "meshfed-e2e").await?;
     token_kubeconfig(
         cluster,
         &admin,
@@ -208,6 +176,25 @@ pub async fn join_identity(cluster: &Cluster, federation: &str) -> Result<String
         meshfed::cli::MEMBER_IDENTITY,
     )
     .await
+}
+
+/// The members of a federation over the whole fleet: cluster 0 (the
+/// operator's) as a `local` member, every other through its kubeconfig,
+/// cluster `i` on `networks[i]`.
+pub fn members_of(fleet: &crate::Fleet, networks: &[&str]) -> Vec<Member> {
+    fleet
+        .clusters()
+        .iter()
+        .zip(networks)
+        .enumerate()
+        .map(|(i, (c, n))| {
+            if i == 0 {
+                local_member(c, n)
+            } else {
+                member(c, n)
+            }
+        })
+        .collect()
 }
 
 /// A member entry for `cluster` on `network`, reached through its kubeconfig Secret.

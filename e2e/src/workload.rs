@@ -334,6 +334,34 @@ impl SpiffeVerifier {
     }
 }
 
+/// The handshake-signature checks both verifier traits ask for, the same
+/// for a client and a server.
+macro_rules! handshake_signatures {
+    () => {
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+        }
+
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+        }
+
+        fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+            self.algorithms.supported_schemes()
+        }
+    };
+}
+
 impl rustls::client::danger::ServerCertVerifier for SpiffeVerifier {
     fn verify_server_cert(
         &self,
@@ -352,27 +380,7 @@ impl rustls::client::danger::ServerCertVerifier for SpiffeVerifier {
         Ok(rustls::client::danger::ServerCertVerified::assertion())
     }
 
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.algorithms.supported_schemes()
-    }
+    handshake_signatures!();
 }
 
 impl rustls::server::danger::ClientCertVerifier for SpiffeVerifier {
@@ -395,27 +403,7 @@ impl rustls::server::danger::ClientCertVerifier for SpiffeVerifier {
         Ok(rustls::server::danger::ClientCertVerified::assertion())
     }
 
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.algorithms.supported_schemes()
-    }
+    handshake_signatures!();
 }
 
 /// An mTLS handshake from `client` to `server` (in memory), each trusting
@@ -474,6 +462,20 @@ pub async fn handshake(
     served.context("server side")?;
     called.context("client side")?;
     Ok(())
+}
+
+/// What the tests with real istiods and workloads start from: Istio built
+/// and its CRDs at hand, a fleet of `n` clusters with cluster 0 prepared as
+/// the operator's, its log tails (dropped before the fleet), and an admin
+/// client per cluster.
+pub async fn istiod_fleet(n: usize) -> Result<(crate::LogTailGuard, crate::Fleet, Vec<Client>)> {
+    crate::istiod::istio().await?;
+    crate::istiod::base_crds().await?;
+    let fleet = crate::Fleet::start(n).await?;
+    let logs = fleet.log_guard();
+    let clients = fleet.clusters().iter().map(|c| c.client()).collect();
+    crate::mesh::prepare_host(&fleet).await?;
+    Ok((logs, fleet, clients))
 }
 
 /// A workload in one member, as its sidecar would run: the member's istiod

@@ -13,10 +13,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, ensure};
-use e2e::Fleet;
-use e2e::istiod::{base_crds, install_base_crds, istio};
+use e2e::istiod::install_base_crds;
 use e2e::mesh::*;
-use e2e::workload::{MemberWorkload, Sampler, distributed_roots};
+use e2e::workload::{MemberWorkload, Sampler, distributed_roots, istiod_fleet};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Client};
@@ -103,13 +102,8 @@ async fn istiods_serve(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_root_rotation_never_fails_a_handshake() -> Result<()> {
-    istio().await?;
-    base_crds().await?;
-    let fleet = Fleet::start(3).await?;
-    let _logs = fleet.log_guard();
-    let clients: Vec<Client> = fleet.clusters().iter().map(|c| c.client()).collect();
+    let (_logs, fleet, clients) = istiod_fleet(3).await?;
     let host = clients[0].clone();
-    prepare_host(&fleet).await?;
     let start = || {
         start_operator(
             fleet.cluster(0),
@@ -118,11 +112,7 @@ async fn a_root_rotation_never_fails_a_handshake() -> Result<()> {
         )
     };
     let mut operator = Some(start()?);
-    let members = vec![
-        local_member(fleet.cluster(0), NETWORKS[0]),
-        member(fleet.cluster(1), NETWORKS[1]),
-        member(fleet.cluster(2), NETWORKS[2]),
-    ];
+    let members = members_of(&fleet, &NETWORKS);
     let mut fed = federation("prod", members);
     fed.spec.ca = Some(serde_json::from_value(serde_json::json!({
         "rootRotation": {"propagationPeriod": PROPAGATION, "drainPeriod": DRAIN}

@@ -12,13 +12,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, ensure};
-use e2e::Fleet;
-use e2e::istiod::{base_crds, install_base_crds, istio};
+use e2e::istiod::install_base_crds;
 use e2e::mesh::*;
-use e2e::workload::{MemberWorkload, Sampler, distributed_roots, handshake, roots};
+use e2e::workload::{MemberWorkload, Sampler, distributed_roots, handshake, istiod_fleet, roots};
 use k8s_openapi::api::core::v1::Secret;
+use kube::Api;
 use kube::api::DeleteParams;
-use kube::{Api, Client};
 
 const WAIT: Duration = Duration::from_secs(60);
 const NETWORKS: [&str; 3] = ["net-a", "net-a", "net-b"];
@@ -27,23 +26,14 @@ const WORKLOAD_TTL: Duration = Duration::from_secs(30);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn workloads_of_every_member_handshake_through_an_intermediate_renewal() -> Result<()> {
-    istio().await?;
-    base_crds().await?;
-    let fleet = Fleet::start(3).await?;
-    let _logs = fleet.log_guard();
-    let clients: Vec<Client> = fleet.clusters().iter().map(|c| c.client()).collect();
+    let (_logs, fleet, clients) = istiod_fleet(3).await?;
     let host = clients[0].clone();
-    prepare_host(&fleet).await?;
     let _operator = start_operator(
         fleet.cluster(0),
         Duration::from_secs(2),
         Duration::from_secs(3),
     )?;
-    let members = vec![
-        local_member(fleet.cluster(0), NETWORKS[0]),
-        member(fleet.cluster(1), NETWORKS[1]),
-        member(fleet.cluster(2), NETWORKS[2]),
-    ];
+    let members = members_of(&fleet, &NETWORKS);
     apply_federation(&host, &federation("prod", members)).await?;
     wait_for_federation(&host, "prod", WAIT, "Ready", |f| {
         has_condition(f, "Ready", "True")

@@ -13,9 +13,7 @@ use k8s_openapi::api::authorization::v1::{
     ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
 };
 use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
-use kube::api::{
-    ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams, PostParams,
-};
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::watcher;
 use kube::{Api, Client, Config, ResourceExt};
@@ -398,29 +396,9 @@ async fn join(host: Client, member: Config, args: &JoinArgs) -> Result<()> {
     let params = PatchParams::apply("kubectl-meshfed").force();
 
     eprintln!("[1/4] istio-system and meshfed's member roles in {name}");
-    let ns: Namespace = serde_json::from_value(serde_json::json!({
-        "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "istio-system"}
-    }))?;
-    let namespaces = Api::<Namespace>::all(client.clone());
-    if namespaces.get_opt("istio-system").await?.is_none() {
-        namespaces.create(&PostParams::default(), &ns).await?;
-    }
-    for object in cli::member_rbac(&[args.federation.as_str()]) {
-        let obj: DynamicObject = serde_json::from_value(object)?;
-        let types = obj.types.clone().context("object without a kind")?;
-        let (group, version) = types
-            .api_version
-            .split_once('/')
-            .unwrap_or(("", types.api_version.as_str()));
-        let resource = ApiResource::from_gvk(&GroupVersionKind::gvk(group, version, &types.kind));
-        let api = match obj.namespace() {
-            Some(ns) => Api::<DynamicObject>::namespaced_with(client.clone(), &ns, &resource),
-            None => Api::<DynamicObject>::all_with(client.clone(), &resource),
-        };
-        api.patch(&obj.name_any(), &params, &Patch::Apply(&obj))
-            .await
-            .with_context(|| format!("applying {} {}", types.kind, obj.name_any()))?;
-    }
+    meshfed::members::apply_member_rbac(&client, &args.federation, "kubectl-meshfed")
+        .await
+        .context("applying meshfed's member roles")?;
 
     eprintln!("[2/4] a {token_lifetime:?} token for istio-system/{MEMBER_IDENTITY}");
     let request = TokenRequest {

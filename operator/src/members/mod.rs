@@ -15,6 +15,8 @@ use crate::render::{PeerEndpoint, keys};
 use crate::telemetry::RequestCounter;
 
 mod credential;
+mod join;
+pub use join::apply_member_rbac;
 mod watch;
 pub use credential::{TokenClaims, current_token, with_token};
 pub use watch::MemberWatches;
