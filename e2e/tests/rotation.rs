@@ -24,7 +24,8 @@ use meshfed::api::MeshFederation;
 const WAIT: Duration = Duration::from_secs(60);
 const NETWORKS: [&str; 3] = ["net-a", "net-a", "net-b"];
 const WORKLOAD_TTL: Duration = Duration::from_secs(20);
-const PROPAGATION: &str = "3s";
+/// Long enough for the checks made while TrustBoth waits.
+const PROPAGATION: &str = "8s";
 /// Longer than a workload certificate lives: every certificate under the
 /// old root has been renewed before the old root leaves the bundles.
 const DRAIN: &str = "30s";
@@ -168,65 +169,102 @@ async fn a_root_rotation_never_fails_a_handshake() -> Result<()> {
     );
 
     let feds = Api::<MeshFederation>::all(host.clone());
-    let mut phases: Vec<String> = Vec::new();
+    // Every phase the status shows, in order, sampled every 50 ms.
+    let seen: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
+    let observer = {
+        let (feds, seen) = (feds.clone(), seen.clone());
+        tokio::spawn(async move {
+            loop {
+                if let Ok(f) = feds.get("prod").await
+                    && let Some(phase) = f.status.and_then(|s| s.ca).and_then(|c| c.phase)
+                {
+                    let mut seen = seen.lock().unwrap();
+                    if seen.last() != Some(&phase) {
+                        seen.push(phase);
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
+    let ca_status = || async {
+        anyhow::Ok(
+            feds.get("prod")
+                .await?
+                .status
+                .unwrap_or_default()
+                .ca
+                .unwrap_or_default(),
+        )
+    };
+    let reached = |phase: &'static str| {
+        let seen = seen.clone();
+        async move {
+            poll(Duration::from_secs(120), phase, || async {
+                Ok(seen.lock().unwrap().iter().any(|p| p == phase))
+            })
+            .await
+        }
+    };
     let mut timeline: Vec<(String, Duration)> = Vec::new();
-    loop {
-        ensure!(
-            started.elapsed() < Duration::from_secs(300),
-            "rotation did not finish: {phases:?}"
-        );
-        let status = feds.get("prod").await?.status.unwrap_or_default();
-        let ca = status.ca.clone().unwrap_or_default();
-        let phase = ca.phase.clone();
-        let Some(phase) = phase else {
-            if !phases.is_empty() && ca.roots.len() == 1 {
-                timeline.push(("finished".into(), started.elapsed()));
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-            continue;
-        };
-        if phases.last() == Some(&phase) {
-            tokio::time::sleep(Duration::from_millis(250)).await;
-            continue;
-        }
-        phases.push(phase.clone());
-        timeline.push((phase.clone(), started.elapsed()));
-        // Killed once in every phase: the next operator resumes from the record.
+    let restart = |operator: &mut Option<RunningOperator>| -> Result<()> {
         drop(operator.take());
-        operator = Some(start()?);
-        match phase.as_str() {
-            "TrustBoth" => istiods_serve(&workloads, &clients, &[0, 1, 2], &both, &old_der).await?,
-            "SignWithNew" => {
-                // Member 2 unreachable: the others sign with the new root,
-                // the rotation holds here until member 2 is back.
-                fleet.cluster(2).stop_apiserver().await?;
-                istiods_serve(&workloads, &clients, &[0, 1], &both, &new_der).await?;
-                tokio::time::sleep(Duration::from_secs(6)).await;
-                let held = feds
-                    .get("prod")
-                    .await?
-                    .status
-                    .unwrap_or_default()
-                    .ca
-                    .unwrap_or_default();
-                ensure!(
-                    held.phase.as_deref() == Some("SignWithNew"),
-                    "held at SignWithNew: {held:?}"
-                );
-                ensure!(
-                    held.waiting_for == [fleet.cluster(2).name()],
-                    "member 2 holds it: {held:?}"
-                );
-                timeline.push(("member 2 back".into(), started.elapsed()));
-                fleet.cluster(2).start_apiserver().await?;
-                istiods_serve(&workloads, &clients, &[2], &both, &new_der).await?;
-            }
-            "Drain" => istiods_serve(&workloads, &clients, &[0, 1, 2], &both, &new_der).await?,
-            "TrustNew" => istiods_serve(&workloads, &clients, &[0, 1, 2], &new, &new_der).await?,
-            other => anyhow::bail!("unknown phase {other}"),
-        }
+        *operator = Some(start()?);
+        Ok(())
+    };
+
+    // TrustBoth: killed once; every istiod distributes both roots and still
+    // signs under the old one. Once every member finished it (the
+    // propagation wait runs), member 2's API server stops: what member 2
+    // reached stays true, so the rotation moves on and holds in SignWithNew.
+    reached("TrustBoth").await?;
+    timeline.push(("TrustBoth".into(), started.elapsed()));
+    restart(&mut operator)?;
+    istiods_serve(&workloads, &clients, &[0, 1, 2], &both, &old_der).await?;
+    poll(WAIT, "TrustBoth settled", || async {
+        Ok(ca_status().await?.next_phase_at.is_some())
+    })
+    .await?;
+    fleet.cluster(2).stop_apiserver().await?;
+
+    reached("SignWithNew").await?;
+    timeline.push(("SignWithNew".into(), started.elapsed()));
+    restart(&mut operator)?;
+    istiods_serve(&workloads, &clients, &[0, 1], &both, &new_der).await?;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let held = ca_status().await?;
+    ensure!(
+        held.phase.as_deref() == Some("SignWithNew"),
+        "held at SignWithNew: {held:?}"
+    );
+    ensure!(
+        held.waiting_for == [fleet.cluster(2).name()],
+        "member 2 holds it: {held:?}"
+    );
+    timeline.push(("member 2 back".into(), started.elapsed()));
+    fleet.cluster(2).start_apiserver().await?;
+    istiods_serve(&workloads, &clients, &[2], &both, &new_der).await?;
+
+    reached("Drain").await?;
+    timeline.push(("Drain".into(), started.elapsed()));
+    restart(&mut operator)?;
+    istiods_serve(&workloads, &clients, &[0, 1, 2], &both, &new_der).await?;
+
+    reached("TrustNew").await?;
+    timeline.push(("TrustNew".into(), started.elapsed()));
+    if ca_status().await?.phase.as_deref() == Some("TrustNew") {
+        restart(&mut operator)?;
     }
+    wait_for_federation(&host, "prod", WAIT, "the rotation finished", |f| {
+        f.status
+            .as_ref()
+            .and_then(|s| s.ca.as_ref())
+            .is_some_and(|ca| ca.phase.is_none() && ca.roots.len() == 1)
+    })
+    .await?;
+    timeline.push(("finished".into(), started.elapsed()));
+    observer.abort();
+    let phases = seen.lock().unwrap().clone();
     istiods_serve(&workloads, &clients, &[0, 1, 2], &new, &new_der).await?;
     let first_rotation = started.elapsed();
 

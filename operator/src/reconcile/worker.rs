@@ -385,6 +385,14 @@ async fn run(ctx: &Arc<Context>, input: &Input) -> Outcome {
     let timeout = ctx.settings.member_timeout;
     let workers = &ctx.workers;
     let mut prepared = prepare_member(ctx, fed, member, &input.ca, &policy, now).await;
+    if prepared.report.unreachable.is_some() {
+        // What a member reached of a root rotation stays true while it
+        // cannot be reached (meshfed alone writes its cacerts): it holds
+        // the next phase, not the one it finished.
+        prepared.report.ca_reached = workers
+            .last_report(&federation, &member.name)
+            .and_then(|r| r.ca_reached);
+    }
 
     // What peers need of this member; kept from the last run where this one
     // could not find out.
