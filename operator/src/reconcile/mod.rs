@@ -883,17 +883,26 @@ async fn clean_up(fed: &MeshFederation, ctx: &Context) -> Result<Action, Error> 
     if !failures.is_empty() {
         return Err(Error::Cleanup(failures.join("; ")));
     }
-    if fed.spec.ca().on_removal() == crate::api::RemovalPolicy::Delete
-        && fed.spec.ca().root_secret_ref.is_none()
-    {
+    if fed.spec.ca().on_removal() == crate::api::RemovalPolicy::Delete {
+        // Every root meshfed generated for it: after rotations there may be
+        // more than the first (`<federation>-root-ca-<n>`).
         let secrets = Api::<Secret>::namespaced(ctx.client.clone(), &ctx.settings.namespace);
-        match secrets
-            .delete(&generated_root_name(&name), &Default::default())
-            .await
+        let ours = secrets
+            .list_metadata(
+                &kube::api::ListParams::default().labels(&crate::render::managed_selector(&name)),
+            )
+            .await?;
+        for generated in ours
+            .items
+            .iter()
+            .map(|s| s.name_any())
+            .filter(|s| root::is_generated_root(&name, s))
         {
-            Ok(_) => {}
-            Err(kube::Error::Api(e)) if e.code == 404 => {}
-            Err(e) => return Err(e.into()),
+            match secrets.delete(&generated, &Default::default()).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(e)) if e.code == 404 => {}
+                Err(e) => return Err(e.into()),
+            }
         }
     }
     membership::forget(&ctx.client, &ctx.settings.namespace, &name).await?;
