@@ -9,16 +9,13 @@ repo="$(cd "$(dirname "$0")/../.." && pwd)"
 cd "$repo"
 # shellcheck source=../testbed/versions.env
 source e2e/testbed/versions.env
-# The Istio release the pinned module is (the release-1.31 branch, see
-# versions.env): the directory name users give as spec.controlPlane.version.
-# Change it together with ISTIO_MODULE_VERSION.
-istio_version="${MESHFED_IMAGE_ISTIO_VERSION:-1.31}"
+# Every Istio version the test bed builds (ISTIO_VERSIONS in versions.env):
+# /charts/<version> is what users give as spec.controlPlane.version.
 
 bash e2e/testbed/install-packages.sh
 cargo build -q --release --locked -p meshfed-operator --bin meshfed-operator
 binary="${CARGO_TARGET_DIR:-$repo/target}/release/meshfed-operator"
 helm="$(bash e2e/testbed/build-helm.sh)"
-istio="$(bash e2e/testbed/build-istio.sh)"
 
 stage="${CARGO_TARGET_DIR:-$repo/target}/image"
 rm -rf "$stage"
@@ -32,7 +29,9 @@ ldd "$binary" | awk '$3 ~ /^\// {print $3} $1 ~ /^\// {print $1}' |
     mkdir -p "$root$(dirname "$lib")"
     cp -L "$lib" "$root$lib"
   done
-cp -r "$istio/charts" "$root/charts/$istio_version"
+for v in $ISTIO_VERSIONS; do
+  cp -r "$(bash e2e/testbed/build-istio.sh "$v")/charts" "$root/charts/$v"
+done
 chmod -R a+rX "$root/charts"
 chmod 1777 "$root/tmp"
 printf 'root:x:0:0:root:/:/sbin/nologin\nnonroot:x:65532:65532:nonroot:/tmp:/sbin/nologin\n' >"$root/etc/passwd"

@@ -96,6 +96,45 @@ impl Istio {
     }
 }
 
+/// The Istio version the test bed uses unless a test asks for another.
+pub const DEFAULT_VERSION: &str = "1.31";
+/// Every Istio version the test bed builds (`ISTIO_VERSIONS` in versions.env).
+pub const VERSIONS: [&str; 2] = ["1.30", "1.31"];
+
+/// The build of Istio `version` (one of [`VERSIONS`]): for the default
+/// version what [`istio`] finds, else what `build-istio.sh <version>`
+/// prints (built on first use, cached by version).
+pub async fn istio_version(version: &str) -> Result<Istio> {
+    if version == DEFAULT_VERSION {
+        return istio().await;
+    }
+    static BUILDS: tokio::sync::Mutex<BTreeMap<String, Istio>> =
+        tokio::sync::Mutex::const_new(BTreeMap::new());
+    let mut builds = BUILDS.lock().await;
+    if let Some(found) = builds.get(version) {
+        return Ok(found.clone());
+    }
+    let root =
+        crate::fleet::tools::testbed_script_output_with("build-istio.sh", &[version]).await?;
+    let found = Istio::check(root)?;
+    builds.insert(version.into(), found.clone());
+    Ok(found)
+}
+
+/// A charts directory as the operator expects it (`<dir>/<version>/base`,
+/// ...) holding every version in `versions`, under `into`.
+pub async fn charts_dir(into: &Path, versions: &[&str]) -> Result<PathBuf> {
+    let dir = into.join("istio-charts");
+    std::fs::create_dir_all(&dir)?;
+    for v in versions {
+        let link = dir.join(v);
+        if !link.exists() {
+            std::os::unix::fs::symlink(istio_version(v).await?.charts_dir(), &link)?;
+        }
+    }
+    Ok(dir)
+}
+
 /// Finds the Istio build: `$MESHFED_ISTIO_ROOT`, else what
 /// `e2e/testbed/build-istio.sh` prints (instant when warm; a cold cache
 /// builds, about 5 minutes on 2 cores). Cached for the process.
@@ -231,6 +270,27 @@ pub struct IstiodOptions {
     pub mesh_config: Option<String>,
     /// Give up if `/ready` does not answer 200 within this time (default 90 s).
     pub ready_timeout: Duration,
+    /// The Istio version to run (one of [`VERSIONS`]; default [`DEFAULT_VERSION`]).
+    pub version: Option<String>,
+}
+
+/// What istiod needs of the cluster it runs for; owned, so that a task can
+/// keep it (a [`Cluster`] owns its processes).
+#[derive(Clone)]
+pub struct ClusterAccess {
+    pub name: String,
+    pub kubeconfig: PathBuf,
+    pub client: Client,
+}
+
+impl From<&Cluster> for ClusterAccess {
+    fn from(c: &Cluster) -> Self {
+        ClusterAccess {
+            name: c.name().into(),
+            kubeconfig: c.kubeconfig_path().to_path_buf(),
+            client: c.client(),
+        }
+    }
 }
 
 impl IstiodOptions {
@@ -246,6 +306,7 @@ impl IstiodOptions {
             env: Vec::new(),
             mesh_config: None,
             ready_timeout: Duration::from_secs(90),
+            version: None,
         }
     }
 }
@@ -342,16 +403,25 @@ impl Istiod {
         opts: IstiodOptions,
         work_dir: &Path,
     ) -> Result<Istiod> {
-        let istio = istio().await?;
+        Istiod::start_on(&ClusterAccess::from(cluster), opts, work_dir).await
+    }
+
+    /// [`Istiod::start_with`] for a cluster given by its access.
+    pub async fn start_on(
+        cluster: &ClusterAccess,
+        opts: IstiodOptions,
+        work_dir: &Path,
+    ) -> Result<Istiod> {
+        let istio = istio_version(opts.version.as_deref().unwrap_or(DEFAULT_VERSION)).await?;
         std::fs::create_dir_all(work_dir)
             .with_context(|| format!("create {}", work_dir.display()))?;
         let work_dir = std::path::absolute(work_dir)?;
 
         // istiod takes its network from the system namespace's label.
-        let ns = Api::<Namespace>::all(cluster.client())
+        let ns = Api::<Namespace>::all(cluster.client.clone())
             .get_opt(ISTIO_NAMESPACE)
             .await?
-            .with_context(|| format!("{}: namespace {ISTIO_NAMESPACE} missing", cluster.name()))?;
+            .with_context(|| format!("{}: namespace {ISTIO_NAMESPACE} missing", cluster.name))?;
         let label = ns
             .metadata
             .labels
@@ -362,7 +432,7 @@ impl Istiod {
         if label != opts.network {
             bail!(
                 "{}: {ISTIO_NAMESPACE} is labelled {NETWORK_LABEL}={label:?}, expected {:?}",
-                cluster.name(),
+                cluster.name,
                 opts.network
             );
         }
@@ -386,8 +456,12 @@ impl Istiod {
         let mut opts = opts;
         let mut projection = if opts.project_cacerts {
             opts.use_remote_certs = false;
-            let projected =
-                SecretProjection::start(cluster.client(), ISTIO_NAMESPACE, "cacerts", &ca_dir);
+            let projected = SecretProjection::start(
+                cluster.client.clone(),
+                ISTIO_NAMESPACE,
+                "cacerts",
+                &ca_dir,
+            );
             Some(
                 tokio::time::timeout(Duration::from_secs(30), projected)
                     .await
@@ -725,7 +799,7 @@ fn str_at(v: &serde_json::Value, pointer: &str) -> String {
 
 fn spawn(
     istio: &Istio,
-    cluster: &Cluster,
+    cluster: &ClusterAccess,
     opts: &IstiodOptions,
     ports: &IstiodPorts,
     work_dir: &Path,
@@ -735,7 +809,7 @@ fn spawn(
     let args: Vec<String> = vec![
         "discovery".into(),
         "--kubeconfig".into(),
-        cluster.kubeconfig_path().display().to_string(),
+        cluster.kubeconfig.display().to_string(),
         "--clusterID".into(),
         opts.cluster_id.clone(),
         "--namespace".into(),

@@ -1,6 +1,7 @@
 //! End-to-end test bed for meshfed: real, containerless multi-cluster
 //! Kubernetes fleets on 127.0.0.1 (see `docs/testbed.md`).
 
+pub mod bridge;
 pub mod fleet;
 pub mod istiod;
 pub mod mesh;

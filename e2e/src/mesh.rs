@@ -522,7 +522,7 @@ pub async fn istio_chart_set(into: &std::path::Path) -> Result<(std::path::PathB
         Some(dir) => std::path::PathBuf::from(dir),
         None => crate::istiod::istio().await?.charts_dir(),
     };
-    let version = "pinned".to_string();
+    let version = crate::istiod::DEFAULT_VERSION.to_string();
     let dir = into.join("istio-charts");
     std::fs::create_dir_all(&dir)?;
     let link = dir.join(&version);

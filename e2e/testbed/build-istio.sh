@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # Builds Istio's control plane from the Go module proxy: pilot-discovery
-# (istiod) and istioctl from istio.io/istio at $ISTIO_MODULE_VERSION
-# (versions.env), and copies the module's Helm charts next to them:
+# (istiod) and istioctl from istio.io/istio at the pseudo-version that
+# versions.env pins for the Istio minor given as $1 (default $ISTIO_VERSION),
+# and copies the module's Helm charts next to them:
 #
-#   ${XDG_CACHE_HOME:-~/.cache}/meshfed/istio/<version>/bin/{pilot-discovery,istioctl}
-#   ${XDG_CACHE_HOME:-~/.cache}/meshfed/istio/<version>/charts/{base,istio-control,...}
+#   ${XDG_CACHE_HOME:-~/.cache}/meshfed/istio/<module version>/bin/{pilot-discovery,istioctl}
+#   ${XDG_CACHE_HOME:-~/.cache}/meshfed/istio/<module version>/charts/{base,istio-control,...}
+#
+#   build-istio.sh          # the default version (1.31)
+#   build-istio.sh 1.30     # another one listed in ISTIO_VERSIONS
 #
 # Prints that root directory on stdout; everything else goes to stderr.
 # Warm cache: prints it at once. Cold: see docs/istio.md for timings.
@@ -14,13 +18,20 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=versions.env
 source "$here/versions.env"
-: "${ISTIO_MODULE_VERSION:?ISTIO_MODULE_VERSION missing from $here/versions.env}"
+: "${ISTIO_VERSION:?ISTIO_VERSION missing from $here/versions.env}"
+minor="${1:-$ISTIO_VERSION}"
+pin="ISTIO_${minor//./_}_MODULE_VERSION"
+ISTIO_MODULE_VERSION="${!pin:-}"
+[[ -n "$ISTIO_MODULE_VERSION" ]] || { echo "no $pin in $here/versions.env (built versions: $ISTIO_VERSIONS)" >&2; exit 1; }
+# Replacements for dependencies the proxy does not serve at the pinned version.
+replaces="ISTIO_${minor//./_}_REPLACE"
+ISTIO_REPLACE="${!replaces:-}"
 
 # Bump when the recipe below changes in a way that changes the output.
 recipe=1
 module="istio.io/istio"
 root="${MESHFED_ISTIO_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/meshfed/istio}/$ISTIO_MODULE_VERSION"
-stamp="recipe=$recipe module=$module@$ISTIO_MODULE_VERSION"
+stamp="recipe=$recipe module=$module@$ISTIO_MODULE_VERSION${ISTIO_REPLACE:+ replace=$ISTIO_REPLACE}"
 
 complete() {
   [[ -f "$root/.complete" && "$(cat "$root/.complete")" == "$stamp" &&
@@ -76,6 +87,7 @@ mkdir -p "$src"
     inblock && NF       { print "replace " $0; next }
     /^replace[ \t]/     { print }
   ' "$gomod"
+  for r in $ISTIO_REPLACE; do echo "replace ${r%%=*} => ${r#*=}" | tr '@' ' '; done
 } >"$src/go.mod"
 cat >"$src/tools.go" <<'GO'
 //go:build tools

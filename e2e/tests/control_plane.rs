@@ -21,6 +21,8 @@ use meshfed::reconcile::Settings;
 use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(90);
+/// The revision meshfed installs the test bed's Istio 1.31 as.
+const ISTIOD: &str = "istiod-1-31";
 
 fn env_of(d: &Deployment, name: &str) -> Option<String> {
     d.spec.as_ref()?.template.spec.as_ref()?.containers[0]
@@ -73,6 +75,7 @@ async fn istio_charts_install_istiod_and_east_west_gateways() -> Result<()> {
             service_type: Some(GatewayServiceType::NodePort),
             replicas: Some(2),
         }),
+        ..Default::default()
     });
     apply_federation(&host, &fed).await?;
     wait_for_federation(&host, "prod", WAIT, "istiod available", |f| {
@@ -124,7 +127,7 @@ async fn istio_charts_install_istiod_and_east_west_gateways() -> Result<()> {
             "base chart CRDs"
         );
         let deployments = Api::<Deployment>::namespaced(c.clone(), "istio-system");
-        let istiod = deployments.get("istiod").await?;
+        let istiod = deployments.get(ISTIOD).await?;
         assert_eq!(
             env_of(&istiod, "CLUSTER_ID").as_deref(),
             Some(fleet.cluster(i).name())
@@ -240,7 +243,7 @@ async fn istio_charts_install_istiod_and_east_west_gateways() -> Result<()> {
     let istiods = Api::<Deployment>::namespaced(clients[2].clone(), "istio-system");
     istiods
         .patch(
-            "istiod",
+            ISTIOD,
             &PatchParams::default(),
             &Patch::Strategic(json!({"spec": {"template": {"spec": {"containers": [
                 {"name": "discovery", "env": [{"name": "MESHFED_E2E_MARKER", "value": "tampered"}]}
@@ -248,7 +251,7 @@ async fn istio_charts_install_istiod_and_east_west_gateways() -> Result<()> {
         )
         .await?;
     poll(Duration::from_secs(10), "hand edit reverted", || async {
-        Ok(env_of(&istiods.get("istiod").await?, "MESHFED_E2E_MARKER").as_deref() == Some("5"))
+        Ok(env_of(&istiods.get(ISTIOD).await?, "MESHFED_E2E_MARKER").as_deref() == Some("5"))
     })
     .await?;
 
@@ -278,14 +281,14 @@ async fn istio_charts_install_istiod_and_east_west_gateways() -> Result<()> {
         "istio-system",
     );
     assert!(
-        hpas.get_opt("istiod").await?.is_some(),
+        hpas.get_opt(ISTIOD).await?.is_some(),
         "the chart's default HPA"
     );
     values["pilot"]["autoscaleEnabled"] = json!(false);
     fed.spec.control_plane.as_mut().unwrap().values = Some(values);
     apply_federation(&host, &fed).await?;
     poll(WAIT, "HPA pruned", || async {
-        Ok(hpas.get_opt("istiod").await?.is_none())
+        Ok(hpas.get_opt(ISTIOD).await?.is_none())
     })
     .await?;
 
@@ -320,7 +323,7 @@ async fn istio_charts_install_istiod_and_east_west_gateways() -> Result<()> {
                 .await?
                 .is_none()
         );
-        assert!(deployments.get_opt("istiod").await?.is_some());
+        assert!(deployments.get_opt(ISTIOD).await?.is_some());
         assert!(
             cross_network_gateways(c)
                 .get_opt("cross-network-gateway")
@@ -344,7 +347,7 @@ async fn istio_charts_install_istiod_and_east_west_gateways() -> Result<()> {
     for c in &clients {
         assert!(
             Api::<Deployment>::namespaced(c.clone(), "istio-system")
-                .get_opt("istiod")
+                .get_opt(ISTIOD)
                 .await?
                 .is_some()
         );

@@ -148,6 +148,7 @@ async fn a_dead_member_leaves_its_peers_view_and_comes_back() -> Result<()> {
             enabled: Some(false),
             ..Default::default()
         }),
+        ..Default::default()
     });
     fed.spec.failover = Some(FailoverSpec {
         withdrawal: Some(WithdrawalSpec {

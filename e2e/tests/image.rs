@@ -124,6 +124,7 @@ async fn the_image_takes_a_managed_federation_to_ready() -> Result<()> {
             enabled: Some(false),
             ..Default::default()
         }),
+        ..Default::default()
     });
     apply_federation(&host, &fed).await?;
     let ready = wait_for_federation(&host, "prod", WAIT, "Ready with control planes", |f| {
@@ -133,7 +134,7 @@ async fn the_image_takes_a_managed_federation_to_ready() -> Result<()> {
     eprintln!("{}", status_table(&ready));
     for c in fleet.clusters() {
         let istiod = Api::<Deployment>::namespaced(c.client(), "istio-system")
-            .get("istiod")
+            .get("istiod-1-31")
             .await?;
         let labels = istiod.metadata.labels.unwrap_or_default();
         assert_eq!(

@@ -15,7 +15,10 @@ use tokio::process::Command;
 pub enum Chart {
     Base,
     Istiod,
+    /// The gateway chart as the member's east-west gateway.
     Gateway,
+    /// The gateway chart as the member's ingress gateway.
+    IngressGateway,
 }
 
 impl Chart {
@@ -23,16 +26,17 @@ impl Chart {
         match self {
             Chart::Base => "base",
             Chart::Istiod => "istio-control/istio-discovery",
-            Chart::Gateway => "gateway",
+            Chart::Gateway | Chart::IngressGateway => "gateway",
         }
     }
 
-    /// Helm release name, also the value of meshfed's component label.
+    /// Helm release name.
     pub fn release(self) -> &'static str {
         match self {
             Chart::Base => "istio-base",
             Chart::Istiod => "istiod",
             Chart::Gateway => "istio-eastwestgateway",
+            Chart::IngressGateway => "istio-ingressgateway",
         }
     }
 }
@@ -69,6 +73,22 @@ fn version_dir(charts_dir: &std::path::Path, version: &str) -> Option<PathBuf> {
     plain.then(|| charts_dir.join(version))
 }
 
+/// The Istio versions under `charts_dir` (directories holding a base chart),
+/// oldest first.
+pub fn versions(charts_dir: &std::path::Path) -> Vec<String> {
+    let mut found: Vec<String> = std::fs::read_dir(charts_dir)
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .filter(|v| {
+                    version_dir(charts_dir, v).is_some_and(|d| d.join(Chart::Base.path()).is_dir())
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    found.sort_by(|a, b| crate::reconcile::upgrade::compare_versions(a, b));
+    found
+}
+
 /// Renders charts with `helm template`, remembering results: a steady-state
 /// reconcile runs no helm at all.
 pub struct ChartRenderer {
@@ -98,7 +118,7 @@ impl ChartRenderer {
             let mut h = Sha256::new();
             h.update(format!(
                 "{version}\0{}\0{kube_version}\0{values}",
-                chart.path()
+                chart.release()
             ));
             format!("{:x}", h.finalize())
         };
@@ -107,13 +127,7 @@ impl ChartRenderer {
         }
         let dir = version_dir(&self.charts_dir, version);
         if !dir.as_ref().is_some_and(|d| d.join(chart.path()).is_dir()) {
-            let available = std::fs::read_dir(&self.charts_dir)
-                .map(|d| {
-                    d.filter_map(|e| e.ok()?.file_name().into_string().ok())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                })
-                .unwrap_or_default();
+            let available = versions(&self.charts_dir).join(", ");
             return Err(ChartError::UnknownVersion {
                 version: version.into(),
                 dir: self.charts_dir.display().to_string(),
@@ -213,6 +227,19 @@ mod tests {
         assert_eq!(objects.len(), 2);
         assert_eq!(objects[1].types.as_ref().unwrap().kind, "Deployment");
         assert!(parse_manifests("kind: [").is_err());
+    }
+
+    #[test]
+    fn versions_are_the_chart_sets_found_newest_last() {
+        let dir = std::env::temp_dir().join(format!("meshfed-charts-{}", std::process::id()));
+        for v in ["1.9", "1.31", "1.30"] {
+            std::fs::create_dir_all(dir.join(v).join("base")).unwrap();
+        }
+        std::fs::create_dir_all(dir.join("empty")).unwrap();
+        std::fs::create_dir_all(dir.join(".hidden/base")).unwrap();
+        assert_eq!(versions(&dir), ["1.9", "1.30", "1.31"]);
+        assert!(versions(&dir.join("missing")).is_empty());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

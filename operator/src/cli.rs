@@ -312,8 +312,9 @@ pub struct Preflight {
     pub server: String,
     /// `Ok(gitVersion)` or why the API server did not answer.
     pub version: Result<String, String>,
-    /// The `meshfed.io/federation` label of its istiod Deployment, if it has one
-    /// (`Some(None)`: istiod exists, not installed by meshfed).
+    /// The `meshfed.io/federation` label of an istiod Deployment (`istiod` or
+    /// `istiod-<revision>`), if it has one (`Some(None)`: istiod exists, not
+    /// installed by meshfed).
     pub istiod: Option<Option<String>>,
     /// The same for `istio-system/cacerts`.
     pub cacerts: Option<Option<String>>,

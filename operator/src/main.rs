@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches, Parser};
 use kube::{Client, Config};
 use meshfed::leader::LeaderElector;
 use meshfed::reconcile::{Context, Settings, run};
@@ -65,8 +65,10 @@ struct Args {
     metrics_addr: SocketAddr,
 
     /// Istio chart sets for `spec.controlPlane`, one directory per Istio
-    /// version, each holding Istio's `manifests/charts` layout (base,
-    /// istio-control/istio-discovery, gateway).
+    /// version (the name is what spec.controlPlane.version takes), each
+    /// holding Istio's `manifests/charts` layout (base,
+    /// istio-control/istio-discovery, gateway). The versions found there are
+    /// listed at the end of --help.
     #[arg(long, env = "MESHFED_CHARTS_DIR", default_value = "/charts")]
     charts_dir: std::path::PathBuf,
 
@@ -89,9 +91,40 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(d.into())
 }
 
+/// The charts directory as the command line or environment gives it,
+/// before the arguments are parsed (for --help).
+fn charts_dir_from(mut args: impl Iterator<Item = std::ffi::OsString>) -> std::path::PathBuf {
+    while let Some(arg) = args.next() {
+        let arg = arg.to_string_lossy().into_owned();
+        if let Some(dir) = arg.strip_prefix("--charts-dir=") {
+            return dir.into();
+        }
+        if arg == "--charts-dir"
+            && let Some(dir) = args.next()
+        {
+            return dir.into();
+        }
+    }
+    std::env::var_os("MESHFED_CHARTS_DIR").map_or_else(|| "/charts".into(), Into::into)
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+    // --help ends with the Istio versions this operator can install.
+    let charts_dir = charts_dir_from(std::env::args_os().skip(1));
+    let versions = meshfed::charts::versions(&charts_dir);
+    let listed = if versions.is_empty() {
+        "none".to_string()
+    } else {
+        versions.join(", ")
+    };
+    let matches = Args::command()
+        .after_help(format!(
+            "Istio versions in {} (spec.controlPlane.version): {listed}",
+            charts_dir.display()
+        ))
+        .get_matches();
+    let args = Args::from_arg_matches(&matches)?;
     meshfed::telemetry::init_logging(args.log_json);
     let config = Config::infer().await?;
     let client = Client::try_from(config.clone())?;
@@ -153,5 +186,23 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn help_finds_the_charts_dir_before_parsing() {
+        let args = |a: &[&str]| a.iter().map(std::ffi::OsString::from).collect::<Vec<_>>();
+        assert_eq!(
+            charts_dir_from(args(&["--resync", "5s", "--charts-dir", "/x"]).into_iter()),
+            std::path::PathBuf::from("/x")
+        );
+        assert_eq!(
+            charts_dir_from(args(&["--charts-dir=/y", "--help"]).into_iter()),
+            std::path::PathBuf::from("/y")
+        );
     }
 }

@@ -365,6 +365,7 @@ async fn time_meshfed(
                 enabled: Some(false),
                 ..Default::default()
             }),
+            ..Default::default()
         });
         let started = Instant::now();
         apply_federation(&host, &fed).await?;

@@ -36,6 +36,7 @@ async fn main() -> Result<()> {
             service_type: Some(GatewayServiceType::NodePort),
             ..Default::default()
         }),
+        ..Default::default()
     });
     let name = sample
         .metadata

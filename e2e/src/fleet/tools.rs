@@ -89,11 +89,17 @@ async fn locate() -> Result<Tools> {
 /// Runs `e2e/testbed/<name>` (instant when its cache is warm) and returns the
 /// path on the last line it printed.
 pub async fn testbed_script_output(name: &str) -> Result<PathBuf> {
+    testbed_script_output_with(name, &[]).await
+}
+
+/// [`testbed_script_output`] with arguments.
+pub async fn testbed_script_output_with(name: &str, args: &[&str]) -> Result<PathBuf> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("testbed")
         .join(name);
     let out = tokio::process::Command::new("bash")
         .arg(&script)
+        .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())

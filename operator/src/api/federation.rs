@@ -34,6 +34,9 @@ pub mod defaults {
     pub const OUTLIER_INTERVAL: Duration = Duration::from_secs(10);
     pub const BASE_EJECTION_TIME: Duration = Duration::from_secs(30);
     pub const MAX_EJECTION_PERCENT: i32 = 100;
+    pub const MAX_CONCURRENT_UPGRADES: i32 = 1;
+    pub const GATE_TIMEOUT: Duration = Duration::from_secs(5 * 60);
+    pub const INGRESS_REPLICAS: i32 = 1;
 }
 
 /// A set of Kubernetes clusters joined into one Istio multi-primary mesh.
@@ -230,6 +233,103 @@ pub struct ControlPlaneSpec {
     /// one network.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub east_west_gateway: Option<EastWestGatewaySpec>,
+
+    /// How a change of `version` reaches the members (Managed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upgrade: Option<UpgradeSpec>,
+
+    /// Revision tags besides `default` that follow the fleet's current
+    /// revision (RevisionBased): namespaces labelled `istio.io/rev=<tag>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.all(t, t != 'default')").message("spec.controlPlane.revisionTags: 'default' is always present; list only your other tags"))]
+    #[schemars(length(max = 16))]
+    pub revision_tags: Option<Vec<RevisionTag>>,
+
+    /// An Istio ingress gateway (`istio-ingressgateway`, from Istio's gateway
+    /// chart) in every member: the mesh's entry point for Gateway and
+    /// VirtualService resources. Off unless set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingress_gateway: Option<IngressGatewaySpec>,
+}
+
+/// A revision tag name (a DNS-1123 label).
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct RevisionTag(
+    #[schemars(length(min = 1, max = 63), regex(pattern = DNS1123_LABEL))] pub String,
+);
+
+/// `spec.controlPlane.upgrade`: a new version is installed beside the old as
+/// its own revision (`istiod-<1-31>`), member by member, in waves; revision
+/// tags move to it once it is healthy, and the old revision goes once
+/// nothing uses it.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct UpgradeSpec {
+    /// RevisionBased (default) or InPlace (every member re-rendered at once,
+    /// one revision-less istiod).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strategy: Option<UpgradeStrategy>,
+    /// Members that change first, in this order; the others follow in
+    /// spec.members order (names not in spec.members, and repeats, are
+    /// ignored).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub order: Option<Vec<String>>,
+    /// Members changing at once (a wave). Default 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 1").message("spec.controlPlane.upgrade.maxConcurrent must be at least 1"))]
+    pub max_concurrent: Option<i32>,
+    /// Wait between the end of one wave and the start of the next. Default 0s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('0s')").message("spec.controlPlane.upgrade.pause must not be negative"))]
+    pub pause: Option<Duration>,
+    /// How long a member's health gate may stay unmet before the rollout is
+    /// reported halted (it stays halted, and resumes when the gate is met).
+    /// Default 5m.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('1s')").message("spec.controlPlane.upgrade.gateTimeout must be at least 1s"))]
+    pub gate_timeout: Option<Duration>,
+    /// Remove (default): an old revision is deleted once no tag, namespace
+    /// or pod uses it. Keep: old revisions stay until you remove them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub old_revisions: Option<OldRevisionPolicy>,
+}
+
+/// How a new version is rolled out.
+#[derive(
+    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default,
+)]
+pub enum UpgradeStrategy {
+    /// A revision per version beside the old one, in waves, tags moved when healthy.
+    #[default]
+    RevisionBased,
+    /// One revision-less istiod per member, re-rendered in place, all members at once.
+    InPlace,
+}
+
+/// What becomes of a revision nothing uses any more.
+#[derive(
+    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default,
+)]
+pub enum OldRevisionPolicy {
+    #[default]
+    Remove,
+    Keep,
+}
+
+/// The ingress gateway of every member.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct IngressGatewaySpec {
+    /// Install it (default true once this block is present).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    /// Service type: LoadBalancer (default), NodePort or ClusterIP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_type: Option<GatewayServiceType>,
+    /// Replicas. Default: 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 1 && self <= 100").message("spec.controlPlane.ingressGateway.replicas must be between 1 and 100"))]
+    pub replicas: Option<i32>,
 }
 
 /// Who installs Istio.
@@ -495,6 +595,9 @@ pub struct MeshFederationStatus {
     /// The trust bundle members hold, and a root rotation in progress.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca: Option<CaStatus>,
+    /// Where a change of spec.controlPlane.version stands (Managed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub control_plane: Option<RolloutStatus>,
     /// Per-member state, in spec order; members still being cleaned up after
     /// leaving the spec come last.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -525,6 +628,66 @@ pub struct CaStatus {
     pub next_phase_at: Option<Time>,
 }
 
+/// A fleet-wide control-plane rollout.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutStatus {
+    /// The version the fleet is moving to (spec.controlPlane.version).
+    pub version: String,
+    /// Its revision (`1.31` -> `1-31`); empty for InPlace.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub revision: String,
+    /// Complete, RollingOut, Paused (between waves) or Halted.
+    pub phase: String,
+    /// Members whose tags point at the revision (and whose istiod is ready).
+    pub updated: i32,
+    /// The members of the current wave.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub wave: Vec<String>,
+    /// When the current wave began.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wave_started_at: Option<Time>,
+    /// When the last wave ended (the pause counts from here).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_wave_finished_at: Option<Time>,
+    /// Why the rollout stopped: the member, the gate and the cause.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub halted: Option<HaltStatus>,
+}
+
+/// A health gate a member has not met within gateTimeout.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct HaltStatus {
+    pub member: String,
+    /// IstiodReady or MemberReachable.
+    pub gate: String,
+    pub message: String,
+}
+
+/// One istiod revision in a member.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct RevisionStatus {
+    /// `1-31`, or `default` for a revision-less istiod.
+    pub name: String,
+    /// The Istio version it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// Its istiod Deployment is available.
+    pub ready: bool,
+    /// Pods its injector injected (they keep it until restarted).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub pods: i32,
+    /// Namespaces labelled `istio.io/rev=<name>`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub namespaces: Vec<String>,
+}
+
+fn is_zero(n: &i32) -> bool {
+    *n == 0
+}
+
 /// Where one member stands.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
@@ -551,6 +714,17 @@ pub struct MemberStatus {
     /// Whether istiod is available in the member (when spec.controlPlane is set).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub control_plane_ready: Option<bool>,
+    /// The istiod revisions meshfed installed in the member (Managed).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub revisions: Vec<RevisionStatus>,
+    /// The revision the member's revision tags (`default` and
+    /// spec.controlPlane.revisionTags) point to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tags_revision: Option<String>,
+    /// Current, Waiting (for its wave), Installing, Switching, Halted or
+    /// RemovingOld, while a rollout runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upgrade_phase: Option<String>,
     /// Whether the member is healthy enough to receive traffic from peers,
     /// and whether it is withdrawn from them (`spec.failover.withdrawal`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -676,6 +850,40 @@ impl MeshFederationSpec {
         })
     }
 
+    /// The upgrade settings, defaulted.
+    pub fn upgrade(&self) -> UpgradeSpec {
+        self.control_plane
+            .as_ref()
+            .and_then(|c| c.upgrade.clone())
+            .unwrap_or_default()
+    }
+
+    /// Member names in upgrade order: `upgrade.order` first, then the rest
+    /// in spec order (names not in the spec are ignored).
+    pub fn upgrade_order(&self) -> Vec<&str> {
+        let upgrade = self.control_plane.as_ref().and_then(|c| c.upgrade.as_ref());
+        let mut first: Vec<&str> = Vec::new();
+        for name in upgrade.and_then(|u| u.order.as_ref()).into_iter().flatten() {
+            if self.member(name).is_some() && !first.contains(&name.as_str()) {
+                first.push(name);
+            }
+        }
+        let rest = self
+            .members
+            .iter()
+            .map(|m| m.name.as_str())
+            .filter(|n| !first.contains(n));
+        first.iter().copied().chain(rest).collect()
+    }
+
+    /// Whether members get an ingress gateway.
+    pub fn wants_ingress_gateway(&self) -> bool {
+        self.control_plane
+            .as_ref()
+            .and_then(|c| c.ingress_gateway.as_ref())
+            .is_some_and(|g| g.enabled.unwrap_or(true))
+    }
+
     /// The member with this name.
     pub fn member(&self, name: &str) -> Option<&Member> {
         self.members.iter().find(|m| m.name == name)
@@ -735,6 +943,26 @@ impl CaSpec {
             r.and_then(|r| r.drain_period)
                 .map_or(defaults::DRAIN_PERIOD, Into::into),
         )
+    }
+}
+
+impl UpgradeSpec {
+    pub fn strategy(&self) -> UpgradeStrategy {
+        self.strategy.unwrap_or_default()
+    }
+    pub fn max_concurrent(&self) -> usize {
+        self.max_concurrent
+            .unwrap_or(defaults::MAX_CONCURRENT_UPGRADES)
+            .max(1) as usize
+    }
+    pub fn pause(&self) -> std::time::Duration {
+        self.pause.map_or(std::time::Duration::ZERO, Into::into)
+    }
+    pub fn gate_timeout(&self) -> std::time::Duration {
+        self.gate_timeout.map_or(defaults::GATE_TIMEOUT, Into::into)
+    }
+    pub fn keeps_old_revisions(&self) -> bool {
+        self.old_revisions == Some(OldRevisionPolicy::Keep)
     }
 }
 

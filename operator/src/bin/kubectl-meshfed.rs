@@ -312,12 +312,15 @@ async fn preflight(config: Config, federation: &str) -> Result<Preflight> {
     let mut unreadable = Vec::new();
     let mut note =
         |what: &str, e: kube::Error| unreadable.push(format!("{what}: {}", unreachable_reason(&e)));
+    // istiod, or istiod-<revision>: every istiod Deployment is labelled app=istiod.
     match Api::<Deployment>::namespaced(client.clone(), "istio-system")
-        .get_opt("istiod")
+        .list(&ListParams::default().labels("app=istiod"))
         .await
     {
-        Ok(d) => p.istiod = d.map(|d| federation_label(d.labels())),
-        Err(e) => note("Deployment istio-system/istiod", e),
+        Ok(list) => {
+            p.istiod = list.items.first().map(|d| federation_label(d.labels()));
+        }
+        Err(e) => note("istiod Deployments in istio-system", e),
     }
     match Api::<Secret>::namespaced(client.clone(), "istio-system")
         .get_metadata_opt("cacerts")

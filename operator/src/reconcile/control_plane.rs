@@ -4,8 +4,9 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Mutex;
 
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service, ServiceAccount};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams};
 use kube::discovery::{Scope, pinned_kind};
@@ -14,12 +15,15 @@ use kube::{Api, Client, ResourceExt};
 use super::Context;
 use super::apply::{delete_all, write};
 use super::claim::record_kinds;
+use super::upgrade::{Installed, MemberPlan, Revision};
 use crate::api::{ControlPlaneMode, Member, MeshFederationSpec};
 use crate::charts::Chart;
 use crate::render::control_plane::{
-    BOOTSTRAP_MANAGER, COMPONENT, CROSS_NETWORK_GATEWAY, EAST_WEST_GATEWAY,
-    FAILOVER_DESTINATION_RULE, base_values, creation_defaults, cross_network_gateway, drift,
-    failover_destination_rule, gateway_values, is_current, istiod_values, prepare_chart_object,
+    BASE, BOOTSTRAP_MANAGER, COMPONENT, CROSS_NETWORK_GATEWAY, DEFAULT_TAG_WEBHOOK,
+    EAST_WEST_GATEWAY, FAILOVER_DESTINATION_RULE, INGRESS_GATEWAY, VERSION_LABEL, base_values,
+    component_revision, creation_defaults, cross_network_gateway, drift, east_west_gateway_values,
+    failover_destination_rule, ingress_gateway_values, is_current, istiod_component, istiod_values,
+    prepare_chart_object, rename_default_tag, with_revision,
 };
 use crate::render::{
     ISTIO_NAMESPACE, is_ours, keys, kind_key, managed_selector, with_recorded_kinds,
@@ -33,6 +37,10 @@ pub struct ControlPlaneReport {
     pub problem: Option<String>,
     /// None when the member gets no gateway.
     pub gateway: Option<GatewayReport>,
+    /// None when the member gets no ingress gateway.
+    pub ingress: Option<GatewayReport>,
+    /// The revisions and tags found (Managed).
+    pub installed: Option<Installed>,
 }
 
 /// The member's east-west gateway.
@@ -93,14 +101,18 @@ pub struct MemberCluster<'a> {
     pub recorded_kinds: BTreeSet<String>,
 }
 
-/// Drives the control plane of one member. `certificates_ready` gates the
-/// install: istiod must start with the federation's CA, never a self-signed one.
+/// Drives the control plane of one member as `plan` says (Managed), or
+/// wires the gateways of the Istio you installed (External).
+/// `certificates_ready` gates the install: istiod must start with the
+/// federation's CA, never a self-signed one.
+#[allow(clippy::too_many_arguments)]
 pub async fn sync_control_plane(
     ctx: &Context,
     target: &MemberCluster<'_>,
     federation: &str,
     spec: &MeshFederationSpec,
     member: &Member,
+    plan: &MemberPlan,
     certificates_ready: bool,
 ) -> Result<ControlPlaneReport, kube::Error> {
     let MemberCluster {
@@ -115,62 +127,98 @@ pub async fn sync_control_plane(
     };
     let mut report = ControlPlaneReport::default();
     let wants_gateway = spec.wants_gateway(member);
+    let wants_ingress = spec.wants_ingress_gateway();
     let managed = cp.mode == ControlPlaneMode::Managed;
     if !certificates_ready && managed {
         report.problem = Some("waiting for cacerts before installing istiod".into());
         report.gateway = wants_gateway.then(GatewayReport::default);
         return Ok(report);
     }
+    let apply = Apply {
+        ctx,
+        client,
+        cluster,
+        federation,
+        kube_version,
+    };
 
-    let mut steps: Vec<(Chart, serde_json::Value, bool)> = Vec::new();
     if managed {
-        steps.push((Chart::Base, base_values(), true));
-        steps.push((Chart::Istiod, istiod_values(spec, member), true));
-    }
-    if cp.version.is_some() {
-        steps.push((Chart::Gateway, gateway_values(spec, member), wants_gateway));
-    }
-    let version = cp.version.clone().unwrap_or_default();
-    for (chart, values, wanted) in steps {
-        let rendered = match ctx
-            .charts
-            .render(&version, chart, &values, kube_version)
-            .await
-        {
-            Ok(objects) => objects,
-            Err(e) => {
-                report.problem = Some(e.to_string());
+        let active_revision = plan.active.as_ref().map(|a| a.revision.as_str());
+        if let (Some(version), Some(active)) = (&plan.base_version, active_revision) {
+            let step = Step::chart(Chart::Base, base_values(active), version, BASE.into());
+            if let Some(problem) = apply.converge(step, &mut recorded).await? {
+                report.problem = Some(problem);
                 return Ok(report);
             }
-        };
-        let bootstraps: Vec<DynamicObject> =
-            rendered.iter().filter_map(creation_defaults).collect();
-        let prepared: Vec<DynamicObject> = rendered
-            .into_iter()
-            .map(|o| prepare_chart_object(o, federation, chart.release()))
-            .collect();
-        // Kinds come from the render even when nothing is wanted, so that
-        // switching a component off prunes it, and from the record of every
-        // kind ever applied, so that an object whose kind the render no
-        // longer has (an HPA after autoscaleEnabled: false) is pruned too.
-        let rendered_kinds = kinds_in_order(&prepared);
-        record_kinds(client, &mut recorded, rendered_kinds.iter().map(kind_key)).await?;
-        let kinds = with_recorded_kinds(rendered_kinds, &recorded);
-        let desired = if wanted { prepared } else { Vec::new() };
-        let component = Component {
-            name: chart.release(),
-            kinds,
-            desired,
-            bootstraps,
-        };
-        if let Some(problem) =
-            converge_component(&ctx.kinds, client, cluster, federation, &component).await?
-        {
-            report.problem = Some(problem);
-            return Ok(report);
+        }
+        let tags = revision_tags(spec);
+        for render in &plan.apply {
+            // A revision-less istiod has its own injector for the default
+            // tag's namespaces: kept while it holds the tags, handed over
+            // (left out of its render) once a revision does.
+            let revisionless = render.revision.is_empty();
+            let values = with_revision(
+                istiod_values(spec, member),
+                &render.revision,
+                (render.tags && !revisionless).then(|| tags.clone()),
+            );
+            let component = istiod_component(&render.revision);
+            let step = Step {
+                leave_out: (revisionless && !render.tags).then_some(DEFAULT_TAG_WEBHOOK),
+                ..Step::chart(Chart::Istiod, values, &render.version, component)
+            };
+            if let Some(problem) = apply.converge(step, &mut recorded).await? {
+                report.problem = Some(problem);
+                return Ok(report);
+            }
+        }
+        for revision in &plan.remove {
+            let step = Step {
+                chart: None,
+                component: istiod_component(revision),
+                version: String::new(),
+                values: serde_json::Value::Null,
+                wanted: false,
+                leave_out: None,
+            };
+            if let Some(problem) = apply.converge(step, &mut recorded).await? {
+                report.problem = Some(problem);
+                return Ok(report);
+            }
         }
     }
-    if cp.version.is_some() {
+    // Gateways follow the revision the tags point to (External: the version
+    // in the spec, whose charts render them).
+    let gateway_version = if managed {
+        plan.active.as_ref().map(|a| a.version.clone())
+    } else {
+        cp.version.clone()
+    };
+    if let Some(version) = &gateway_version {
+        let gateways = [
+            (
+                Chart::Gateway,
+                east_west_gateway_values(spec, member),
+                wants_gateway,
+            ),
+            (
+                Chart::IngressGateway,
+                ingress_gateway_values(spec),
+                wants_ingress,
+            ),
+        ];
+        for (chart, values, wanted) in gateways {
+            let step = Step {
+                wanted,
+                ..Step::chart(chart, values, version, chart.release().into())
+            };
+            if let Some(problem) = apply.converge(step, &mut recorded).await? {
+                report.problem = Some(problem);
+                return Ok(report);
+            }
+        }
+    }
+    if gateway_version.is_some() {
         let gateway = if wants_gateway {
             vec![cross_network_gateway(federation)]
         } else {
@@ -179,7 +227,7 @@ pub async fn sync_control_plane(
         let kinds = kinds_in_order(&[cross_network_gateway(federation)]);
         record_kinds(client, &mut recorded, kinds.iter().map(kind_key)).await?;
         let component = Component {
-            name: CROSS_NETWORK_GATEWAY,
+            name: CROSS_NETWORK_GATEWAY.into(),
             kinds,
             desired: gateway,
             bootstraps: Vec::new(),
@@ -204,7 +252,7 @@ pub async fn sync_control_plane(
     }
     if recorded.contains(&kind_key(&rule_kind)) {
         let component = Component {
-            name: FAILOVER_DESTINATION_RULE,
+            name: FAILOVER_DESTINATION_RULE.into(),
             kinds: vec![rule_kind],
             desired: rule.into_iter().collect(),
             bootstraps: Vec::new(),
@@ -222,39 +270,281 @@ pub async fn sync_control_plane(
         }
     }
 
-    report.istio_version = managed.then(|| version.clone());
     let deployments = Api::<Deployment>::namespaced(client.clone(), ISTIO_NAMESPACE);
-    report.ready = available(&deployments, "istiod").await?;
-    if !report.ready && report.problem.is_none() {
-        report.problem = Some("istiod Deployment in istio-system is not available".into());
+    if managed {
+        let installed = find_installed(client, federation).await?;
+        let active = plan.active.as_ref();
+        report.istio_version = active.map(|a| a.version.clone());
+        let state = active.and_then(|a| installed.revisions.get(&a.revision));
+        report.ready = state.is_some_and(|r| r.ready);
+        if !report.ready && report.problem.is_none() {
+            report.problem = Some(match (active, state) {
+                (Some(a), Some(r)) => r.problem.clone().unwrap_or_else(|| {
+                    format!(
+                        "{} Deployment in istio-system is not available",
+                        istiod_component(&a.revision)
+                    )
+                }),
+                (Some(a), None) => {
+                    format!("{} is not installed yet", istiod_component(&a.revision))
+                }
+                (None, _) => "waiting for the rollout to decide this member's revision".into(),
+            });
+        }
+        report.installed = Some(installed);
+    } else {
+        report.ready = available(&deployments, "istiod").await?.is_none();
+        if !report.ready && report.problem.is_none() {
+            report.problem = Some("istiod Deployment in istio-system is not available".into());
+        }
     }
     if wants_gateway && report.gateway.is_none() {
-        let ready = available(&deployments, EAST_WEST_GATEWAY).await?;
-        let service = Api::<Service>::namespaced(client.clone(), ISTIO_NAMESPACE)
-            .get_opt(EAST_WEST_GATEWAY)
-            .await?;
-        let address = service.as_ref().and_then(gateway_address);
-        // Traffic enters through the Service's endpoints, not the Deployment.
-        let slices = Api::<EndpointSlice>::namespaced(client.clone(), ISTIO_NAMESPACE)
-            .list(
-                &ListParams::default()
-                    .labels(&format!("kubernetes.io/service-name={EAST_WEST_GATEWAY}")),
-            )
-            .await?;
-        let endpoints = ready_endpoints(&slices.items);
-        let problem = match (ready, endpoints, &address) {
-            (false, _, _) => Some(format!("{EAST_WEST_GATEWAY} Deployment is not available")),
-            (true, 0, _) => Some(format!("{EAST_WEST_GATEWAY} Service has no ready endpoint")),
-            (true, _, None) => Some(format!("{EAST_WEST_GATEWAY} Service has no address yet")),
-            _ => None,
-        };
-        report.gateway = Some(GatewayReport {
-            ready: problem.is_none(),
-            address,
-            problem,
-        });
+        report.gateway = Some(gateway_report(client, &deployments, EAST_WEST_GATEWAY, true).await?);
+    }
+    if wants_ingress && gateway_version.is_some() {
+        report.ingress = Some(gateway_report(client, &deployments, INGRESS_GATEWAY, false).await?);
     }
     Ok(report)
+}
+
+/// The revision tags: `default` and the spec's.
+fn revision_tags(spec: &MeshFederationSpec) -> Vec<String> {
+    let extra = spec
+        .control_plane
+        .as_ref()
+        .and_then(|c| c.revision_tags.as_ref())
+        .into_iter()
+        .flatten()
+        .map(|t| t.0.clone());
+    std::iter::once("default".to_string())
+        .chain(extra)
+        .collect()
+}
+
+/// A gateway's Deployment, endpoints and address. Peers need the east-west
+/// gateway's address; an ingress gateway's is reported when it has one.
+async fn gateway_report(
+    client: &Client,
+    deployments: &Api<Deployment>,
+    name: &str,
+    needs_address: bool,
+) -> Result<GatewayReport, kube::Error> {
+    let unavailable = available(deployments, name).await?;
+    let service = Api::<Service>::namespaced(client.clone(), ISTIO_NAMESPACE)
+        .get_opt(name)
+        .await?;
+    let address = service.as_ref().and_then(gateway_address);
+    // Traffic enters through the Service's endpoints, not the Deployment.
+    let slices = Api::<EndpointSlice>::namespaced(client.clone(), ISTIO_NAMESPACE)
+        .list(&ListParams::default().labels(&format!("kubernetes.io/service-name={name}")))
+        .await?;
+    let endpoints = ready_endpoints(&slices.items);
+    let problem = match (unavailable, endpoints, &address) {
+        (Some(_), _, _) => Some(format!("{name} Deployment is not available")),
+        (None, 0, _) => Some(format!("{name} Service has no ready endpoint")),
+        (None, _, None) if needs_address => Some(format!("{name} Service has no address yet")),
+        _ => None,
+    };
+    Ok(GatewayReport {
+        ready: problem.is_none(),
+        address,
+        problem,
+    })
+}
+
+/// The istiod revisions meshfed installed in the member, where the `default`
+/// tag points, the base chart's version, and what still uses each revision
+/// other than the tagged one.
+async fn find_installed(client: &Client, federation: &str) -> Result<Installed, kube::Error> {
+    let deployments = Api::<Deployment>::namespaced(client.clone(), ISTIO_NAMESPACE)
+        .list(&ListParams::default().labels(&managed_selector(federation)))
+        .await?;
+    let mut installed = Installed::default();
+    for d in &deployments.items {
+        let labels = d.labels();
+        let Some(revision) = labels.get(COMPONENT).and_then(|c| component_revision(c)) else {
+            continue;
+        };
+        installed.revisions.insert(
+            revision.to_string(),
+            Revision {
+                version: labels.get(VERSION_LABEL).cloned(),
+                ready: deployment_unavailable(d).is_none(),
+                problem: deployment_unavailable(d).map(|why| {
+                    format!(
+                        "{} Deployment in istio-system is not available: {why}",
+                        d.name_any()
+                    )
+                }),
+                ..Default::default()
+            },
+        );
+    }
+    let webhooks = Api::<MutatingWebhookConfiguration>::all(client.clone());
+    installed.tags_at = webhooks
+        .get_opt(DEFAULT_TAG_WEBHOOK)
+        .await?
+        .filter(|w| is_ours(&w.metadata, federation))
+        .and_then(|w| {
+            let component = w.labels().get(COMPONENT)?.clone();
+            component_revision(&component).map(String::from)
+        });
+    installed.base_version = Api::<ServiceAccount>::namespaced(client.clone(), ISTIO_NAMESPACE)
+        .get_opt(BASE_SERVICE_ACCOUNT)
+        .await?
+        .filter(|a| is_ours(&a.metadata, federation))
+        .and_then(|a| a.labels().get(VERSION_LABEL).cloned());
+    // What still uses the untagged revisions: namespaces labelled with
+    // them and pods they injected (istiod's own pods aside).
+    let untagged: Vec<&str> = installed
+        .revisions
+        .keys()
+        .filter(|r| Some(*r) != installed.tags_at.as_ref())
+        .map(|r| if r.is_empty() { "default" } else { r.as_str() })
+        .collect();
+    if !untagged.is_empty() {
+        let selector = format!("{REV_LABEL} in ({})", untagged.join(","));
+        let pods = Api::<Pod>::all(client.clone())
+            .list_metadata(&ListParams::default().labels(&format!("{selector},app!=istiod")))
+            .await?;
+        let namespaces = Api::<Namespace>::all(client.clone())
+            .list_metadata(&ListParams::default().labels(&selector))
+            .await?;
+        for (name, revision) in installed.revisions.iter_mut() {
+            let value = if name.is_empty() {
+                "default"
+            } else {
+                name.as_str()
+            };
+            if Some(name) == installed.tags_at.as_ref() {
+                continue;
+            }
+            revision.pods = pods
+                .items
+                .iter()
+                .filter(|p| p.labels().get(REV_LABEL).map(String::as_str) == Some(value))
+                .count();
+            // Namespaces labelled `default` follow the tag, not a revision.
+            if !name.is_empty() {
+                revision.namespaces = namespaces
+                    .items
+                    .iter()
+                    .filter(|n| n.labels().get(REV_LABEL).map(String::as_str) == Some(value))
+                    .map(|n| n.name_any())
+                    .collect();
+            }
+        }
+    }
+    Ok(installed)
+}
+
+/// The label naming the revision a namespace uses or a pod was injected by.
+const REV_LABEL: &str = "istio.io/rev";
+/// A ServiceAccount the base chart renders: its labels say the chart's version.
+const BASE_SERVICE_ACCOUNT: &str = "istio-reader-service-account";
+
+/// One chart render (or removal) to converge.
+struct Step {
+    /// None: nothing is rendered; the component's objects are removed.
+    chart: Option<Chart>,
+    component: String,
+    version: String,
+    values: serde_json::Value,
+    wanted: bool,
+    /// A MutatingWebhookConfiguration of the render that is not this
+    /// component's (another revision holds it).
+    leave_out: Option<&'static str>,
+}
+
+impl Step {
+    fn chart(chart: Chart, values: serde_json::Value, version: &str, component: String) -> Step {
+        Step {
+            chart: Some(chart),
+            component,
+            version: version.into(),
+            values,
+            wanted: true,
+            leave_out: None,
+        }
+    }
+}
+
+/// Where chart steps are applied.
+struct Apply<'a> {
+    ctx: &'a Context,
+    client: &'a Client,
+    cluster: &'a str,
+    federation: &'a str,
+    kube_version: &'a str,
+}
+
+impl Apply<'_> {
+    /// Renders the step's chart and applies it as its component; what the
+    /// component carried before and no longer renders is deleted. Objects
+    /// another component of this federation rendered until now (revision
+    /// tags moving between revisions) change hands in one write. Returns a
+    /// problem to report.
+    async fn converge(
+        &self,
+        step: Step,
+        recorded: &mut BTreeSet<String>,
+    ) -> Result<Option<String>, kube::Error> {
+        let (prepared, bootstraps) = match step.chart {
+            Some(chart) => {
+                let rendered = match self
+                    .ctx
+                    .charts
+                    .render(&step.version, chart, &step.values, self.kube_version)
+                    .await
+                {
+                    Ok(objects) => objects,
+                    Err(e) => return Ok(Some(e.to_string())),
+                };
+                let bootstraps: Vec<DynamicObject> =
+                    rendered.iter().filter_map(creation_defaults).collect();
+                let left_out = |o: &DynamicObject| {
+                    o.types
+                        .as_ref()
+                        .is_some_and(|t| t.kind == "MutatingWebhookConfiguration")
+                        && o.metadata
+                            .name
+                            .as_deref()
+                            .is_some_and(|n| Some(n) == step.leave_out)
+                };
+                let prepared: Vec<DynamicObject> = rendered
+                    .into_iter()
+                    .map(rename_default_tag)
+                    .filter(|o| !left_out(o))
+                    .map(|o| {
+                        prepare_chart_object(o, self.federation, &step.component, &step.version)
+                    })
+                    .collect();
+                (prepared, bootstraps)
+            }
+            None => (Vec::new(), Vec::new()),
+        };
+        // Kinds come from the render even when nothing is wanted, so that
+        // switching a component off prunes it, and from the record of every
+        // kind ever applied, so that an object whose kind the render no
+        // longer has (an HPA after autoscaleEnabled: false) is pruned too.
+        let rendered_kinds = kinds_in_order(&prepared);
+        record_kinds(self.client, recorded, rendered_kinds.iter().map(kind_key)).await?;
+        let kinds = with_recorded_kinds(rendered_kinds, recorded);
+        let component = Component {
+            name: step.component,
+            kinds,
+            desired: if step.wanted { prepared } else { Vec::new() },
+            bootstraps,
+        };
+        converge_component(
+            &self.ctx.kinds,
+            self.client,
+            self.cluster,
+            self.federation,
+            &component,
+        )
+        .await
+    }
 }
 
 /// The kinds among `objects`, in the order they first appear (CRDs first).
@@ -281,7 +571,7 @@ fn gvk_of(o: &DynamicObject) -> Option<GroupVersionKind> {
 /// One chart's worth of objects (or the cross-network Gateway).
 struct Component {
     /// Value of the component label.
-    name: &'static str,
+    name: String,
     /// Every kind the component renders, even when nothing of it is desired.
     kinds: Vec<GroupVersionKind>,
     desired: Vec<DynamicObject>,
@@ -415,15 +705,27 @@ async fn converge_component(
     Ok(None)
 }
 
-async fn available(api: &Api<Deployment>, name: &str) -> Result<bool, kube::Error> {
-    Ok(api
-        .get_opt(name)
-        .await?
-        .and_then(|d| d.status)
-        .and_then(|s| s.conditions)
-        .unwrap_or_default()
-        .iter()
-        .any(|c| c.type_ == "Available" && c.status == "True"))
+/// Why the Deployment `name` is not available (`None`: it is).
+async fn available(api: &Api<Deployment>, name: &str) -> Result<Option<String>, kube::Error> {
+    Ok(match api.get_opt(name).await? {
+        Some(d) => deployment_unavailable(&d),
+        None => Some("not found".into()),
+    })
+}
+
+/// Why a Deployment is not available, from its Available condition.
+fn deployment_unavailable(d: &Deployment) -> Option<String> {
+    let conditions = d.status.as_ref().and_then(|s| s.conditions.as_ref());
+    match conditions.and_then(|c| c.iter().find(|c| c.type_ == "Available")) {
+        Some(c) if c.status == "True" => None,
+        Some(c) => Some(
+            c.message
+                .clone()
+                .or(c.reason.clone())
+                .unwrap_or_else(|| "Available is False".into()),
+        ),
+        None => Some("no Available condition yet".into()),
+    }
 }
 
 /// Endpoints of `slices` not known to be unready (a missing condition counts

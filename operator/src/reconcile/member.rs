@@ -14,6 +14,7 @@ use super::claim::{Claim, claim_cluster};
 use super::control_plane::{ControlPlaneReport, MemberCluster, sync_control_plane};
 use super::root::CaMaterial;
 use super::status::MemberReport;
+use super::upgrade::MemberPlan;
 use super::{Context, Event};
 use crate::api::{CertificateStatus, Member, MeshFederation};
 use crate::members::MemberConnection;
@@ -279,6 +280,7 @@ pub async fn sync_member_control_plane(
     ctx: &Context,
     fed: &MeshFederation,
     member: &Member,
+    plan: &MemberPlan,
     prepared: &mut PreparedMember,
 ) {
     let Some(conn) = prepared.connection.clone() else {
@@ -315,6 +317,7 @@ pub async fn sync_member_control_plane(
         &federation,
         &fed.spec,
         member,
+        plan,
         certificates_ready,
     );
     let cp = match tokio::time::timeout(budget, work).await {
@@ -334,9 +337,26 @@ pub async fn sync_member_control_plane(
     status.istio_version = cp.istio_version;
     status.control_plane_ready = Some(cp.ready);
     status.gateway_address = cp.gateway.as_ref().and_then(|g| g.address.clone());
+    status.revisions = cp
+        .installed
+        .as_ref()
+        .map(super::upgrade::revision_status)
+        .unwrap_or_default();
+    status.tags_revision = cp
+        .installed
+        .as_ref()
+        .and_then(|i| i.tags_at.as_deref())
+        .map(|r| super::upgrade::display(r).to_string());
+    prepared.report.installed = cp.installed;
     prepared.report.control_plane_problem = cp.problem;
     prepared.report.gateway_expected = cp.gateway.is_some();
     prepared.report.gateway_problem = cp.gateway.and_then(|g| g.problem);
+    if let Some(problem) = cp.ingress.and_then(|g| g.problem) {
+        prepared
+            .report
+            .other_problems
+            .push(format!("ingress gateway: {problem}"));
+    }
 }
 
 /// Short, stable text for an API error (no bodies, no secret material).

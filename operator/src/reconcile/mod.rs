@@ -10,6 +10,7 @@ mod remote_secrets;
 mod root;
 pub mod rotation;
 pub mod status;
+pub mod upgrade;
 mod worker;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -469,6 +470,16 @@ async fn converge(fed: &Arc<MeshFederation>, ctx: &Arc<Context>) -> Result<Actio
         .insert(name.clone(), tracker.clone());
     events.extend(failover_events(&decision, spec.withdrawal().as_ref()));
     let withdrawn = Arc::new(tracker.withdrawn_set());
+    let rollout = rollout(fed, &runs, now);
+    if let Some(r) = &rollout {
+        events.extend(r.events.iter().map(|(reason, message, warning)| {
+            if *warning {
+                Event::warning(reason, message.clone())
+            } else {
+                Event::normal(reason, message.clone())
+            }
+        }));
+    }
 
     let root_status = match &ca {
         Ok(ca) => {
@@ -487,6 +498,10 @@ async fn converge(fed: &Arc<MeshFederation>, ctx: &Arc<Context>) -> Result<Actio
                     ca: ca.material.clone(),
                     member: member.clone(),
                     withdrawn: withdrawn.clone(),
+                    plan: rollout
+                        .as_ref()
+                        .and_then(|r| r.plans.get(&member.name).cloned())
+                        .unwrap_or_else(upgrade::MemberPlan::observe_only),
                 };
                 ctx.workers.ensure(ctx, input, resync);
             }
@@ -533,6 +548,12 @@ async fn converge(fed: &Arc<MeshFederation>, ctx: &Arc<Context>) -> Result<Actio
     for r in &mut reports {
         let h = health.get(&r.status.name).cloned().flatten();
         r.status.health = tracker.status(&r.status.name, h.as_ref());
+        // The phase as decided now (the worker's run may predate it).
+        let plan = rollout.as_ref().and_then(|ro| ro.plans.get(&r.status.name));
+        r.status.upgrade_phase = plan
+            .map(|p| p.phase)
+            .filter(|p| !matches!(p, upgrade::Phase::Current | upgrade::Phase::Unknown))
+            .map(|p| p.as_str().to_string());
     }
     // The status describes the oldest generation any member's run worked from.
     let generation = spec
@@ -573,6 +594,7 @@ async fn converge(fed: &Arc<MeshFederation>, ctx: &Arc<Context>) -> Result<Actio
             withdrawal_held: decision.held.as_deref(),
             kept_secrets: &kept_secrets,
             ca: ca_status,
+            rollout: rollout.as_ref().map(|r| r.status.clone()),
         },
         previous,
         now,
@@ -620,11 +642,46 @@ async fn converge(fed: &Arc<MeshFederation>, ctx: &Arc<Context>) -> Result<Actio
         .next_check
         .into_iter()
         .chain(phase_ends)
+        .chain(rollout.as_ref().and_then(|r| r.next_check))
         .filter_map(|t| Duration::try_from(t.duration_since(now)).ok())
         .min();
     Ok(Action::requeue(
         until_check.map_or(ctx.settings.resync, |d| d.min(ctx.settings.resync)),
     ))
+}
+
+/// The control-plane rollout (Managed with a version): every member's plan
+/// from what its worker last found.
+fn rollout(
+    fed: &MeshFederation,
+    runs: &BTreeMap<String, worker::MemberRun>,
+    now: Timestamp,
+) -> Option<upgrade::Rollout> {
+    let cp = fed.spec.control_plane.as_ref()?;
+    if cp.mode != crate::api::ControlPlaneMode::Managed {
+        return None;
+    }
+    let upgrade = fed.spec.upgrade();
+    let settings = upgrade::Settings {
+        version: cp.version.as_deref()?,
+        strategy: upgrade.strategy(),
+        order: fed.spec.upgrade_order(),
+        max_concurrent: upgrade.max_concurrent(),
+        pause: upgrade.pause(),
+        gate_timeout: upgrade.gate_timeout(),
+        keep_old: upgrade.keeps_old_revisions(),
+    };
+    let observed = fed
+        .spec
+        .members
+        .iter()
+        .map(|m| {
+            let installed = runs.get(&m.name).and_then(|r| r.report.installed.clone());
+            (m.name.clone(), installed)
+        })
+        .collect();
+    let previous = fed.status.as_ref().and_then(|s| s.control_plane.as_ref());
+    Some(upgrade::plan(&settings, &observed, previous, now))
 }
 
 impl Context {

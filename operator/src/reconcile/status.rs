@@ -9,6 +9,7 @@ use super::rotation::{CaRecord, Periods};
 use super::worker::MemberRun;
 use crate::api::{
     CaStatus, CertificateStatus, MemberStatus, MeshFederationSpec, MeshFederationStatus,
+    RolloutStatus,
 };
 
 /// Summary condition for `kubectl wait --for=condition=Ready` and Argo CD.
@@ -25,6 +26,9 @@ pub const REMOTE_SECRETS_READY: &str = "RemoteSecretsReady";
 pub const CONTROL_PLANES_READY: &str = "ControlPlanesReady";
 /// Every member that should have an east-west gateway has one with an address.
 pub const GATEWAYS_READY: &str = "GatewaysReady";
+/// Every member runs spec.controlPlane.version (its tags on that revision);
+/// False while a rollout runs (reason RollingOut, Paused or Halted).
+pub const CONTROL_PLANES_UP_TO_DATE: &str = "ControlPlanesUpToDate";
 /// Some member is unhealthy or withdrawn from its peers' view (True is bad).
 pub const DEGRADED: &str = "Degraded";
 
@@ -39,6 +43,8 @@ pub struct FleetFacts<'a> {
     pub kept_secrets: &'a [String],
     /// The trust bundle and a root rotation in progress.
     pub ca: Option<CaStatus>,
+    /// Where a control-plane rollout stands (Managed).
+    pub rollout: Option<RolloutStatus>,
 }
 
 /// `status.ca`: the roots of the current target's bundle, and where a
@@ -162,6 +168,8 @@ pub struct MemberReport {
     /// The CA target ([`super::rotation::Target::id`]) its `cacerts` and its
     /// istiod's distributed roots match.
     pub ca_reached: Option<String>,
+    /// Its istiod revisions and tags (Managed), for the rollout.
+    pub installed: Option<super::upgrade::Installed>,
 }
 
 impl MemberReport {
@@ -333,6 +341,40 @@ pub fn build_status(
             },
         );
     }
+    if let Some(rollout) = &fleet.rollout {
+        let complete = rollout.phase == "Complete";
+        let message = match (&rollout.halted, complete) {
+            (Some(h), _) => format!(
+                "halted at member {}: gate {} not met: {}; fix it and the rollout resumes",
+                h.member, h.gate, h.message
+            ),
+            (None, true) => format!(
+                "all {in_spec} members run Istio {} ({})",
+                rollout.version,
+                if rollout.revision.is_empty() {
+                    "in place"
+                } else {
+                    &rollout.revision
+                }
+            ),
+            (None, false) => format!(
+                "{}/{in_spec} members at Istio {}{}",
+                rollout.updated,
+                rollout.version,
+                if rollout.wave.is_empty() {
+                    String::new()
+                } else {
+                    format!("; changing now: {}", rollout.wave.join(", "))
+                }
+            ),
+        };
+        conditions.set(
+            CONTROL_PLANES_UP_TO_DATE,
+            complete,
+            &rollout.phase,
+            &message,
+        );
+    }
     let mut gateways_ok = true;
     if in_spec_reports().any(|r| r.gateway_expected) {
         let problems = member_problems(in_spec_reports().filter(|r| r.gateway_expected), |r| {
@@ -461,6 +503,7 @@ pub fn build_status(
         ready_members: ready as i32,
         root: root.ok(),
         ca,
+        control_plane: fleet.rollout.clone(),
         members,
     }
 }

@@ -22,6 +22,7 @@ use super::member::{prepare_member, sync_member_control_plane, unreachable_reaso
 use super::remote_secrets::{self, Binding, PeerFacts, TokenPolicy, mint_token, revocable};
 use super::root::CaMaterial;
 use super::status::MemberReport;
+use super::upgrade::MemberPlan;
 use super::{Context, Event};
 use crate::api::{Member, MeshFederation};
 use crate::pki::IntermediatePolicy;
@@ -36,6 +37,8 @@ pub struct Input {
     pub ca: Arc<CaMaterial>,
     pub member: Member,
     pub withdrawn: Arc<BTreeSet<String>>,
+    /// What the member's control plane should be (Managed).
+    pub plan: MemberPlan,
 }
 
 impl Input {
@@ -48,6 +51,7 @@ impl Input {
                 != other.ca.signing.as_ref().map(|r| &r.info().serial)
             || self.member != other.member
             || self.withdrawn != other.withdrawn
+            || self.plan != other.plan
             || refresh_request(&self.fed) != refresh_request(&other.fed)
     }
 }
@@ -526,7 +530,7 @@ async fn run(ctx: &Arc<Context>, input: &Input) -> Outcome {
             fed.spec.control_plane.is_some(),
         );
     }
-    sync_member_control_plane(ctx, fed, member, &mut prepared).await;
+    sync_member_control_plane(ctx, fed, member, &input.plan, &mut prepared).await;
 
     let last = workers.was_reachable(&federation, &member.name);
     let mut events = std::mem::take(&mut prepared.events);

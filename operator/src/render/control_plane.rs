@@ -13,8 +13,21 @@ use crate::api::{GatewayServiceType, Member, MeshFederationSpec, defaults};
 pub const COMPONENT: &str = "meshfed.io/component";
 /// Hash of what meshfed last applied: equal hash, nothing to write.
 pub const APPLIED_HASH: &str = "meshfed.io/applied-hash";
+/// Label holding the Istio version an object was rendered from.
+pub const VERSION_LABEL: &str = "meshfed.io/istio-version";
 /// Name of the east-west gateway's Deployment and Service.
 pub const EAST_WEST_GATEWAY: &str = "istio-eastwestgateway";
+/// Name of the ingress gateway's Deployment and Service.
+pub const INGRESS_GATEWAY: &str = "istio-ingressgateway";
+/// Component label of the base chart's objects.
+pub const BASE: &str = "istio-base";
+/// The `default` revision tag's injection webhook keeps the name of Istio's
+/// revision-less injector (the chart calls it `istio-revision-tag-default`):
+/// injection for `istio-injection=enabled` then moves between revisions, and
+/// from a revision-less install to a revision, in one write to one object,
+/// never with two webhooks matching or none.
+pub const DEFAULT_TAG_WEBHOOK: &str = "istio-sidecar-injector";
+const CHART_DEFAULT_TAG_WEBHOOK: &str = "istio-revision-tag-default";
 /// Name of the Gateway that exposes `*.local` through the east-west gateway.
 pub const CROSS_NETWORK_GATEWAY: &str = "cross-network-gateway";
 /// Name (and component) of the mesh-wide DestinationRule with outlier detection.
@@ -132,24 +145,69 @@ pub fn failover_destination_rule(
     Some(mark(rule, federation, FAILOVER_DESTINATION_RULE))
 }
 
-/// Values for the base chart (CRDs and cluster-wide bits).
-pub fn base_values() -> Value {
-    json!({ "defaultRevision": "default" })
+/// Values for the base chart (CRDs and cluster-wide bits): its default
+/// validating webhook goes to the revision the `default` tag points to
+/// (`""` for a revision-less istiod).
+pub fn base_values(default_revision: &str) -> Value {
+    let revision = if default_revision.is_empty() {
+        "default"
+    } else {
+        default_revision
+    };
+    json!({ "defaultRevision": revision })
+}
+
+/// The component label of a revision's istiod objects: `istiod-<revision>`,
+/// `istiod` for a revision-less install.
+pub fn istiod_component(revision: &str) -> String {
+    if revision.is_empty() {
+        "istiod".into()
+    } else {
+        format!("istiod-{revision}")
+    }
+}
+
+/// The revision an istiod component label names (see [`istiod_component`]).
+pub fn component_revision(component: &str) -> Option<&str> {
+    match component {
+        "istiod" => Some(""),
+        c => c.strip_prefix("istiod-"),
+    }
+}
+
+/// `values` for one revision: its name, and the revision tags when it holds them.
+pub fn with_revision(mut values: Value, revision: &str, tags: Option<Vec<String>>) -> Value {
+    if !revision.is_empty() {
+        merge(&mut values, &json!({ "revision": revision }));
+    }
+    if let Some(tags) = tags {
+        merge(&mut values, &json!({ "revisionTags": tags }));
+    }
+    values
+}
+
+/// Gives the chart's `default` tag webhook its classic name (see
+/// [`DEFAULT_TAG_WEBHOOK`]).
+pub fn rename_default_tag(mut obj: DynamicObject) -> DynamicObject {
+    let is_tag_webhook = obj
+        .types
+        .as_ref()
+        .is_some_and(|t| t.kind == "MutatingWebhookConfiguration");
+    if is_tag_webhook && obj.metadata.name.as_deref() == Some(CHART_DEFAULT_TAG_WEBHOOK) {
+        obj.metadata.name = Some(DEFAULT_TAG_WEBHOOK.into());
+    }
+    obj
 }
 
 /// Values for the gateway chart that make it the member's east-west gateway:
 /// network label and requested network view, ports 15021/15443/15012/15017.
-pub fn gateway_values(spec: &MeshFederationSpec, member: &Member) -> Value {
+pub fn east_west_gateway_values(spec: &MeshFederationSpec, member: &Member) -> Value {
     let gw = spec
         .control_plane
         .as_ref()
         .and_then(|c| c.east_west_gateway.clone())
         .unwrap_or_default();
-    let service_type = match gw.service_type.unwrap_or_default() {
-        GatewayServiceType::LoadBalancer => "LoadBalancer",
-        GatewayServiceType::NodePort => "NodePort",
-        GatewayServiceType::ClusterIP => "ClusterIP",
-    };
+    let service_type = service_type(gw.service_type.unwrap_or_default());
     json!({
         "name": EAST_WEST_GATEWAY,
         "labels": { "app": EAST_WEST_GATEWAY, "istio": "eastwestgateway" },
@@ -158,6 +216,31 @@ pub fn gateway_values(spec: &MeshFederationSpec, member: &Member) -> Value {
         "replicaCount": gw.replicas.unwrap_or(1),
         "autoscaling": { "enabled": false },
     })
+}
+
+/// Values for the gateway chart that make it the member's ingress gateway
+/// (`istio: ingressgateway`, what Gateway resources usually select).
+pub fn ingress_gateway_values(spec: &MeshFederationSpec) -> Value {
+    let gw = spec
+        .control_plane
+        .as_ref()
+        .and_then(|c| c.ingress_gateway.clone())
+        .unwrap_or_default();
+    json!({
+        "name": INGRESS_GATEWAY,
+        "labels": { "app": INGRESS_GATEWAY, "istio": "ingressgateway" },
+        "service": { "type": service_type(gw.service_type.unwrap_or_default()) },
+        "replicaCount": gw.replicas.unwrap_or(defaults::INGRESS_REPLICAS),
+        "autoscaling": { "enabled": false },
+    })
+}
+
+fn service_type(t: GatewayServiceType) -> &'static str {
+    match t {
+        GatewayServiceType::LoadBalancer => "LoadBalancer",
+        GatewayServiceType::NodePort => "NodePort",
+        GatewayServiceType::ClusterIP => "ClusterIP",
+    }
 }
 
 /// The Gateway that routes `*.local` mTLS traffic from other networks through
@@ -183,14 +266,20 @@ pub fn cross_network_gateway(federation: &str) -> DynamicObject {
 }
 
 /// Makes a rendered chart object meshfed's: its labels (managed-by, federation,
-/// component) and the hash of what is applied. Fields istiod manages are
-/// dropped so server-side apply never takes them: webhook `caBundle`s, and the
-/// validating webhook's `failurePolicy` (istiod flips it to Fail once ready).
+/// component, Istio version) and the hash of what is applied. Fields istiod
+/// manages are dropped so server-side apply never takes them: webhook
+/// `caBundle`s, and the validating webhook's `failurePolicy` (istiod flips it
+/// to Fail once ready).
 pub fn prepare_chart_object(
     mut obj: DynamicObject,
     federation: &str,
     component: &str,
+    version: &str,
 ) -> DynamicObject {
+    obj.metadata
+        .labels
+        .get_or_insert_with(BTreeMap::new)
+        .insert(VERSION_LABEL.into(), version.into());
     let kind = obj
         .types
         .as_ref()
@@ -343,9 +432,82 @@ mod tests {
                 version: Some("1.31".into()),
                 values: None,
                 east_west_gateway: None,
+                upgrade: None,
+                revision_tags: None,
+                ingress_gateway: None,
             }),
             failover: None,
         }
+    }
+
+    #[test]
+    fn revisions_name_components_values_and_the_default_validator() {
+        assert_eq!(istiod_component(""), "istiod");
+        assert_eq!(istiod_component("1-31"), "istiod-1-31");
+        assert_eq!(component_revision("istiod-1-31"), Some("1-31"));
+        assert_eq!(component_revision("istiod"), Some(""));
+        assert_eq!(component_revision("istio-base"), None);
+        let v = with_revision(
+            json!({"pilot": {}}),
+            "1-31",
+            Some(vec!["default".into(), "canary".into()]),
+        );
+        assert_eq!(v["revision"], "1-31");
+        assert_eq!(v["revisionTags"], json!(["default", "canary"]));
+        let v = with_revision(json!({}), "", None);
+        assert!(v.get("revision").is_none() && v.get("revisionTags").is_none());
+        assert_eq!(base_values("")["defaultRevision"], "default");
+        assert_eq!(base_values("1-30")["defaultRevision"], "1-30");
+    }
+
+    #[test]
+    fn the_default_tag_webhook_takes_the_classic_injector_name() {
+        let hook = |name: &str, kind: &str| -> DynamicObject {
+            serde_json::from_value(json!({"apiVersion": "admissionregistration.k8s.io/v1", "kind": kind, "metadata": {"name": name}})).unwrap()
+        };
+        let renamed = rename_default_tag(hook(
+            "istio-revision-tag-default",
+            "MutatingWebhookConfiguration",
+        ));
+        assert_eq!(renamed.metadata.name.as_deref(), Some(DEFAULT_TAG_WEBHOOK));
+        for (name, kind) in [
+            ("istio-revision-tag-canary", "MutatingWebhookConfiguration"),
+            ("istio-revision-tag-default", "Service"),
+        ] {
+            assert_eq!(
+                rename_default_tag(hook(name, kind))
+                    .metadata
+                    .name
+                    .as_deref(),
+                Some(name)
+            );
+        }
+    }
+
+    #[test]
+    fn ingress_gateway_values_follow_the_spec() {
+        use crate::api::IngressGatewaySpec;
+        let mut s = spec(vec![member("a", "n1")]);
+        assert!(!s.wants_ingress_gateway());
+        s.control_plane.as_mut().unwrap().ingress_gateway = Some(IngressGatewaySpec {
+            enabled: None,
+            service_type: Some(GatewayServiceType::NodePort),
+            replicas: Some(2),
+        });
+        assert!(s.wants_ingress_gateway());
+        let v = ingress_gateway_values(&s);
+        assert_eq!(v["name"], INGRESS_GATEWAY);
+        assert_eq!(v["labels"]["istio"], "ingressgateway");
+        assert_eq!(v["service"]["type"], "NodePort");
+        assert_eq!(v["replicaCount"], 2);
+        s.control_plane
+            .as_mut()
+            .unwrap()
+            .ingress_gateway
+            .as_mut()
+            .unwrap()
+            .enabled = Some(false);
+        assert!(!s.wants_ingress_gateway());
     }
 
     #[test]
@@ -409,13 +571,13 @@ mod tests {
             service_type: Some(GatewayServiceType::NodePort),
             replicas: Some(3),
         });
-        let v = gateway_values(&s, &s.members[0]);
+        let v = east_west_gateway_values(&s, &s.members[0]);
         assert_eq!(v["networkGateway"], "n1");
         assert_eq!(v["service"]["type"], "NodePort");
         assert_eq!(v["replicaCount"], 3);
         assert_eq!(v["autoscaling"]["enabled"], false);
         assert_eq!(v["labels"]["istio"], "eastwestgateway");
-        let default = gateway_values(&spec(vec![member("a", "n1")]), &member("a", "n1"));
+        let default = east_west_gateway_values(&spec(vec![member("a", "n1")]), &member("a", "n1"));
         assert_eq!(
             (
                 default["service"]["type"].as_str(),
@@ -444,7 +606,7 @@ mod tests {
             "metadata": {"name": "istio-validator", "labels": {"app.kubernetes.io/managed-by": "Helm"}},
             "webhooks": [{"name": "v.istio.io", "failurePolicy": "Ignore", "clientConfig": {"caBundle": "", "service": {"name": "istiod"}}}]
         })).unwrap();
-        let out = prepare_chart_object(hook, "prod", "istiod");
+        let out = prepare_chart_object(hook, "prod", "istiod", "1.31");
         let w = &out.data["webhooks"][0];
         assert!(w.get("failurePolicy").is_none());
         assert!(w["clientConfig"].get("caBundle").is_none());
@@ -452,6 +614,7 @@ mod tests {
         let labels = out.metadata.labels.as_ref().unwrap();
         assert_eq!(labels["app.kubernetes.io/managed-by"], "meshfed");
         assert_eq!(labels[COMPONENT], "istiod");
+        assert_eq!(labels[VERSION_LABEL], "1.31");
         assert!(crate::render::is_ours(&out.metadata, "prod"));
     }
 

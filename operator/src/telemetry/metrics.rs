@@ -32,6 +32,7 @@ struct PhaseLabels {
 
 /// The phases of a root rotation, as `status.ca.phase` names them.
 const ROTATION_PHASES: [&str; 4] = ["TrustBoth", "SignWithNew", "Drain", "TrustNew"];
+const ROLLOUT_PHASES: [&str; 4] = ["Complete", "RollingOut", "Paused", "Halted"];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct MemberLabels {
@@ -63,6 +64,8 @@ pub struct Metrics {
     tokens_minted: Family<MemberLabels, Counter>,
     root_expiry: Family<FederationLabels, Gauge<f64, AtomicU64>>,
     rotation_phase: Family<PhaseLabels, Gauge>,
+    rollout_phase: Family<PhaseLabels, Gauge>,
+    members_updated: Family<FederationLabels, Gauge>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -163,9 +166,23 @@ impl Default for Metrics {
             "1 for the phase a root rotation is in (TrustBoth, SignWithNew, Drain, TrustNew), 0 for the others",
             rotation_phase.clone(),
         );
+        let rollout_phase = Family::default();
+        registry.register(
+            "control_plane_rollout_phase",
+            "1 for the phase the control-plane rollout is in (Complete, RollingOut, Paused, Halted), 0 for the others",
+            rollout_phase.clone(),
+        );
+        let members_updated = Family::default();
+        registry.register(
+            "control_plane_members_updated",
+            "Members whose revision tags point at spec.controlPlane.version's revision, with its istiod ready",
+            members_updated.clone(),
+        );
         Self {
             root_expiry,
             rotation_phase,
+            rollout_phase,
+            members_updated,
             member_runs,
             tokens_minted,
             member_requests,
@@ -246,6 +263,22 @@ impl Metrics {
                     phase: p,
                 })
                 .set(i64::from(phase == Some(p)));
+        }
+        match &current.control_plane {
+            Some(rollout) => {
+                for p in ROLLOUT_PHASES {
+                    self.rollout_phase
+                        .get_or_create(&PhaseLabels {
+                            federation: federation.into(),
+                            phase: p,
+                        })
+                        .set(i64::from(rollout.phase == p));
+                }
+                self.members_updated
+                    .get_or_create(&fed)
+                    .set(i64::from(rollout.updated));
+            }
+            None => self.forget_rollout(federation),
         }
         for m in &current.members {
             let l = labels(&m.name);
@@ -334,12 +367,25 @@ impl Metrics {
                 phase,
             });
         }
+        self.forget_rollout(federation);
         for m in status.iter().flat_map(|s| &s.members) {
             self.forget_member(&MemberLabels {
                 federation: federation.into(),
                 member: m.name.clone(),
             });
         }
+    }
+
+    fn forget_rollout(&self, federation: &str) {
+        for phase in ROLLOUT_PHASES {
+            self.rollout_phase.remove(&PhaseLabels {
+                federation: federation.into(),
+                phase,
+            });
+        }
+        self.members_updated.remove(&FederationLabels {
+            federation: federation.into(),
+        });
     }
 
     fn forget_member(&self, l: &MemberLabels) {
@@ -416,6 +462,39 @@ mod tests {
         assert!(
             text.contains(r#"meshfed_root_rotation_phase{federation="prod",phase="TrustBoth"} 0"#),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn a_rollout_is_a_phase_gauge_and_a_count() {
+        let m = Metrics::default();
+        let now = "2026-01-01T00:00:00Z".parse().unwrap();
+        let mut s = status(&[("a", true)]);
+        s.control_plane = Some(crate::api::RolloutStatus {
+            version: "1.31".into(),
+            revision: "1-31".into(),
+            phase: "Halted".into(),
+            updated: 2,
+            ..Default::default()
+        });
+        m.members("prod", None, &s, now);
+        let text = m.encode();
+        assert!(
+            text.contains(
+                r#"meshfed_control_plane_rollout_phase{federation="prod",phase="Halted"} 1"#
+            ),
+            "{text}"
+        );
+        assert!(text.contains(
+            r#"meshfed_control_plane_rollout_phase{federation="prod",phase="Complete"} 0"#
+        ));
+        assert!(text.contains(r#"meshfed_control_plane_members_updated{federation="prod"} 2"#));
+        let previous = s.clone();
+        s.control_plane = None;
+        m.members("prod", Some(&previous), &s, now);
+        assert!(
+            !m.encode().contains("meshfed_control_plane_rollout_phase{"),
+            "gone with the rollout"
         );
     }
 

@@ -1,0 +1,517 @@
+//! Fleet-wide Istio upgrades by revision on real API servers, with the real
+//! istiod (pilot-discovery 1.30 and 1.31) behind every istiod Deployment
+//! (the test bed's bridge sets pod readiness from istiod's `/ready`):
+//!
+//! 1. a revision-less (InPlace) 1.30 install migrates to revision 1-30 member
+//!    by member, injection for `istio-injection=enabled` handed over in one
+//!    write (exactly one matching webhook at every sample);
+//! 2. 1.30 -> 1.31 in waves of one: at every sample every ready istiod sees
+//!    every peer synced and every member's probe Service, 1.30 and 1.31
+//!    istiods discover each other mid-rollout, the old revision goes;
+//! 3. rollback 1.31 -> 1.30 with member 2's new istiod held unready: the
+//!    rollout halts there (member 3 untouched, the condition names member,
+//!    gate and cause), resumes when released; the CRDs stay at 1.31.
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use e2e::bridge::{Bridge, pod_labels};
+use e2e::istiod::{charts_dir, service_with_pod};
+use e2e::mesh::*;
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::ServiceAccount;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use kube::{Api, Client, ResourceExt};
+use meshfed::api::{
+    ControlPlaneMode, ControlPlaneSpec, EastWestGatewaySpec, MeshFederation, UpgradeSpec,
+    UpgradeStrategy,
+};
+use meshfed::reconcile::Settings;
+
+const WAIT: Duration = Duration::from_secs(180);
+const GATE_TIMEOUT: Duration = Duration::from_secs(15);
+
+fn control_plane(version: &str, strategy: UpgradeStrategy) -> ControlPlaneSpec {
+    ControlPlaneSpec {
+        mode: ControlPlaneMode::Managed,
+        version: Some(version.into()),
+        values: Some(pod_labels()),
+        east_west_gateway: Some(EastWestGatewaySpec {
+            enabled: Some(false),
+            ..Default::default()
+        }),
+        upgrade: Some(UpgradeSpec {
+            strategy: Some(strategy),
+            max_concurrent: Some(1),
+            pause: Some("1s".parse().unwrap()),
+            gate_timeout: Some(GATE_TIMEOUT.into()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn up_to_date(f: &MeshFederation, version: &str) -> bool {
+    has_condition(f, "Ready", "True")
+        && has_condition(f, "ControlPlanesUpToDate", "True")
+        && f.status
+            .as_ref()
+            .and_then(|s| s.control_plane.as_ref())
+            .is_some_and(|c| c.version == version)
+}
+
+/// What one sample saw.
+#[derive(Default)]
+struct Samples {
+    count: usize,
+    /// Every failed check, with when and where.
+    failures: Vec<String>,
+    /// Samples in which ready istiods of more than one version ran, in
+    /// different members, and all checks passed.
+    mixed: usize,
+    /// Tags revision per member, per sample (to check the order of waves).
+    tags: Vec<Vec<Option<String>>>,
+    /// The most members changing at once.
+    most_changing: usize,
+}
+
+/// Samples until `done` says so: every ready bridged istiod sees every
+/// cluster `synced` and every probe Service; at most one member changes at
+/// once; the injection webhooks for `istio-injection=enabled` number one.
+async fn sample_until(
+    bridge: &Bridge,
+    clients: &[Client],
+    host: &Client,
+    ids: &[String],
+    probes: &[String],
+    done: impl Fn(&MeshFederation) -> bool,
+) -> Result<Samples> {
+    let mut s = Samples::default();
+    let deadline = Instant::now() + WAIT;
+    let feds = Api::<MeshFederation>::all(host.clone());
+    loop {
+        let fed = feds.get("prod").await?;
+        let status = fed.status.clone().unwrap_or_default();
+        s.tags.push(
+            status
+                .members
+                .iter()
+                .map(|m| m.tags_revision.clone())
+                .collect(),
+        );
+        let changing = status
+            .members
+            .iter()
+            .filter(|m| matches!(m.upgrade_phase.as_deref(), Some("Installing" | "Switching")))
+            .count();
+        s.most_changing = s.most_changing.max(changing);
+        let mut versions = BTreeMap::new();
+        let mut ok = true;
+        for (cluster, deployment, istiod) in bridge.istiods() {
+            if !istiod.is_ready().await {
+                continue;
+            }
+            let version = istiod.options().version.clone().unwrap_or_default();
+            versions
+                .entry(version)
+                .or_insert_with(BTreeSet::new)
+                .insert(cluster.clone());
+            let statuses = istiod.cluster_statuses().await?;
+            for id in ids {
+                if statuses.get(id).map(String::as_str) != Some("synced") {
+                    ok = false;
+                    s.failures.push(format!(
+                        "sample {}: {cluster}/{deployment} sees {id} as {:?}",
+                        s.count,
+                        statuses.get(id)
+                    ));
+                }
+            }
+            let hosts: BTreeSet<String> = istiod
+                .services()
+                .await?
+                .into_iter()
+                .map(|r| r.hostname)
+                .collect();
+            for p in probes {
+                if !hosts.contains(p) {
+                    ok = false;
+                    s.failures.push(format!(
+                        "sample {}: {cluster}/{deployment} lacks {p}",
+                        s.count
+                    ));
+                }
+            }
+        }
+        for (i, c) in clients.iter().enumerate() {
+            let n = injectors_for_enabled_namespace(c).await?;
+            if n != 1 {
+                ok = false;
+                s.failures.push(format!(
+                    "sample {}: member {i} has {n} injection webhooks for istio-injection=enabled",
+                    s.count
+                ));
+            }
+        }
+        let clusters_by_version: Vec<&BTreeSet<String>> = versions.values().collect();
+        if ok
+            && versions.len() > 1
+            && clusters_by_version.iter().any(|a| {
+                clusters_by_version
+                    .iter()
+                    .any(|b| a.difference(b).next().is_some() && b.difference(a).next().is_some())
+            })
+        {
+            s.mixed += 1;
+        }
+        s.count += 1;
+        if done(&fed) {
+            return Ok(s);
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "not done after {WAIT:?}: {:?}\nbridge failures: {:?}",
+                fed.status.map(|s| (s.control_plane, s.conditions)),
+                bridge.failures()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// How many mutating webhooks (across every configuration) would inject a
+/// plain pod created in a namespace labelled `istio-injection=enabled`.
+async fn injectors_for_enabled_namespace(c: &Client) -> Result<usize> {
+    let namespace: BTreeMap<String, String> = [
+        ("istio-injection".to_string(), "enabled".to_string()),
+        (
+            "kubernetes.io/metadata.name".to_string(),
+            "shop".to_string(),
+        ),
+    ]
+    .into();
+    let pod = BTreeMap::new();
+    let configs = Api::<MutatingWebhookConfiguration>::all(c.clone())
+        .list(&Default::default())
+        .await?;
+    Ok(configs
+        .items
+        .iter()
+        .flat_map(|m| m.webhooks.iter().flatten())
+        .filter(|w| {
+            w.rules
+                .iter()
+                .flatten()
+                .any(|r| r.resources.iter().flatten().any(|x| x == "pods"))
+        })
+        .filter(|w| {
+            selects(w.namespace_selector.as_ref(), &namespace)
+                && selects(w.object_selector.as_ref(), &pod)
+        })
+        .count())
+}
+
+/// Whether a label selector selects `labels` (an absent selector selects all).
+fn selects(selector: Option<&LabelSelector>, labels: &BTreeMap<String, String>) -> bool {
+    let Some(s) = selector else { return true };
+    let by_label = s
+        .match_labels
+        .iter()
+        .flatten()
+        .all(|(k, v)| labels.get(k) == Some(v));
+    let by_expression = s.match_expressions.iter().flatten().all(|e| {
+        let value = labels.get(&e.key);
+        let values = e.values.clone().unwrap_or_default();
+        match e.operator.as_str() {
+            "In" => value.is_some_and(|v| values.contains(v)),
+            "NotIn" => value.is_none_or(|v| !values.contains(v)),
+            "Exists" => value.is_some(),
+            "DoesNotExist" => value.is_none(),
+            _ => false,
+        }
+    });
+    by_label && by_expression
+}
+
+async fn deployments(c: &Client) -> Result<BTreeSet<String>> {
+    Ok(Api::<Deployment>::namespaced(c.clone(), "istio-system")
+        .list(&Default::default())
+        .await?
+        .items
+        .iter()
+        .map(|d| d.name_any())
+        .filter(|n| n.starts_with("istiod"))
+        .collect())
+}
+
+async fn injector_uid(c: &Client) -> Result<String> {
+    Api::<MutatingWebhookConfiguration>::all(c.clone())
+        .get("istio-sidecar-injector")
+        .await?
+        .uid()
+        .context("no uid")
+}
+
+async fn base_version(c: &Client) -> Result<Option<String>> {
+    Ok(Api::<ServiceAccount>::namespaced(c.clone(), "istio-system")
+        .get("istio-reader-service-account")
+        .await?
+        .labels()
+        .get("meshfed.io/istio-version")
+        .cloned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn istio_upgrades_by_revision_in_waves_with_real_istiods() -> Result<()> {
+    let fleet = e2e::Fleet::start(3).await?;
+    let _logs = fleet.log_guard();
+    let charts = charts_dir(fleet.dir(), &["1.30", "1.31"]).await?;
+    let bridge = Bridge::start(&fleet, &fleet.dir().join("bridge"));
+    let host = fleet.cluster(0).client();
+    prepare_host(&fleet).await?;
+    let settings = Settings {
+        resync: Duration::from_secs(2),
+        member_timeout: Duration::from_secs(10),
+        helm: e2e::istiod::helm().await?,
+        charts_dir: charts,
+        ..Settings::new(OPERATOR_NAMESPACE)
+    };
+    let _operator = start_operator_with(fleet.cluster(0), settings)?;
+    let clients: Vec<Client> = fleet.clusters().iter().map(|c| c.client()).collect();
+    let ids: Vec<String> = fleet
+        .clusters()
+        .iter()
+        .map(|c| c.name().to_string())
+        .collect();
+
+    // 1. Revision-less Istio 1.30, as meshfed installed it before revisions.
+    let mut fed = federation("prod", members_of(&fleet, &["net-a", "net-a", "net-a"]));
+    fed.spec.control_plane = Some(control_plane("1.30", UpgradeStrategy::InPlace));
+    apply_federation(&host, &fed).await?;
+    wait_for_federation(&host, "prod", WAIT, "revision-less 1.30 ready", |f| {
+        up_to_date(f, "1.30")
+    })
+    .await?;
+    for c in &clients {
+        assert_eq!(
+            deployments(c).await?,
+            BTreeSet::from(["istiod".to_string()])
+        );
+    }
+    // A probe Service in every member, for the registries.
+    let mut probes = Vec::new();
+    for (i, c) in clients.iter().enumerate() {
+        service_with_pod(c, "probe", &format!("probe-{i}")).await?;
+        probes.push(format!("probe-{i}.probe.svc.cluster.local"));
+    }
+    let uids: Vec<String> = futures::future::try_join_all(clients.iter().map(injector_uid)).await?;
+    poll(WAIT, "every istiod sees every probe", || async {
+        let s = sample_until(&bridge, &clients, &host, &ids, &probes, |_| true).await?;
+        Ok(s.failures.is_empty() && bridge.istiods().len() == 3)
+    })
+    .await
+    .with_context(|| format!("bridge failures: {:?}", bridge.failures()))?;
+
+    // Migration to revisions, member by member.
+    fed.spec.control_plane = Some(control_plane("1.30", UpgradeStrategy::RevisionBased));
+    apply_federation(&host, &fed).await?;
+    let migration = sample_until(&bridge, &clients, &host, &ids, &probes, |f| {
+        up_to_date(f, "1.30")
+            && f.status.as_ref().is_some_and(|s| {
+                s.members
+                    .iter()
+                    .all(|m| m.revisions.len() == 1 && m.tags_revision.as_deref() == Some("1-30"))
+            })
+    })
+    .await?;
+    eprintln!("migration: {} samples", migration.count);
+    assert_eq!(migration.failures, Vec::<String>::new());
+    assert!(migration.most_changing <= 1, "waves of one");
+    for (c, uid) in clients.iter().zip(&uids) {
+        assert_eq!(
+            deployments(c).await?,
+            BTreeSet::from(["istiod-1-30".to_string()])
+        );
+        assert_eq!(
+            &injector_uid(c).await?,
+            uid,
+            "the injector was handed over, not recreated"
+        );
+    }
+
+    // 2. 1.30 -> 1.31 in waves of one.
+    let started = Instant::now();
+    fed.spec.control_plane = Some(control_plane("1.31", UpgradeStrategy::RevisionBased));
+    apply_federation(&host, &fed).await?;
+    let upgrade = sample_until(&bridge, &clients, &host, &ids, &probes, |f| {
+        up_to_date(f, "1.31")
+            && f.status
+                .as_ref()
+                .is_some_and(|s| s.members.iter().all(|m| m.revisions.len() == 1))
+    })
+    .await?;
+    eprintln!(
+        "upgrade: {} samples in {:.1?}, {} mixed-version",
+        upgrade.count,
+        started.elapsed(),
+        upgrade.mixed
+    );
+    assert_eq!(upgrade.failures, Vec::<String>::new());
+    assert!(
+        upgrade.mixed > 0,
+        "1.30 and 1.31 istiods seen side by side in different members"
+    );
+    assert!(upgrade.most_changing <= 1);
+    // Members switched in spec order: a member's tags moved only after the
+    // ones before it.
+    for tags in &upgrade.tags {
+        let moved: Vec<bool> = tags.iter().map(|t| t.as_deref() == Some("1-31")).collect();
+        assert!(
+            moved.windows(2).all(|w| w[0] || !w[1]),
+            "out of order: {tags:?}"
+        );
+    }
+    for (c, uid) in clients.iter().zip(&uids) {
+        assert_eq!(
+            deployments(c).await?,
+            BTreeSet::from(["istiod-1-31".to_string()])
+        );
+        assert_eq!(&injector_uid(c).await?, uid);
+        assert_eq!(base_version(c).await?.as_deref(), Some("1.31"));
+    }
+
+    // 3. Rollback with member 2's new istiod unable to become ready.
+    bridge.hold(1, true);
+    fed.spec.control_plane = Some(control_plane("1.30", UpgradeStrategy::RevisionBased));
+    apply_federation(&host, &fed).await?;
+    let halted = wait_for_federation(&host, "prod", WAIT, "rollout halted at member 2", |f| {
+        f.status
+            .as_ref()
+            .and_then(|s| s.control_plane.as_ref())
+            .is_some_and(|c| c.phase == "Halted")
+    })
+    .await?;
+    let status = halted.status.unwrap();
+    let halt = status
+        .control_plane
+        .as_ref()
+        .unwrap()
+        .halted
+        .clone()
+        .unwrap();
+    assert_eq!(
+        (halt.member.as_str(), halt.gate.as_str()),
+        (ids[1].as_str(), "IstiodReady"),
+        "{halt:?}"
+    );
+    assert!(halt.message.contains("istiod-1-30"), "{halt:?}");
+    let condition = condition(&halted_fed(&host).await?, "ControlPlanesUpToDate")
+        .cloned()
+        .unwrap();
+    assert_eq!(
+        (condition.status.as_str(), condition.reason.as_str()),
+        ("False", "Halted")
+    );
+    assert!(
+        condition.message.contains(&ids[1]) && condition.message.contains("IstiodReady"),
+        "{}",
+        condition.message
+    );
+    assert_eq!(
+        status.members[0].tags_revision.as_deref(),
+        Some("1-30"),
+        "member 1 went back"
+    );
+    assert_eq!(
+        status.members[1].tags_revision.as_deref(),
+        Some("1-31"),
+        "member 2 holds"
+    );
+    assert_eq!(status.members[1].upgrade_phase.as_deref(), Some("Halted"));
+    assert_eq!(status.members[2].tags_revision.as_deref(), Some("1-31"));
+    assert_eq!(
+        deployments(&clients[2]).await?,
+        BTreeSet::from(["istiod-1-31".to_string()]),
+        "member 3 untouched"
+    );
+    // Fixed: the rollout resumes and completes.
+    bridge.hold(1, false);
+    let rollback = sample_until(&bridge, &clients, &host, &ids, &probes, |f| {
+        up_to_date(f, "1.30")
+            && f.status
+                .as_ref()
+                .is_some_and(|s| s.members.iter().all(|m| m.revisions.len() == 1))
+    })
+    .await?;
+    assert_eq!(rollback.failures, Vec::<String>::new());
+    for c in &clients {
+        assert_eq!(
+            deployments(c).await?,
+            BTreeSet::from(["istiod-1-30".to_string()])
+        );
+        assert_eq!(
+            base_version(c).await?.as_deref(),
+            Some("1.31"),
+            "CRDs are never downgraded"
+        );
+    }
+    let events = Api::<k8s_openapi::api::events::v1::Event>::all(host.clone())
+        .list(&Default::default())
+        .await?;
+    let reasons: BTreeSet<String> = events
+        .items
+        .iter()
+        .filter_map(|e| e.reason.clone())
+        .collect();
+    for r in [
+        "UpgradeWaveStarted",
+        "UpgradeWaveFinished",
+        "UpgradeHalted",
+        "UpgradeComplete",
+    ] {
+        assert!(reasons.contains(r), "event {r} in {reasons:?}");
+    }
+    Ok(())
+}
+
+async fn halted_fed(host: &Client) -> Result<MeshFederation> {
+    Ok(Api::<MeshFederation>::all(host.clone()).get("prod").await?)
+}
+
+#[test]
+fn label_selectors_are_evaluated_like_the_api_server() {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
+    let labels: BTreeMap<String, String> =
+        [("istio-injection".to_string(), "enabled".to_string())].into();
+    let req = |key: &str, op: &str, values: &[&str]| LabelSelectorRequirement {
+        key: key.into(),
+        operator: op.into(),
+        values: Some(values.iter().map(|v| v.to_string()).collect()),
+    };
+    let sel = |e: Vec<LabelSelectorRequirement>| LabelSelector {
+        match_expressions: Some(e),
+        match_labels: None,
+    };
+    assert!(selects(None, &labels));
+    assert!(selects(
+        Some(&sel(vec![req("istio-injection", "In", &["enabled"])])),
+        &labels
+    ));
+    assert!(!selects(
+        Some(&sel(vec![req("istio-injection", "DoesNotExist", &[])])),
+        &labels
+    ));
+    assert!(selects(
+        Some(&sel(vec![req("istio.io/rev", "NotIn", &["x"])])),
+        &labels
+    ));
+    assert!(!selects(
+        Some(&sel(vec![req("istio.io/rev", "In", &["default"])])),
+        &labels
+    ));
+    assert!(selects(
+        Some(&sel(vec![req("istio.io/rev", "DoesNotExist", &[])])),
+        &labels
+    ));
+}

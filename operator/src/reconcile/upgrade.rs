@@ -1,0 +1,952 @@
+//! Fleet-wide Istio upgrades by revision, decided from what members report:
+//! which revisions each member runs, where its tags point, and which members
+//! may change now (waves). Pure: the workers make it so.
+//!
+//! A member changes in three steps, each seen in what its worker reports:
+//! the new revision is installed beside the old one; once its istiod is
+//! ready the tags move to it (one write per tag object: the objects are
+//! handed from one revision's render to the other's); once nothing uses the
+//! old revision, it is removed. A wave is the next `maxConcurrent` members
+//! (in upgrade order) that are not at the target; the next wave starts when
+//! every member of this one has its tags on a ready target, plus `pause`.
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use jiff::Timestamp;
+
+use crate::api::{HaltStatus, RevisionStatus, RolloutStatus, UpgradeStrategy};
+
+/// The revision of a revision-less install (Istio calls it `default`).
+pub const REVISIONLESS: &str = "";
+
+/// The revision a version is installed as: `1.31` -> `1-31`.
+pub fn revision_of(version: &str) -> String {
+    version
+        .chars()
+        .map(|c| match c {
+            '.' | '_' => '-',
+            c => c.to_ascii_lowercase(),
+        })
+        .collect()
+}
+
+/// A revision's name for people: `default` for a revision-less install.
+pub fn display(revision: &str) -> &str {
+    if revision == REVISIONLESS {
+        "default"
+    } else {
+        revision
+    }
+}
+
+/// Compares Istio versions by their numeric parts (`1.9` < `1.30`), then as text.
+pub fn compare_versions(a: &str, b: &str) -> Ordering {
+    let parts = |v: &str| -> Vec<u64> {
+        v.split(['.', '-', '_'])
+            .map_while(|p| p.parse().ok())
+            .collect()
+    };
+    parts(a).cmp(&parts(b)).then_with(|| a.cmp(b))
+}
+
+/// One revision a worker found in its member.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Revision {
+    /// Istio version (unknown for a revision-less install meshfed did not label).
+    pub version: Option<String>,
+    /// Its istiod Deployment is available.
+    pub ready: bool,
+    /// Why it is not, in words.
+    pub problem: Option<String>,
+    /// Pods it injected.
+    pub pods: usize,
+    /// Namespaces labelled `istio.io/rev=<revision>`.
+    pub namespaces: Vec<String>,
+}
+
+/// A member's control plane as its worker last found it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Installed {
+    pub revisions: BTreeMap<String, Revision>,
+    /// The revision the `default` tag points to.
+    pub tags_at: Option<String>,
+    /// Version of the base chart (Istio's CRDs) in the member.
+    pub base_version: Option<String>,
+}
+
+impl Installed {
+    fn at(&self, revision: &str) -> bool {
+        self.tags_at.as_deref() == Some(revision)
+            && self.revisions.get(revision).is_some_and(|r| r.ready)
+    }
+}
+
+/// One revision a worker renders and applies.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Render {
+    pub revision: String,
+    pub version: String,
+    /// Whether this render carries the revision tags.
+    pub tags: bool,
+}
+
+/// Where a member is in a rollout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// At the target (or nothing to do).
+    Current,
+    /// Not in the current wave yet.
+    Waiting,
+    /// The new revision is installed beside the old; waiting for it to be ready.
+    Installing,
+    /// The tags move to the new revision.
+    Switching,
+    /// Its gate was not met within gateTimeout.
+    Halted,
+    /// At the target; an old revision is still in use.
+    RemovingOld,
+    /// Not known yet (its worker has not reported): nothing is changed.
+    Unknown,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Current => "Current",
+            Phase::Waiting => "Waiting",
+            Phase::Installing => "Installing",
+            Phase::Switching => "Switching",
+            Phase::Halted => "Halted",
+            Phase::RemovingOld => "RemovingOld",
+            Phase::Unknown => "Unknown",
+        }
+    }
+}
+
+/// What a member's worker makes of its control plane.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemberPlan {
+    /// Revisions rendered and applied, in order: the one holding the tags
+    /// first, so that tag objects change hands before the old holder is
+    /// rendered without them.
+    pub apply: Vec<Render>,
+    /// Revisions whose objects are deleted.
+    pub remove: Vec<String>,
+    /// Version of the base chart (CRDs): the newest in the fleet, never
+    /// older than what the member has. `None`: leave base alone.
+    pub base_version: Option<String>,
+    /// The revision the `default` tag and the gateways follow, with its
+    /// version; `None` while it is not known.
+    pub active: Option<Render>,
+    pub phase: Phase,
+}
+
+impl MemberPlan {
+    /// A plan that changes nothing (the member is not known yet).
+    pub fn observe_only() -> MemberPlan {
+        MemberPlan {
+            apply: Vec::new(),
+            remove: Vec::new(),
+            base_version: None,
+            active: None,
+            phase: Phase::Unknown,
+        }
+    }
+}
+
+/// The fleet's settings for a rollout.
+#[derive(Clone, Debug)]
+pub struct Settings<'a> {
+    pub version: &'a str,
+    pub strategy: UpgradeStrategy,
+    /// Member names in upgrade order.
+    pub order: Vec<&'a str>,
+    pub max_concurrent: usize,
+    pub pause: Duration,
+    pub gate_timeout: Duration,
+    pub keep_old: bool,
+}
+
+/// A rollout decision: every member's plan, the fleet's status, events.
+#[derive(Clone, Debug)]
+pub struct Rollout {
+    pub plans: BTreeMap<String, MemberPlan>,
+    pub status: RolloutStatus,
+    /// (reason, message, warning)
+    pub events: Vec<(&'static str, String, bool)>,
+    /// When the decision changes by itself (a pause or a gate timeout ends).
+    pub next_check: Option<Timestamp>,
+}
+
+fn time(t: Timestamp) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Time {
+    k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(t)
+}
+
+fn add(t: Timestamp, d: Duration) -> Timestamp {
+    t.checked_add(jiff::SignedDuration::try_from(d).unwrap_or(jiff::SignedDuration::MAX))
+        .unwrap_or(Timestamp::MAX)
+}
+
+/// Decides every member's plan. `observed` holds what each member's worker
+/// last found (`None`: not reached yet); `previous` is the rollout status
+/// last written, the rollout's only memory.
+pub fn plan(
+    settings: &Settings,
+    observed: &BTreeMap<String, Option<Installed>>,
+    previous: Option<&RolloutStatus>,
+    now: Timestamp,
+) -> Rollout {
+    let target = settings.version;
+    // The base chart follows the newest version anywhere in the fleet.
+    let newest = observed
+        .values()
+        .flatten()
+        .flat_map(|i| i.revisions.values().filter_map(|r| r.version.as_deref()))
+        .chain([target])
+        .max_by(|a, b| compare_versions(a, b))
+        .unwrap_or(target)
+        .to_string();
+    let base_for = |installed: &Installed| -> String {
+        match &installed.base_version {
+            Some(b) if compare_versions(b, &newest) == Ordering::Greater => b.clone(),
+            _ => newest.clone(),
+        }
+    };
+    if settings.strategy == UpgradeStrategy::InPlace {
+        return in_place(settings, observed, &base_for);
+    }
+    let revision = revision_of(target);
+    let mut events = Vec::new();
+    let previous_wave: BTreeSet<&str> = previous
+        .filter(|p| p.revision == revision)
+        .map(|p| p.wave.iter().map(String::as_str).collect())
+        .unwrap_or_default();
+    let needs_change = |m: &str| match observed.get(m) {
+        Some(Some(i)) => !i.revisions.is_empty() && !i.at(&revision),
+        // Not reached yet: part of a wave only if it already was.
+        _ => previous_wave.contains(m),
+    };
+    let started = |m: &str| match observed.get(m) {
+        Some(Some(i)) => i.revisions.contains_key(&revision) && !i.at(&revision),
+        _ => false,
+    };
+
+    // The wave: members already changing (or named in the last status),
+    // else the next ones once the pause after the last wave is over.
+    let mut wave: Vec<&str> = settings
+        .order
+        .iter()
+        .copied()
+        .filter(|m| needs_change(m) && (started(m) || previous_wave.contains(m)))
+        .collect();
+    let mut wave_started_at = previous
+        .filter(|p| p.revision == revision && !p.wave.is_empty())
+        .and_then(|p| p.wave_started_at.as_ref().map(|t| t.0));
+    let mut last_finished = previous.and_then(|p| p.last_wave_finished_at.as_ref().map(|t| t.0));
+    let mut next_check = None;
+    if wave.is_empty() {
+        if !previous_wave.is_empty() {
+            last_finished = Some(now);
+            events.push((
+                "UpgradeWaveFinished",
+                format!(
+                    "revision {revision}: {} at the new revision",
+                    previous_wave.iter().copied().collect::<Vec<_>>().join(", ")
+                ),
+                false,
+            ));
+        }
+        let pending: Vec<&str> = settings
+            .order
+            .iter()
+            .copied()
+            .filter(|m| needs_change(m))
+            .collect();
+        let resume_at = last_finished.map(|t| add(t, settings.pause));
+        match resume_at {
+            Some(at) if at > now && !pending.is_empty() => next_check = Some(at),
+            _ => {
+                wave = pending.into_iter().take(settings.max_concurrent).collect();
+                if !wave.is_empty() {
+                    wave_started_at = Some(now);
+                    events.push((
+                        "UpgradeWaveStarted",
+                        format!("Istio {target} (revision {revision}): {}", wave.join(", ")),
+                        false,
+                    ));
+                }
+            }
+        }
+    }
+    if wave.is_empty() {
+        wave_started_at = None;
+    }
+
+    let mut plans = BTreeMap::new();
+    let mut halted = None;
+    let mut updated = 0;
+    for name in &settings.order {
+        let Some(Some(installed)) = observed.get(*name) else {
+            let mut plan = MemberPlan::observe_only();
+            if wave.contains(name) {
+                plan.phase = Phase::Installing;
+                if let Some(h) = gate_failure(settings, wave_started_at, now, || {
+                    (
+                        "MemberReachable",
+                        "its API server has not been reached".into(),
+                    )
+                }) {
+                    plan.phase = Phase::Halted;
+                    halted.get_or_insert(HaltStatus {
+                        member: name.to_string(),
+                        ..h
+                    });
+                }
+            }
+            plans.insert(name.to_string(), plan);
+            continue;
+        };
+        let base_version = Some(base_for(installed));
+        let fresh = Render {
+            revision: revision.clone(),
+            version: target.to_string(),
+            tags: true,
+        };
+        let holder = installed.tags_at.as_ref().and_then(|t| {
+            Some(Render {
+                revision: t.clone(),
+                version: installed.revisions.get(t)?.version.clone()?,
+                tags: true,
+            })
+        });
+        let plan = if installed.revisions.is_empty() || installed.at(&revision) {
+            // New to Istio (installed at once), or at the target: old
+            // revisions go once nothing uses them.
+            if installed.at(&revision) {
+                updated += 1;
+            }
+            let old: Vec<(&String, &Revision)> = installed
+                .revisions
+                .iter()
+                .filter(|(r, _)| **r != revision)
+                .collect();
+            let unused: Vec<String> = old
+                .iter()
+                .filter(|(_, r)| r.pods == 0 && r.namespaces.is_empty())
+                .map(|(name, _)| (*name).clone())
+                .collect();
+            let phase = if settings.keep_old || old.is_empty() || unused.len() == old.len() {
+                Phase::Current
+            } else {
+                Phase::RemovingOld
+            };
+            MemberPlan {
+                apply: vec![fresh.clone()],
+                remove: if settings.keep_old {
+                    Vec::new()
+                } else {
+                    unused
+                },
+                base_version,
+                active: Some(fresh.clone()),
+                phase,
+            }
+        } else if wave.contains(name) {
+            let ready = installed.revisions.get(&revision).is_some_and(|r| r.ready);
+            let untagged = Render {
+                tags: false,
+                ..fresh.clone()
+            };
+            if ready {
+                // Tags move: the new revision's render takes them over, then
+                // the old holder is rendered without them.
+                let mut apply = vec![fresh.clone()];
+                apply.extend(holder.clone().map(|h| Render { tags: false, ..h }));
+                MemberPlan {
+                    apply,
+                    remove: Vec::new(),
+                    base_version,
+                    active: Some(fresh.clone()),
+                    phase: Phase::Switching,
+                }
+            } else {
+                let mut plan = MemberPlan {
+                    apply: holder.clone().into_iter().chain([untagged]).collect(),
+                    remove: Vec::new(),
+                    base_version,
+                    active: holder.clone(),
+                    phase: Phase::Installing,
+                };
+                let problem = installed
+                    .revisions
+                    .get(&revision)
+                    .and_then(|r| r.problem.clone())
+                    .unwrap_or_else(|| format!("istiod-{revision} is not installed yet"));
+                if let Some(h) =
+                    gate_failure(settings, wave_started_at, now, || ("IstiodReady", problem))
+                {
+                    plan.phase = Phase::Halted;
+                    halted.get_or_insert(HaltStatus {
+                        member: name.to_string(),
+                        ..h
+                    });
+                } else if let Some(at) = wave_started_at {
+                    let deadline = add(at, settings.gate_timeout);
+                    next_check = next_check.min(Some(deadline)).or(Some(deadline));
+                }
+                plan
+            }
+        } else {
+            // Waits for its wave with what it has (the holder re-applied, so
+            // drift is still repaired; a revision-less holder of unknown
+            // version is left alone).
+            MemberPlan {
+                apply: holder.clone().into_iter().collect(),
+                remove: Vec::new(),
+                base_version,
+                active: holder.clone(),
+                phase: Phase::Waiting,
+            }
+        };
+        plans.insert(name.to_string(), plan);
+    }
+
+    let phase = if halted.is_some() {
+        "Halted"
+    } else if !wave.is_empty() {
+        "RollingOut"
+    } else if next_check.is_some() {
+        "Paused"
+    } else if updated as usize == settings.order.len() {
+        "Complete"
+    } else {
+        "RollingOut"
+    };
+    let was_halted = previous.and_then(|p| p.halted.as_ref());
+    if let Some(h) = &halted
+        && was_halted.is_none_or(|w| w.member != h.member || w.gate != h.gate)
+    {
+        events.push((
+            "UpgradeHalted",
+            format!(
+                "member {}: gate {} not met within {:?}: {}",
+                h.member, h.gate, settings.gate_timeout, h.message
+            ),
+            true,
+        ));
+    }
+    let was_complete = previous.is_some_and(|p| p.version == target && p.phase == "Complete");
+    if phase == "Complete" && !was_complete && previous.is_some() {
+        events.push((
+            "UpgradeComplete",
+            format!("every member runs Istio {target} (revision {revision})"),
+            false,
+        ));
+    }
+    let status = RolloutStatus {
+        version: target.to_string(),
+        revision: revision.clone(),
+        phase: phase.into(),
+        updated,
+        wave: wave.iter().map(|m| m.to_string()).collect(),
+        wave_started_at: wave_started_at.map(time),
+        last_wave_finished_at: last_finished.map(time),
+        halted,
+    };
+    Rollout {
+        plans,
+        status,
+        events,
+        next_check,
+    }
+}
+
+/// A gate unmet since the wave began, once `gate_timeout` has passed.
+fn gate_failure(
+    settings: &Settings,
+    wave_started_at: Option<Timestamp>,
+    now: Timestamp,
+    cause: impl FnOnce() -> (&'static str, String),
+) -> Option<HaltStatus> {
+    let since = wave_started_at?;
+    if add(since, settings.gate_timeout) > now {
+        return None;
+    }
+    let (gate, message) = cause();
+    Some(HaltStatus {
+        member: String::new(),
+        gate: gate.into(),
+        message,
+    })
+}
+
+/// InPlace: one revision-less istiod per member at the target, everywhere
+/// at once; other revisions are left alone.
+fn in_place(
+    settings: &Settings,
+    observed: &BTreeMap<String, Option<Installed>>,
+    base_for: &dyn Fn(&Installed) -> String,
+) -> Rollout {
+    let render = Render {
+        revision: REVISIONLESS.into(),
+        version: settings.version.into(),
+        tags: true,
+    };
+    let mut updated = 0;
+    let plans = settings
+        .order
+        .iter()
+        .map(|m| {
+            let installed = observed.get(*m).cloned().flatten().unwrap_or_default();
+            let current = installed
+                .revisions
+                .get(REVISIONLESS)
+                .is_some_and(|r| r.ready && r.version.as_deref() == Some(settings.version));
+            updated += i32::from(current);
+            let plan = MemberPlan {
+                apply: vec![render.clone()],
+                remove: Vec::new(),
+                base_version: Some(base_for(&installed)),
+                active: Some(render.clone()),
+                phase: Phase::Current,
+            };
+            (m.to_string(), plan)
+        })
+        .collect();
+    let complete = updated as usize == settings.order.len();
+    Rollout {
+        plans,
+        status: RolloutStatus {
+            version: settings.version.into(),
+            phase: if complete { "Complete" } else { "RollingOut" }.into(),
+            updated,
+            ..Default::default()
+        },
+        events: Vec::new(),
+        next_check: None,
+    }
+}
+
+/// `status.members[].revisions` from what the worker found.
+pub fn revision_status(installed: &Installed) -> Vec<RevisionStatus> {
+    installed
+        .revisions
+        .iter()
+        .map(|(name, r)| RevisionStatus {
+            name: display(name).into(),
+            version: r.version.clone(),
+            ready: r.ready,
+            pods: r.pods as i32,
+            namespaces: r.namespaces.clone(),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(s: &str) -> Timestamp {
+        s.parse().unwrap()
+    }
+
+    fn at(version: &str, ready: bool) -> Installed {
+        let rev = revision_of(version);
+        Installed {
+            revisions: [(
+                rev.clone(),
+                Revision {
+                    version: Some(version.into()),
+                    ready,
+                    ..Default::default()
+                },
+            )]
+            .into(),
+            tags_at: Some(rev),
+            base_version: Some(version.into()),
+        }
+    }
+
+    fn with(mut i: Installed, version: &str, ready: bool) -> Installed {
+        i.revisions.insert(
+            revision_of(version),
+            Revision {
+                version: Some(version.into()),
+                ready,
+                problem: (!ready).then(|| "not available".into()),
+                ..Default::default()
+            },
+        );
+        i
+    }
+
+    fn settings(version: &str, n: usize) -> Settings<'_> {
+        Settings {
+            version,
+            strategy: UpgradeStrategy::RevisionBased,
+            order: vec!["a", "b", "c"],
+            max_concurrent: n,
+            pause: Duration::from_secs(60),
+            gate_timeout: Duration::from_secs(300),
+            keep_old: false,
+        }
+    }
+
+    fn fleet(members: &[(&str, Installed)]) -> BTreeMap<String, Option<Installed>> {
+        members
+            .iter()
+            .map(|(m, i)| (m.to_string(), Some(i.clone())))
+            .collect()
+    }
+
+    #[test]
+    fn revisions_are_dns_labels_and_versions_compare_by_number() {
+        assert_eq!(revision_of("1.31"), "1-31");
+        assert_eq!(revision_of("1.31.0_RC1"), "1-31-0-rc1");
+        assert_eq!(compare_versions("1.9", "1.30"), Ordering::Less);
+        assert_eq!(compare_versions("1.31", "1.30"), Ordering::Greater);
+        assert_eq!(compare_versions("1.31", "1.31"), Ordering::Equal);
+        assert_eq!(display(REVISIONLESS), "default");
+    }
+
+    #[test]
+    fn new_members_install_the_target_at_once_with_tags() {
+        let observed = fleet(&[("a", Installed::default()), ("b", Installed::default())]);
+        let mut s = settings("1.31", 1);
+        s.order = vec!["a", "b"];
+        let r = plan(&s, &observed, None, t("2026-01-01T00:00:00Z"));
+        for m in ["a", "b"] {
+            let p = &r.plans[m];
+            assert_eq!(
+                p.apply,
+                vec![Render {
+                    revision: "1-31".into(),
+                    version: "1.31".into(),
+                    tags: true
+                }]
+            );
+            assert_eq!(p.base_version.as_deref(), Some("1.31"));
+        }
+        assert!(r.status.wave.is_empty());
+        assert_eq!(r.status.phase, "RollingOut", "not ready yet");
+    }
+
+    #[test]
+    fn an_unknown_member_is_left_alone() {
+        let observed: BTreeMap<String, Option<Installed>> = [("a".to_string(), None)].into();
+        let mut s = settings("1.31", 1);
+        s.order = vec!["a"];
+        let r = plan(&s, &observed, None, t("2026-01-01T00:00:00Z"));
+        assert_eq!(r.plans["a"], MemberPlan::observe_only());
+    }
+
+    #[test]
+    fn a_rollout_goes_in_waves_in_order_with_tags_moved_when_ready() {
+        let now = t("2026-01-01T00:00:00Z");
+        let s = settings("1.31", 1);
+        let old = at("1.30", true);
+        // Wave 1: only a installs 1-31, beside 1-30 which keeps the tags.
+        let r = plan(
+            &s,
+            &fleet(&[("a", old.clone()), ("b", old.clone()), ("c", old.clone())]),
+            None,
+            now,
+        );
+        assert_eq!(r.status.wave, vec!["a"]);
+        assert_eq!(r.status.phase, "RollingOut");
+        let a = &r.plans["a"];
+        assert_eq!(a.phase, Phase::Installing);
+        assert_eq!(
+            a.apply,
+            vec![
+                Render {
+                    revision: "1-30".into(),
+                    version: "1.30".into(),
+                    tags: true
+                },
+                Render {
+                    revision: "1-31".into(),
+                    version: "1.31".into(),
+                    tags: false
+                },
+            ]
+        );
+        assert_eq!(
+            a.base_version.as_deref(),
+            Some("1.31"),
+            "CRDs follow the newest version"
+        );
+        for m in ["b", "c"] {
+            assert_eq!(r.plans[m].phase, Phase::Waiting);
+            assert_eq!(r.plans[m].apply.len(), 1, "only 1-30");
+        }
+        assert!(r.events.iter().any(|e| e.0 == "UpgradeWaveStarted"));
+
+        // a's 1-31 is ready: the tags move (new holder first), nobody else starts.
+        let a_both = with(old.clone(), "1.31", true);
+        let r = plan(
+            &s,
+            &fleet(&[
+                ("a", a_both.clone()),
+                ("b", old.clone()),
+                ("c", old.clone()),
+            ]),
+            Some(&r.status),
+            now,
+        );
+        let a = &r.plans["a"];
+        assert_eq!(a.phase, Phase::Switching);
+        assert_eq!(
+            a.apply,
+            vec![
+                Render {
+                    revision: "1-31".into(),
+                    version: "1.31".into(),
+                    tags: true
+                },
+                Render {
+                    revision: "1-30".into(),
+                    version: "1.30".into(),
+                    tags: false
+                },
+            ]
+        );
+        assert_eq!(r.status.wave, vec!["a"]);
+
+        // Tags at 1-31: a is done, its old revision goes; the pause holds b.
+        let mut a_done = a_both.clone();
+        a_done.tags_at = Some("1-31".into());
+        let r = plan(
+            &s,
+            &fleet(&[
+                ("a", a_done.clone()),
+                ("b", old.clone()),
+                ("c", old.clone()),
+            ]),
+            Some(&r.status),
+            now,
+        );
+        assert_eq!(r.plans["a"].remove, vec!["1-30".to_string()]);
+        assert_eq!(r.plans["a"].apply.len(), 1);
+        assert_eq!(r.status.phase, "Paused");
+        assert!(r.status.wave.is_empty());
+        assert_eq!(r.next_check, Some(t("2026-01-01T00:01:00Z")));
+        assert_eq!(r.plans["b"].phase, Phase::Waiting);
+        assert!(r.events.iter().any(|e| e.0 == "UpgradeWaveFinished"));
+        assert_eq!(r.status.updated, 1);
+
+        // After the pause, b.
+        let later = t("2026-01-01T00:01:00Z");
+        let r = plan(
+            &s,
+            &fleet(&[
+                ("a", a_done.clone()),
+                ("b", old.clone()),
+                ("c", old.clone()),
+            ]),
+            Some(&r.status),
+            later,
+        );
+        assert_eq!(r.status.wave, vec!["b"]);
+        assert_eq!(r.plans["b"].phase, Phase::Installing);
+        assert_eq!(r.plans["c"].phase, Phase::Waiting);
+    }
+
+    #[test]
+    fn order_and_wave_size_choose_who_goes_first() {
+        let now = t("2026-01-01T00:00:00Z");
+        let mut s = settings("1.31", 2);
+        s.order = vec!["c", "a", "b"];
+        let old = at("1.30", true);
+        let r = plan(
+            &s,
+            &fleet(&[("a", old.clone()), ("b", old.clone()), ("c", old.clone())]),
+            None,
+            now,
+        );
+        assert_eq!(r.status.wave, vec!["c", "a"]);
+        assert_eq!(r.plans["b"].phase, Phase::Waiting);
+    }
+
+    #[test]
+    fn an_unmet_gate_halts_the_rollout_and_resumes_once_met() {
+        let start = t("2026-01-01T00:00:00Z");
+        let s = settings("1.31", 1);
+        let old = at("1.30", true);
+        let mut a_done = with(old.clone(), "1.31", true);
+        a_done.tags_at = Some("1-31".into());
+        let b_stuck = with(old.clone(), "1.31", false);
+        let previous = RolloutStatus {
+            version: "1.31".into(),
+            revision: "1-31".into(),
+            phase: "RollingOut".into(),
+            wave: vec!["b".into()],
+            wave_started_at: Some(time(start)),
+            ..Default::default()
+        };
+        let observed = fleet(&[
+            ("a", a_done.clone()),
+            ("b", b_stuck.clone()),
+            ("c", old.clone()),
+        ]);
+        let r = plan(&s, &observed, Some(&previous), t("2026-01-01T00:04:00Z"));
+        assert_eq!(r.status.phase, "RollingOut");
+        assert_eq!(r.next_check, Some(t("2026-01-01T00:05:00Z")));
+        let r = plan(&s, &observed, Some(&previous), t("2026-01-01T00:05:00Z"));
+        assert_eq!(r.status.phase, "Halted");
+        let halt = r.status.halted.clone().unwrap();
+        assert_eq!(
+            (halt.member.as_str(), halt.gate.as_str()),
+            ("b", "IstiodReady")
+        );
+        assert_eq!(halt.message, "not available");
+        assert_eq!(r.plans["b"].phase, Phase::Halted);
+        assert_eq!(
+            r.plans["c"].phase,
+            Phase::Waiting,
+            "members after it are untouched"
+        );
+        assert_eq!(r.plans["c"].apply.len(), 1);
+        assert!(r.events.iter().any(|e| e.0 == "UpgradeHalted" && e.2));
+        // Said once.
+        let again = plan(&s, &observed, Some(&r.status), t("2026-01-01T00:06:00Z"));
+        assert!(again.events.iter().all(|e| e.0 != "UpgradeHalted"));
+        // Fixed: the tags move.
+        let fixed = fleet(&[
+            ("a", a_done),
+            ("b", with(old.clone(), "1.31", true)),
+            ("c", old),
+        ]);
+        let r = plan(&s, &fixed, Some(&r.status), t("2026-01-01T00:07:00Z"));
+        assert_eq!(r.status.halted, None);
+        assert_eq!(r.plans["b"].phase, Phase::Switching);
+    }
+
+    #[test]
+    fn a_rollback_is_the_same_rollout_backwards_and_keeps_the_newer_crds() {
+        let now = t("2026-01-01T00:00:00Z");
+        let s = settings("1.30", 1);
+        let new = at("1.31", true);
+        let r = plan(
+            &s,
+            &fleet(&[("a", new.clone()), ("b", new.clone()), ("c", new.clone())]),
+            None,
+            now,
+        );
+        assert_eq!(r.status.revision, "1-30");
+        assert_eq!(r.status.wave, vec!["a"]);
+        assert_eq!(r.plans["a"].base_version.as_deref(), Some("1.31"));
+        // After the rollback, no 1.31 anywhere: the CRDs stay at 1.31.
+        let mut back = at("1.30", true);
+        back.base_version = Some("1.31".into());
+        let r = plan(
+            &s,
+            &fleet(&[("a", back.clone()), ("b", back.clone()), ("c", back)]),
+            None,
+            now,
+        );
+        assert_eq!(r.status.phase, "Complete");
+        assert!(
+            r.plans
+                .values()
+                .all(|p| p.base_version.as_deref() == Some("1.31"))
+        );
+    }
+
+    #[test]
+    fn a_member_mid_change_when_the_version_goes_back_is_already_there() {
+        let now = t("2026-01-01T00:00:00Z");
+        let s = settings("1.30", 1);
+        let mid = with(at("1.30", true), "1.31", false);
+        let r = plan(&s, &fleet(&[("a", mid)]), None, now);
+        let a = &r.plans["a"];
+        assert_eq!(a.phase, Phase::Current);
+        assert_eq!(a.remove, vec!["1-31".to_string()]);
+    }
+
+    #[test]
+    fn old_revisions_in_use_or_kept_by_policy_stay() {
+        let now = t("2026-01-01T00:00:00Z");
+        let mut a = with(at("1.31", true), "1.30", true);
+        a.revisions.get_mut("1-30").unwrap().pods = 3;
+        let s = settings("1.31", 1);
+        let r = plan(&s, &fleet(&[("a", a.clone())]), None, now);
+        assert!(r.plans["a"].remove.is_empty());
+        assert_eq!(r.plans["a"].phase, Phase::RemovingOld);
+        let mut unused = a.clone();
+        unused.revisions.get_mut("1-30").unwrap().pods = 0;
+        let mut keep = settings("1.31", 1);
+        keep.keep_old = true;
+        let r = plan(&keep, &fleet(&[("a", unused)]), None, now);
+        assert!(r.plans["a"].remove.is_empty());
+        assert_eq!(r.plans["a"].phase, Phase::Current);
+    }
+
+    #[test]
+    fn a_revisionless_install_migrates_like_an_old_revision() {
+        let now = t("2026-01-01T00:00:00Z");
+        let legacy = Installed {
+            revisions: [(
+                REVISIONLESS.to_string(),
+                Revision {
+                    version: None,
+                    ready: true,
+                    ..Default::default()
+                },
+            )]
+            .into(),
+            tags_at: Some(REVISIONLESS.into()),
+            base_version: None,
+        };
+        let mut s = settings("1.31", 1);
+        s.order = vec!["a"];
+        let r = plan(&s, &fleet(&[("a", legacy.clone())]), None, now);
+        let a = &r.plans["a"];
+        assert_eq!(a.phase, Phase::Installing);
+        // Its version is unknown: it is left alone, only 1-31 is rendered.
+        assert_eq!(
+            a.apply,
+            vec![Render {
+                revision: "1-31".into(),
+                version: "1.31".into(),
+                tags: false
+            }]
+        );
+        let ready = with(legacy, "1.31", true);
+        let r = plan(&s, &fleet(&[("a", ready)]), Some(&r.status), now);
+        assert_eq!(r.plans["a"].phase, Phase::Switching);
+        assert_eq!(
+            r.plans["a"].apply.len(),
+            1,
+            "the new holder takes the injector over"
+        );
+    }
+
+    #[test]
+    fn in_place_renders_one_revisionless_istiod_everywhere() {
+        let mut s = settings("1.31", 1);
+        s.strategy = UpgradeStrategy::InPlace;
+        let r = plan(
+            &s,
+            &fleet(&[
+                ("a", at("1.30", true)),
+                ("b", Installed::default()),
+                ("c", Installed::default()),
+            ]),
+            None,
+            t("2026-01-01T00:00:00Z"),
+        );
+        for p in r.plans.values() {
+            assert_eq!(
+                p.apply,
+                vec![Render {
+                    revision: REVISIONLESS.into(),
+                    version: "1.31".into(),
+                    tags: true
+                }]
+            );
+        }
+        assert_eq!(r.status.phase, "RollingOut");
+    }
+}
