@@ -2,7 +2,7 @@
 //! with helm and applied by meshfed to three members on two networks; istiod
 //! and east-west gateways become Available (kwok plays the kubelet); nothing
 //! is rewritten in steady state; istiod's webhook fields are left to istiod;
-//! switching gateways off prunes them.
+//! an ingress gateway comes and goes; switching gateways off prunes them.
 use std::time::Duration;
 
 use anyhow::Result;
@@ -15,7 +15,8 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
 use kube::{Api, Client};
 use meshfed::api::{
-    ControlPlaneMode, ControlPlaneSpec, EastWestGatewaySpec, GatewayServiceType, MeshFederation,
+    ControlPlaneMode, ControlPlaneSpec, EastWestGatewaySpec, GatewayServiceType,
+    IngressGatewaySpec, MeshFederation,
 };
 use meshfed::reconcile::Settings;
 use serde_json::json;
@@ -291,6 +292,72 @@ async fn istio_charts_install_istiod_and_east_west_gateways() -> Result<()> {
         Ok(hpas.get_opt(ISTIOD).await?.is_none())
     })
     .await?;
+
+    // An ingress gateway in every member: rendered from the gateway chart,
+    // Available, its Service as asked; pruned when switched off. Its pods
+    // ask for injection, which meshfed's re-apply above made strict again.
+    for c in &clients {
+        relax_injection(c).await?;
+    }
+    fed.spec.control_plane.as_mut().unwrap().ingress_gateway = Some(IngressGatewaySpec {
+        enabled: None,
+        service_type: Some(GatewayServiceType::NodePort),
+        replicas: Some(2),
+    });
+    apply_federation(&host, &fed).await?;
+    for c in &clients {
+        let deployments = Api::<Deployment>::namespaced(c.clone(), "istio-system");
+        poll(WAIT, "ingress gateway available", || async {
+            let Some(d) = deployments.get_opt("istio-ingressgateway").await? else {
+                return Ok(false);
+            };
+            Ok(d.status
+                .and_then(|s| s.conditions)
+                .unwrap_or_default()
+                .iter()
+                .any(|c| c.type_ == "Available" && c.status == "True"))
+        })
+        .await?;
+        let d = deployments.get("istio-ingressgateway").await?;
+        assert_eq!(d.spec.as_ref().unwrap().replicas, Some(2));
+        let svc = Api::<Service>::namespaced(c.clone(), "istio-system")
+            .get("istio-ingressgateway")
+            .await?;
+        assert_eq!(
+            svc.spec.as_ref().unwrap().type_.as_deref(),
+            Some("NodePort")
+        );
+        assert_eq!(
+            svc.spec.as_ref().unwrap().selector.as_ref().unwrap()["istio"],
+            "ingressgateway"
+        );
+    }
+    wait_for_federation(&host, "prod", WAIT, "Ready with ingress gateways", |f| {
+        has_condition(f, "Ready", "True")
+    })
+    .await?;
+    fed.spec
+        .control_plane
+        .as_mut()
+        .unwrap()
+        .ingress_gateway
+        .as_mut()
+        .unwrap()
+        .enabled = Some(false);
+    apply_federation(&host, &fed).await?;
+    for c in &clients {
+        let deployments = Api::<Deployment>::namespaced(c.clone(), "istio-system");
+        poll(WAIT, "ingress gateway pruned", || async {
+            Ok(deployments.get_opt("istio-ingressgateway").await?.is_none())
+        })
+        .await?;
+        assert!(
+            Api::<Service>::namespaced(c.clone(), "istio-system")
+                .get_opt("istio-ingressgateway")
+                .await?
+                .is_none()
+        );
+    }
 
     // Gateways off: pruned everywhere, the condition goes away, istiod stays.
     fed.spec

@@ -3,12 +3,14 @@
 //! supported Istio version under `--charts-dir/<version>/`.
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use kube::api::DynamicObject;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tokio::process::Command;
+use tokio::sync::OnceCell;
 
 /// The charts meshfed installs, by their path in Istio's `manifests/charts`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -89,12 +91,23 @@ pub fn versions(charts_dir: &std::path::Path) -> Vec<String> {
     found
 }
 
-/// Renders charts with `helm template`, remembering results: a steady-state
-/// reconcile runs no helm at all.
+/// Stands for a member's cluster name in values rendered once for every
+/// member (see [`ChartRenderer::render`]). A valid DNS label and label value.
+pub const CLUSTER_PLACEHOLDER: &str = "meshfed-placeholder-cluster";
+/// Stands for a member's network, likewise.
+pub const NETWORK_PLACEHOLDER: &str = "meshfed-placeholder-network";
+
+/// Renders charts with `helm template`, remembering results by version,
+/// chart and values: a steady-state reconcile runs no helm at all, and
+/// members whose values differ only in their cluster name and network share
+/// one render (the values carry [`CLUSTER_PLACEHOLDER`] and
+/// [`NETWORK_PLACEHOLDER`], which each member's copy replaces). Concurrent
+/// callers of one render wait for a single helm run.
 pub struct ChartRenderer {
     helm: PathBuf,
     charts_dir: PathBuf,
-    cache: Mutex<HashMap<String, Vec<DynamicObject>>>,
+    cache: Mutex<HashMap<String, Arc<OnceCell<Vec<DynamicObject>>>>>,
+    runs: AtomicU64,
 }
 
 impl ChartRenderer {
@@ -103,16 +116,24 @@ impl ChartRenderer {
             helm,
             charts_dir,
             cache: Mutex::default(),
+            runs: AtomicU64::new(0),
         }
     }
 
-    /// The objects `chart` of Istio `version` renders to with `values`.
+    /// How many times helm ran.
+    pub fn helm_runs(&self) -> u64 {
+        self.runs.load(Ordering::Relaxed)
+    }
+
+    /// The objects `chart` of Istio `version` renders to with `values`, with
+    /// each `(placeholder, value)` of `member` substituted.
     pub async fn render(
         &self,
         version: &str,
         chart: Chart,
         values: &Value,
         kube_version: &str,
+        member: &[(&str, &str)],
     ) -> Result<Vec<DynamicObject>, ChartError> {
         let key = {
             let mut h = Sha256::new();
@@ -122,9 +143,39 @@ impl ChartRenderer {
             ));
             format!("{:x}", h.finalize())
         };
-        if let Some(objects) = self.cache.lock().expect("chart cache").get(&key) {
+        let cell = self
+            .cache
+            .lock()
+            .expect("chart cache")
+            .entry(key)
+            .or_default()
+            .clone();
+        let objects = cell
+            .get_or_try_init(|| self.helm_template(version, chart, values, kube_version))
+            .await?;
+        if member.is_empty() {
             return Ok(objects.clone());
         }
+        let mut text = serde_json::to_string(objects).map_err(|e| ChartError::Parse {
+            chart: chart.release(),
+            reason: e.to_string(),
+        })?;
+        for (placeholder, value) in member {
+            text = text.replace(placeholder, value);
+        }
+        serde_json::from_str(&text).map_err(|e| ChartError::Parse {
+            chart: chart.release(),
+            reason: e.to_string(),
+        })
+    }
+
+    async fn helm_template(
+        &self,
+        version: &str,
+        chart: Chart,
+        values: &Value,
+        kube_version: &str,
+    ) -> Result<Vec<DynamicObject>, ChartError> {
         let dir = version_dir(&self.charts_dir, version);
         if !dir.as_ref().is_some_and(|d| d.join(chart.path()).is_dir()) {
             let available = versions(&self.charts_dir).join(", ");
@@ -140,6 +191,7 @@ impl ChartRenderer {
         };
         let values_file = tempfile_with(&serde_json::to_string(values).unwrap_or_default())
             .map_err(|e| helm_error(e.to_string()))?;
+        self.runs.fetch_add(1, Ordering::Relaxed);
         let output = Command::new(&self.helm)
             .args(["template", chart.release()])
             .arg(dir.expect("checked above").join(chart.path()))
@@ -164,15 +216,10 @@ impl ChartRenderer {
             });
         }
         let text = String::from_utf8_lossy(&output.stdout);
-        let objects = parse_manifests(&text).map_err(|reason| ChartError::Parse {
+        parse_manifests(&text).map_err(|reason| ChartError::Parse {
             chart: chart.release(),
             reason,
-        })?;
-        self.cache
-            .lock()
-            .expect("chart cache")
-            .insert(key, objects.clone());
-        Ok(objects)
+        })
     }
 }
 
@@ -205,7 +252,6 @@ impl Drop for TempFile {
 }
 
 fn tempfile_with(content: &str) -> std::io::Result<TempFile> {
-    use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);
     let path = std::env::temp_dir().join(format!(
         "meshfed-values-{}-{}.json",

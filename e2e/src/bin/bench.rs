@@ -472,15 +472,18 @@ async fn check_federated(fleet: &Fleet) -> Result<()> {
     use kube::Api;
     for c in fleet.clusters() {
         let client = c.client();
-        let istiod = Api::<Deployment>::namespaced(client.clone(), "istio-system")
-            .get("istiod")
+        // `istiod` (the manual path) or `istiod-<revision>` (meshfed).
+        let istiods = Api::<Deployment>::namespaced(client.clone(), "istio-system")
+            .list(&kube::api::ListParams::default().labels("app=istiod"))
             .await?;
-        let available = istiod
-            .status
-            .and_then(|s| s.conditions)
-            .unwrap_or_default()
-            .iter()
-            .any(|c| c.type_ == "Available" && c.status == "True");
+        let available = istiods.items.iter().any(|d| {
+            d.status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .into_iter()
+                .flatten()
+                .any(|c| c.type_ == "Available" && c.status == "True")
+        });
         let secrets = Api::<Secret>::namespaced(client, "istio-system");
         let cacerts = secrets.get_opt("cacerts").await?.is_some();
         let remote = secrets

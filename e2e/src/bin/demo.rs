@@ -1,18 +1,17 @@
 //! `make demo`: three local clusters, the meshfed operator, and the sample
-//! federation from config/samples with Managed Istio control planes, down to
-//! a per-member status table; then the real istiod (pilot-discovery) behind
-//! each member's istiod Deployment, each one's view of its peers, and a
-//! service discovered across members. Keeps everything running until Ctrl-C.
+//! federation from config/samples with Managed Istio control planes, the
+//! real istiod (pilot-discovery) behind each member's istiod Deployment (the
+//! test bed's bridge), down to a per-member status table; then each istiod's
+//! view of its peers, and a service discovered across members. Keeps
+//! everything running until Ctrl-C.
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use e2e::Fleet;
-use e2e::istiod::{Istiod, IstiodOptions, helm, istio, service_with_pod};
+use e2e::istiod::{helm, istio, service_with_pod};
 use e2e::mesh::*;
-use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::ConfigMap;
-use kube::{Api, Client};
+use kube::Client;
 use meshfed::api::{
     ControlPlaneMode, ControlPlaneSpec, EastWestGatewaySpec, GatewayServiceType, MeshFederation,
 };
@@ -30,7 +29,8 @@ async fn main() -> Result<()> {
     sample.spec.control_plane = Some(ControlPlaneSpec {
         mode: ControlPlaneMode::Managed,
         version: Some(ISTIO_VERSION.into()),
-        values: None,
+        // The test bed's bridge runs the real istiod for these pods.
+        values: Some(e2e::bridge::pod_labels()),
         // kwok gives LoadBalancer Services no address; NodePort has one.
         east_west_gateway: Some(EastWestGatewaySpec {
             service_type: Some(GatewayServiceType::NodePort),
@@ -47,13 +47,12 @@ async fn main() -> Result<()> {
     let binary = operator_binary()?;
 
     println!("building or finding Istio {ISTIO_VERSION} (pilot-discovery and charts)...");
-    let istio = istio().await?;
+    istio().await?;
     let helm = helm().await?;
     println!("starting {members} local Kubernetes clusters (real API servers, no containers)...");
     let fleet = Fleet::start(members).await?;
-    let charts_dir = fleet.dir().join("istio-charts");
-    std::fs::create_dir_all(&charts_dir)?;
-    std::os::unix::fs::symlink(istio.charts_dir(), charts_dir.join(ISTIO_VERSION))?;
+    let charts_dir = e2e::istiod::charts_dir(fleet.dir(), &[ISTIO_VERSION]).await?;
+    let bridge = e2e::bridge::Bridge::start(&fleet, &fleet.dir().join("istiod"));
     let kubeconfigs = fleet.dir().join("kubeconfigs");
     let paths = fleet.write_kubeconfigs(&kubeconfigs)?;
     let host = fleet.cluster(0).client();
@@ -117,17 +116,22 @@ async fn main() -> Result<()> {
     print!("{}", status_table(&fed));
 
     // The real istiod behind each member's istiod Deployment (kwok runs no
-    // containers): pilot-discovery started out of cluster with the Deployment's
-    // cluster ID and the mesh config meshfed rendered into ConfigMap istio.
-    println!(
-        "\nstarting the real istiod (pilot-discovery) behind each member's istiod Deployment..."
+    // containers): the bridge started pilot-discovery for each, and the
+    // Deployments became Available when it answered /ready.
+    let istiods: Vec<_> = sample
+        .spec
+        .members
+        .iter()
+        .enumerate()
+        .filter_map(|(i, _)| {
+            bridge.istiod(i, &format!("istiod-{}", ISTIO_VERSION.replace('.', "-")))
+        })
+        .collect();
+    anyhow::ensure!(
+        istiods.len() == members,
+        "bridged istiods: {:?}",
+        bridge.failures()
     );
-    let mut istiods = Vec::new();
-    for (member, cluster) in sample.spec.members.iter().zip(fleet.clusters()) {
-        let options = istiod_behind_deployment(&cluster.client(), &member.network).await?;
-        let work = fleet.dir().join(format!("istiod-{}", member.name));
-        istiods.push(Istiod::start_with(cluster, options, &work).await?);
-    }
     let ids: Vec<&str> = sample
         .spec
         .members
@@ -196,6 +200,7 @@ async fn main() -> Result<()> {
     println!("\nclusters stay up until Ctrl-C");
     tokio::signal::ctrl_c().await?;
     drop(istiods);
+    drop(bridge);
     println!("stopping");
     Ok(())
 }
@@ -220,33 +225,4 @@ async fn relax_injection_when_installed(clients: &[Client]) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// How to run the real istiod for a member: its cluster ID from the istiod
-/// Deployment meshfed installed, the mesh config from ConfigMap istio.
-async fn istiod_behind_deployment(client: &Client, network: &str) -> Result<IstiodOptions> {
-    let deployment = Api::<Deployment>::namespaced(client.clone(), "istio-system")
-        .get("istiod")
-        .await?;
-    let env = deployment
-        .spec
-        .and_then(|s| s.template.spec)
-        .and_then(|p| p.containers.into_iter().next())
-        .and_then(|c| c.env)
-        .unwrap_or_default();
-    let cluster_id = env
-        .iter()
-        .find(|e| e.name == "CLUSTER_ID")
-        .and_then(|e| e.value.clone())
-        .context("istiod Deployment without CLUSTER_ID")?;
-    let mesh = Api::<ConfigMap>::namespaced(client.clone(), "istio-system")
-        .get("istio")
-        .await?
-        .data
-        .and_then(|d| d.get("mesh").cloned())
-        .context("ConfigMap istio without mesh")?;
-    let mut options = IstiodOptions::new(&cluster_id, network, "");
-    options.mesh_config = Some(mesh);
-    options.remote_cluster_timeout = Duration::from_secs(5);
-    Ok(options)
 }

@@ -17,7 +17,7 @@ use super::apply::{delete_all, write};
 use super::claim::record_kinds;
 use super::upgrade::{Installed, MemberPlan, Revision};
 use crate::api::{ControlPlaneMode, Member, MeshFederationSpec};
-use crate::charts::Chart;
+use crate::charts::{CLUSTER_PLACEHOLDER, Chart, NETWORK_PLACEHOLDER};
 use crate::render::control_plane::{
     BASE, BOOTSTRAP_MANAGER, COMPONENT, CROSS_NETWORK_GATEWAY, DEFAULT_TAG_WEBHOOK,
     EAST_WEST_GATEWAY, FAILOVER_DESTINATION_RULE, INGRESS_GATEWAY, VERSION_LABEL, base_values,
@@ -140,6 +140,10 @@ pub async fn sync_control_plane(
         cluster,
         federation,
         kube_version,
+        member: [
+            (CLUSTER_PLACEHOLDER, member.name.as_str()),
+            (NETWORK_PLACEHOLDER, member.network.as_str()),
+        ],
     };
 
     if managed {
@@ -152,13 +156,14 @@ pub async fn sync_control_plane(
             }
         }
         let tags = revision_tags(spec);
+        let shared = shared_member(member);
         for render in &plan.apply {
             // A revision-less istiod has its own injector for the default
             // tag's namespaces: kept while it holds the tags, handed over
             // (left out of its render) once a revision does.
             let revisionless = render.revision.is_empty();
             let values = with_revision(
-                istiod_values(spec, member),
+                istiod_values(spec, &shared),
                 &render.revision,
                 (render.tags && !revisionless).then(|| tags.clone()),
             );
@@ -305,6 +310,18 @@ pub async fn sync_control_plane(
         report.ingress = Some(gateway_report(client, &deployments, INGRESS_GATEWAY, false).await?);
     }
     Ok(report)
+}
+
+/// `member` with placeholders for its cluster name and network: members
+/// with the same values share one render (see [`ChartRenderer`]).
+///
+/// [`ChartRenderer`]: crate::charts::ChartRenderer
+fn shared_member(member: &Member) -> Member {
+    Member {
+        name: CLUSTER_PLACEHOLDER.into(),
+        network: NETWORK_PLACEHOLDER.into(),
+        ..member.clone()
+    }
 }
 
 /// The revision tags: `default` and the spec's.
@@ -476,6 +493,8 @@ struct Apply<'a> {
     cluster: &'a str,
     federation: &'a str,
     kube_version: &'a str,
+    /// The member's cluster name and network, for the placeholders.
+    member: [(&'static str, &'a str); 2],
 }
 
 impl Apply<'_> {
@@ -494,7 +513,13 @@ impl Apply<'_> {
                 let rendered = match self
                     .ctx
                     .charts
-                    .render(&step.version, chart, &step.values, self.kube_version)
+                    .render(
+                        &step.version,
+                        chart,
+                        &step.values,
+                        self.kube_version,
+                        &self.member,
+                    )
                     .await
                 {
                     Ok(objects) => objects,
