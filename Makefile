@@ -1,12 +1,12 @@
 # The entry points people type. `make help` lists them.
 CARGO ?= cargo
 
-.PHONY: help demo test lint unit e2e packages testbed-tools helm istio crds image bench bench-testbed bench-operator bench-scale bench-failover bench-rotation clean-testbed-cache
+.PHONY: help demo test lint unit e2e packages testbed-tools helm istio crds image bench bench-testbed bench-operator bench-scale bench-failover bench-rotation bench-upgrade clean-testbed-cache
 
 help: ## List the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
 
-demo: testbed-tools helm istio ## Three local clusters + operator + sample federation with Managed Istio: status table, each real istiod's peers, a service seen across members
+demo: testbed-tools helm istio ## Three local clusters + operator + sample federation with Managed Istio run by real istiods: status table, each istiod's peers, a service seen across members
 	$(CARGO) run -q -p e2e --bin demo
 
 test: packages testbed-tools helm istio lint ## Everything CI runs: lints, unit tests, end-to-end tests on real clusters
@@ -31,14 +31,14 @@ testbed-tools: ## Build the test bed's Kubernetes, etcd and kwok binaries (cache
 helm: ## Build the pinned helm binary (cached by version)
 	@bash e2e/testbed/build-helm.sh >/dev/null
 
-istio: ## Build the pinned Istio (pilot-discovery, istioctl) and copy its charts (cached by version)
-	@bash e2e/testbed/build-istio.sh >/dev/null
+istio: ## Build every pinned Istio version, 1.30 and 1.31 (pilot-discovery, istioctl, charts; cached by version)
+	@. e2e/testbed/versions.env && for v in $$ISTIO_VERSIONS; do bash e2e/testbed/build-istio.sh $$v >/dev/null || exit 1; done
 
 crds: ## Regenerate the CRD YAML from operator/src/api
 	$(CARGO) run -q -p crd-gen > config/crd/meshfed.io_meshfederations.yaml
 	cp config/crd/meshfed.io_meshfederations.yaml charts/meshfed-operator/crds/
 
-bench: bench-testbed bench-operator bench-scale bench-failover bench-rotation ## All benchmarks
+bench: bench-testbed bench-operator bench-scale bench-failover bench-rotation bench-upgrade ## All benchmarks
 
 bench-testbed: testbed-tools ## Fleet start time and memory for 1, 3 and 10 clusters
 	$(CARGO) run -q -p e2e --bin testbed -- bench --sizes 1,3,10
@@ -59,6 +59,9 @@ bench-failover: testbed-tools helm istio ## Failure -> withdrawal and recovery -
 
 bench-rotation: testbed-tools ## A full root rotation on 3 and 10 API-server-only members against its floor (the phase waits); cacerts writes per member per phase
 	$(CARGO) run -q --release -p e2e --bin rotation -- --sizes 3,10
+
+bench-upgrade: testbed-tools helm istio ## Istio 1.30 -> 1.31 by revision in waves on 3 and 10 members with real istiods, against its floor (the istiod start-ups); writes per member per wave
+	$(CARGO) run -q --release -p e2e --bin upgrade -- --sizes 3,10
 
 # The chart's default image.repository and tag (its appVersion, the crate version).
 IMAGE ?= ghcr.io/meshfed/meshfed-operator:$(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)

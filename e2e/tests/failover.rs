@@ -140,6 +140,11 @@ async fn a_dead_member_leaves_its_peers_view_and_comes_back() -> Result<()> {
             member(fleet.cluster(2), NETWORK),
         ],
     );
+    // The revision's mesh config: ConfigMap istio-<revision>.
+    let mesh_config_map = format!(
+        "istio-{}",
+        meshfed::reconcile::upgrade::revision_of(&version)
+    );
     fed.spec.control_plane = Some(ControlPlaneSpec {
         mode: ControlPlaneMode::Managed,
         version: Some(version),
@@ -170,7 +175,7 @@ async fn a_dead_member_leaves_its_peers_view_and_comes_back() -> Result<()> {
     let mut mesh_configs = Vec::new();
     for c in &clients {
         let cm = Api::<ConfigMap>::namespaced(c.clone(), "istio-system")
-            .get("istio")
+            .get(&mesh_config_map)
             .await?;
         let mesh = cm
             .data

@@ -321,6 +321,7 @@ async fn time_meshfed(
     prepare_host(&fleet).await?;
     let metrics_addr = TcpListener::bind("127.0.0.1:0")?.local_addr()?;
     let log = fleet.dir().join("operator.log");
+    let log_file = std::fs::File::create(&log)?;
     let mut operator = Command::new(binary)
         .args([
             "--resync",
@@ -335,8 +336,8 @@ async fn time_meshfed(
         .arg("--helm")
         .arg(helm)
         .env("KUBECONFIG", fleet.cluster(0).kubeconfig_path())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log)?)
+        .stdout(log_file.try_clone()?)
+        .stderr(log_file)
         .spawn()?;
     let result = async {
         poll(Duration::from_secs(30), "operator ready", || async {
@@ -389,6 +390,10 @@ async fn time_meshfed(
     .await;
     let _ = operator.kill();
     let _ = operator.wait();
+    // MESHFED_BENCH_LOG=<file> keeps the operator's log (RUST_LOG applies).
+    if let Some(keep) = std::env::var_os("MESHFED_BENCH_LOG") {
+        std::fs::copy(&log, keep)?;
+    }
     let elapsed = result.with_context(|| format!("operator log tail:\n{}", tail(&log, 30)))?;
     check_federated(&fleet).await?;
     Ok(elapsed)

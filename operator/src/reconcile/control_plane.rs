@@ -146,6 +146,15 @@ pub async fn sync_control_plane(
         ],
     };
 
+    // A member not known to the rollout yet is looked at first: one without
+    // istiod is installed at once.
+    let resolved;
+    let plan = if managed && plan.if_new.is_some() {
+        resolved = plan.resolve(&find_installed(client, federation).await?);
+        &resolved
+    } else {
+        plan
+    };
     if managed {
         let active_revision = plan.active.as_ref().map(|a| a.revision.as_str());
         if let (Some(version), Some(active)) = (&plan.base_version, active_revision) {
@@ -508,6 +517,7 @@ impl Apply<'_> {
         step: Step,
         recorded: &mut BTreeSet<String>,
     ) -> Result<Option<String>, kube::Error> {
+        let started = std::time::Instant::now();
         let (prepared, bootstraps) = match step.chart {
             Some(chart) => {
                 let rendered = match self
@@ -555,20 +565,28 @@ impl Apply<'_> {
         let rendered_kinds = kinds_in_order(&prepared);
         record_kinds(self.client, recorded, rendered_kinds.iter().map(kind_key)).await?;
         let kinds = with_recorded_kinds(rendered_kinds, recorded);
+        let rendered = started.elapsed();
         let component = Component {
             name: step.component,
             kinds,
             desired: if step.wanted { prepared } else { Vec::new() },
             bootstraps,
         };
-        converge_component(
+        let problem = converge_component(
             &self.ctx.kinds,
             self.client,
             self.cluster,
             self.federation,
             &component,
         )
-        .await
+        .await;
+        tracing::debug!(
+            component = %component.name,
+            render_ms = rendered.as_millis() as u64,
+            total_ms = started.elapsed().as_millis() as u64,
+            "component converged"
+        );
+        problem
     }
 }
 
@@ -647,10 +665,25 @@ async fn converge_component(
             }
             (false, _) => Api::<DynamicObject>::all_with(client.clone(), &resource),
         };
-        let listed = match api_for(None)
-            .list(&ListParams::default().labels(&selector))
-            .await
-        {
+        // CRDs are compared by the hash of what meshfed applied alone (see
+        // `is_current`): their metadata is enough, and Istio's schemas are
+        // megabytes a list would fetch on every run.
+        let params = ListParams::default().labels(&selector);
+        let listed = if gvk.kind == "CustomResourceDefinition" {
+            api_for(None).list_metadata(&params).await.map(|l| {
+                l.items
+                    .into_iter()
+                    .map(|m| DynamicObject {
+                        types: None,
+                        metadata: m.metadata,
+                        data: serde_json::Value::Null,
+                    })
+                    .collect::<Vec<_>>()
+            })
+        } else {
+            api_for(None).list(&params).await.map(|l| l.items)
+        };
+        let listed = match listed {
             Ok(listed) => listed,
             Err(kube::Error::Api(e)) if e.code == 404 => {
                 // The kind went away (its CRD was deleted): discover it anew.
@@ -663,7 +696,6 @@ async fn converge_component(
             Err(e) => return Err(e),
         };
         let live: BTreeMap<(String, String), DynamicObject> = listed
-            .items
             .into_iter()
             .map(|o| ((o.namespace().unwrap_or_default(), o.name_any()), o))
             .collect();

@@ -140,6 +140,10 @@ pub struct MemberPlan {
     /// version; `None` while it is not known.
     pub active: Option<Render>,
     pub phase: Phase,
+    /// For a member not known yet: the install it gets if its worker finds
+    /// no istiod there (a new member is installed at once, without waiting
+    /// for a round of reports).
+    pub if_new: Option<(Render, String)>,
 }
 
 impl MemberPlan {
@@ -151,6 +155,23 @@ impl MemberPlan {
             base_version: None,
             active: None,
             phase: Phase::Unknown,
+            if_new: None,
+        }
+    }
+
+    /// The plan for what the worker found: `if_new` applies to a member
+    /// without istiod, anything else is left for the next decision.
+    pub fn resolve(&self, installed: &Installed) -> MemberPlan {
+        match &self.if_new {
+            Some((render, base)) if installed.revisions.is_empty() => MemberPlan {
+                apply: vec![render.clone()],
+                remove: Vec::new(),
+                base_version: Some(base.clone()),
+                active: Some(render.clone()),
+                phase: Phase::Current,
+                if_new: None,
+            },
+            _ => self.clone(),
         }
     }
 }
@@ -289,6 +310,12 @@ pub fn plan(
     for name in &settings.order {
         let Some(Some(installed)) = observed.get(*name) else {
             let mut plan = MemberPlan::observe_only();
+            let fresh = Render {
+                revision: revision.clone(),
+                version: target.to_string(),
+                tags: true,
+            };
+            plan.if_new = Some((fresh, newest.clone()));
             if wave.contains(name) {
                 plan.phase = Phase::Installing;
                 if let Some(h) = gate_failure(settings, wave_started_at, now, || {
@@ -351,6 +378,7 @@ pub fn plan(
                 base_version,
                 active: Some(fresh.clone()),
                 phase,
+                if_new: None,
             }
         } else if wave.contains(name) {
             let ready = installed.revisions.get(&revision).is_some_and(|r| r.ready);
@@ -369,6 +397,7 @@ pub fn plan(
                     base_version,
                     active: Some(fresh.clone()),
                     phase: Phase::Switching,
+                    if_new: None,
                 }
             } else {
                 let mut plan = MemberPlan {
@@ -377,6 +406,7 @@ pub fn plan(
                     base_version,
                     active: holder.clone(),
                     phase: Phase::Installing,
+                    if_new: None,
                 };
                 let problem = installed
                     .revisions
@@ -407,6 +437,7 @@ pub fn plan(
                 base_version,
                 active: holder.clone(),
                 phase: Phase::Waiting,
+                if_new: None,
             }
         };
         plans.insert(name.to_string(), plan);
@@ -510,6 +541,7 @@ fn in_place(
                 base_version: Some(base_for(&installed)),
                 active: Some(render.clone()),
                 phase: Phase::Current,
+                if_new: None,
             };
             (m.to_string(), plan)
         })
@@ -633,12 +665,32 @@ mod tests {
     }
 
     #[test]
-    fn an_unknown_member_is_left_alone() {
+    fn an_unknown_member_is_left_alone_unless_it_has_no_istiod() {
         let observed: BTreeMap<String, Option<Installed>> = [("a".to_string(), None)].into();
         let mut s = settings("1.31", 1);
         s.order = vec!["a"];
         let r = plan(&s, &observed, None, t("2026-01-01T00:00:00Z"));
-        assert_eq!(r.plans["a"], MemberPlan::observe_only());
+        let p = &r.plans["a"];
+        assert_eq!(
+            (p.apply.len(), p.remove.len(), p.phase),
+            (0, 0, Phase::Unknown)
+        );
+        assert_eq!(
+            p.resolve(&at("1.30", true)),
+            *p,
+            "an install found: nothing changes"
+        );
+        let new = p.resolve(&Installed::default());
+        assert_eq!(
+            new.apply,
+            vec![Render {
+                revision: "1-31".into(),
+                version: "1.31".into(),
+                tags: true
+            }]
+        );
+        assert_eq!(new.base_version.as_deref(), Some("1.31"));
+        assert_eq!(new.phase, Phase::Current);
     }
 
     #[test]

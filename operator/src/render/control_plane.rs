@@ -359,10 +359,11 @@ fn mark(mut obj: DynamicObject, federation: &str, component: &str) -> DynamicObj
 
 /// Whether the live object is the one meshfed would apply now: it carries the
 /// hash of the current render, and nobody changed what meshfed sets (an
-/// istiod Deployment edited by hand is drift, and is applied again). Webhook
-/// configurations are the exception: istiod co-manages them (it patches
-/// `caBundle` and flips `failurePolicy`), so only the hash of what meshfed
-/// last applied counts there.
+/// istiod Deployment edited by hand is drift, and is applied again). Only
+/// the hash of what meshfed last applied counts for webhook configurations,
+/// which istiod co-manages (it patches `caBundle` and flips
+/// `failurePolicy`), and for CRDs, whose megabytes of schema meshfed does
+/// not fetch to compare.
 pub fn is_current(live: &DynamicObject, desired: &DynamicObject) -> bool {
     let hash = |o: &DynamicObject| {
         o.metadata
@@ -378,10 +379,9 @@ pub fn is_current(live: &DynamicObject, desired: &DynamicObject) -> bool {
         .and_then(|l| l.get(keys::MANAGED_BY))
         .map(String::as_str)
         == Some(keys::MANAGED_BY_VALUE);
-    let co_managed = desired
-        .types
-        .as_ref()
-        .is_some_and(|t| t.kind.ends_with("WebhookConfiguration"));
+    let co_managed = desired.types.as_ref().is_some_and(|t| {
+        t.kind.ends_with("WebhookConfiguration") || t.kind == "CustomResourceDefinition"
+    });
     ours && hash(live).is_some()
         && hash(live) == hash(desired)
         && (co_managed || drift(live, desired).is_none())
@@ -649,6 +649,19 @@ mod tests {
         let mut edited = a.clone();
         edited.data["spec"]["servers"][0]["tls"]["mode"] = json!("SIMPLE");
         assert!(!is_current(&edited, &a));
+        // A CRD is current by its hash: only its metadata is listed.
+        let crd = |hash: &str| -> DynamicObject {
+            serde_json::from_value(json!({
+                "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+                "metadata": {"name": "gateways.networking.istio.io", "labels": {"app.kubernetes.io/managed-by": "meshfed"}, "annotations": {APPLIED_HASH: hash}},
+                "spec": {"group": "networking.istio.io"}
+            }))
+            .unwrap()
+        };
+        let mut listed = crd("h1");
+        listed.data = Value::Null;
+        assert!(is_current(&listed, &crd("h1")));
+        assert!(!is_current(&listed, &crd("h2")));
         // Fields only the live object has (defaults, status) are no drift.
         let mut defaulted = a.clone();
         defaulted.data["status"] = json!({"observed": 1});
