@@ -168,9 +168,31 @@ pub fn headline(fed: &MeshFederation) -> String {
     }
 }
 
-/// Lines under the table: a root rotation in progress, and conditions that
-/// warn without making the federation not Ready (`CredentialsExposed`).
+/// Lines under the table: a control-plane rollout or root rotation in
+/// progress, and conditions that warn without making the federation not
+/// Ready (`CredentialsExposed`).
 pub fn warnings(fed: &MeshFederation) -> Vec<String> {
+    let rollout = fed
+        .status
+        .iter()
+        .filter_map(|s| Some((s.control_plane.as_ref()?, s.member_count)))
+        .filter(|(r, _)| r.phase != "Complete")
+        .map(|(r, members)| {
+            let wave = if r.wave.is_empty() {
+                String::new()
+            } else {
+                format!(", changing now: {}", r.wave.join(", "))
+            };
+            let halted = r
+                .halted
+                .as_ref()
+                .map(|h| format!("; halted at {}: gate {}: {}", h.member, h.gate, h.message))
+                .unwrap_or_default();
+            format!(
+                "Istio {}: {}, {}/{members} members updated{wave}{halted}",
+                r.version, r.phase, r.updated
+            )
+        });
     let rotation = fed
         .status
         .iter()
@@ -195,7 +217,7 @@ pub fn warnings(fed: &MeshFederation) -> Vec<String> {
         .flat_map(|s| &s.conditions)
         .filter(|c| c.type_ == "CredentialsExposed" && c.status == "True")
         .map(|c| format!("warning: {} ({}): {}", c.type_, c.reason, c.message));
-    rotation.chain(exposed).collect()
+    rollout.chain(rotation).chain(exposed).collect()
 }
 
 /// Cuts `s` to `max` characters, marking the cut.
@@ -237,13 +259,30 @@ pub fn status_table(fed: &MeshFederation) -> String {
             Some(h) if h.healthy => "yes".to_string(),
             Some(h) => format!("no ({})", h.reason),
         };
+        // "1.31 ready", and while a rollout runs its phase and the other
+        // revisions: "1.30 ready, Installing, also 1-31".
         let control_plane = match (m.control_plane_ready, &m.istio_version) {
             (None, _) => "-".to_string(),
-            (Some(ready), version) => format!(
-                "{} {}",
-                version.as_deref().unwrap_or("external"),
-                if ready { "ready" } else { "not ready" }
-            ),
+            (Some(ready), version) => {
+                let mut text = format!(
+                    "{} {}",
+                    version.as_deref().unwrap_or("external"),
+                    if ready { "ready" } else { "not ready" }
+                );
+                if let Some(phase) = &m.upgrade_phase {
+                    text += &format!(", {phase}");
+                }
+                let others: Vec<&str> = m
+                    .revisions
+                    .iter()
+                    .map(|r| r.name.as_str())
+                    .filter(|r| Some(*r) != m.tags_revision.as_deref())
+                    .collect();
+                if !others.is_empty() {
+                    text += &format!(", also {}", others.join(" "));
+                }
+                text
+            }
         };
         let name = if m.leaving {
             format!("{} (leaving)", m.name)
@@ -687,6 +726,55 @@ mod tests {
         f.status.as_mut().unwrap().observed_generation = Some(2);
         assert_eq!(progress(&f), (3, 3, true));
         assert_eq!(headline(&f), "prod: Ready, 3/3 members ready");
+    }
+
+    #[test]
+    fn a_rollout_is_a_line_under_the_table_and_in_the_control_plane_column() {
+        let mut f = fed(2);
+        let status = f.status.as_mut().unwrap();
+        status.control_plane = Some(crate::api::RolloutStatus {
+            version: "1.31".into(),
+            revision: "1-31".into(),
+            phase: "Halted".into(),
+            updated: 1,
+            wave: vec!["b".into()],
+            halted: Some(crate::api::HaltStatus {
+                member: "b".into(),
+                gate: "IstiodReady".into(),
+                message: "istiod-1-31 is not available".into(),
+            }),
+            ..Default::default()
+        });
+        let m = &mut status.members[1];
+        m.control_plane_ready = Some(true);
+        m.istio_version = Some("1.30".into());
+        m.tags_revision = Some("1-30".into());
+        m.upgrade_phase = Some("Halted".into());
+        m.revisions = ["1-30", "1-31"]
+            .map(|r| crate::api::RevisionStatus {
+                name: r.into(),
+                ..Default::default()
+            })
+            .to_vec();
+        assert_eq!(
+            warnings(&f),
+            [
+                "Istio 1.31: Halted, 1/2 members updated, changing now: b; halted at b: gate IstiodReady: istiod-1-31 is not available"
+            ]
+        );
+        assert!(
+            status_table(&f).contains("1.30 ready, Halted, also 1-31"),
+            "{}",
+            status_table(&f)
+        );
+        f.status
+            .as_mut()
+            .unwrap()
+            .control_plane
+            .as_mut()
+            .unwrap()
+            .phase = "Complete".into();
+        assert!(warnings(&f).is_empty());
     }
 
     #[test]
