@@ -5,10 +5,7 @@
 //! `testbed/kwok-stages.yaml`), the bridge starts the real pilot-discovery of
 //! the Deployment's Istio version for that cluster, out of cluster as the
 //! other e2e tests run it, and sets the pods' Ready condition from istiod's
-//! `/ready`. istiod serves its monitoring port (debug endpoints) on the
-//! pod's IP, added to the loopback interface (this needs root), so that the
-//! API server's service proxy reaches it as in a real cluster. A Deployment
-//! that goes away, or whose pod is replaced, stops its istiod.
+//! `/ready`. A Deployment that goes away stops its istiod.
 //!
 //! Opt in with the istiod chart value `pilot.podLabels` ([`pod_labels`]).
 //!
@@ -22,7 +19,6 @@
 //! # Ok(()) }
 //! ```
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -51,18 +47,10 @@ pub fn pod_labels() -> serde_json::Value {
 
 type Key = (usize, String);
 
-/// A running istiod and the pod IP it serves on.
-struct Running {
-    istiod: Arc<Istiod>,
-    pod_ip: Option<IpAddr>,
-}
-
 #[derive(Default)]
 struct State {
     /// Running istiods by (cluster index, Deployment name).
-    running: BTreeMap<Key, Running>,
-    /// Pod IPs added to the loopback interface (removed on drop).
-    addresses: BTreeSet<IpAddr>,
+    running: BTreeMap<Key, Arc<Istiod>>,
     /// Starts in progress.
     starting: BTreeSet<Key>,
     /// Clusters whose new istiods are not started (a fault: "cannot become
@@ -82,13 +70,7 @@ pub struct Bridge {
 impl Drop for Bridge {
     fn drop(&mut self) {
         self.task.abort();
-        let mut state = self.state.lock().expect("bridge");
-        state.running.clear();
-        for ip in std::mem::take(&mut state.addresses) {
-            let _ = std::process::Command::new("ip")
-                .args(["addr", "del", &format!("{ip}/32"), "dev", "lo"])
-                .output();
-        }
+        self.state.lock().expect("bridge").running.clear();
     }
 }
 
@@ -122,7 +104,7 @@ impl Bridge {
             .expect("bridge")
             .running
             .iter()
-            .map(|((i, d), r)| (self.names[*i].clone(), d.clone(), r.istiod.clone()))
+            .map(|((i, d), istiod)| (self.names[*i].clone(), d.clone(), istiod.clone()))
             .collect()
     }
 
@@ -133,7 +115,7 @@ impl Bridge {
             .expect("bridge")
             .running
             .get(&(index, deployment.to_string()))
-            .map(|r| r.istiod.clone())
+            .cloned()
     }
 
     /// Why istiods failed to start, if any did.
@@ -191,18 +173,9 @@ async fn round(
     }
     for d in &bridged {
         let key = (index, d.name_any());
-        let pods = pods_of(cluster, d).await?;
-        let pod_ip = pods
-            .iter()
-            .find_map(|p| p.status.as_ref()?.pod_ip.as_ref()?.parse::<IpAddr>().ok());
         let start = {
             let mut s = state.lock().expect("bridge");
-            // A replaced pod gets a new istiod, on its IP.
-            if s.running.get(&key).is_some_and(|r| r.pod_ip != pod_ip) {
-                s.running.remove(&key);
-            }
-            let start = pod_ip.is_some()
-                && !s.running.contains_key(&key)
+            let start = !s.running.contains_key(&key)
                 && !s.starting.contains(&key)
                 && !s.held.contains(&index);
             if start {
@@ -211,17 +184,7 @@ async fn round(
             start
         };
         if start {
-            let options = match options_for(cluster, d).await {
-                Ok(mut o) => {
-                    let ip = pod_ip.expect("checked above");
-                    if add_local_address(ip).await.is_ok() {
-                        state.lock().expect("bridge").addresses.insert(ip);
-                        o.monitoring_ip = Some(ip);
-                    }
-                    Ok(o)
-                }
-                Err(e) => Err(e),
-            };
+            let options = options_for(cluster, d).await;
             let dir = work_dir.join(format!("{}-{}", cluster.name, key.1));
             let (cluster, state, key) = (cluster.clone(), state.clone(), key.clone());
             tokio::spawn(async move {
@@ -234,11 +197,7 @@ async fn round(
                 match started {
                     Ok(istiod) => {
                         s.failures.remove(&key);
-                        let running = Running {
-                            istiod: Arc::new(istiod),
-                            pod_ip,
-                        };
-                        s.running.insert(key, running);
+                        s.running.insert(key, Arc::new(istiod));
                     }
                     Err(e) => {
                         s.failures.insert(key, format!("{e:#}"));
@@ -246,55 +205,14 @@ async fn round(
                 }
             });
         }
-        let running = state
-            .lock()
-            .expect("bridge")
-            .running
-            .get(&key)
-            .map(|r| (r.istiod.clone(), r.pod_ip));
-        let ready_ip = match running {
-            Some((istiod, ip)) if istiod.is_ready().await => ip,
-            _ => None,
+        let istiod = state.lock().expect("bridge").running.get(&key).cloned();
+        let ready = match istiod {
+            Some(i) => i.is_ready().await,
+            None => false,
         };
-        set_pods_ready(cluster, &pods, ready_ip).await?;
+        set_pods_ready(cluster, d, ready).await?;
     }
     Ok(())
-}
-
-/// Adds `ip` to the loopback interface (done if it is there already).
-async fn add_local_address(ip: IpAddr) -> Result<()> {
-    let out = tokio::process::Command::new("ip")
-        .args(["addr", "add", &format!("{ip}/32"), "dev", "lo"])
-        .output()
-        .await
-        .context("run ip")?;
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    if out.status.success() || stderr.contains("File exists") {
-        Ok(())
-    } else {
-        anyhow::bail!("ip addr add {ip}/32 dev lo: {}", stderr.trim())
-    }
-}
-
-/// The pods of Deployment `d`.
-async fn pods_of(cluster: &ClusterAccess, d: &Deployment) -> Result<Vec<Pod>> {
-    let selector = d
-        .spec
-        .as_ref()
-        .and_then(|s| s.selector.match_labels.as_ref())
-        .map(|l| {
-            l.iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect::<Vec<_>>()
-                .join(",")
-        })
-        .unwrap_or_default();
-    Ok(
-        Api::<Pod>::namespaced(cluster.client.clone(), ISTIO_NAMESPACE)
-            .list(&ListParams::default().labels(&selector))
-            .await?
-            .items,
-    )
 }
 
 /// How to run the real istiod for Deployment `d`: its cluster ID and
@@ -349,21 +267,30 @@ async fn options_for(cluster: &ClusterAccess, d: &Deployment) -> Result<IstiodOp
     Ok(options)
 }
 
-/// Sets Ready (and ContainersReady) on `pods` where it differs: ready is
-/// the pod whose IP a ready istiod serves on (`ready_ip`), no other.
-async fn set_pods_ready(
-    cluster: &ClusterAccess,
-    pods: &[Pod],
-    ready_ip: Option<IpAddr>,
-) -> Result<()> {
-    let api = Api::<Pod>::namespaced(cluster.client.clone(), ISTIO_NAMESPACE);
-    for pod in pods {
+/// Sets Ready (and ContainersReady) on the Deployment's pods where it differs.
+async fn set_pods_ready(cluster: &ClusterAccess, d: &Deployment, ready: bool) -> Result<()> {
+    let selector = d
+        .spec
+        .as_ref()
+        .and_then(|s| s.selector.match_labels.as_ref())
+        .map(|l| {
+            l.iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .unwrap_or_default();
+    let pods = Api::<Pod>::namespaced(cluster.client.clone(), ISTIO_NAMESPACE);
+    let want = if ready { "True" } else { "False" };
+    for pod in pods
+        .list(&ListParams::default().labels(&selector))
+        .await?
+        .items
+    {
         let status = pod.status.as_ref();
-        let Some(ip) = status.and_then(|s| s.pod_ip.as_ref()) else {
+        if status.and_then(|s| s.pod_ip.as_ref()).is_none() {
             continue; // kwok has not started it yet
-        };
-        let ready = ready_ip.is_some_and(|r| ip.parse() == Ok(r));
-        let want = if ready { "True" } else { "False" };
+        }
         let current = status
             .and_then(|s| s.conditions.as_ref())
             .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
@@ -388,7 +315,7 @@ async fn set_pods_ready(
             ],
             "containerStatuses": containers,
         }});
-        api.patch_status(
+        pods.patch_status(
             &pod.name_any(),
             &PatchParams::default(),
             &Patch::Strategic(&patch),

@@ -48,8 +48,6 @@ pub const HELM_ENV: &str = "MESHFED_HELM";
 pub const ISTIO_NAMESPACE: &str = "istio-system";
 /// Label istiod reads a cluster's network from (on the system namespace).
 pub const NETWORK_LABEL: &str = "topology.istio.io/network";
-/// istiod's monitoring port in a pod.
-const MONITORING_PORT: u16 = 15014;
 /// Field manager for what this module applies.
 const MANAGER: &str = "meshfed-e2e-istio";
 
@@ -274,11 +272,6 @@ pub struct IstiodOptions {
     pub ready_timeout: Duration,
     /// The Istio version to run (one of [`VERSIONS`]; default [`DEFAULT_VERSION`]).
     pub version: Option<String>,
-    /// Serve the monitoring port (metrics, debug endpoints) on this address
-    /// at 15014, as in a pod, instead of on 127.0.0.1 at a free port: the
-    /// bridge gives it the pod's IP, so that the API server's service proxy
-    /// reaches it.
-    pub monitoring_ip: Option<std::net::IpAddr>,
 }
 
 /// What istiod needs of the cluster it runs for; owned, so that a task can
@@ -314,7 +307,6 @@ impl IstiodOptions {
             mesh_config: None,
             ready_timeout: Duration::from_secs(90),
             version: None,
-            monitoring_ip: None,
         }
     }
 }
@@ -487,10 +479,7 @@ impl Istiod {
                 grpc: free_port()?,
                 secure_grpc: free_port()?,
                 https: free_port()?,
-                monitoring: match opts.monitoring_ip {
-                    Some(_) => MONITORING_PORT,
-                    None => free_port()?,
-                },
+                monitoring: free_port()?,
                 ctrlz: free_port()?,
             };
             let started = Instant::now();
@@ -587,8 +576,7 @@ impl Istiod {
 
     /// `--monitoringAddr`: `/metrics`, debug endpoints.
     pub fn monitoring_addr(&self) -> SocketAddr {
-        let ip = self.opts.monitoring_ip.unwrap_or([127, 0, 0, 1].into());
-        SocketAddr::new(ip, self.ports.monitoring)
+        SocketAddr::from(([127, 0, 0, 1], self.ports.monitoring))
     }
 
     /// `--httpsAddr`: TLS with istiod's DNS certificate (issued by its CA).
@@ -837,10 +825,7 @@ fn spawn(
         "--httpsAddr".into(),
         addr(ports.https),
         "--monitoringAddr".into(),
-        match opts.monitoring_ip {
-            Some(ip) => SocketAddr::new(ip, ports.monitoring).to_string(),
-            None => addr(ports.monitoring),
-        },
+        addr(ports.monitoring),
         "--ctrlz_address".into(),
         "127.0.0.1".into(),
         "--ctrlz_port".into(),

@@ -9,7 +9,7 @@ use kube::{Api, Client};
 use super::apply::prune;
 use super::control_plane::KindCache;
 use crate::api::RemovalPolicy;
-use crate::render::control_plane::{COMPONENT, DISCOVERY_PROBE};
+use crate::render::control_plane::COMPONENT;
 use crate::render::{CACERTS, ISTIO_NAMESPACE, managed_selector, with_recorded_kinds};
 
 /// What meshfed creates in every member, recorded or not: remote secrets and
@@ -41,8 +41,7 @@ pub fn kinds_to_remove(recorded: &BTreeSet<String>) -> Vec<GroupVersionKind> {
 /// is its identity). Remote secrets, the reader identity and the cluster
 /// claim always go. With `Retain`, what a running Istio needs stays:
 /// `cacerts` and the control plane meshfed installed (istiod, gateways), so
-/// the cluster keeps working on its own (not the discovery probe, which
-/// serves only the federation). Never deleted: Istio's CRDs and the
+/// the cluster keeps working on its own. Never deleted: Istio's CRDs and the
 /// `istio-system` namespace.
 pub async fn remove_from_member(
     kinds: &KindCache,
@@ -54,12 +53,10 @@ pub async fn remove_from_member(
 ) -> Result<Vec<String>, kube::Error> {
     let retain = policy == RemovalPolicy::Retain;
     let keep = |meta: &ObjectMeta| {
-        // The discovery probe is the federation's, not Istio's: it goes.
         let installed = meta
             .labels
             .as_ref()
-            .and_then(|l| l.get(COMPONENT))
-            .is_some_and(|c| c != DISCOVERY_PROBE);
+            .is_some_and(|l| l.contains_key(COMPONENT));
         retain && (installed || meta.name.as_deref() == Some(CACERTS))
     };
     let selector = managed_selector(federation);

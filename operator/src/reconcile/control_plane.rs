@@ -20,11 +20,10 @@ use crate::api::{ControlPlaneMode, Member, MeshFederationSpec};
 use crate::charts::{CLUSTER_PLACEHOLDER, Chart, NETWORK_PLACEHOLDER};
 use crate::render::control_plane::{
     BASE, BOOTSTRAP_MANAGER, COMPONENT, CROSS_NETWORK_GATEWAY, DEFAULT_TAG_WEBHOOK,
-    DISCOVERY_PROBE, EAST_WEST_GATEWAY, FAILOVER_DESTINATION_RULE, INGRESS_GATEWAY, VERSION_LABEL,
-    base_values, component_revision, creation_defaults, cross_network_gateway, discovery_probe,
-    drift, east_west_gateway_values, failover_destination_rule, ingress_gateway_values, is_current,
-    istiod_component, istiod_values, prepare_chart_object, probe_clusters, rename_default_tag,
-    with_revision,
+    EAST_WEST_GATEWAY, FAILOVER_DESTINATION_RULE, INGRESS_GATEWAY, VERSION_LABEL, base_values,
+    component_revision, creation_defaults, cross_network_gateway, drift, east_west_gateway_values,
+    failover_destination_rule, ingress_gateway_values, is_current, istiod_component, istiod_values,
+    prepare_chart_object, rename_default_tag, with_revision,
 };
 use crate::render::{
     ISTIO_NAMESPACE, is_ours, keys, kind_key, managed_selector, with_recorded_kinds,
@@ -151,7 +150,7 @@ pub async fn sync_control_plane(
     // istiod is installed at once.
     let resolved;
     let plan = if managed && plan.if_new.is_some() {
-        resolved = plan.resolve(&find_installed(client, federation, false).await?);
+        resolved = plan.resolve(&find_installed(client, federation).await?);
         &resolved
     } else {
         plan
@@ -186,22 +185,6 @@ pub async fn sync_control_plane(
                 report.problem = Some(problem);
                 return Ok(report);
             }
-        }
-        // The discovery probe, which rollouts look for in every registry.
-        let probe = discovery_probe(federation);
-        let kinds = kinds_in_order(std::slice::from_ref(&probe));
-        record_kinds(client, &mut recorded, kinds.iter().map(kind_key)).await?;
-        let component = Component {
-            name: DISCOVERY_PROBE.into(),
-            kinds,
-            desired: vec![probe],
-            bootstraps: Vec::new(),
-        };
-        if let Some(problem) =
-            converge_component(&ctx.kinds, client, cluster, federation, &component).await?
-        {
-            report.problem = Some(problem);
-            return Ok(report);
         }
         for revision in &plan.remove {
             let step = Step {
@@ -303,7 +286,7 @@ pub async fn sync_control_plane(
 
     let deployments = Api::<Deployment>::namespaced(client.clone(), ISTIO_NAMESPACE);
     if managed {
-        let installed = find_installed(client, federation, plan.check_discovery).await?;
+        let installed = find_installed(client, federation).await?;
         let active = plan.active.as_ref();
         report.istio_version = active.map(|a| a.version.clone());
         let state = active.and_then(|a| installed.revisions.get(&a.revision));
@@ -398,11 +381,7 @@ async fn gateway_report(
 /// The istiod revisions meshfed installed in the member, where the `default`
 /// tag points, the base chart's version, and what still uses each revision
 /// other than the tagged one.
-async fn find_installed(
-    client: &Client,
-    federation: &str,
-    check_discovery: bool,
-) -> Result<Installed, kube::Error> {
+async fn find_installed(client: &Client, federation: &str) -> Result<Installed, kube::Error> {
     let deployments = Api::<Deployment>::namespaced(client.clone(), ISTIO_NAMESPACE)
         .list(&ListParams::default().labels(&managed_selector(federation)))
         .await?;
@@ -426,11 +405,6 @@ async fn find_installed(
                 ..Default::default()
             },
         );
-    }
-    if check_discovery {
-        for (revision, state) in installed.revisions.iter_mut().filter(|(_, r)| r.ready) {
-            state.discovers = Some(registry_probe_clusters(client, revision).await);
-        }
     }
     let webhooks = Api::<MutatingWebhookConfiguration>::all(client.clone());
     installed.tags_at = webhooks
@@ -489,39 +463,6 @@ async fn find_installed(
     }
     Ok(installed)
 }
-
-/// The members whose discovery probe the registry of `revision`'s istiod
-/// shows, read through the API server's service proxy from istiod's
-/// monitoring port (`/debug/registryz`; needs `services/proxy` in
-/// istio-system).
-async fn registry_probe_clusters(
-    client: &Client,
-    revision: &str,
-) -> Result<BTreeSet<String>, String> {
-    let service = if revision.is_empty() {
-        "istiod".to_string()
-    } else {
-        format!("istiod-{revision}")
-    };
-    let path = format!(
-        "/api/v1/namespaces/{ISTIO_NAMESPACE}/services/{service}:{ISTIOD_MONITORING_PORT}/proxy/debug/registryz"
-    );
-    let request = http::Request::get(path)
-        .body(Vec::new())
-        .map_err(|e| e.to_string())?;
-    let text = tokio::time::timeout(REGISTRY_TIMEOUT, client.request_text(request))
-        .await
-        .map_err(|_| format!("{service}: no answer within {REGISTRY_TIMEOUT:?}"))?
-        .map_err(|e| format!("{service}: {}", super::member::unreachable_reason(&e)))?;
-    let registry: serde_json::Value = serde_json::from_str(&text)
-        .map_err(|e| format!("{service}: registryz is not JSON: {e}"))?;
-    probe_clusters(&registry).ok_or_else(|| format!("{service}: registryz is not a list"))
-}
-
-/// istiod's monitoring port, where it serves its debug endpoints.
-const ISTIOD_MONITORING_PORT: u16 = 15014;
-/// How long reading one istiod's registry may take.
-const REGISTRY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The label naming the revision a namespace uses or a pod was injected by.
 const REV_LABEL: &str = "istio.io/rev";

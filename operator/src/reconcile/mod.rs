@@ -505,10 +505,6 @@ async fn converge(fed: &Arc<MeshFederation>, ctx: &Arc<Context>) -> Result<Actio
                 };
                 ctx.workers.ensure(ctx, input, resync);
             }
-            // Members whose istiods' registries a discovery gate needs read again.
-            for member in rollout.iter().flat_map(|r| &r.recheck) {
-                ctx.workers.wake(&name, member);
-            }
             match &ca.root_status {
                 Some(info) => Ok(CertificateStatus {
                     serial: info.serial.clone(),

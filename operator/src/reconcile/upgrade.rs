@@ -16,7 +16,6 @@ use std::time::Duration;
 use jiff::Timestamp;
 
 use crate::api::{HaltStatus, RevisionStatus, RolloutStatus, UpgradeStrategy};
-use crate::render::control_plane::DISCOVERY_PROBE;
 
 /// The revision of a revision-less install (Istio calls it `default`).
 pub const REVISIONLESS: &str = "";
@@ -64,9 +63,6 @@ pub struct Revision {
     pub pods: usize,
     /// Namespaces labelled `istio.io/rev=<revision>`.
     pub namespaces: Vec<String>,
-    /// The members whose discovery probe its istiod's registry shows (read
-    /// while a rollout runs; `None`: not read).
-    pub discovers: Option<Result<BTreeSet<String>, String>>,
 }
 
 /// A member's control plane as its worker last found it.
@@ -148,8 +144,6 @@ pub struct MemberPlan {
     /// no istiod there (a new member is installed at once, without waiting
     /// for a round of reports).
     pub if_new: Option<(Render, String)>,
-    /// Read the registries of the member's ready istiods (a rollout runs).
-    pub check_discovery: bool,
 }
 
 impl MemberPlan {
@@ -162,7 +156,6 @@ impl MemberPlan {
             active: None,
             phase: Phase::Unknown,
             if_new: None,
-            check_discovery: false,
         }
     }
 
@@ -177,7 +170,6 @@ impl MemberPlan {
                 active: Some(render.clone()),
                 phase: Phase::Current,
                 if_new: None,
-                check_discovery: false,
             },
             _ => self.clone(),
         }
@@ -206,9 +198,6 @@ pub struct Rollout {
     pub events: Vec<(&'static str, String, bool)>,
     /// When the decision changes by itself (a pause or a gate timeout ends).
     pub next_check: Option<Timestamp>,
-    /// Members whose workers should run again to read their istiods'
-    /// registries for a discovery gate.
-    pub recheck: Vec<String>,
 }
 
 fn time(t: Timestamp) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Time {
@@ -318,7 +307,6 @@ pub fn plan(
     let mut plans = BTreeMap::new();
     let mut halted = None;
     let mut updated = 0;
-    let mut recheck: Vec<String> = Vec::new();
     for name in &settings.order {
         let Some(Some(installed)) = observed.get(*name) else {
             let mut plan = MemberPlan::observe_only();
@@ -391,7 +379,6 @@ pub fn plan(
                 active: Some(fresh.clone()),
                 phase,
                 if_new: None,
-                check_discovery: false,
             }
         } else if wave.contains(name) {
             let ready = installed.revisions.get(&revision).is_some_and(|r| r.ready);
@@ -399,65 +386,46 @@ pub fn plan(
                 tags: false,
                 ..fresh.clone()
             };
-            // The gates: the new istiod ready, then discovery both ways.
-            let unmet = if ready {
-                discovery_gate(name, &revision, installed, observed)
+            if ready {
+                // Tags move: the new revision's render takes them over, then
+                // the old holder is rendered without them.
+                let mut apply = vec![fresh.clone()];
+                apply.extend(holder.clone().map(|h| Render { tags: false, ..h }));
+                MemberPlan {
+                    apply,
+                    remove: Vec::new(),
+                    base_version,
+                    active: Some(fresh.clone()),
+                    phase: Phase::Switching,
+                    if_new: None,
+                }
             } else {
+                let mut plan = MemberPlan {
+                    apply: holder.clone().into_iter().chain([untagged]).collect(),
+                    remove: Vec::new(),
+                    base_version,
+                    active: holder.clone(),
+                    phase: Phase::Installing,
+                    if_new: None,
+                };
                 let problem = installed
                     .revisions
                     .get(&revision)
                     .and_then(|r| r.problem.clone())
                     .unwrap_or_else(|| format!("istiod-{revision} is not installed yet"));
-                Some(("IstiodReady", problem, Vec::new()))
-            };
-            match unmet {
-                None => {
-                    // Tags move: the new revision's render takes them over,
-                    // then the old holder is rendered without them.
-                    let mut apply = vec![fresh.clone()];
-                    apply.extend(holder.clone().map(|h| Render { tags: false, ..h }));
-                    MemberPlan {
-                        apply,
-                        remove: Vec::new(),
-                        base_version,
-                        active: Some(fresh.clone()),
-                        phase: Phase::Switching,
-                        if_new: None,
-                        check_discovery: true,
-                    }
+                if let Some(h) =
+                    gate_failure(settings, wave_started_at, now, || ("IstiodReady", problem))
+                {
+                    plan.phase = Phase::Halted;
+                    halted.get_or_insert(HaltStatus {
+                        member: name.to_string(),
+                        ..h
+                    });
+                } else if let Some(at) = wave_started_at {
+                    let deadline = add(at, settings.gate_timeout);
+                    next_check = next_check.min(Some(deadline)).or(Some(deadline));
                 }
-                Some((gate, problem, stale)) => {
-                    let mut plan = MemberPlan {
-                        apply: holder.clone().into_iter().chain([untagged]).collect(),
-                        remove: Vec::new(),
-                        base_version,
-                        active: holder.clone(),
-                        phase: Phase::Installing,
-                        if_new: None,
-                        check_discovery: true,
-                    };
-                    // Whoever has to look again (registries read before the
-                    // probe could be there) is asked to, soon.
-                    if ready {
-                        recheck.push(name.to_string());
-                        recheck.extend(stale);
-                        let soon = add(now, RECHECK);
-                        next_check = next_check.min(Some(soon)).or(Some(soon));
-                    }
-                    if let Some(h) =
-                        gate_failure(settings, wave_started_at, now, || (gate, problem))
-                    {
-                        plan.phase = Phase::Halted;
-                        halted.get_or_insert(HaltStatus {
-                            member: name.to_string(),
-                            ..h
-                        });
-                    } else if let Some(at) = wave_started_at {
-                        let deadline = add(at, settings.gate_timeout);
-                        next_check = next_check.min(Some(deadline)).or(Some(deadline));
-                    }
-                    plan
-                }
+                plan
             }
         } else {
             // Waits for its wave with what it has (the holder re-applied, so
@@ -470,7 +438,6 @@ pub fn plan(
                 active: holder.clone(),
                 phase: Phase::Waiting,
                 if_new: None,
-                check_discovery: false,
             }
         };
         plans.insert(name.to_string(), plan);
@@ -518,108 +485,12 @@ pub fn plan(
         last_wave_finished_at: last_finished.map(time),
         halted,
     };
-    // While a wave runs, every member reads its istiods' registries, so that
-    // the wave's members can be judged by their peers' view too.
-    if !wave.is_empty() {
-        for plan in plans.values_mut() {
-            plan.check_discovery = true;
-        }
-    }
-    recheck.sort();
-    recheck.dedup();
     Rollout {
         plans,
         status,
         events,
         next_check,
-        recheck,
     }
-}
-
-/// How soon a discovery gate not met yet is looked at again.
-const RECHECK: Duration = Duration::from_secs(2);
-
-/// The discovery gates of member `m`, whose new `revision` is ready: it sees
-/// the discovery probe of every member known now, and every such peer's
-/// tagged istiod sees `m`'s. Returns the first gate unmet, why, and the
-/// peers to read again.
-fn discovery_gate(
-    m: &str,
-    revision: &str,
-    installed: &Installed,
-    observed: &BTreeMap<String, Option<Installed>>,
-) -> Option<(&'static str, String, Vec<String>)> {
-    let known: BTreeSet<&str> = observed
-        .iter()
-        .filter(|(_, i)| i.is_some())
-        .map(|(n, _)| n.as_str())
-        .collect();
-    let new = installed.revisions.get(revision)?;
-    match &new.discovers {
-        None => {
-            return Some((
-                "PeersDiscovered",
-                format!("istiod-{revision}'s registry was not read yet"),
-                Vec::new(),
-            ));
-        }
-        Some(Err(e)) => {
-            return Some((
-                "PeersDiscovered",
-                format!("reading istiod-{revision}'s registry: {e}"),
-                Vec::new(),
-            ));
-        }
-        Some(Ok(seen)) => {
-            let missing: Vec<&str> = known
-                .iter()
-                .copied()
-                .filter(|k| !seen.contains(*k))
-                .collect();
-            if !missing.is_empty() {
-                return Some((
-                    "PeersDiscovered",
-                    format!(
-                        "istiod-{revision} does not see the services of {} (Service istio-system/{DISCOVERY_PROBE})",
-                        missing.join(", ")
-                    ),
-                    Vec::new(),
-                ));
-            }
-        }
-    }
-    let mut blind = Vec::new();
-    let mut stale = Vec::new();
-    for (peer, i) in observed.iter().filter(|(p, _)| p.as_str() != m) {
-        let Some(i) = i else { continue };
-        let Some(tagged) = i.tags_at.as_ref().and_then(|t| i.revisions.get(t)) else {
-            continue;
-        };
-        match &tagged.discovers {
-            Some(Ok(seen)) if seen.contains(m) => {}
-            Some(Ok(_)) => {
-                blind.push(peer.clone());
-                stale.push(peer.clone());
-            }
-            _ => stale.push(peer.clone()),
-        }
-    }
-    if !blind.is_empty() || !stale.is_empty() {
-        let who = if blind.is_empty() { &stale } else { &blind };
-        return Some((
-            "DiscoveredByPeers",
-            if blind.is_empty() {
-                format!("the registries of {} were not read yet", who.join(", "))
-            } else {
-                format!(
-                    "the istiods of {} do not see {m}'s services (Service istio-system/{DISCOVERY_PROBE})",
-                    who.join(", ")
-                )
-            },
-            stale,
-        ));
-    }
-    None
 }
 
 /// A gate unmet since the wave began, once `gate_timeout` has passed.
@@ -671,7 +542,6 @@ fn in_place(
                 active: Some(render.clone()),
                 phase: Phase::Current,
                 if_new: None,
-                check_discovery: false,
             };
             (m.to_string(), plan)
         })
@@ -687,7 +557,6 @@ fn in_place(
         },
         events: Vec::new(),
         next_check: None,
-        recheck: Vec::new(),
     }
 }
 
@@ -714,11 +583,6 @@ mod tests {
         s.parse().unwrap()
     }
 
-    /// What an istiod that discovers every member of the test fleets sees.
-    fn everyone() -> Option<Result<BTreeSet<String>, String>> {
-        Some(Ok(["a", "b", "c"].map(String::from).into()))
-    }
-
     fn at(version: &str, ready: bool) -> Installed {
         let rev = revision_of(version);
         Installed {
@@ -727,7 +591,6 @@ mod tests {
                 Revision {
                     version: Some(version.into()),
                     ready,
-                    discovers: everyone(),
                     ..Default::default()
                 },
             )]
@@ -744,7 +607,6 @@ mod tests {
                 version: Some(version.into()),
                 ready,
                 problem: (!ready).then(|| "not available".into()),
-                discovers: everyone(),
                 ..Default::default()
             },
         );
@@ -941,70 +803,6 @@ mod tests {
         assert_eq!(r.status.wave, vec!["b"]);
         assert_eq!(r.plans["b"].phase, Phase::Installing);
         assert_eq!(r.plans["c"].phase, Phase::Waiting);
-    }
-
-    #[test]
-    fn discovery_gates_hold_the_tags_until_both_ways_work() {
-        let start = t("2026-01-01T00:00:00Z");
-        let s = settings("1.31", 1);
-        let old = at("1.30", true);
-        let previous = RolloutStatus {
-            version: "1.31".into(),
-            revision: "1-31".into(),
-            phase: "RollingOut".into(),
-            wave: vec!["a".into()],
-            wave_started_at: Some(time(start)),
-            ..Default::default()
-        };
-        // a's new istiod is ready but does not see c.
-        let mut a = with(old.clone(), "1.31", true);
-        a.revisions.get_mut("1-31").unwrap().discovers =
-            Some(Ok(["a", "b"].map(String::from).into()));
-        let observed = fleet(&[("a", a.clone()), ("b", old.clone()), ("c", old.clone())]);
-        let r = plan(&s, &observed, Some(&previous), t("2026-01-01T00:01:00Z"));
-        assert_eq!(r.plans["a"].phase, Phase::Installing);
-        assert_eq!(r.recheck, vec!["a".to_string()]);
-        assert_eq!(r.next_check, Some(t("2026-01-01T00:01:02Z")));
-        assert!(
-            r.plans.values().all(|p| p.check_discovery),
-            "every member reads its registries"
-        );
-        let r = plan(&s, &observed, Some(&previous), t("2026-01-01T00:05:00Z"));
-        let h = r.status.halted.unwrap();
-        assert_eq!(
-            (h.member.as_str(), h.gate.as_str()),
-            ("a", "PeersDiscovered")
-        );
-        assert!(
-            h.message.contains("does not see the services of c"),
-            "{}",
-            h.message
-        );
-
-        // a sees everyone, but c's istiod does not see a; b was not read.
-        let a = with(old.clone(), "1.31", true);
-        let mut c = old.clone();
-        c.revisions.get_mut("1-30").unwrap().discovers =
-            Some(Ok(["b", "c"].map(String::from).into()));
-        let mut b = old.clone();
-        b.revisions.get_mut("1-30").unwrap().discovers = None;
-        let observed = fleet(&[("a", a.clone()), ("b", b), ("c", c)]);
-        let r = plan(&s, &observed, Some(&previous), t("2026-01-01T00:05:00Z"));
-        let h = r.status.halted.unwrap();
-        assert_eq!(h.gate, "DiscoveredByPeers");
-        assert!(
-            h.message
-                .contains("the istiods of c do not see a's services"),
-            "{}",
-            h.message
-        );
-        assert_eq!(r.recheck, ["a", "b", "c"].map(String::from).to_vec());
-
-        // Both ways: the tags move.
-        let observed = fleet(&[("a", a), ("b", old.clone()), ("c", old)]);
-        let r = plan(&s, &observed, Some(&previous), t("2026-01-01T00:05:00Z"));
-        assert_eq!(r.plans["a"].phase, Phase::Switching);
-        assert!(r.recheck.is_empty());
     }
 
     #[test]

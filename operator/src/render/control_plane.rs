@@ -30,10 +30,6 @@ pub const DEFAULT_TAG_WEBHOOK: &str = "istio-sidecar-injector";
 const CHART_DEFAULT_TAG_WEBHOOK: &str = "istio-revision-tag-default";
 /// Name of the Gateway that exposes `*.local` through the east-west gateway.
 pub const CROSS_NETWORK_GATEWAY: &str = "cross-network-gateway";
-/// Name (and component) of the Service every member carries so that a
-/// rollout can see cross-cluster discovery work: it must appear, from every
-/// member, in every istiod's registry.
-pub const DISCOVERY_PROBE: &str = "meshfed-discovery-probe";
 /// Name (and component) of the mesh-wide DestinationRule with outlier detection.
 pub const FAILOVER_DESTINATION_RULE: &str = "meshfed-failover";
 
@@ -247,40 +243,6 @@ fn service_type(t: GatewayServiceType) -> &'static str {
     }
 }
 
-/// The discovery probe ([`DISCOVERY_PROBE`]): a Service without a selector in
-/// istio-system. Peers' istiods list it through their remote secrets, so
-/// its hostname shows in an istiod's registry with one cluster VIP per
-/// member whose services that istiod discovers.
-pub fn discovery_probe(federation: &str) -> DynamicObject {
-    let resource = ApiResource::from_gvk(&GroupVersionKind::gvk("", "v1", "Service"));
-    let mut probe = DynamicObject::new(DISCOVERY_PROBE, &resource).within(ISTIO_NAMESPACE);
-    probe.data = json!({
-        "spec": {
-            "ports": [{ "name": "http-probe", "port": 80, "protocol": "TCP" }],
-        }
-    });
-    mark(probe, federation, DISCOVERY_PROBE)
-}
-
-/// The clusters whose discovery probe an istiod's `/debug/registryz` JSON
-/// shows (the probe's cluster VIPs).
-pub fn probe_clusters(registryz: &Value) -> Option<std::collections::BTreeSet<String>> {
-    let hostname = format!("{DISCOVERY_PROBE}.{ISTIO_NAMESPACE}.svc.");
-    let services = registryz.as_array()?;
-    Some(
-        services
-            .iter()
-            .filter(|s| {
-                s.get("hostname")
-                    .and_then(Value::as_str)
-                    .is_some_and(|h| h.starts_with(&hostname))
-            })
-            .filter_map(|s| s.pointer("/clusterVIPs/Addresses")?.as_object())
-            .flat_map(|m| m.keys().cloned())
-            .collect(),
-    )
-}
-
 /// The Gateway that routes `*.local` mTLS traffic from other networks through
 /// the east-west gateway, untouched (AUTO_PASSTHROUGH).
 pub fn cross_network_gateway(federation: &str) -> DynamicObject {
@@ -476,27 +438,6 @@ mod tests {
             }),
             failover: None,
         }
-    }
-
-    #[test]
-    fn the_discovery_probe_is_a_selectorless_service_read_back_from_registries() {
-        let probe = discovery_probe("prod");
-        assert_eq!(probe.metadata.name.as_deref(), Some(DISCOVERY_PROBE));
-        assert_eq!(probe.metadata.namespace.as_deref(), Some(ISTIO_NAMESPACE));
-        assert!(probe.data["spec"].get("selector").is_none());
-        assert!(crate::render::is_ours(&probe.metadata, "prod"));
-        let registryz = json!([
-            {"hostname": "meshfed-discovery-probe.istio-system.svc.cluster.local",
-             "clusterVIPs": {"Addresses": {"east": ["10.96.0.7"], "west": ["10.96.0.9"]}}},
-            {"hostname": "other.istio-system.svc.cluster.local",
-             "clusterVIPs": {"Addresses": {"north": ["10.96.0.8"]}}},
-        ]);
-        assert_eq!(
-            probe_clusters(&registryz).unwrap(),
-            ["east".to_string(), "west".to_string()].into()
-        );
-        assert_eq!(probe_clusters(&json!([])).unwrap(), Default::default());
-        assert_eq!(probe_clusters(&json!({"error": 1})), None);
     }
 
     #[test]
