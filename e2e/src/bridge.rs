@@ -45,6 +45,26 @@ pub fn pod_labels() -> serde_json::Value {
     json!({ "pilot": { "podLabels": { BRIDGED_LABEL: "real" } } })
 }
 
+/// A Managed control plane of Istio `version` whose istiods the bridge
+/// runs, without east-west gateways (kwok's gateway pods cannot be
+/// injected), upgraded as `upgrade` says.
+pub fn bridged_control_plane(
+    version: &str,
+    upgrade: meshfed::api::UpgradeSpec,
+) -> meshfed::api::ControlPlaneSpec {
+    meshfed::api::ControlPlaneSpec {
+        mode: meshfed::api::ControlPlaneMode::Managed,
+        version: Some(version.into()),
+        values: Some(pod_labels()),
+        east_west_gateway: Some(meshfed::api::EastWestGatewaySpec {
+            enabled: Some(false),
+            ..Default::default()
+        }),
+        upgrade: Some(upgrade),
+        ..Default::default()
+    }
+}
+
 type Key = (usize, String);
 
 #[derive(Default)]

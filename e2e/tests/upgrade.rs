@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use e2e::bridge::{Bridge, pod_labels};
+use e2e::bridge::{Bridge, bridged_control_plane};
 use e2e::istiod::{charts_dir, service_with_pod};
 use e2e::mesh::*;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
@@ -23,33 +23,21 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::ServiceAccount;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::{Api, Client, ResourceExt};
-use meshfed::api::{
-    ControlPlaneMode, ControlPlaneSpec, EastWestGatewaySpec, MeshFederation, UpgradeSpec,
-    UpgradeStrategy,
-};
+use meshfed::api::{ControlPlaneSpec, MeshFederation, UpgradeSpec, UpgradeStrategy};
 use meshfed::reconcile::Settings;
 
 const WAIT: Duration = Duration::from_secs(180);
 const GATE_TIMEOUT: Duration = Duration::from_secs(15);
 
 fn control_plane(version: &str, strategy: UpgradeStrategy) -> ControlPlaneSpec {
-    ControlPlaneSpec {
-        mode: ControlPlaneMode::Managed,
-        version: Some(version.into()),
-        values: Some(pod_labels()),
-        east_west_gateway: Some(EastWestGatewaySpec {
-            enabled: Some(false),
-            ..Default::default()
-        }),
-        upgrade: Some(UpgradeSpec {
-            strategy: Some(strategy),
-            max_concurrent: Some(1),
-            pause: Some("1s".parse().unwrap()),
-            gate_timeout: Some(GATE_TIMEOUT.into()),
-            ..Default::default()
-        }),
+    let upgrade = UpgradeSpec {
+        strategy: Some(strategy),
+        max_concurrent: Some(1),
+        pause: Some("1s".parse().unwrap()),
+        gate_timeout: Some(GATE_TIMEOUT.into()),
         ..Default::default()
-    }
+    };
+    bridged_control_plane(version, upgrade)
 }
 
 fn up_to_date(f: &MeshFederation, version: &str) -> bool {

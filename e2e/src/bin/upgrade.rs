@@ -10,13 +10,11 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, bail};
 use clap::Parser;
 use e2e::Fleet;
-use e2e::bridge::{Bridge, pod_labels};
+use e2e::bridge::{Bridge, bridged_control_plane};
 use e2e::istiod::charts_dir;
 use e2e::mesh::*;
 use kube::Api;
-use meshfed::api::{
-    ControlPlaneMode, ControlPlaneSpec, EastWestGatewaySpec, MeshFederation, UpgradeSpec,
-};
+use meshfed::api::{ControlPlaneSpec, MeshFederation, UpgradeSpec};
 use meshfed::reconcile::Settings;
 
 /// Fleet-wide upgrade benchmark.
@@ -40,20 +38,11 @@ struct Figures {
 }
 
 fn control_plane(version: &str, max_concurrent: i32) -> ControlPlaneSpec {
-    ControlPlaneSpec {
-        mode: ControlPlaneMode::Managed,
-        version: Some(version.into()),
-        values: Some(pod_labels()),
-        east_west_gateway: Some(EastWestGatewaySpec {
-            enabled: Some(false),
-            ..Default::default()
-        }),
-        upgrade: Some(UpgradeSpec {
-            max_concurrent: Some(max_concurrent),
-            ..Default::default()
-        }),
+    let upgrade = UpgradeSpec {
+        max_concurrent: Some(max_concurrent),
         ..Default::default()
-    }
+    };
+    bridged_control_plane(version, upgrade)
 }
 
 fn done(f: &MeshFederation, version: &str) -> bool {

@@ -22,8 +22,12 @@ pub async fn apply_member_rbac(
     let params = PatchParams::apply(manager).force();
     for object in crate::cli::member_rbac(&[federation]) {
         let obj: DynamicObject = serde_json::from_value(object).map_err(kube::Error::SerdeError)?;
+        // The shipped YAML always names a kind; one without cannot be applied.
         let Some(types) = obj.types.clone() else {
-            continue;
+            return Err(kube::Error::SerdeError(serde::de::Error::custom(format!(
+                "member RBAC object {} has no apiVersion and kind",
+                obj.name_any()
+            ))));
         };
         let (group, version) = types
             .api_version

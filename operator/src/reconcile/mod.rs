@@ -38,7 +38,6 @@ use crate::telemetry::{Metrics, ReconcileResult, RequestCount};
 use status::{MemberReport, build_status};
 
 pub use member::unreachable_reason;
-pub use root::generated_root_name;
 
 /// Finalizer that lets meshfed clean members up before the federation goes.
 pub const FINALIZER: &str = "meshfed.io/cleanup";
@@ -585,7 +584,11 @@ async fn converge(fed: &Arc<MeshFederation>, ctx: &Arc<Context>) -> Result<Actio
     .await?;
 
     let previous = fed.status.as_ref();
-    let kept_secrets = kept_secrets(fed, &ctx.settings.namespace);
+    let active_root = ca
+        .as_ref()
+        .ok()
+        .and_then(|ca| ca.record.active.secret.as_deref());
+    let kept_secrets = kept_secrets(fed, &ctx.settings.namespace, active_root);
     let status = build_status(
         generation,
         reports,
@@ -1007,10 +1010,13 @@ fn newly_exposed(
 
 /// The Secrets the operator keeps for `fed` in its namespace: the root (key
 /// included) and every member's credentials.
-fn kept_secrets(fed: &MeshFederation, namespace: &str) -> Vec<String> {
-    let root = match &fed.spec.ca().root_secret_ref {
-        Some(r) => r.name.clone(),
-        None => root::generated_root_name(&fed.name_any()),
+fn kept_secrets(fed: &MeshFederation, namespace: &str, active_root: Option<&str>) -> Vec<String> {
+    // The Secret of the root that signs now (after a rotation, a generated
+    // one is `<federation>-root-ca-<n>`); the spec's when it is not known.
+    let root = match (active_root, &fed.spec.ca().root_secret_ref) {
+        (Some(secret), _) => secret.to_string(),
+        (None, Some(r)) => r.name.clone(),
+        (None, None) => root::generated_root_name(&fed.name_any()),
     };
     let credentials = fed
         .spec
