@@ -7,7 +7,8 @@
 //!    write (exactly one matching webhook at every sample);
 //! 2. 1.30 -> 1.31 in waves of one: at every sample every ready istiod sees
 //!    every peer synced and every member's probe Service, 1.30 and 1.31
-//!    istiods discover each other mid-rollout, the old revision goes;
+//!    istiods discover each other mid-rollout, the old revision goes, except
+//!    where a pod it injected still runs (reported, gone once the pod is);
 //! 3. rollback 1.31 -> 1.30 with member 2's new istiod held unready: the
 //!    rollout halts there (member 3 untouched, the condition names member,
 //!    gate and cause), resumes when released; the CRDs stay at 1.31.
@@ -20,7 +21,7 @@ use e2e::istiod::{charts_dir, service_with_pod};
 use e2e::mesh::*;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::ServiceAccount;
+use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::{Api, Client, ResourceExt};
 use meshfed::api::{ControlPlaneSpec, MeshFederation, UpgradeSpec, UpgradeStrategy};
@@ -55,8 +56,8 @@ struct Samples {
     count: usize,
     /// Every failed check, with when and where.
     failures: Vec<String>,
-    /// Samples in which ready istiods of more than one version ran, in
-    /// different members, and all checks passed.
+    /// Samples in which ready istiods of two versions ran in two different
+    /// members, and all checks passed.
     mixed: usize,
     /// Tags revision per member, per sample (to check the order of waves).
     tags: Vec<Vec<Option<String>>>,
@@ -142,15 +143,15 @@ async fn sample_until(
                 ));
             }
         }
+        // Istiods of two versions in two different members, each seeing
+        // every member's services (the checks above passed).
         let clusters_by_version: Vec<&BTreeSet<String>> = versions.values().collect();
-        if ok
-            && versions.len() > 1
-            && clusters_by_version.iter().any(|a| {
-                clusters_by_version
-                    .iter()
-                    .any(|b| a.difference(b).next().is_some() && b.difference(a).next().is_some())
-            })
-        {
+        let across_members = clusters_by_version.iter().enumerate().any(|(i, a)| {
+            clusters_by_version[i + 1..]
+                .iter()
+                .any(|b| a.iter().any(|x| b.iter().any(|y| x != y)))
+        });
+        if ok && across_members {
             s.mixed += 1;
         }
         s.count += 1;
@@ -328,7 +329,9 @@ async fn istio_upgrades_by_revision_in_waves_with_real_istiods() -> Result<()> {
         );
     }
 
-    // 2. 1.30 -> 1.31 in waves of one.
+    // 2. 1.30 -> 1.31 in waves of one. Member 1 has a pod 1-30 injected:
+    // it keeps 1-30 (reported) without holding the rollout.
+    let injected = injected_pod(&clients[0], "1-30").await?;
     let started = Instant::now();
     fed.spec.control_plane = Some(control_plane("1.31", UpgradeStrategy::RevisionBased));
     apply_federation(&host, &fed).await?;
@@ -336,7 +339,34 @@ async fn istio_upgrades_by_revision_in_waves_with_real_istiods() -> Result<()> {
         up_to_date(f, "1.31")
             && f.status
                 .as_ref()
-                .is_some_and(|s| s.members.iter().all(|m| m.revisions.len() == 1))
+                .is_some_and(|s| s.members.iter().skip(1).all(|m| m.revisions.len() == 1))
+    })
+    .await?;
+    let status = halted_fed(&host).await?.status.unwrap();
+    let first = &status.members[0];
+    assert_eq!(
+        first.upgrade_phase.as_deref(),
+        Some("RemovingOld"),
+        "{first:?}"
+    );
+    let old = first
+        .revisions
+        .iter()
+        .find(|r| r.name == "1-30")
+        .expect("1-30 kept");
+    assert_eq!(old.pods, 1, "the pod it injected is reported");
+    assert_eq!(
+        deployments(&clients[0]).await?,
+        BTreeSet::from(["istiod-1-30".to_string(), "istiod-1-31".to_string()])
+    );
+    // Restarted (here: deleted), the pod no longer holds 1-30.
+    injected
+        .delete(&injected_name(), &Default::default())
+        .await?;
+    wait_for_federation(&host, "prod", WAIT, "1-30 removed from member 1", |f| {
+        f.status.as_ref().is_some_and(|s| {
+            s.members[0].revisions.len() == 1 && s.members[0].upgrade_phase.is_none()
+        })
     })
     .await?;
     eprintln!(
@@ -461,6 +491,25 @@ async fn istio_upgrades_by_revision_in_waves_with_real_istiods() -> Result<()> {
         assert!(reasons.contains(r), "event {r} in {reasons:?}");
     }
     Ok(())
+}
+
+fn injected_name() -> String {
+    "injected-app".into()
+}
+
+/// A pod as `revision`'s injector leaves it (its `istio.io/rev` label), in
+/// namespace probe. `sidecar.istio.io/inject=false` keeps the injection
+/// webhooks, which cannot reach the out-of-cluster istiods, out of its
+/// creation.
+async fn injected_pod(c: &Client, revision: &str) -> Result<Api<Pod>> {
+    let pods = Api::<Pod>::namespaced(c.clone(), "probe");
+    let labels = serde_json::json!({"istio.io/rev": revision, "sidecar.istio.io/inject": "false"});
+    let pod: Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": injected_name(), "labels": labels},
+        "spec": {"containers": [{"name": "app", "image": "app"}]},
+    }))?;
+    pods.create(&Default::default(), &pod).await?;
+    Ok(pods)
 }
 
 async fn halted_fed(host: &Client) -> Result<MeshFederation> {
