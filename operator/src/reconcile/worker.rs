@@ -279,6 +279,7 @@ impl Workers {
 /// backoff after a failed run.
 async fn work(ctx_weak: Weak<Context>, input: Arc<Mutex<Input>>, wake: Arc<Notify>) {
     let mut failures = 0u32;
+    let mut answered_last = true;
     loop {
         let Some(ctx) = ctx_weak.upgrade() else {
             return;
@@ -292,7 +293,32 @@ async fn work(ctx_weak: Weak<Context>, input: Arc<Mutex<Input>>, wake: Arc<Notif
             ctx.forget(&federation);
             return;
         }
-        let outcome = run(&ctx, &current).await;
+        // With withdrawal on, the API server is probed during the run too: a
+        // server that hangs mid-run (a run can spend several member
+        // timeouts installing Istio) is reported at once and the run is
+        // dropped, rather than holding failover until the run times out.
+        // (Only while it is believed up: a member already reported
+        // unreachable is reported so once.)
+        let probe_every = current
+            .fed
+            .spec
+            .withdrawal()
+            .map(|p| p.probe_interval)
+            .filter(|_| answered_last);
+        let hung = async {
+            match probe_every {
+                Some(every) => probe_until_changed(&ctx_weak, &current, true, every).await,
+                None => std::future::pending().await,
+            }
+        };
+        let outcome = tokio::select! {
+            outcome = run(&ctx, &current) => outcome,
+            () = hung => Outcome {
+                ready: false,
+                answered: false,
+                deadline: None,
+            },
+        };
         failures = if outcome.ready {
             0
         } else {
@@ -309,6 +335,7 @@ async fn work(ctx_weak: Weak<Context>, input: Arc<Mutex<Input>>, wake: Arc<Notif
         // change of reachability starts a run at once.
         let probe = current.fed.spec.withdrawal().map(|p| p.probe_interval);
         let answered = outcome.answered;
+        answered_last = answered;
         drop(ctx);
         let probe = async {
             match probe {
