@@ -225,6 +225,21 @@ async fn a_root_rotation_never_fails_a_handshake() -> Result<()> {
         Ok(ca_status().await?.next_phase_at.is_some())
     })
     .await?;
+    // The status can say "settled" from the durable record before the
+    // restarted operator has heard from every member; a member it has not
+    // heard from holds the phase by design. Stop member 2 only once this
+    // process reached all three.
+    let restarted = operator.as_ref().unwrap().context.clone();
+    poll(
+        WAIT,
+        "the restarted operator reached every member",
+        || async {
+            Ok(restarted
+                .last_reconcile("prod")
+                .is_some_and(|s| s.requests.len() == 3))
+        },
+    )
+    .await?;
     fleet.cluster(2).stop_apiserver().await?;
 
     reached("SignWithNew").await?;
