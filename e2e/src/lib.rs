@@ -2,6 +2,7 @@
 //! Kubernetes fleets on 127.0.0.1 (see `docs/testbed.md`).
 
 pub mod bridge;
+pub mod cacerts;
 pub mod fleet;
 pub mod istiod;
 pub mod mesh;

@@ -3,11 +3,10 @@
 //! generated root, and `rootSecretRef` naming another root. Each time, every member's `cacerts`
 //! goes through exactly (old), (old + new, signed by old), (old + new,
 //! signed by new), (new), each bundle a superset or subset of the last.
-use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, ensure};
+use e2e::cacerts::CacertsWatch;
 use e2e::mesh::*;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
@@ -15,73 +14,8 @@ use k8s_openapi::api::events::v1::Event;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use meshfed::api::MeshFederation;
-use meshfed::pki::inspect_bundle;
 
 const WAIT: Duration = Duration::from_secs(60);
-
-/// (serials of root-cert.pem, serial of the root the intermediate chains to)
-type CaState = (Vec<String>, String);
-
-fn state_of(secret: &Secret) -> Option<CaState> {
-    let text = |k: &str| String::from_utf8(secret.data.as_ref()?.get(k)?.0.clone()).ok();
-    let roots = inspect_bundle(&text("root-cert.pem")?).ok()?;
-    let chain = inspect_bundle(&text("cert-chain.pem")?).ok()?;
-    Some((
-        roots.into_iter().map(|r| r.serial).collect(),
-        chain.get(1)?.serial.clone(),
-    ))
-}
-
-/// Records every distinct `cacerts` state of each member until dropped.
-struct Watch {
-    seen: Arc<Mutex<BTreeMap<usize, Vec<CaState>>>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Watch {
-    fn start(clients: Vec<Client>) -> Self {
-        let seen: Arc<Mutex<BTreeMap<usize, Vec<CaState>>>> = Arc::default();
-        let task = {
-            let seen = seen.clone();
-            tokio::spawn(async move {
-                loop {
-                    for (i, c) in clients.iter().enumerate() {
-                        let api = Api::<Secret>::namespaced(c.clone(), "istio-system");
-                        if let Ok(Some(s)) = api.get_opt("cacerts").await
-                            && let Some(state) = state_of(&s)
-                        {
-                            let mut seen = seen.lock().unwrap();
-                            let states = seen.entry(i).or_default();
-                            if states.last() != Some(&state) {
-                                states.push(state);
-                            }
-                        }
-                    }
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            })
-        };
-        Watch { seen, task }
-    }
-
-    /// The states each member went through since the last call.
-    fn take(&self) -> BTreeMap<usize, Vec<CaState>> {
-        let mut seen = self.seen.lock().unwrap();
-        let out = seen.clone();
-        for states in seen.values_mut() {
-            let last = states.pop();
-            states.clear();
-            states.extend(last);
-        }
-        out
-    }
-}
-
-impl Drop for Watch {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
 
 fn serial_of(pem: &str) -> String {
     meshfed::pki::inspect(pem).unwrap().serial
@@ -98,7 +32,13 @@ async fn root_serial(host: &Client, secret: &str) -> Result<String> {
 
 /// Waits for the rotation to finish, then checks every member went
 /// exactly through the four states from `old` to `new`.
-async fn rotated(host: &Client, watch: &Watch, members: usize, old: &str, new: &str) -> Result<()> {
+async fn rotated(
+    host: &Client,
+    watch: &CacertsWatch,
+    members: usize,
+    old: &str,
+    new: &str,
+) -> Result<()> {
     wait_for_federation(host, "prod", WAIT, "rotation finished", |f| {
         f.status
             .as_ref()
@@ -109,22 +49,8 @@ async fn rotated(host: &Client, watch: &Watch, members: usize, old: &str, new: &
     })
     .await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let seen = watch.take();
-    let (o, n) = (old.to_string(), new.to_string());
-    let expected: Vec<CaState> = vec![
-        (vec![o.clone()], o.clone()),
-        (vec![o.clone(), n.clone()], o.clone()),
-        (vec![o.clone(), n.clone()], n.clone()),
-        (vec![n.clone()], n.clone()),
-    ];
-    for i in 0..members {
-        ensure!(
-            seen.get(&i) == Some(&expected),
-            "member {i}: {:#?}",
-            seen.get(&i)
-        );
-    }
-    Ok(())
+    ensure!(watch.gaps().is_empty(), "trust gaps: {:#?}", watch.gaps());
+    watch.expect_rotation(members, old, new)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -148,9 +74,9 @@ async fn lost_and_replaced_roots_rotate_through_every_phase() -> Result<()> {
     })
     .await?;
     let first = root_serial(&host, "prod-root-ca").await?;
-    let watch = Watch::start(clients.clone());
+    let watch = CacertsWatch::start(clients.clone());
     poll(WAIT, "both members seen", || async {
-        Ok(watch.seen.lock().unwrap().len() == 2)
+        Ok(watch.members_seen() == 2)
     })
     .await?;
 

@@ -159,6 +159,17 @@ impl MemberPool {
         }
     }
 
+    /// Drops the connections built from an older version of credentials
+    /// Secret `name`; true when there were any (the members using it must
+    /// run again: their credentials may now reach another cluster).
+    pub fn forget_changed(&self, name: &str, version: &str) -> bool {
+        let prefix = format!("{name}/");
+        let mut cache = self.cache.lock().expect("pool lock");
+        let before = cache.len();
+        cache.retain(|key, (v, _)| !key.starts_with(&prefix) || v == version);
+        cache.len() != before
+    }
+
     pub async fn connect(
         &self,
         credentials: &MemberCredentials,

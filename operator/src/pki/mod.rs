@@ -41,6 +41,19 @@ pub fn certificate_set(bundle_pem: &str) -> std::collections::BTreeSet<Vec<u8>> 
         .collect()
 }
 
+/// Whether the intermediate in `bundle` chains to `root_pem`: its
+/// `cert-chain.pem` ends with that root (a trust bundle that holds the root
+/// is not enough: what a peer must trust is where the chain ends).
+pub fn chains_to(bundle: &CacertsBundle, root_pem: &str) -> bool {
+    let (Ok(chain), Ok(root)) = (
+        pem::certificates(&bundle.cert_chain_pem, "cert-chain.pem"),
+        pem::single_certificate(root_pem, "root"),
+    ) else {
+        return false;
+    };
+    chain.len() > 1 && chain.last() == Some(&root)
+}
+
 /// Failures of the PKI functions; messages never contain key material.
 #[derive(thiserror::Error, Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -150,4 +163,33 @@ pub enum Error {
     /// Building or signing a certificate failed.
     #[error("certificate signing failed: {0}")]
     Signing(String),
+}
+
+#[cfg(test)]
+mod chain_tests {
+    use super::testutil::{policy, root, t0};
+    use super::*;
+    use crate::api::KeyAlgorithm;
+
+    #[test]
+    fn an_intermediate_chains_to_the_root_that_signed_it_not_to_one_it_merely_trusts() {
+        let old = root(KeyAlgorithm::EcdsaP256);
+        let new = root(KeyAlgorithm::EcdsaP256);
+        let both = format!("{}{}", old.cert_pem, new.cert_pem);
+        let p = policy(KeyAlgorithm::EcdsaP256);
+        let under_old = issue_intermediate(&old, &both, "east", &p, t0()).unwrap();
+        assert!(chains_to(&under_old, &old.cert_pem));
+        assert!(!chains_to(&under_old, &new.cert_pem), "trusted, not signed");
+        let under_new = issue_intermediate(&new, &both, "east", &p, t0()).unwrap();
+        assert!(chains_to(&under_new, &new.cert_pem));
+        let broken = CacertsBundle {
+            cert_chain_pem: old.cert_pem.clone(),
+            ..under_old.clone()
+        };
+        assert!(
+            !chains_to(&broken, &old.cert_pem),
+            "a root alone is no chain"
+        );
+        assert!(!chains_to(&under_old, "not a certificate"));
+    }
 }

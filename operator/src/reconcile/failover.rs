@@ -92,9 +92,10 @@ pub struct Tracker {
     pub withdrawn: BTreeMap<String, Timestamp>,
     /// Why withdrawal is held, as last reported.
     held: Option<String>,
-    /// Members seen healthy since the operator started: only those are
-    /// withdrawn for their gateway, so that a member still installing (a
-    /// load balancer without an address yet) is not.
+    /// Members seen healthy since the operator started: only those (and
+    /// members already withdrawn, which were healthy once) are withdrawn
+    /// for their gateway, so that a member still installing (a load
+    /// balancer without an address yet) is not.
     seen_healthy: BTreeSet<String>,
 }
 
@@ -150,8 +151,12 @@ impl Tracker {
             if h.healthy() {
                 self.seen_healthy.insert(member.clone());
             }
-            let withdrawable = h.withdrawable()
-                && (h.reason != GATEWAY_NOT_READY || self.seen_healthy.contains(member));
+            // A withdrawn member was healthy before it failed: that is on
+            // record, so a restart does not restore it while its gateway
+            // is still down.
+            let was_healthy =
+                self.seen_healthy.contains(member) || self.withdrawn.contains_key(member);
+            let withdrawable = h.withdrawable() && (h.reason != GATEWAY_NOT_READY || was_healthy);
             if withdrawable {
                 self.failing_since.entry(member.clone()).or_insert(now);
                 self.recovered_since.remove(member);
@@ -421,6 +426,48 @@ mod tests {
             vec!["c".to_string()]
         );
         assert!(tr.withdrawn_set().is_empty());
+    }
+
+    #[test]
+    fn a_restart_neither_restores_a_dead_gateway_nor_withdraws_an_installing_one() {
+        let p = policy();
+        let gateway_down = fleet(&[
+            ("a", h(HEALTHY)),
+            ("b", h(HEALTHY)),
+            ("c", h(GATEWAY_NOT_READY)),
+        ]);
+        // Before the restart: c was healthy, its gateway failed, it was withdrawn.
+        let mut before = Tracker::default();
+        before.decide(
+            &fleet(&[("a", h(HEALTHY)), ("b", h(HEALTHY)), ("c", h(HEALTHY))]),
+            Some(&p),
+            t(0),
+        );
+        before.decide(&gateway_down, Some(&p), t(10));
+        assert_eq!(
+            before
+                .decide(&gateway_down, Some(&p), t(40))
+                .withdrawn
+                .len(),
+            1
+        );
+        // After it: only the withdrawn set is known, and the gateway is still down.
+        let mut after = Tracker::with_withdrawn(before.withdrawn.clone());
+        for now in [100, 200, 1000] {
+            let d = after.decide(&gateway_down, Some(&p), t(now));
+            assert!(d.restored.is_empty(), "restored a dead gateway at {now}");
+        }
+        assert_eq!(after.withdrawn_set(), BTreeSet::from(["c".to_string()]));
+        // A member never seen healthy (still installing) is not withdrawn.
+        let mut fresh = Tracker::default();
+        for now in [0, 100, 1000] {
+            assert!(
+                fresh
+                    .decide(&gateway_down, Some(&p), t(now))
+                    .withdrawn
+                    .is_empty()
+            );
+        }
     }
 
     #[test]

@@ -51,7 +51,7 @@ pub async fn prepare_member(
     ctx: &Context,
     fed: &MeshFederation,
     member: &Member,
-    ca: &CaMaterial,
+    ca: Result<&CaMaterial, &String>,
     policy: &IntermediatePolicy,
     now: Timestamp,
 ) -> PreparedMember {
@@ -243,16 +243,26 @@ fn rebundled(existing: &CacertsBundle, trust_bundle: &str) -> Option<CacertsBund
     })
 }
 
-/// Whether the roots the member's istiod distributes to workloads (its
-/// `istio-ca-root-cert` ConfigMap in `istio-system`) are the target's: a
-/// member reaches a CA target only when what istiod serves, not just what
-/// the Secret holds, has changed. A member without that ConfigMap has no
-/// istiod distributing roots; its `cacerts` is all there is.
-async fn check_distributed_roots(
+/// Whether the member reached the CA target: its intermediate chains to the
+/// target's signing root (a bundle alone is not a re-issue), and the roots
+/// its istiod distributes to workloads (its `istio-ca-root-cert` ConfigMap
+/// in `istio-system`) are the target's, so that what istiod serves, not
+/// just what the Secret holds, has changed. A member without that ConfigMap
+/// has no istiod distributing roots; its `cacerts` is all there is.
+async fn check_reached(
     client: &kube::Client,
     ca: &CaMaterial,
+    current: &CacertsBundle,
     prepared: &mut PreparedMember,
 ) -> Result<(), kube::Error> {
+    prepared.report.ca_reached = None;
+    if !pki::chains_to(current, &ca.signer_pem) {
+        let why = ca.signing.as_ref().err().map_or("", String::as_str);
+        prepared.report.certificate_problem = Some(format!(
+            "its intermediate does not chain to the signing root of the rotation's phase, and none can be issued: {why}"
+        ));
+        return Ok(());
+    }
     let distributed = Api::<ConfigMap>::namespaced(client.clone(), ISTIO_NAMESPACE)
         .get_opt(ROOT_CERT_CONFIGMAP)
         .await?
@@ -374,7 +384,7 @@ async fn sync_member(
     conn: &MemberConnection,
     fed: &MeshFederation,
     member: &Member,
-    ca: &CaMaterial,
+    ca: Result<&CaMaterial, &String>,
     policy: &IntermediatePolicy,
     now: Timestamp,
     prepared: &mut PreparedMember,
@@ -463,9 +473,19 @@ async fn sync_member(
     };
 
     let secrets = Api::<Secret>::namespaced(client.clone(), ISTIO_NAMESPACE);
-    sync_cacerts(&secrets, &federation, member, ca, policy, now, prepared).await?;
-    if prepared.report.certificate_problem.is_none() {
-        check_distributed_roots(&client, ca, prepared).await?;
+    match ca {
+        Ok(ca) => {
+            let current =
+                sync_cacerts(&secrets, &federation, member, ca, policy, now, prepared).await?;
+            if let Some(current) = current {
+                check_reached(&client, ca, &current, prepared).await?;
+            }
+        }
+        // The CA's trouble is the CA's: membership, remote secrets and
+        // failover go on, and `cacerts` stays as it is.
+        Err(why) => {
+            prepared.report.certificate_problem = Some(format!("waiting for the root CA: {why}"))
+        }
     }
 
     let multicluster = secrets
@@ -487,7 +507,7 @@ async fn sync_cacerts(
     policy: &IntermediatePolicy,
     now: Timestamp,
     prepared: &mut PreparedMember,
-) -> Result<(), kube::Error> {
+) -> Result<Option<CacertsBundle>, kube::Error> {
     let live = secrets.get_opt(CACERTS).await?;
     if let Some(live) = &live
         && !is_ours(&live.metadata, federation)
@@ -496,12 +516,12 @@ async fn sync_cacerts(
             "{ISTIO_NAMESPACE}/{CACERTS} exists and was not created by meshfed; it is left untouched. To let meshfed replace it with an intermediate of the federation's root, annotate it {}=true",
             keys::ADOPT
         ));
-        return Ok(());
+        return Ok(None);
     }
     let trust_bundle = ca.trust_bundle_pem.as_str();
     let existing = live.as_ref().and_then(cacerts_bundle);
     let plan = match &ca.signing {
-        Some(root) => match pki::reissue_reason(
+        Ok(root) => match pki::reissue_reason(
             existing.as_ref(),
             root,
             trust_bundle,
@@ -524,13 +544,14 @@ async fn sync_cacerts(
             }
             Some(reason) => CacertsPlan::Issue(root, reason),
         },
-        // The signing root's key is gone: only the bundle can change.
-        None => match &existing {
+        // The signing root's key cannot be had: only the bundle can change.
+        Err(why) => match &existing {
             Some(e) if e.root_cert_pem == trust_bundle => CacertsPlan::Keep,
             Some(_) => CacertsPlan::Rebundle,
             None => {
-                prepared.report.certificate_problem = Some("no intermediate can be issued: the signing root's key is gone (lost); it is issued once the rotation to the new root reaches SignWithNew".into());
-                return Ok(());
+                prepared.report.certificate_problem =
+                    Some(format!("no intermediate can be issued: {why}"));
+                return Ok(None);
             }
         },
     };
@@ -560,7 +581,7 @@ async fn sync_cacerts(
                     Err(e) => {
                         prepared.report.certificate_problem =
                             Some(format!("issuing intermediate: {e}"));
-                        return Ok(());
+                        return Ok(None);
                     }
                 };
             write(secrets, &render_cacerts(federation, &bundle), federation).await?;
@@ -575,11 +596,14 @@ async fn sync_cacerts(
             prepared.report.status.intermediate = Some(CertificateStatus {
                 serial: info.serial,
                 not_after: Time(info.not_after),
-            })
+            });
+            Ok(Some(current))
         }
-        Err(e) => prepared.report.certificate_problem = Some(format!("reading intermediate: {e}")),
+        Err(e) => {
+            prepared.report.certificate_problem = Some(format!("reading intermediate: {e}"));
+            Ok(None)
+        }
     }
-    Ok(())
 }
 
 fn intermediate_event(member: &str, reason: ReissueReason) -> Event {

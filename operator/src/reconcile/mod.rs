@@ -263,11 +263,30 @@ pub async fn run(ctx: Arc<Context>) {
         })
     };
     let _repairs = AbortOnDrop(tokio::spawn(repairs));
+    let credentials_changed = {
+        let ctx = Arc::downgrade(&ctx);
+        let store = store.clone();
+        move |secret: &Secret| {
+            let Some(ctx) = ctx.upgrade() else { return };
+            let version = secret.resource_version().unwrap_or_default();
+            if !ctx.members.forget_changed(&secret.name_any(), &version) {
+                return;
+            }
+            for fed in store.state() {
+                for m in members_using(&fed, &secret.name_any()) {
+                    ctx.workers.wake(&fed.name_any(), m);
+                }
+            }
+        }
+    };
     controller
         // A worker finished: aggregate the federation's status.
         .reconcile_on(finished)
-        // A changed credentials or root Secret re-runs the federations using it.
+        // A changed credentials or root Secret re-runs the federations using
+        // it; the members whose credentials changed run at once, on a new
+        // connection (the credentials may now reach another cluster).
         .watches(secrets, watcher::Config::default(), move |secret| {
+            credentials_changed(&secret);
             let name = secret.name_any();
             store
                 .state()
@@ -295,6 +314,20 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// The members of `fed` whose credentials are in Secret `secret`.
+fn members_using<'a>(fed: &'a MeshFederation, secret: &'a str) -> impl Iterator<Item = &'a str> {
+    fed.spec
+        .members
+        .iter()
+        .filter(move |m| {
+            m.credentials
+                .secret_ref
+                .as_ref()
+                .is_some_and(|r| r.name == secret)
+        })
+        .map(|m| m.name.as_str())
+}
+
 fn uses_secret(fed: &MeshFederation, secret: &str) -> bool {
     let spec = &fed.spec;
     let root = spec
@@ -304,12 +337,7 @@ fn uses_secret(fed: &MeshFederation, secret: &str) -> bool {
         .map(|r| r.name.as_str());
     root == Some(secret)
         || root::is_generated_root(&fed.name_any(), secret)
-        || spec.members.iter().any(|m| {
-            m.credentials
-                .secret_ref
-                .as_ref()
-                .is_some_and(|r| r.name == secret)
-        })
+        || members_using(fed, secret).next().is_some()
 }
 
 async fn reconcile(fed: Arc<MeshFederation>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -430,15 +458,19 @@ async fn converge(fed: &Arc<MeshFederation>, ctx: &Arc<Context>) -> Result<Actio
     ctx.workers.retain(&name, &members);
     ctx.watches.retain(&name, &members);
     let runs = ctx.workers.runs(&name);
-    // Every member in the spec reached `target` (unreachable ones hold a
-    // root rotation where it is).
-    let reached = |target: &str| {
-        spec.members.iter().all(|m| {
-            runs.get(&m.name)
-                .is_some_and(|r| r.report.ca_reached.as_deref() == Some(target))
-        })
+    // Where the members in the spec stand on `target`. A member this process
+    // has not heard from (just started, or unreachable since) holds the
+    // phase without restarting its wait.
+    let progress = |target: &str| {
+        rotation::Progress::of(spec.members.iter().map(|m| match runs.get(&m.name) {
+            Some(r) if r.report.ca_reached.as_deref() == Some(target) => {
+                rotation::Progress::Reached
+            }
+            Some(r) if r.report.unreachable.is_none() => rotation::Progress::Behind,
+            _ => rotation::Progress::Unknown,
+        }))
     };
-    let ca = root::prepare_ca(&ctx.client, &ctx.settings.namespace, fed, now, reached).await;
+    let ca = root::prepare_ca(&ctx.client, &ctx.settings.namespace, fed, now, progress).await;
 
     // Failover: who is healthy, and whom peers must not see.
     let health: BTreeMap<String, Option<failover::Health>> = spec
@@ -480,38 +512,47 @@ async fn converge(fed: &Arc<MeshFederation>, ctx: &Arc<Context>) -> Result<Actio
         }));
     }
 
+    if let Ok(ca) = &ca {
+        events.extend(ca.events.iter().map(|(reason, message)| {
+            if *reason == "RootLost" {
+                Event::warning(reason, message.clone())
+            } else {
+                Event::normal(reason, message.clone())
+            }
+        }));
+    }
+    // Every member's worker runs whatever the CA's state: a root Secret
+    // briefly missing leaves `cacerts` alone but never stops membership,
+    // remote secrets or failover.
+    let resync = ctx.due_for_resync(&name);
+    for member in &spec.members {
+        let input = worker::Input {
+            fed: fed.clone(),
+            ca: ca
+                .as_ref()
+                .map(|ca| ca.material.clone())
+                .map_err(Clone::clone),
+            member: member.clone(),
+            withdrawn: withdrawn.clone(),
+            plan: rollout
+                .as_ref()
+                .and_then(|r| r.plans.get(&member.name).cloned())
+                .unwrap_or_else(upgrade::MemberPlan::observe_only),
+        };
+        ctx.workers.ensure(ctx, input, resync);
+    }
     let root_status = match &ca {
-        Ok(ca) => {
-            events.extend(ca.events.iter().map(|(reason, message)| {
-                let warning = *reason == "RootLost";
-                if warning {
-                    Event::warning(reason, message.clone())
-                } else {
-                    Event::normal(reason, message.clone())
-                }
-            }));
-            let resync = ctx.due_for_resync(&name);
-            for member in &spec.members {
-                let input = worker::Input {
-                    fed: fed.clone(),
-                    ca: ca.material.clone(),
-                    member: member.clone(),
-                    withdrawn: withdrawn.clone(),
-                    plan: rollout
-                        .as_ref()
-                        .and_then(|r| r.plans.get(&member.name).cloned())
-                        .unwrap_or_else(upgrade::MemberPlan::observe_only),
-                };
-                ctx.workers.ensure(ctx, input, resync);
-            }
-            match &ca.root_status {
-                Some(info) => Ok(CertificateStatus {
-                    serial: info.serial.clone(),
-                    not_after: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(info.not_after),
-                }),
-                None => Err("the signing root's key is gone (lost); existing intermediates stay until the rotation to its replacement signs with the new root".to_string()),
-            }
-        }
+        Ok(ca) => match &ca.material.signing {
+            Ok(root) => Ok(CertificateStatus {
+                serial: root.info().serial.clone(),
+                not_after: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                    root.info().not_after,
+                ),
+            }),
+            Err(why) => Err(format!(
+                "{why}; existing intermediates stay, and new ones wait for the rotation's next signer"
+            )),
+        },
         Err(e) => Err(e.clone()),
     };
     let ca_status = ca.as_ref().ok().map(|ca| {

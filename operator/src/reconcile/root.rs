@@ -15,7 +15,7 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use super::membership;
 use super::rotation::{self, CaRecord, Periods, RootRef, Step};
 use crate::api::{MeshFederation, defaults};
-use crate::pki::{CertInfo, RootCa};
+use crate::pki::RootCa;
 use crate::render::{is_ours, managed_labels};
 
 const CERT_KEY: &str = "tls.crt";
@@ -52,9 +52,13 @@ pub fn is_generated_root(federation: &str, secret: &str) -> bool {
 /// What members are given: the key that signs intermediates and the trust
 /// bundle, for the current phase of the root's life.
 pub struct CaMaterial {
-    /// `None` when the signing root's key is gone (a lost root, until its
-    /// replacement signs): existing intermediates stay, none is issued.
-    pub signing: Option<RootCa>,
+    /// The key of the target's signing root, or why it cannot be had (a lost
+    /// root, a root Secret replaced in place): existing intermediates stay,
+    /// none is issued.
+    pub signing: Result<RootCa, String>,
+    /// The root (PEM) every member's intermediate must chain to for the
+    /// target: a member whose chain ends elsewhere has not reached it.
+    pub signer_pem: String,
     pub trust_bundle_pem: String,
     /// The target's id ([`rotation::Target::id`]): what members report.
     pub target_id: String,
@@ -67,8 +71,6 @@ pub struct Ca {
     pub record: CaRecord,
     /// (reason, message) of Events to publish.
     pub events: Vec<(&'static str, String)>,
-    /// The signing root, for `status.root`.
-    pub root_status: Option<CertInfo>,
 }
 
 fn record_name(federation: &str) -> String {
@@ -93,15 +95,15 @@ async fn load_record(
 }
 
 /// Loads the root the spec asks for, creating a generated one where there
-/// is none, starts or moves on a rotation (`all_done(id)`: every member
-/// reached target `id`), and records where it stands before anything in a
+/// is none, starts or moves on a rotation (`progress(id)`: where the members
+/// stand on target `id`), and records where it stands before anything in a
 /// member changes. Errors are sentences for a status condition.
 pub async fn prepare_ca(
     client: &Client,
     namespace: &str,
     fed: &MeshFederation,
     now: Timestamp,
-    all_done: impl Fn(&str) -> bool,
+    progress: impl Fn(&str) -> rotation::Progress,
 ) -> Result<Ca, String> {
     let federation = fed.name_any();
     let spec = fed.spec.ca();
@@ -240,7 +242,7 @@ pub async fn prepare_ca(
     let (propagation, drain) = spec.rotation_periods();
     let periods = Periods { propagation, drain };
     let mut retired = None;
-    match record.advance(all_done(&target_id), periods, now) {
+    match record.advance(progress(&target_id), periods, now) {
         Some(Step::Entered(phase)) => events.push((
             "RootRotationPhase",
             format!(
@@ -277,25 +279,55 @@ pub async fn prepare_ca(
     }
 
     let target = record.target();
-    let signing = match &target.signing.secret {
-        Some(name) if Some(name) == desired_ref.secret.as_ref() => Some(desired_root),
-        Some(name) => match api.get_opt(name).await {
-            Ok(Some(secret)) => root_from_secret(&secret, now).ok(),
-            _ => None,
-        },
-        None => None,
-    };
+    let signing = signing_root(&api, target.signing, &desired_ref, desired_root, now).await;
     let material = CaMaterial {
         signing,
+        signer_pem: target.signing.cert_pem.clone(),
         trust_bundle_pem: target.bundle_pem(),
         target_id: target.id(),
     };
     Ok(Ca {
-        root_status: material.signing.as_ref().map(|r| r.info().clone()),
         material: Arc::new(material),
         record: record.clone(),
         events,
     })
+}
+
+/// The key that signs for the target, picked by certificate: a Secret's
+/// name does not stand for its content (cert-manager renews a CA Secret in
+/// place), and signing with a root some members do not trust yet would
+/// break their chains. Errors say why there is none.
+async fn signing_root(
+    api: &Api<Secret>,
+    signer: &RootRef,
+    desired: &RootRef,
+    desired_root: RootCa,
+    now: Timestamp,
+) -> Result<RootCa, String> {
+    let namespace = api.namespace().unwrap_or_default();
+    let serial = crate::pki::inspect(&signer.cert_pem).map_or_else(|_| "?".into(), |i| i.serial);
+    let Some(name) = &signer.secret else {
+        return Err(format!(
+            "the key of signing root {serial} is gone (its Secret was lost)"
+        ));
+    };
+    let root = if Some(name) == desired.secret.as_ref() {
+        desired_root
+    } else {
+        let secret = api
+            .get_opt(name)
+            .await
+            .map_err(|e| format!("reading root Secret {namespace}/{name}: {e}"))?
+            .ok_or_else(|| format!("root Secret {namespace}/{name}, which holds the key of signing root {serial}, is gone"))?;
+        root_from_secret(&secret, now)
+            .map_err(|e| format!("root Secret {namespace}/{name}: {e}"))?
+    };
+    if !rotation::same_root(&root.anchor_pem(), &signer.cert_pem) {
+        return Err(format!(
+            "root Secret {namespace}/{name} no longer holds the key of signing root {serial} (it was replaced in place); the phase cannot sign with the new root before every member trusts it"
+        ));
+    }
+    Ok(root)
 }
 
 /// The record's view of `root`: the root it chains to (what members
@@ -338,11 +370,42 @@ async fn create_generated(
     // Create, never apply: two racing reconciles must not mint two roots.
     match api.create(&PostParams::default(), &secret).await {
         Ok(_) => Ok(named(root, name)),
+        // Created by a racing reconcile, or by one whose record write failed
+        // afterwards: the record's next root is that one, if meshfed made it.
         Err(kube::Error::Api(e)) if e.code == 409 => {
-            Err("root CA created concurrently; retrying".into())
+            adopt_generated(api, federation, name, now).await
         }
         Err(e) => Err(format!("storing root Secret {name}: {e}")),
     }
+}
+
+/// The generated root already stored as `name` (this federation's, by its
+/// labels), taken as the next root instead of a new one.
+async fn adopt_generated(
+    api: &Api<Secret>,
+    federation: &str,
+    name: &str,
+    now: Timestamp,
+) -> Result<(RootRef, RootCa), String> {
+    let namespace = api.namespace().unwrap_or_default();
+    let secret = api
+        .get_opt(name)
+        .await
+        .map_err(|e| format!("reading root Secret {namespace}/{name}: {e}"))?
+        .ok_or_else(|| {
+            format!("root Secret {namespace}/{name} was created and deleted concurrently; retrying")
+        })?;
+    if !is_ours(&secret.metadata, federation) {
+        return Err(format!(
+            "Secret {namespace}/{name} exists and was not created by meshfed; delete or rename it, or point spec.ca.rootSecretRef at it"
+        ));
+    }
+    let root = root_from_secret(&secret, now).map_err(|e| {
+        format!(
+            "generated root Secret {namespace}/{name}: {e}; delete it and meshfed generates another"
+        )
+    })?;
+    Ok(named(root, name))
 }
 
 fn root_from_secret(secret: &Secret, now: Timestamp) -> Result<RootCa, String> {

@@ -145,6 +145,33 @@ impl Target<'_> {
     }
 }
 
+/// What the members said about the current target.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Progress {
+    /// Every member reported it reached the target.
+    Reached,
+    /// A member answered and has not reached it (it fell behind or joined).
+    Behind,
+    /// A member has not been heard from (the operator just started, or the
+    /// member cannot be reached): nothing about the phase changes, neither
+    /// its end nor its wait.
+    Unknown,
+}
+
+impl Progress {
+    /// Every member's progress together: one behind holds the phase, one
+    /// unknown holds everything.
+    pub fn of(members: impl IntoIterator<Item = Progress>) -> Progress {
+        members
+            .into_iter()
+            .fold(Progress::Reached, |all, m| match (all, m) {
+                (Progress::Behind, _) | (_, Progress::Behind) => Progress::Behind,
+                (Progress::Unknown, _) | (_, Progress::Unknown) => Progress::Unknown,
+                _ => Progress::Reached,
+            })
+    }
+}
+
 /// What [`CaRecord::advance`] did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Step {
@@ -212,13 +239,21 @@ impl CaRecord {
         true
     }
 
-    /// Moves the rotation on, given whether every member reached the
-    /// current target. `None`: nothing changed.
-    pub fn advance(&mut self, all_done: bool, periods: Periods, now: Timestamp) -> Option<Step> {
+    /// Moves the rotation on, given where the members stand on the current
+    /// target. `None`: nothing changed.
+    pub fn advance(
+        &mut self,
+        progress: Progress,
+        periods: Periods,
+        now: Timestamp,
+    ) -> Option<Step> {
         let rotation = self.rotation.as_mut()?;
-        if !all_done {
+        match progress {
             // A member fell behind (or joined): its wait starts again.
-            return rotation.settled_at.take().map(|_| Step::Unsettled);
+            Progress::Behind => return rotation.settled_at.take().map(|_| Step::Unsettled),
+            // Not knowing is not falling behind: a restart changes nothing.
+            Progress::Unknown => return None,
+            Progress::Reached => {}
         }
         let settled = *rotation.settled_at.get_or_insert(now);
         let ends = settled + signed(rotation.phase.wait(periods));
@@ -348,8 +383,8 @@ mod tests {
             seen.push(bundles(&record));
             signers.push(record.target().signing.clone());
             now += 1000;
-            record.advance(true, PERIODS, t(now));
-            record.advance(true, PERIODS, t(now + 1000));
+            record.advance(Progress::Reached, PERIODS, t(now));
+            record.advance(Progress::Reached, PERIODS, t(now + 1000));
             now += 1000;
         }
         seen.push(bundles(&record));
@@ -373,45 +408,98 @@ mod tests {
         let mut record = CaRecord::new(root("old"), None);
         record.start(root("new"), "test", t(0));
         assert_eq!(
-            record.advance(false, PERIODS, t(10)),
+            record.advance(Progress::Behind, PERIODS, t(10)),
             None,
             "a member holds it"
         );
         assert_eq!(
-            record.advance(true, PERIODS, t(20)),
+            record.advance(Progress::Reached, PERIODS, t(20)),
             Some(Step::Settled(t(80)))
         );
         assert_eq!(record.next_phase_at(PERIODS), Some(t(80)));
-        assert_eq!(record.advance(true, PERIODS, t(79)), None);
+        assert_eq!(record.advance(Progress::Reached, PERIODS, t(79)), None);
         // A member falls behind: the propagation wait starts again.
-        assert_eq!(record.advance(false, PERIODS, t(79)), Some(Step::Unsettled));
+        assert_eq!(
+            record.advance(Progress::Behind, PERIODS, t(79)),
+            Some(Step::Unsettled)
+        );
         assert_eq!(record.rotation.as_ref().unwrap().settled_at, None);
         assert_eq!(
-            record.advance(true, PERIODS, t(100)),
+            record.advance(Progress::Reached, PERIODS, t(100)),
             Some(Step::Settled(t(160)))
         );
         assert_eq!(
-            record.advance(true, PERIODS, t(160)),
+            record.advance(Progress::Reached, PERIODS, t(160)),
             Some(Step::Entered(Phase::SignWithNew))
         );
         assert_eq!(
-            record.advance(true, PERIODS, t(170)),
+            record.advance(Progress::Reached, PERIODS, t(170)),
             Some(Step::Entered(Phase::Drain)),
             "no wait after signing"
         );
         assert_eq!(
-            record.advance(true, PERIODS, t(171)),
+            record.advance(Progress::Reached, PERIODS, t(171)),
             Some(Step::Settled(t(771)))
         );
-        assert_eq!(record.advance(true, PERIODS, t(770)), None, "draining");
         assert_eq!(
-            record.advance(true, PERIODS, t(771)),
+            record.advance(Progress::Reached, PERIODS, t(770)),
+            None,
+            "draining"
+        );
+        assert_eq!(
+            record.advance(Progress::Reached, PERIODS, t(771)),
             Some(Step::Entered(Phase::TrustNew))
         );
-        assert_eq!(record.advance(false, PERIODS, t(800)), None);
-        assert_eq!(record.advance(true, PERIODS, t(801)), Some(Step::Finished));
+        assert_eq!(record.advance(Progress::Behind, PERIODS, t(800)), None);
+        assert_eq!(
+            record.advance(Progress::Reached, PERIODS, t(801)),
+            Some(Step::Finished)
+        );
         assert_eq!(record.rotation, None);
-        assert_eq!(record.advance(true, PERIODS, t(900)), None, "nothing runs");
+        assert_eq!(
+            record.advance(Progress::Reached, PERIODS, t(900)),
+            None,
+            "nothing runs"
+        );
+    }
+
+    #[test]
+    fn a_member_not_heard_from_neither_ends_nor_restarts_a_wait() {
+        let mut record = CaRecord::new(root("old"), None);
+        record.start(root("new"), "test", t(0));
+        assert_eq!(record.advance(Progress::Unknown, PERIODS, t(10)), None);
+        assert_eq!(
+            record.rotation.as_ref().unwrap().settled_at,
+            None,
+            "not settled by it"
+        );
+        record.advance(Progress::Reached, PERIODS, t(20));
+        // The operator restarts while the phase waits: its members are unknown.
+        assert_eq!(record.advance(Progress::Unknown, PERIODS, t(30)), None);
+        assert_eq!(
+            record.next_phase_at(PERIODS),
+            Some(t(80)),
+            "the wait goes on"
+        );
+        assert_eq!(
+            record.advance(Progress::Unknown, PERIODS, t(90)),
+            None,
+            "nor does it end the phase"
+        );
+        assert_eq!(
+            record.advance(Progress::Reached, PERIODS, t(91)),
+            Some(Step::Entered(Phase::SignWithNew))
+        );
+    }
+
+    #[test]
+    fn progress_of_the_fleet_is_held_by_its_slowest_member() {
+        use Progress::*;
+        assert_eq!(Progress::of([]), Reached);
+        assert_eq!(Progress::of([Reached, Reached]), Reached);
+        assert_eq!(Progress::of([Reached, Unknown]), Unknown);
+        assert_eq!(Progress::of([Unknown, Behind, Reached]), Behind);
+        assert_eq!(Progress::of([Behind, Unknown]), Behind);
     }
 
     #[test]
@@ -446,7 +534,7 @@ mod tests {
                 "{:?}",
                 record.rotation.as_ref().map(|r| r.phase)
             );
-            record.advance(true, PERIODS, t(now));
+            record.advance(Progress::Reached, PERIODS, t(now));
         }
         assert_eq!(CaRecord::from_data(&BTreeMap::new()), None);
     }
@@ -462,8 +550,8 @@ mod tests {
             record.target().bundle_pem(),
             format!("{}{}", root("old").cert_pem, root("new").cert_pem)
         );
-        record.advance(true, PERIODS, t(1));
-        record.advance(true, PERIODS, t(100));
+        record.advance(Progress::Reached, PERIODS, t(1));
+        record.advance(Progress::Reached, PERIODS, t(100));
         let signing = record.target().id();
         assert_ne!(both, signing, "same bundle, new signer");
     }

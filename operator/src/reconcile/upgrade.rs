@@ -76,9 +76,14 @@ pub struct Installed {
 }
 
 impl Installed {
+    /// Whether the member is at `revision`: its tags point there. Whether
+    /// that istiod is ready is its health (`ControlPlanesReady`), not a
+    /// rollout step: a member whose tag holder is briefly not ready (or
+    /// not ready yet after a fresh install) is not rolled out again, which
+    /// would render the holder a second time without its tags and delete
+    /// the injection webhooks while pods are admitted.
     fn at(&self, revision: &str) -> bool {
-        self.tags_at.as_deref() == Some(revision)
-            && self.revisions.get(revision).is_some_and(|r| r.ready)
+        self.tags_at.as_deref() == Some(revision) && self.revisions.contains_key(revision)
     }
 }
 
@@ -662,6 +667,54 @@ mod tests {
         }
         assert!(r.status.wave.is_empty());
         assert_eq!(r.status.phase, "RollingOut", "not ready yet");
+    }
+
+    #[test]
+    fn a_tag_holder_not_ready_is_left_as_it_is_never_rendered_twice() {
+        // Right after a fresh install, and after a finished rollout when
+        // istiod goes briefly not ready: the tags stay where they are.
+        let now = t("2026-01-01T00:00:00Z");
+        let s = settings("1.31", 1);
+        let done = RolloutStatus {
+            version: "1.31".into(),
+            revision: "1-31".into(),
+            phase: "Complete".into(),
+            updated: 3,
+            ..Default::default()
+        };
+        for previous in [None, Some(&done)] {
+            let observed = fleet(&[
+                ("a", at("1.31", false)),
+                ("b", at("1.31", true)),
+                ("c", with(at("1.31", false), "1.30", true)),
+            ]);
+            let r = plan(&s, &observed, previous, now);
+            for (m, p) in &r.plans {
+                let revisions: BTreeSet<&str> =
+                    p.apply.iter().map(|r| r.revision.as_str()).collect();
+                assert_eq!(
+                    revisions.len(),
+                    p.apply.len(),
+                    "{m}: one render per revision"
+                );
+                assert_eq!(
+                    p.apply[0],
+                    Render {
+                        revision: "1-31".into(),
+                        version: "1.31".into(),
+                        tags: true
+                    },
+                    "{m} keeps its tags"
+                );
+                assert!(
+                    matches!(p.phase, Phase::Current | Phase::RemovingOld),
+                    "{m}: {:?}",
+                    p.phase
+                );
+            }
+            assert!(r.status.wave.is_empty(), "not a rollout");
+            assert_eq!(r.status.updated, 3);
+        }
     }
 
     #[test]

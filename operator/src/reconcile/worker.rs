@@ -34,7 +34,9 @@ use crate::telemetry::RequestCount;
 #[derive(Clone)]
 pub struct Input {
     pub fed: Arc<MeshFederation>,
-    pub ca: Arc<CaMaterial>,
+    /// The CA material, or why the federation's CA cannot be prepared now:
+    /// then the member's `cacerts` is left alone and everything else goes on.
+    pub ca: Result<Arc<CaMaterial>, String>,
     pub member: Member,
     pub withdrawn: Arc<BTreeSet<String>>,
     /// What the member's control plane should be (Managed).
@@ -46,13 +48,22 @@ impl Input {
     /// entry or withdrawn set).
     fn differs(&self, other: &Input) -> bool {
         self.fed.metadata.generation != other.fed.metadata.generation
-            || self.ca.target_id != other.ca.target_id
-            || self.ca.signing.as_ref().map(|r| &r.info().serial)
-                != other.ca.signing.as_ref().map(|r| &r.info().serial)
+            || ca_fingerprint(&self.ca) != ca_fingerprint(&other.ca)
             || self.member != other.member
             || self.withdrawn != other.withdrawn
             || self.plan != other.plan
             || refresh_request(&self.fed) != refresh_request(&other.fed)
+    }
+}
+
+/// What of the CA material a member's work depends on.
+fn ca_fingerprint(ca: &Result<Arc<CaMaterial>, String>) -> Result<(&str, Option<&str>), &str> {
+    match ca {
+        Ok(ca) => Ok((
+            &ca.target_id,
+            ca.signing.as_ref().ok().map(|r| r.info().serial.as_str()),
+        )),
+        Err(why) => Err(why),
     }
 }
 
@@ -415,7 +426,7 @@ async fn run(ctx: &Arc<Context>, input: &Input) -> Outcome {
     };
     let timeout = ctx.settings.member_timeout;
     let workers = &ctx.workers;
-    let mut prepared = prepare_member(ctx, fed, member, &input.ca, &policy, now).await;
+    let mut prepared = prepare_member(ctx, fed, member, input.ca.as_deref(), &policy, now).await;
     if prepared.report.unreachable.is_some() {
         // What a member reached of a root rotation stays true while it
         // cannot be reached (meshfed alone writes its cacerts): it holds

@@ -1,0 +1,398 @@
+//! The CA's decisions rest on durable facts, on members without istiod
+//! (each phase is done once `cacerts` is). Through every event below, no
+//! member's intermediate ever chains to a root another member's bundle
+//! lacks, sampled every 100 ms:
+//!
+//! - the operator dies between creating the next root's Secret and
+//!   recording it: the restarted operator adopts that Secret (no second
+//!   root, no "created concurrently" forever);
+//! - the operator restarts every 5 s through a rotation whose waits are
+//!   longer than that: every restart leaves the waits running, and the
+//!   rotation ends within its waits plus two restarts plus its work;
+//! - the new root's Secret is deleted while a member is down in
+//!   SignWithNew: that member cannot re-issue, so it holds the phase, with
+//!   a reason, instead of counting as done on its bundle alone;
+//! - the user's root Secret is renewed in place (same name, new key and
+//!   certificate, as cert-manager does) while a member's API server hangs:
+//!   nothing signs with the new key before every member trusts it;
+//! - the root Secret is missing: membership and remote secrets go on (a
+//!   new member is claimed and wired to its peers);
+//! - a member's credentials Secret is swapped for another cluster's: the
+//!   member runs again at once, on the new credentials, not at the resync.
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, ensure};
+use e2e::cacerts::CacertsWatch;
+use e2e::mesh::*;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::{Api, Client};
+use meshfed::api::MeshFederation;
+use meshfed::pki::RootCa;
+
+const WAIT: Duration = Duration::from_secs(60);
+const RESTART_EVERY: Duration = Duration::from_secs(5);
+
+fn new_root() -> Result<RootCa> {
+    Ok(RootCa::generate(
+        "prod",
+        Default::default(),
+        Duration::from_secs(5 * 365 * 86400),
+        jiff::Timestamp::now(),
+    )?)
+}
+
+/// A root Secret in the operator's namespace, with `labels`.
+fn root_secret(name: &str, root: &RootCa, labels: BTreeMap<String, String>) -> Secret {
+    Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some(name.into()),
+            labels: Some(labels),
+            ..Default::default()
+        },
+        data: Some(
+            [("tls.crt", &root.cert_pem), ("tls.key", &root.key_pem)]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), ByteString(v.clone().into_bytes())))
+                .collect(),
+        ),
+        ..Default::default()
+    }
+}
+
+fn serial_of(root: &RootCa) -> String {
+    root.info().serial.clone()
+}
+
+async fn root_serial(host: &Client, secret: &str) -> Result<String> {
+    let s = Api::<Secret>::namespaced(host.clone(), OPERATOR_NAMESPACE)
+        .get(secret)
+        .await?;
+    let pem = String::from_utf8(s.data.context("no data")?["tls.crt"].0.clone())?;
+    Ok(meshfed::pki::inspect(&pem)?.serial)
+}
+
+async fn ca_status(host: &Client) -> Result<meshfed::api::CaStatus> {
+    Ok(Api::<MeshFederation>::all(host.clone())
+        .get("prod")
+        .await?
+        .status
+        .unwrap_or_default()
+        .ca
+        .unwrap_or_default())
+}
+
+fn finished_at(f: &MeshFederation, serial: &str) -> bool {
+    f.status
+        .as_ref()
+        .and_then(|s| s.ca.as_ref())
+        .is_some_and(|ca| ca.phase.is_none() && ca.roots.len() == 1 && ca.roots[0].serial == serial)
+}
+
+async fn patch_ca(host: &Client, ca: serde_json::Value) -> Result<()> {
+    Api::<MeshFederation>::all(host.clone())
+        .patch(
+            "prod",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"ca": ca}})),
+        )
+        .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_generated_root_rotation_survives_a_crash_restarts_and_a_lost_signer() -> Result<()> {
+    let bed = operator_bed(3, Duration::from_secs(2), Duration::from_secs(3)).await?;
+    let fleet = &bed.fleet;
+    let host = bed.host.clone();
+    let mut operator = Some(bed.operator);
+    let start = || {
+        start_operator(
+            fleet.cluster(0),
+            Duration::from_secs(2),
+            Duration::from_secs(3),
+        )
+    };
+    let clients: Vec<Client> = fleet.clusters().iter().map(|c| c.client()).collect();
+    let mut fed = federation(
+        "prod",
+        vec![
+            local_member(fleet.cluster(0), "net-a"),
+            member(fleet.cluster(1), "net-a"),
+            member(fleet.cluster(2), "net-b"),
+        ],
+    );
+    let (propagation, drain) = (Duration::from_secs(4), Duration::from_secs(12));
+    fed.spec.ca = Some(serde_json::from_value(serde_json::json!({
+        "rootRotation": {"propagationPeriod": "4s", "drainPeriod": "12s"}
+    }))?);
+    apply_federation(&host, &fed).await?;
+    wait_for_federation(&host, "prod", WAIT, "Ready", |f| {
+        has_condition(f, "Ready", "True")
+    })
+    .await?;
+    let first = root_serial(&host, "prod-root-ca").await?;
+    let watch = CacertsWatch::start(clients.clone());
+    poll(WAIT, "every member's cacerts seen", || async {
+        Ok(watch.members_seen() == 3)
+    })
+    .await?;
+    let secrets = Api::<Secret>::namespaced(host.clone(), OPERATOR_NAMESPACE);
+
+    // --- killed after creating the next root's Secret, before recording it
+    drop(operator.take());
+    let planted = new_root()?;
+    secrets
+        .create(
+            &PostParams::default(),
+            &root_secret(
+                "prod-root-ca-1",
+                &planted,
+                meshfed::render::managed_labels("prod"),
+            ),
+        )
+        .await?;
+    patch_ca(
+        &host,
+        serde_json::json!({"rootRotation": {"request": "r1"}}),
+    )
+    .await?;
+    operator = Some(start()?);
+
+    // --- restarted every 5 s, more often than the drain wait
+    let started = Instant::now();
+    let work = Duration::from_secs(20);
+    let bound = propagation + drain + 2 * RESTART_EVERY + work;
+    let mut restarts = 0;
+    loop {
+        let done = poll(RESTART_EVERY, "the rotation finished", || async {
+            Ok(finished_at(
+                &Api::<MeshFederation>::all(host.clone()).get("prod").await?,
+                &serial_of(&planted),
+            ))
+        })
+        .await;
+        if done.is_ok() {
+            break;
+        }
+        ensure!(
+            started.elapsed() < bound,
+            "with the operator restarted every {RESTART_EVERY:?} ({restarts} times), the rotation did not finish within {bound:?}: {:?}",
+            ca_status(&host).await?
+        );
+        drop(operator.take());
+        operator = Some(start()?);
+        restarts += 1;
+    }
+    eprintln!(
+        "FIGURE rotation with {restarts} restarts every {RESTART_EVERY:?}: {:?} (waits {:?})",
+        started.elapsed(),
+        propagation + drain
+    );
+    ensure!(
+        secrets.get_opt("prod-root-ca-2").await?.is_none(),
+        "the planted root was adopted, not replaced by another"
+    );
+    ensure!(
+        secrets.get_opt("prod-root-ca").await?.is_none(),
+        "the retired root's key is deleted"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    watch.expect_rotation(3, &first, &serial_of(&planted))?;
+    ensure!(watch.gaps().is_empty(), "trust gaps: {:#?}", watch.gaps());
+
+    // --- the new root's key lost while member 2 is down in SignWithNew
+    patch_ca(
+        &host,
+        serde_json::json!({"rootRotation": {"request": "r2", "propagationPeriod": "6s", "drainPeriod": "2s"}}),
+    )
+    .await?;
+    poll(WAIT, "a new root", || async {
+        Ok(secrets.get_opt("prod-root-ca-2").await?.is_some())
+    })
+    .await?;
+    let second = root_serial(&host, "prod-root-ca-2").await?;
+    poll(
+        WAIT,
+        "TrustBoth settled, heard from every member",
+        || async {
+            let ca = ca_status(&host).await?;
+            let heard = operator
+                .as_ref()
+                .unwrap()
+                .context
+                .last_reconcile("prod")
+                .is_some_and(|s| s.requests.len() == 3);
+            Ok(ca.phase.as_deref() == Some("TrustBoth") && ca.next_phase_at.is_some() && heard)
+        },
+    )
+    .await?;
+    fleet.cluster(2).pause_apiserver()?;
+    poll(WAIT, "members 0 and 1 signed by the new root", || async {
+        let latest = watch.latest();
+        Ok([0, 1]
+            .iter()
+            .all(|i| latest.get(i).is_some_and(|s| s.1 == second)))
+    })
+    .await?;
+    ensure!(ca_status(&host).await?.phase.as_deref() == Some("SignWithNew"));
+    secrets
+        .delete("prod-root-ca-2", &Default::default())
+        .await?;
+    fleet.cluster(2).resume_apiserver()?;
+    let member2 = fleet.cluster(2).name().to_string();
+    let held_since = Instant::now();
+    while held_since.elapsed() < Duration::from_secs(10) {
+        let ca = ca_status(&host).await?;
+        ensure!(
+            ca.phase.as_deref() == Some("SignWithNew") && ca.waiting_for == [member2.clone()],
+            "member 2 could not re-issue, so it holds SignWithNew: {ca:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let fed = Api::<MeshFederation>::all(host.clone()).get("prod").await?;
+    let error = fed
+        .status
+        .iter()
+        .flat_map(|s| s.members.iter())
+        .find(|m| m.name == member2)
+        .and_then(|m| m.last_error.clone())
+        .unwrap_or_default();
+    ensure!(
+        error.contains("does not chain to the signing root"),
+        "member 2 says why it holds the phase: {error:?}"
+    );
+    ensure!(watch.gaps().is_empty(), "trust gaps: {:#?}", watch.gaps());
+    drop(operator);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_root_renewed_in_place_or_missing_breaks_nothing_else() -> Result<()> {
+    let fleet = e2e::Fleet::start(3).await?;
+    let _logs = fleet.log_guard();
+    prepare_host(&fleet).await?;
+    let host = fleet.cluster(0).client();
+    // A long resync: what happens below must not wait for it.
+    let operator = start_operator(
+        fleet.cluster(0),
+        Duration::from_secs(60),
+        Duration::from_secs(3),
+    )?;
+    let secrets = Api::<Secret>::namespaced(host.clone(), OPERATOR_NAMESPACE);
+    let r1 = new_root()?;
+    secrets
+        .create(
+            &PostParams::default(),
+            &root_secret("own-root", &r1, BTreeMap::new()),
+        )
+        .await?;
+    let mut fed = federation(
+        "prod",
+        vec![
+            local_member(fleet.cluster(0), "net-a"),
+            member(fleet.cluster(1), "net-b"),
+        ],
+    );
+    fed.spec.ca = Some(serde_json::from_value(serde_json::json!({
+        "rootSecretRef": {"name": "own-root"},
+        "rootRotation": {"propagationPeriod": "2s", "drainPeriod": "2s"}
+    }))?);
+    apply_federation(&host, &fed).await?;
+    wait_for_federation(&host, "prod", WAIT, "Ready", |f| {
+        has_condition(f, "Ready", "True")
+    })
+    .await?;
+    let clients: Vec<Client> = fleet.clusters()[..2].iter().map(|c| c.client()).collect();
+    let watch = CacertsWatch::start(clients);
+    poll(WAIT, "every member's cacerts seen", || async {
+        Ok(watch.members_seen() == 2)
+    })
+    .await?;
+
+    // --- renewed in place while member 1's API server hangs for 20 s
+    fleet.cluster(1).pause_apiserver()?;
+    let paused = Instant::now();
+    let r2 = new_root()?;
+    let mut renewed = root_secret("own-root", &r2, BTreeMap::new());
+    renewed.metadata.resource_version = secrets.get("own-root").await?.metadata.resource_version;
+    secrets
+        .replace("own-root", &PostParams::default(), &renewed)
+        .await?;
+    poll(WAIT, "TrustBoth", || async {
+        Ok(ca_status(&host).await?.phase.as_deref() == Some("TrustBoth"))
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_secs(20).saturating_sub(paused.elapsed())).await;
+    fleet.cluster(1).resume_apiserver()?;
+    wait_for_federation(
+        &host,
+        "prod",
+        WAIT,
+        "the rotation to the renewed root",
+        |f| finished_at(f, &serial_of(&r2)),
+    )
+    .await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    ensure!(watch.gaps().is_empty(), "trust gaps: {:#?}", watch.gaps());
+    watch.expect_rotation(2, &serial_of(&r1), &serial_of(&r2))?;
+
+    // --- the root Secret missing: a new member still joins its peers
+    secrets.delete("own-root", &Default::default()).await?;
+    wait_for_federation(
+        &host,
+        "prod",
+        WAIT,
+        "CertificatesReady=False naming the Secret",
+        |f| {
+            condition(f, "CertificatesReady")
+                .is_some_and(|c| c.status == "False" && c.message.contains("own-root"))
+        },
+    )
+    .await?;
+    let newcomer = fleet.cluster(2);
+    fed.spec.members.push(member(newcomer, "net-c"));
+    apply_federation(&host, &fed).await?;
+    let remote_secret = format!("istio-remote-secret-{}", newcomer.name());
+    poll(
+        WAIT,
+        "the new member claimed and wired to its peers",
+        || async {
+            let claimed = Api::<ConfigMap>::namespaced(newcomer.client(), "istio-system")
+                .get_opt("meshfed-cluster-claim")
+                .await?
+                .is_some();
+            let wired = Api::<Secret>::namespaced(fleet.cluster(0).client(), "istio-system")
+                .get_opt(&remote_secret)
+                .await?
+                .is_some();
+            Ok(claimed && wired)
+        },
+    )
+    .await?;
+
+    // --- its credentials swapped for member 1's cluster: refused at once
+    let swapped = Instant::now();
+    store_kubeconfig(
+        &host,
+        &credentials_secret_name(newcomer),
+        fleet.cluster(1).kubeconfig_yaml(),
+    )
+    .await?;
+    wait_for_federation(
+        &host,
+        "prod",
+        Duration::from_secs(5),
+        "ClustersClaimed=False",
+        |f| condition(f, "ClustersClaimed").is_some_and(|c| c.status == "False"),
+    )
+    .await?;
+    eprintln!(
+        "FIGURE credentials swap noticed in {:?} (resync 60 s)",
+        swapped.elapsed()
+    );
+    drop(operator);
+    Ok(())
+}
