@@ -76,6 +76,9 @@ struct State {
     /// Clusters whose new istiods are not started (a fault: "cannot become
     /// Available").
     held: BTreeSet<usize>,
+    /// Clusters whose istiod pods are reported not ready whatever their
+    /// istiod says (a fault: "istiod briefly not ready").
+    unready: BTreeSet<usize>,
     /// Why a start failed, by key (retried every round).
     failures: BTreeMap<Key, String>,
 }
@@ -114,6 +117,17 @@ impl Bridge {
             state.held.insert(index);
         } else {
             state.held.remove(&index);
+        }
+    }
+
+    /// Reports every istiod pod in cluster `index` not ready (their
+    /// istiods keep running), or ready again as their istiods say.
+    pub fn unready(&self, index: usize, unready: bool) {
+        let mut state = self.state.lock().expect("bridge");
+        if unready {
+            state.unready.insert(index);
+        } else {
+            state.unready.remove(&index);
         }
     }
 
@@ -225,9 +239,12 @@ async fn round(
                 }
             });
         }
-        let istiod = state.lock().expect("bridge").running.get(&key).cloned();
+        let (istiod, forced) = {
+            let s = state.lock().expect("bridge");
+            (s.running.get(&key).cloned(), s.unready.contains(&index))
+        };
         let ready = match istiod {
-            Some(i) => i.is_ready().await,
+            Some(i) => !forced && i.is_ready().await,
             None => false,
         };
         set_pods_ready(cluster, d, ready).await?;

@@ -4,6 +4,7 @@
 pub mod bridge;
 pub mod cacerts;
 pub mod fleet;
+pub mod injection;
 pub mod istiod;
 pub mod mesh;
 pub mod workload;
