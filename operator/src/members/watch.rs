@@ -103,9 +103,10 @@ pub(crate) fn receiver_stream<T: Send + 'static>(
     })
 }
 
-/// Every kind meshfed owns in a member, watched by meshfed's labels, and the
-/// `kube-system` (its identity) and `istio-system` namespaces, metadata only:
-/// any change or deletion wakes the member's worker.
+/// Every kind meshfed owns in a member, watched by meshfed's labels, the
+/// `kube-system` (its identity) and `istio-system` namespaces, and istiod's
+/// `istio-ca-root-cert`, metadata only: any change or deletion wakes the
+/// member's worker.
 async fn watch_member(
     client: Client,
     member: (String, String),
@@ -132,6 +133,13 @@ async fn watch_member(
             &config,
         ),
     ];
+    // The roots the member's istiod distributes: a rotation phase is done in
+    // a member once istiod has rewritten them, which no other event marks.
+    let root_cert = watcher::Config::default().fields("metadata.name=istio-ca-root-cert");
+    streams.push(changes(
+        Api::<Meta<ConfigMap>>::namespaced(client.clone(), ns),
+        &root_cert,
+    ));
     // The cluster's identity, and the namespace everything meshfed owns is in.
     for ns in ["kube-system", ISTIO_NAMESPACE] {
         let by_name = watcher::Config::default().fields(&format!("metadata.name={ns}"));
