@@ -501,7 +501,27 @@ async fn converge(fed: &Arc<MeshFederation>, ctx: &Arc<Context>) -> Result<Actio
         .insert(name.clone(), tracker.clone());
     events.extend(failover_events(&decision, spec.withdrawal().as_ref()));
     let withdrawn = Arc::new(tracker.withdrawn_set());
-    let rollout = rollout(fed, &runs, now);
+    let recorded_rollout = load_rollout(ctx, fed).await?;
+    let rollout = rollout(fed, &runs, recorded_rollout.as_ref(), now);
+    // Where the rollout stands is on record before any member acts on it:
+    // a restart or a wiped status resumes it there (a pause goes on, a gate
+    // timeout keeps its start).
+    if let Some(r) = &rollout
+        && recorded_rollout.as_ref() != Some(&r.status)
+    {
+        let data = BTreeMap::from([(
+            "rollout".to_string(),
+            serde_json::to_string(&r.status).unwrap_or_default(),
+        )]);
+        membership::write_record(
+            &ctx.client,
+            &ctx.settings.namespace,
+            fed,
+            &rollout_record_name(&name),
+            data,
+        )
+        .await?;
+    }
     if let Some(r) = &rollout {
         events.extend(r.events.iter().map(|(reason, message, warning)| {
             if *warning {
@@ -694,11 +714,37 @@ async fn converge(fed: &Arc<MeshFederation>, ctx: &Arc<Context>) -> Result<Actio
     ))
 }
 
+/// `meshfed-rollout-<federation>` in the operator's namespace: where the
+/// control-plane rollout stands (its wave, when the wave began, when the
+/// last one finished, where it halted).
+fn rollout_record_name(federation: &str) -> String {
+    format!("meshfed-rollout-{federation}")
+}
+
+/// The rollout on record; before there was a record (a federation from
+/// before meshfed kept one), the rollout as its status last said.
+async fn load_rollout(
+    ctx: &Context,
+    fed: &MeshFederation,
+) -> Result<Option<crate::api::RolloutStatus>, Error> {
+    let record = Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(
+        ctx.client.clone(),
+        &ctx.settings.namespace,
+    )
+    .get_opt(&rollout_record_name(&fed.name_any()))
+    .await?;
+    let recorded = record
+        .and_then(|r| r.data?.get("rollout").cloned())
+        .and_then(|json| serde_json::from_str(&json).ok());
+    Ok(recorded.or_else(|| fed.status.as_ref()?.control_plane.clone()))
+}
+
 /// The control-plane rollout (Managed with a version): every member's plan
-/// from what its worker last found.
+/// from what its worker last found and where the rollout stood.
 fn rollout(
     fed: &MeshFederation,
     runs: &BTreeMap<String, worker::MemberRun>,
+    previous: Option<&crate::api::RolloutStatus>,
     now: Timestamp,
 ) -> Option<upgrade::Rollout> {
     let cp = fed.spec.control_plane.as_ref()?;
@@ -724,7 +770,6 @@ fn rollout(
             (m.name.clone(), installed)
         })
         .collect();
-    let previous = fed.status.as_ref().and_then(|s| s.control_plane.as_ref());
     Some(upgrade::plan(&settings, &observed, previous, now))
 }
 

@@ -215,8 +215,8 @@ fn add(t: Timestamp, d: Duration) -> Timestamp {
 }
 
 /// Decides every member's plan. `observed` holds what each member's worker
-/// last found (`None`: not reached yet); `previous` is the rollout status
-/// last written, the rollout's only memory.
+/// last found (`None`: not reached yet); `previous` is where the rollout
+/// stood, as last recorded (`meshfed-rollout-<federation>`).
 pub fn plan(
     settings: &Settings,
     observed: &BTreeMap<String, Option<Installed>>,

@@ -1,16 +1,23 @@
-//! Exactly one injection webhook serves `istio-injection=enabled` at every
-//! moment, whether the istiod holding the revision tags is ready or not,
-//! with the real istiod behind every istiod Deployment (the bridge):
+//! The control plane under ordinary events, with the real istiod behind
+//! every istiod Deployment (the bridge), on two members.
 //!
-//! 1. a fresh install whose istiod cannot become ready for 10 s (the
-//!    bridge holds it): the injector is created once and never pruned, and
-//!    no rollout wave starts (a first install is not a rollout);
+//! Exactly one injection webhook serves `istio-injection=enabled` at every
+//! moment, whether the istiod holding the revision tags is ready or not:
+//!
+//! 1. a fresh install (Istio 1.30) whose istiod cannot become ready for
+//!    10 s (the bridge holds it): the injector is created once and never
+//!    pruned, and no rollout wave starts (a first install is not a rollout);
 //! 2. after it, the tag-holding istiod reported not ready for 10 s: nothing
 //!    about injection changes.
 //!
 //! Sampled every 200 ms in the member; the default injector's UID never
 //! changes (deleted and re-created would be a window without injection:
 //! Istio's webhook fails closed, kwok's pods would be admitted bare).
+//!
+//! 3. An upgrade to 1.31 in waves of one with a long pause: once the first
+//!    wave finished, the federation's status is wiped; the pause goes on
+//!    (where the rollout stands is on record, not only in status), and the
+//!    second member keeps 1.30 until the pause is over.
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, ensure};
@@ -18,9 +25,12 @@ use e2e::bridge::{Bridge, bridged_control_plane};
 use e2e::injection::{injector_uid, injectors_for_enabled_namespace};
 use e2e::istiod::charts_dir;
 use e2e::mesh::*;
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::api::{Patch, PatchParams};
 use kube::{Api, Client};
 use meshfed::api::{MeshFederation, UpgradeSpec};
 use meshfed::reconcile::Settings;
+use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(120);
 const FAULT: Duration = Duration::from_secs(10);
@@ -59,10 +69,10 @@ async fn injection_holds(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn one_injection_webhook_whether_istiod_is_ready_or_not() -> Result<()> {
+async fn injection_and_rollouts_hold_through_ordinary_events() -> Result<()> {
     let fleet = e2e::Fleet::start(2).await?;
     let _logs = fleet.log_guard();
-    let charts = charts_dir(fleet.dir(), &["1.31"]).await?;
+    let charts = charts_dir(fleet.dir(), &["1.30", "1.31"]).await?;
     let bridge = Bridge::start(&fleet, &fleet.dir().join("bridge"));
     bridge.hold(1, true);
     let host = fleet.cluster(0).client();
@@ -77,7 +87,13 @@ async fn one_injection_webhook_whether_istiod_is_ready_or_not() -> Result<()> {
     let _operator = start_operator_with(fleet.cluster(0), settings)?;
     let member = fleet.cluster(1).client();
     let mut fed = federation("prod", members_of(&fleet, &["net-a", "net-a"]));
-    fed.spec.control_plane = Some(bridged_control_plane("1.31", UpgradeSpec::default()));
+    let upgrade = UpgradeSpec {
+        max_concurrent: Some(1),
+        pause: Some("60s".parse()?),
+        order: Some(vec![fleet.cluster(0).name().to_string()]),
+        ..Default::default()
+    };
+    fed.spec.control_plane = Some(bridged_control_plane("1.30", upgrade));
     apply_federation(&host, &fed).await?;
 
     // 1. A fresh install whose istiod is not ready yet.
@@ -109,5 +125,60 @@ async fn one_injection_webhook_whether_istiod_is_ready_or_not() -> Result<()> {
     eprintln!(
         "injection held: {fresh} samples on a fresh install, {unready} with istiod not ready"
     );
+
+    // 3. The status wiped during a rollout's pause.
+    let feds = Api::<MeshFederation>::all(host.clone());
+    feds.patch(
+        "prod",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"controlPlane": {"version": "1.31"}}})),
+    )
+    .await?;
+    wait_for_federation(
+        &host,
+        "prod",
+        WAIT,
+        "the first wave finished: paused",
+        |f| {
+            f.status
+                .as_ref()
+                .and_then(|s| s.control_plane.as_ref())
+                .is_some_and(|c| c.version == "1.31" && c.phase == "Paused")
+        },
+    )
+    .await?;
+    let tags = |f: &MeshFederation, i: usize| {
+        f.status
+            .as_ref()
+            .and_then(|s| s.members.get(i))
+            .and_then(|m| m.tags_revision.clone())
+    };
+    let fed = feds.get("prod").await?;
+    ensure!(
+        tags(&fed, 0).as_deref() == Some("1-31") && tags(&fed, 1).as_deref() == Some("1-30"),
+        "member 0 first: {:?}",
+        fed.status
+    );
+    feds.patch_status(
+        "prod",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": null})),
+    )
+    .await?;
+    let deployments = Api::<Deployment>::namespaced(member.clone(), "istio-system");
+    let wiped = Instant::now();
+    while wiped.elapsed() < FAULT {
+        let fed = feds.get("prod").await?;
+        let rollout = fed.status.as_ref().and_then(|s| s.control_plane.clone());
+        ensure!(
+            rollout.as_ref().is_none_or(|r| r.wave.is_empty()),
+            "the pause ended with the status: {rollout:?}"
+        );
+        ensure!(
+            deployments.get_opt("istiod-1-31").await?.is_none(),
+            "member 1 got 1.31 during the pause"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     Ok(())
 }
