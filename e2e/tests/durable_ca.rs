@@ -270,7 +270,8 @@ async fn a_generated_root_rotation_survives_a_crash_restarts_and_a_lost_signer()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_root_renewed_in_place_or_missing_breaks_nothing_else() -> Result<()> {
+async fn a_tampered_claim_or_a_root_renewed_in_place_or_missing_breaks_nothing_else() -> Result<()>
+{
     let fleet = e2e::Fleet::start(3).await?;
     let _logs = fleet.log_guard();
     prepare_host(&fleet).await?;
@@ -305,6 +306,72 @@ async fn a_root_renewed_in_place_or_missing_breaks_nothing_else() -> Result<()> 
         has_condition(f, "Ready", "True")
     })
     .await?;
+
+    // --- member 1's claim rewritten to name another federation
+    let member1 = fleet.cluster(1);
+    poll(WAIT, "member 1's cluster on record", || async {
+        let record = Api::<ConfigMap>::namespaced(host.clone(), OPERATOR_NAMESPACE)
+            .get_opt("meshfed-clusters-prod")
+            .await?;
+        Ok(record
+            .and_then(|r| r.data)
+            .is_some_and(|d| d.contains_key(member1.name())))
+    })
+    .await?;
+    let claims = Api::<ConfigMap>::namespaced(member1.client(), "istio-system");
+    let remote_secret = format!("istio-remote-secret-{}", member1.name());
+    let peer_secrets = Api::<Secret>::namespaced(fleet.cluster(0).client(), "istio-system");
+    let peer_secret_uid = peer_secrets.get(&remote_secret).await?.metadata.uid;
+    claims
+        .patch(
+            "meshfed-cluster-claim",
+            &PatchParams::default(),
+            &Patch::Merge(
+                serde_json::json!({"data": {"federation": "other", "member": "intruder"}}),
+            ),
+        )
+        .await?;
+    let tampered = Instant::now();
+    let mut repaired = None;
+    while tampered.elapsed() < Duration::from_secs(5) {
+        let claim = claims
+            .get("meshfed-cluster-claim")
+            .await?
+            .data
+            .unwrap_or_default();
+        if repaired.is_none() && claim.get("federation").map(String::as_str) == Some("prod") {
+            repaired = Some(tampered.elapsed());
+        }
+        let uid = peer_secrets
+            .get_opt(&remote_secret)
+            .await?
+            .and_then(|s| s.metadata.uid);
+        ensure!(
+            uid == peer_secret_uid,
+            "member 0's remote secret for member 1 was removed or replaced"
+        );
+        let fed = Api::<MeshFederation>::all(host.clone()).get("prod").await?;
+        ensure!(
+            condition(&fed, "ClustersClaimed").is_none_or(|c| c.status != "False"),
+            "the tampered claim was obeyed: {:?}",
+            condition(&fed, "ClustersClaimed")
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let repaired = repaired.context("the claim was not written back")?;
+    let events = Api::<k8s_openapi::api::events::v1::Event>::namespaced(host.clone(), "default")
+        .list(&Default::default())
+        .await?;
+    ensure!(
+        events
+            .items
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("ClaimRepaired")
+                && e.type_.as_deref() == Some("Warning")),
+        "a Warning Event says the claim was repaired"
+    );
+    eprintln!("FIGURE tampered claim written back in {repaired:?}");
+
     let clients: Vec<Client> = fleet.clusters()[..2].iter().map(|c| c.client()).collect();
     let watch = CacertsWatch::start(clients);
     poll(WAIT, "every member's cacerts seen", || async {

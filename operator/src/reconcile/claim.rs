@@ -15,9 +15,12 @@ use crate::render::{
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Claim {
     /// The cluster is this member's; `kinds` is what meshfed recorded applying.
+    /// `repaired`: the claim had been changed behind meshfed's back (what it
+    /// said), and was written back.
     Held {
         cluster_id: String,
         kinds: BTreeSet<String>,
+        repaired: Option<String>,
     },
     /// It belongs to another member or federation: why, naming the owner.
     Refused { cluster_id: String, why: String },
@@ -44,14 +47,20 @@ async fn recorded(
 }
 
 /// Claims the cluster behind `client` for `member` of `federation`, or says
-/// who holds it. `members` are the names in the federation's spec. Nothing
-/// but the claim itself (and `istio-system` with its network label, for a
-/// cluster nobody holds) is written before the claim is settled.
+/// who holds it. `members` are the names in the federation's spec;
+/// `held_cluster` is the cluster the member held, as the operator recorded
+/// it (a claim that contradicts that record was changed behind meshfed's
+/// back: it is written back, unless a federation of this operator really
+/// has the member it names). Nothing but the claim itself (and
+/// `istio-system` with its network label, for a cluster nobody holds) is
+/// written before the claim is settled.
 pub async fn claim_cluster(
     client: &Client,
+    operator: &Client,
     federation: &str,
     member: &crate::api::Member,
     members: &BTreeSet<String>,
+    held_cluster: Option<&str>,
 ) -> Result<Claim, kube::Error> {
     let mut me = ClusterClaim {
         federation: federation.into(),
@@ -67,8 +76,25 @@ pub async fn claim_cluster(
         // Kinds applied under an earlier name still need pruning.
         me.kinds = owner.map(|c| c.kinds.clone()).unwrap_or_default();
         let decision = judge_claim(live.as_ref().map(|(_, c)| c.as_ref()), &me, members);
+        let mut repaired = None;
         let written = match decision {
-            ClaimDecision::Hold => return Ok(held(&me)),
+            ClaimDecision::Hold => return Ok(held(&me, None)),
+            ClaimDecision::Refuse(_)
+                if held_cluster == Some(me.cluster_id.as_str())
+                    && !really_held(operator, owner).await? =>
+            {
+                repaired = Some(owner.map_or_else(
+                    || "an unreadable record".to_string(),
+                    |o| format!("member {} of federation {}", o.member, o.federation),
+                ));
+                let mut record = render_claim(&me);
+                record.metadata.resource_version = live
+                    .as_ref()
+                    .and_then(|(r, _)| r.metadata.resource_version.clone());
+                records
+                    .replace(CLAIM, &PostParams::default(), &record)
+                    .await
+            }
             ClaimDecision::Refuse(why) => {
                 return Ok(Claim::Refused {
                     cluster_id: me.cluster_id,
@@ -99,7 +125,7 @@ pub async fn claim_cluster(
             }
         };
         match written {
-            Ok(_) => return Ok(held(&me)),
+            Ok(_) => return Ok(held(&me, repaired)),
             Err(kube::Error::Api(e)) if e.code == 409 => live = recorded(&records).await?,
             Err(e) => return Err(e),
         }
@@ -111,11 +137,22 @@ pub async fn claim_cluster(
     ))
 }
 
-fn held(me: &ClusterClaim) -> Claim {
+fn held(me: &ClusterClaim, repaired: Option<String>) -> Claim {
     Claim::Held {
         cluster_id: me.cluster_id.clone(),
         kinds: me.kinds.clone(),
+        repaired,
     }
+}
+
+/// Whether the claim's owner is a member of a federation this operator
+/// runs: then it is a real claim, never overwritten.
+async fn really_held(operator: &Client, owner: Option<&ClusterClaim>) -> Result<bool, kube::Error> {
+    let Some(owner) = owner else { return Ok(false) };
+    let fed = Api::<crate::api::MeshFederation>::all(operator.clone())
+        .get_opt(&owner.federation)
+        .await?;
+    Ok(fed.is_some_and(|f| f.spec.member(&owner.member).is_some()))
 }
 
 /// Adds `kinds` to the kinds recorded in the cluster's claim (`recorded`),

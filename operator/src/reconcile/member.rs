@@ -54,6 +54,7 @@ pub async fn prepare_member(
     ca: Result<&CaMaterial, &String>,
     policy: &IntermediatePolicy,
     now: Timestamp,
+    held_cluster: Option<&str>,
 ) -> PreparedMember {
     let mut prepared = PreparedMember {
         name: member.name.clone(),
@@ -93,7 +94,16 @@ pub async fn prepare_member(
     if let Err(e) = &prepared.endpoint {
         prepared.report.other_problems.push(e.clone());
     }
-    let work = sync_member(&conn, fed, member, ca, policy, now, &mut prepared);
+    let input = SyncInput {
+        fed,
+        member,
+        ca,
+        policy,
+        now,
+        operator: &ctx.client,
+        held_cluster,
+    };
+    let work = sync_member(&conn, &input, &mut prepared);
     match tokio::time::timeout(ctx.settings.member_timeout, work).await {
         Ok(Ok(())) if prepared.report.claim_problem.is_some() => {
             // Reached, but its cluster is another member's: nothing is
@@ -380,23 +390,64 @@ pub fn unreachable_reason(e: &kube::Error) -> String {
     }
 }
 
+/// What one member's sync works from.
+#[derive(Clone, Copy)]
+struct SyncInput<'a> {
+    fed: &'a MeshFederation,
+    member: &'a Member,
+    ca: Result<&'a CaMaterial, &'a String>,
+    policy: &'a IntermediatePolicy,
+    now: Timestamp,
+    /// The operator's own cluster.
+    operator: &'a kube::Client,
+    /// The cluster the member held, on record (see [`claim_cluster`]).
+    held_cluster: Option<&'a str>,
+}
+
 async fn sync_member(
     conn: &MemberConnection,
-    fed: &MeshFederation,
-    member: &Member,
-    ca: Result<&CaMaterial, &String>,
-    policy: &IntermediatePolicy,
-    now: Timestamp,
+    input: &SyncInput<'_>,
     prepared: &mut PreparedMember,
 ) -> Result<(), kube::Error> {
+    let SyncInput {
+        fed,
+        member,
+        ca,
+        policy,
+        now,
+        operator,
+        held_cluster,
+    } = *input;
     let federation = fed.name_any();
     let client = conn.client.clone();
     let version = client.apiserver_version().await?;
     prepared.report.status.kubernetes_version = Some(version.git_version);
 
     let members = fed.spec.members.iter().map(|m| m.name.clone()).collect();
-    match claim_cluster(&client, &federation, member, &members).await? {
-        Claim::Held { cluster_id, kinds } => {
+    match claim_cluster(
+        &client,
+        operator,
+        &federation,
+        member,
+        &members,
+        held_cluster,
+    )
+    .await?
+    {
+        Claim::Held {
+            cluster_id,
+            kinds,
+            repaired,
+        } => {
+            if let Some(what) = repaired {
+                prepared.events.push(Event::warning(
+                    "ClaimRepaired",
+                    format!(
+                        "member {}: {ISTIO_NAMESPACE}/meshfed-cluster-claim in cluster {cluster_id} had been changed to name {what}, but this member holds the cluster (recorded in the operator's namespace); it was written back. Whoever can write ConfigMaps in {ISTIO_NAMESPACE} there did this",
+                        member.name
+                    ),
+                ));
+            }
             prepared.report.status.cluster_id = Some(cluster_id);
             prepared.recorded_kinds = kinds;
         }

@@ -120,6 +120,62 @@ pub async fn store(
     write_record(client, namespace, fed, &name, record_data(membership)).await
 }
 
+/// `meshfed-clusters-<federation>` in the operator's namespace: the cluster
+/// (its `kube-system` UID) each member held, so that a claim changed in the
+/// cluster behind meshfed's back is told from a real one.
+pub fn clusters_record_name(federation: &str) -> String {
+    format!("meshfed-clusters-{federation}")
+}
+
+/// Member name -> the cluster it held.
+pub type HeldClusters = BTreeMap<String, String>;
+
+/// The clusters on record (empty before the first is).
+pub async fn load_clusters(
+    client: &Client,
+    namespace: &str,
+    federation: &str,
+) -> Result<HeldClusters, kube::Error> {
+    let record = Api::<ConfigMap>::namespaced(client.clone(), namespace)
+        .get_opt(&clusters_record_name(federation))
+        .await?;
+    Ok(record.and_then(|r| r.data).unwrap_or_default())
+}
+
+/// The clusters to record: `recorded`, for members still on the membership
+/// record, updated with what members hold now (`(member, cluster)` of every
+/// member whose claim was just held).
+pub fn held_clusters<'a>(
+    recorded: &HeldClusters,
+    membership: &Membership,
+    held_now: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> HeldClusters {
+    let mut next: HeldClusters = recorded
+        .iter()
+        .filter(|(m, _)| membership.contains_key(*m))
+        .map(|(m, c)| (m.clone(), c.clone()))
+        .collect();
+    for (member, cluster) in held_now {
+        next.insert(member.to_string(), cluster.to_string());
+    }
+    next
+}
+
+/// Writes the clusters record when it changed.
+pub async fn store_clusters(
+    client: &Client,
+    namespace: &str,
+    fed: &MeshFederation,
+    recorded: &HeldClusters,
+    next: &HeldClusters,
+) -> Result<(), kube::Error> {
+    if recorded == next {
+        return Ok(());
+    }
+    let name = clusters_record_name(&fed.name_any());
+    write_record(client, namespace, fed, &name, next.clone()).await
+}
+
 /// Deletes the record once every member is cleaned up.
 pub async fn forget(client: &Client, namespace: &str, federation: &str) -> Result<(), kube::Error> {
     match Api::<ConfigMap>::namespaced(client.clone(), namespace)
@@ -135,6 +191,31 @@ pub async fn forget(client: &Client, namespace: &str, federation: &str) -> Resul
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_clusters_held_follow_the_claims_and_the_membership() {
+        let creds: MemberCredentials =
+            serde_json::from_value(serde_json::json!({"local": {}})).unwrap();
+        let membership = Membership::from([
+            ("a".to_string(), creds.clone()),
+            ("b".to_string(), creds.clone()),
+        ]);
+        let recorded = HeldClusters::from([
+            ("a".to_string(), "uid-a".to_string()),
+            ("gone".to_string(), "uid-g".to_string()),
+        ]);
+        let next = held_clusters(&recorded, &membership, [("b", "uid-b")]);
+        assert_eq!(
+            next,
+            HeldClusters::from([
+                ("a".to_string(), "uid-a".to_string()),
+                ("b".to_string(), "uid-b".to_string()),
+            ]),
+            "kept while on the membership record; a cleaned-up member forgotten"
+        );
+        let moved = held_clusters(&next, &membership, [("a", "uid-a2")]);
+        assert_eq!(moved["a"], "uid-a2", "credentials moved to another cluster");
+    }
     use crate::api::{KubeconfigSecretRef, Member, MeshFederationSpec};
 
     fn creds(secret: &str) -> MemberCredentials {

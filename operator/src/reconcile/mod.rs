@@ -544,6 +544,29 @@ async fn converge(fed: &Arc<MeshFederation>, ctx: &Arc<Context>) -> Result<Actio
     // Every member's worker runs whatever the CA's state: a root Secret
     // briefly missing leaves `cacerts` alone but never stops membership,
     // remote secrets or failover.
+    // Which cluster each member held, on record before it is relied on.
+    let held_before =
+        membership::load_clusters(&ctx.client, &ctx.settings.namespace, &name).await?;
+    let held = membership::held_clusters(
+        &held_before,
+        &membership,
+        runs.iter().filter_map(|(member, run)| {
+            let r = &run.report;
+            let held = r.claim_problem.is_none() && r.unreachable.is_none();
+            Some((
+                member.as_str(),
+                r.status.cluster_id.as_deref().filter(|_| held)?,
+            ))
+        }),
+    );
+    membership::store_clusters(
+        &ctx.client,
+        &ctx.settings.namespace,
+        fed,
+        &held_before,
+        &held,
+    )
+    .await?;
     let resync = ctx.due_for_resync(&name);
     for member in &spec.members {
         let input = worker::Input {
@@ -553,6 +576,7 @@ async fn converge(fed: &Arc<MeshFederation>, ctx: &Arc<Context>) -> Result<Actio
                 .map(|ca| ca.material.clone())
                 .map_err(Clone::clone),
             member: member.clone(),
+            held_cluster: held.get(&member.name).cloned(),
             withdrawn: withdrawn.clone(),
             plan: rollout
                 .as_ref()

@@ -38,6 +38,8 @@ pub struct Input {
     /// then the member's `cacerts` is left alone and everything else goes on.
     pub ca: Result<Arc<CaMaterial>, String>,
     pub member: Member,
+    /// The cluster the member held, on record (`meshfed-clusters-<federation>`).
+    pub held_cluster: Option<String>,
     pub withdrawn: Arc<BTreeSet<String>>,
     /// What the member's control plane should be (Managed).
     pub plan: MemberPlan,
@@ -50,6 +52,7 @@ impl Input {
         self.fed.metadata.generation != other.fed.metadata.generation
             || ca_fingerprint(&self.ca) != ca_fingerprint(&other.ca)
             || self.member != other.member
+            || self.held_cluster != other.held_cluster
             || self.withdrawn != other.withdrawn
             || self.plan != other.plan
             || refresh_request(&self.fed) != refresh_request(&other.fed)
@@ -426,7 +429,16 @@ async fn run(ctx: &Arc<Context>, input: &Input) -> Outcome {
     };
     let timeout = ctx.settings.member_timeout;
     let workers = &ctx.workers;
-    let mut prepared = prepare_member(ctx, fed, member, input.ca.as_deref(), &policy, now).await;
+    let mut prepared = prepare_member(
+        ctx,
+        fed,
+        member,
+        input.ca.as_deref(),
+        &policy,
+        now,
+        input.held_cluster.as_deref(),
+    )
+    .await;
     if prepared.report.unreachable.is_some() {
         // What a member reached of a root rotation stays true while it
         // cannot be reached (meshfed alone writes its cacerts): it holds
