@@ -67,6 +67,7 @@ async fn one_render_serves_every_member_exactly() -> Result<()> {
             for m in &members {
                 let substituted = renderer
                     .render(
+                        &format!("prod/{}/{chart:?}", m.name),
                         version,
                         chart,
                         &shared_values,
@@ -90,7 +91,14 @@ async fn one_render_serves_every_member_exactly() -> Result<()> {
                     east_west_gateway_values(&spec, m)
                 };
                 let direct = renderer
-                    .render(version, chart, &own_values, "v1.37.2", &[])
+                    .render(
+                        &format!("direct/{}", m.name),
+                        version,
+                        chart,
+                        &own_values,
+                        "v1.37.2",
+                        &[],
+                    )
                     .await?;
                 assert_eq!(
                     serde_json::to_value(&substituted)?,
@@ -126,9 +134,11 @@ async fn one_render_serves_every_member_exactly() -> Result<()> {
             ]
         })
         .collect();
+    let users: Vec<String> = names.iter().map(|n| format!("prod/{n}/istiod")).collect();
     let renders = substitutions
         .iter()
-        .map(|s| renderer.render("1.31", Chart::Istiod, &values, "v1.36.0", s));
+        .zip(&users)
+        .map(|(s, u)| renderer.render(u, "1.31", Chart::Istiod, &values, "v1.36.0", s));
     let all = futures::future::try_join_all(renders).await?;
     assert_eq!(renderer.helm_runs() - before, 1);
     assert_eq!(all.len(), 10);

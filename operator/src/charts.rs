@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use kube::api::DynamicObject;
 use serde_json::Value;
@@ -103,21 +104,72 @@ pub const NETWORK_PLACEHOLDER: &str = "meshfed-placeholder-network";
 /// one render (the values carry [`CLUSTER_PLACEHOLDER`] and
 /// [`NETWORK_PLACEHOLDER`], which each member's copy replaces). Concurrent
 /// callers of one render wait for a single helm run.
+///
+/// The cache holds only what is in use: each caller (a component of a
+/// member) uses one render at a time, and a render no caller uses any more
+/// (values edited, a version left behind) is dropped at once; a render
+/// nobody asked for in [`ChartRenderer::IDLE`] goes too (a member that
+/// left). A render holds megabytes (Istio's CRDs), so memory stays flat
+/// however often values change.
 pub struct ChartRenderer {
     helm: PathBuf,
     charts_dir: PathBuf,
-    cache: Mutex<HashMap<String, Arc<OnceCell<Vec<DynamicObject>>>>>,
+    cache: Mutex<RenderCache>,
+    idle: Duration,
     runs: AtomicU64,
 }
 
+type Rendered = Arc<OnceCell<Vec<DynamicObject>>>;
+
+#[derive(Default)]
+struct RenderCache {
+    /// Renders by key, with when each was last asked for.
+    renders: HashMap<String, (Rendered, Instant)>,
+    /// The render each caller used last.
+    users: HashMap<String, String>,
+}
+
+impl RenderCache {
+    /// The render for `key`, as `user` now uses it: what it used before is
+    /// dropped if nobody else uses it, and so is anything idle.
+    fn take(&mut self, user: &str, key: &str, now: Instant, idle: Duration) -> Rendered {
+        if let Some(before) = self.users.insert(user.to_string(), key.to_string())
+            && before != key
+            && !self.users.values().any(|k| *k == before)
+        {
+            self.renders.remove(&before);
+        }
+        self.renders
+            .retain(|k, (_, used)| k == key || now.duration_since(*used) < idle);
+        let renders = &self.renders;
+        self.users
+            .retain(|_, k| k == key || renders.contains_key(k));
+        let (render, used) = self
+            .renders
+            .entry(key.to_string())
+            .or_insert_with(|| (Rendered::default(), now));
+        *used = now;
+        render.clone()
+    }
+}
+
 impl ChartRenderer {
+    /// How long a render nobody asks for is kept.
+    pub const IDLE: Duration = Duration::from_secs(15 * 60);
+
     pub fn new(helm: PathBuf, charts_dir: PathBuf) -> Self {
         Self {
             helm,
             charts_dir,
             cache: Mutex::default(),
+            idle: Self::IDLE,
             runs: AtomicU64::new(0),
         }
+    }
+
+    /// How many renders are held.
+    pub fn cached(&self) -> usize {
+        self.cache.lock().expect("chart cache").renders.len()
     }
 
     /// How many times helm ran.
@@ -126,9 +178,11 @@ impl ChartRenderer {
     }
 
     /// The objects `chart` of Istio `version` renders to with `values`, with
-    /// each `(placeholder, value)` of `member` substituted.
+    /// each `(placeholder, value)` of `member` substituted, for `user` (one
+    /// component of one member: what it rendered before may be dropped).
     pub async fn render(
         &self,
+        user: &str,
         version: &str,
         chart: Chart,
         values: &Value,
@@ -143,13 +197,11 @@ impl ChartRenderer {
             ));
             format!("{:x}", h.finalize())
         };
-        let cell = self
-            .cache
-            .lock()
-            .expect("chart cache")
-            .entry(key)
-            .or_default()
-            .clone();
+        let cell =
+            self.cache
+                .lock()
+                .expect("chart cache")
+                .take(user, &key, Instant::now(), self.idle);
         let objects = cell
             .get_or_try_init(|| self.helm_template(version, chart, values, kube_version))
             .await?;
@@ -265,6 +317,32 @@ fn tempfile_with(content: &str) -> std::io::Result<TempFile> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_cache_holds_what_callers_use_now() {
+        let t0 = Instant::now();
+        let idle = Duration::from_secs(60);
+        let mut c = RenderCache::default();
+        c.take("prod/a/base", "v1", t0, idle);
+        c.take("prod/b/base", "v1", t0, idle);
+        for n in 0..200 {
+            c.take("prod/a/istiod", &format!("values-{n}"), t0, idle);
+        }
+        assert_eq!(c.renders.len(), 2, "200 edits: the last values only");
+        // One caller moves on; the render another still uses stays.
+        c.take("prod/a/base", "v2", t0, idle);
+        assert!(c.renders.contains_key("v1") && c.renders.contains_key("v2"));
+        c.take("prod/b/base", "v2", t0, idle);
+        assert!(!c.renders.contains_key("v1"), "nobody uses it");
+        // Asked for again within the idle time: the same render, not a new one.
+        let first = c.take("prod/a/base", "v2", t0, idle);
+        assert!(Arc::ptr_eq(&first, &c.take("prod/b/base", "v2", t0, idle)));
+        // A member that left: its render goes once idle.
+        let later = t0 + idle + Duration::from_secs(1);
+        c.take("prod/b/base", "v2", later, idle);
+        assert_eq!(c.renders.keys().collect::<Vec<_>>(), ["v2"]);
+        assert!(!c.users.contains_key("prod/a/istiod"));
+    }
 
     #[test]
     fn manifests_split_and_skip_empty_documents() {

@@ -36,6 +36,11 @@ struct Args {
     /// capped at this, so it bounds how late istiod's readiness is noticed.
     #[arg(long, default_value = "60s")]
     control_plane_resync: String,
+    /// After meshfed's control-plane run: edits of `spec.controlPlane.values`,
+    /// each waited for, with the operator's RSS after the first and the last
+    /// (each edit is a new chart render); 0 skips them.
+    #[arg(long, default_value_t = 200)]
+    values_edits: usize,
 }
 
 struct Figures {
@@ -57,7 +62,10 @@ async fn main() -> Result<()> {
     }
     let comparison = match args.control_plane {
         0 => None,
-        n => Some(compare_control_plane(&binary, n, &args.control_plane_resync).await?),
+        n => Some(
+            compare_control_plane(&binary, n, &args.control_plane_resync, args.values_edits)
+                .await?,
+        ),
     };
     let cores = std::thread::available_parallelism()?;
     if !rows.is_empty() {
@@ -178,6 +186,7 @@ struct Comparison {
     meshfed_reconciles: (u64, f64),
     /// The operator's peak RSS over the Managed-mode run.
     meshfed_peak_rss_mib: f64,
+    edits: Option<Edits>,
     manual: Duration,
     manual_commands: usize,
     /// (phase, seconds, commands) as manual-path.sh reports them.
@@ -228,11 +237,78 @@ impl Comparison {
             self.resync,
             self.members - 1
         );
+        if let Some(e) = &self.edits {
+            println!(
+                "meshfed operator RSS after {} spec.controlPlane.values edits ({:.0} s): \
+                 {:.1} MiB after the first, {:.1} MiB after the last ({:+.1} %)",
+                e.count,
+                e.took.as_secs_f64(),
+                e.rss_first_mib,
+                e.rss_last_mib,
+                (e.rss_last_mib / e.rss_first_mib - 1.0) * 100.0
+            );
+        }
     }
 }
 
+/// The operator's memory through edits of the control plane's values.
+struct Edits {
+    count: usize,
+    took: Duration,
+    rss_first_mib: f64,
+    rss_last_mib: f64,
+}
+
+/// Edits `spec.controlPlane.values` of `federation` `count` times, each
+/// waited for until every member worked from it (each is a chart render of
+/// its own), and reads the operator's RSS after the first and the last.
+async fn values_edits(
+    host: &kube::Client,
+    federation: &str,
+    operator: u32,
+    count: usize,
+) -> Result<Edits> {
+    let feds = kube::Api::<meshfed::api::MeshFederation>::all(host.clone());
+    let mib = || e2e::fleet::rss_bytes(operator) as f64 / (1024.0 * 1024.0);
+    let started = Instant::now();
+    let mut rss_first_mib = 0.0;
+    for n in 1..=count {
+        let edit = serde_json::json!({"spec": {"controlPlane": {"values": {"pilot": {"env": {"MESHFED_BENCH_EDIT": n.to_string()}}}}}});
+        let edited = feds
+            .patch(
+                federation,
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(&edit),
+            )
+            .await?;
+        let generation = edited.metadata.generation;
+        wait_for_federation(
+            host,
+            federation,
+            Duration::from_secs(60),
+            "the edit applied",
+            |f| f.status.as_ref().and_then(|s| s.observed_generation) == generation,
+        )
+        .await?;
+        if n == 1 {
+            rss_first_mib = mib();
+        }
+    }
+    Ok(Edits {
+        count,
+        took: started.elapsed(),
+        rss_first_mib,
+        rss_last_mib: mib(),
+    })
+}
+
 /// Times meshfed and the manual path, each on a fresh fleet of `n` clusters.
-async fn compare_control_plane(binary: &Path, n: usize, resync: &str) -> Result<Comparison> {
+async fn compare_control_plane(
+    binary: &Path,
+    n: usize,
+    resync: &str,
+    edits: usize,
+) -> Result<Comparison> {
     let chart_links = tempfile::tempdir()?;
     // One chart set for both paths: the operator's layout links to it.
     let (charts_dir, version) = istio_chart_set(chart_links.path()).await?;
@@ -266,8 +342,8 @@ async fn compare_control_plane(binary: &Path, n: usize, resync: &str) -> Result<
     quiet(Command::new("openssl").arg("version"))?;
 
     eprintln!(">> control plane, {n} members: meshfed");
-    let (meshfed, meshfed_reconciles, meshfed_peak_rss_mib) =
-        time_meshfed(binary, n, resync, &charts_dir, &version, &helm).await?;
+    let (meshfed, meshfed_reconciles, meshfed_peak_rss_mib, edits) =
+        time_meshfed(binary, n, resync, &charts_dir, &version, &helm, edits).await?;
     eprintln!(">> control plane, {n} members: manual path");
     let (manual, phases, manual_commands) =
         time_manual_path(n, &charts, &helm, &istioctl, &kubectl).await?;
@@ -277,6 +353,7 @@ async fn compare_control_plane(binary: &Path, n: usize, resync: &str) -> Result<
         meshfed,
         meshfed_reconciles,
         meshfed_peak_rss_mib,
+        edits,
         manual,
         manual_commands,
         phases,
@@ -315,7 +392,8 @@ async fn time_meshfed(
     charts_dir: &Path,
     version: &str,
     helm: &Path,
-) -> Result<(Duration, (u64, f64), f64)> {
+    edits: usize,
+) -> Result<(Duration, (u64, f64), f64, Option<Edits>)> {
     let fleet = Fleet::start(n).await?;
     let host = fleet.cluster(0).client();
     prepare_host(&fleet).await?;
@@ -385,7 +463,12 @@ async fn time_meshfed(
         })
         .await?;
         let peak_rss_mib = e2e::fleet::peak_rss_bytes(operator.id()) as f64 / (1024.0 * 1024.0);
-        Ok::<_, anyhow::Error>((elapsed, reconcile_work(metrics_addr).await?, peak_rss_mib))
+        let work = reconcile_work(metrics_addr).await?;
+        let edits = match edits {
+            0 => None,
+            n => Some(values_edits(&host, "bench-control-plane", operator.id(), n).await?),
+        };
+        Ok::<_, anyhow::Error>((elapsed, work, peak_rss_mib, edits))
     }
     .await;
     let _ = operator.kill();

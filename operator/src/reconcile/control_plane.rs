@@ -524,6 +524,7 @@ impl Apply<'_> {
                     .ctx
                     .charts
                     .render(
+                        &format!("{}/{}/{}", self.federation, self.cluster, step.component),
                         &step.version,
                         chart,
                         &step.values,
