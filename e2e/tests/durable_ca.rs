@@ -17,8 +17,9 @@
 //!   nothing signs with the new key before every member trusts it;
 //! - the root Secret is missing: membership and remote secrets go on (a
 //!   new member is claimed and wired to its peers);
-//! - a member's credentials Secret is swapped for another cluster's: the
-//!   member runs again at once, on the new credentials, not at the resync.
+//! - a member's credentials Secret is swapped for another cluster's while
+//!   the federation is Ready: the member runs again at once, on the new
+//!   credentials, not at the resync (60 s here).
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -440,7 +441,19 @@ async fn a_tampered_claim_or_a_root_renewed_in_place_or_missing_breaks_nothing_e
     )
     .await?;
 
-    // --- its credentials swapped for member 1's cluster: refused at once
+    // --- its credentials swapped for member 1's cluster while every member
+    // is Ready (no run is due before the 60 s resync): refused at once
+    secrets
+        .create(
+            &PostParams::default(),
+            &root_secret("own-root", &r2, BTreeMap::new()),
+        )
+        .await?;
+    wait_for_federation(&host, "prod", WAIT, "Ready with the root back", |f| {
+        has_condition(f, "Ready", "True")
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
     let swapped = Instant::now();
     store_kubeconfig(
         &host,
@@ -451,7 +464,7 @@ async fn a_tampered_claim_or_a_root_renewed_in_place_or_missing_breaks_nothing_e
     wait_for_federation(
         &host,
         "prod",
-        Duration::from_secs(5),
+        Duration::from_secs(3),
         "ClustersClaimed=False",
         |f| condition(f, "ClustersClaimed").is_some_and(|c| c.status == "False"),
     )
