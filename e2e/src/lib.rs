@@ -8,5 +8,6 @@ pub mod injection;
 pub mod istiod;
 pub mod mesh;
 pub mod workload;
+pub mod writes;
 
 pub use fleet::{Cluster, Fleet, FleetOptions, LogTailGuard};

@@ -3,6 +3,9 @@
 //! member's intermediate ever chains to a root another member's bundle
 //! lacks, sampled every 100 ms:
 //!
+//! - the operator restarts with a Ready federation: nothing is written in
+//!   any member (watched), no TokenRequest is made (the API servers' own
+//!   count), and `Ready` holds at every sample;
 //! - the operator dies between creating the next root's Secret and
 //!   recording it: the restarted operator adopts that Secret (no second
 //!   root, no "created concurrently" forever);
@@ -26,6 +29,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, ensure};
 use e2e::cacerts::CacertsWatch;
 use e2e::mesh::*;
+use e2e::writes::{Writes, token_requests};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::api::{Patch, PatchParams, PostParams};
@@ -141,6 +145,50 @@ async fn a_generated_root_rotation_survives_a_crash_restarts_and_a_lost_signer()
     })
     .await?;
     let secrets = Api::<Secret>::namespaced(host.clone(), OPERATOR_NAMESPACE);
+
+    // --- restarted with a Ready federation: nothing written in any member,
+    // no token minted, Ready at every sample
+    let writes = Writes::start(&clients);
+    poll(WAIT, "every write watch listed", || async {
+        Ok(writes.ready())
+    })
+    .await?;
+    let tokens_before = futures::future::try_join_all(clients.iter().map(token_requests)).await?;
+    drop(operator.take());
+    operator = Some(start()?);
+    let restarted = Instant::now();
+    let mut heard_at = None;
+    while heard_at.is_none_or(|t: Instant| t.elapsed() < Duration::from_secs(3)) {
+        let fed = Api::<MeshFederation>::all(host.clone()).get("prod").await?;
+        ensure!(
+            has_condition(&fed, "Ready", "True"),
+            "Ready held through the restart: {:?}",
+            fed.status.map(|s| s.conditions)
+        );
+        let heard = operator
+            .as_ref()
+            .unwrap()
+            .context
+            .last_reconcile("prod")
+            .is_some_and(|s| s.requests.len() == 3);
+        if heard && heard_at.is_none() {
+            heard_at = Some(Instant::now());
+        }
+        ensure!(
+            restarted.elapsed() < WAIT,
+            "the restarted operator never heard from every member"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let tokens_after = futures::future::try_join_all(clients.iter().map(token_requests)).await?;
+    ensure!(
+        writes.count() == 0 && tokens_after == tokens_before,
+        "a restart wrote {} objects in members and minted {:?} -> {:?} tokens",
+        writes.count(),
+        tokens_before,
+        tokens_after
+    );
+    drop(writes);
 
     // --- killed after creating the next root's Secret, before recording it
     drop(operator.take());

@@ -674,19 +674,30 @@ async fn converge(fed: &Arc<MeshFederation>, ctx: &Arc<Context>) -> Result<Actio
         .ok()
         .and_then(|ca| ca.record.active.secret.as_deref());
     let kept_secrets = kept_secrets(fed, &ctx.settings.namespace, active_root);
-    let status = build_status(
-        generation,
-        reports,
-        root_status,
-        status::FleetFacts {
-            withdrawal_held: decision.held.as_deref(),
-            kept_secrets: &kept_secrets,
-            ca: ca_status,
-            rollout: rollout.as_ref().map(|r| r.status.clone()),
-        },
-        previous,
-        now,
-    );
+    // A member the last status describes but this process has not heard
+    // from yet (it just started): that status stands until every such member
+    // reported, so a restart changes nothing users see.
+    let unheard = previous.filter(|p| {
+        spec.members
+            .iter()
+            .any(|m| !runs.contains_key(&m.name) && p.members.iter().any(|s| s.name == m.name))
+    });
+    let status = match unheard {
+        Some(last) => last.clone(),
+        None => build_status(
+            generation,
+            reports,
+            root_status,
+            status::FleetFacts {
+                withdrawal_held: decision.held.as_deref(),
+                kept_secrets: &kept_secrets,
+                ca: ca_status,
+                rollout: rollout.as_ref().map(|r| r.status.clone()),
+            },
+            previous,
+            now,
+        ),
+    };
     ctx.metrics.members(&name, previous, &status, now);
     let ready = status
         .conditions

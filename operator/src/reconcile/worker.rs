@@ -470,17 +470,15 @@ async fn run(ctx: &Arc<Context>, input: &Input) -> Outcome {
         refreshed_for: previous.refreshed_for.clone(),
         holds: previous.holds.clone(),
     };
-    // Tokens are minted when a peer asks for one, and once when this worker
-    // has none yet (a new member, or the operator just started): peers that
-    // need it then find it without asking, which saves a round on joining.
-    // In steady state none is minted. A forced refresh mints at once.
+    // Tokens are minted only when a peer asks for one (asking wakes this
+    // worker at once): not on a first run, so a restarted operator mints
+    // nothing while every remote secret is current. A forced refresh mints
+    // at once.
     let asked = workers.take_wanted(&federation, &member.name);
     let refresh_pending = tokens
         .refresh
         .is_some_and(|r| facts.refreshed_for.as_deref() != Some(r));
-    if (asked || facts.token.is_none() || refresh_pending)
-        && facts.usable_token(tokens, now).is_none()
-    {
+    if (asked || refresh_pending) && facts.usable_token(tokens, now).is_none() {
         match (&prepared.connection, &facts.reader) {
             (Some(conn), Ok(reader)) => {
                 let minted = tokio::time::timeout(
