@@ -20,6 +20,9 @@
 //!   nothing signs with the new key before every member trusts it;
 //! - the root Secret is missing: membership and remote secrets go on (a
 //!   new member is claimed and wired to its peers);
+//! - a member holding a `cacerts` meshfed did not create (nothing of it
+//!   chains to the federation's roots): a rotation does not wait for it,
+//!   names it in `status.ca.notWaitedFor`, and leaves its `cacerts` alone;
 //! - a member's credentials Secret is swapped for another cluster's while
 //!   the federation is Ready: the member runs again at once, on the new
 //!   credentials, not at the resync (60 s here).
@@ -522,5 +525,100 @@ async fn a_tampered_claim_or_a_root_renewed_in_place_or_missing_breaks_nothing_e
         swapped.elapsed()
     );
     drop(operator);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_with_a_foreign_cacerts_does_not_hold_a_rotation() -> Result<()> {
+    let bed = operator_bed(2, Duration::from_secs(2), Duration::from_secs(3)).await?;
+    let host = bed.host.clone();
+    let other = bed.fleet.cluster(1);
+    // Istio installed by hand there, with a CA of its own.
+    let own = new_root()?;
+    Api::<k8s_openapi::api::core::v1::Namespace>::all(other.client())
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(serde_json::json!({"metadata": {"name": "istio-system"}}))?,
+        )
+        .await?;
+    let cacerts: Secret = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "cacerts"},
+        "stringData": {
+            "ca-cert.pem": own.cert_pem, "ca-key.pem": own.key_pem,
+            "root-cert.pem": own.cert_pem, "cert-chain.pem": own.cert_pem,
+        },
+    }))?;
+    let foreign = Api::<Secret>::namespaced(other.client(), "istio-system");
+    foreign.create(&PostParams::default(), &cacerts).await?;
+    let before = foreign.get("cacerts").await?.data;
+    let mut fed = federation(
+        "prod",
+        vec![
+            local_member(bed.fleet.cluster(0), "net-a"),
+            member(other, "net-b"),
+        ],
+    );
+    fed.spec.ca = Some(serde_json::from_value(serde_json::json!({
+        "rootRotation": {"propagationPeriod": "1s", "drainPeriod": "1s"}
+    }))?);
+    apply_federation(&host, &fed).await?;
+    wait_for_federation(
+        &host,
+        "prod",
+        WAIT,
+        "member 1's foreign cacerts reported",
+        |f| {
+            condition(f, "CertificatesReady").is_some_and(|c| {
+                c.status == "False" && c.message.contains("not created by meshfed")
+            })
+        },
+    )
+    .await?;
+    let first = root_serial(&host, "prod-root-ca").await?;
+    patch_ca(
+        &host,
+        serde_json::json!({"rootRotation": {"request": "r1"}}),
+    )
+    .await?;
+    let mut named = false;
+    let finished = wait_for_federation(
+        &host,
+        "prod",
+        WAIT,
+        "the rotation finished without member 1",
+        |f| {
+            let ca = f
+                .status
+                .as_ref()
+                .and_then(|s| s.ca.clone())
+                .unwrap_or_default();
+            ca.phase.is_none() && ca.roots.len() == 1 && ca.roots[0].serial != first
+        },
+    );
+    let watching = async {
+        loop {
+            let ca = ca_status(&host).await?;
+            if ca.phase.is_some()
+                && ca.not_waited_for == [other.name().to_string()]
+                && ca.waiting_for.iter().all(|m| m != other.name())
+            {
+                named = true;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if named {
+                return anyhow::Ok(());
+            }
+        }
+    };
+    let (done, seen) = tokio::join!(finished, tokio::time::timeout(WAIT, watching));
+    done?;
+    ensure!(
+        seen.is_ok_and(|r| r.is_ok()),
+        "status.ca named member 1 as not waited for"
+    );
+    ensure!(
+        foreign.get("cacerts").await?.data == before,
+        "a cacerts meshfed did not create stays byte-identical"
+    );
     Ok(())
 }

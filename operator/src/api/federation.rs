@@ -623,6 +623,12 @@ pub struct CaStatus {
     /// Members that have not finished the current phase (they hold it).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub waiting_for: Vec<String>,
+    /// Members the rotation does not wait for: their cluster is another
+    /// member's, or they hold no intermediate of the federation (a cacerts
+    /// meshfed did not create, or none yet). They get an intermediate of the
+    /// phase they join in.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_waited_for: Vec<String>,
     /// When the phase's wait ends once every member finished it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_phase_at: Option<Time>,

@@ -460,14 +460,16 @@ async fn converge(fed: &Arc<MeshFederation>, ctx: &Arc<Context>) -> Result<Actio
     let runs = ctx.workers.runs(&name);
     // Where the members in the spec stand on `target`. A member this process
     // has not heard from (just started, or unreachable since) holds the
-    // phase without restarting its wait.
+    // phase without restarting its wait; one that holds nothing chaining to
+    // the federation's roots is not waited for.
     let progress = |target: &str| {
-        rotation::Progress::of(spec.members.iter().map(|m| match runs.get(&m.name) {
+        rotation::Progress::of(spec.members.iter().filter_map(|m| match runs.get(&m.name) {
+            Some(r) if !status::rotation_waits_for(&r.report) => None,
             Some(r) if r.report.ca_reached.as_deref() == Some(target) => {
-                rotation::Progress::Reached
+                Some(rotation::Progress::Reached)
             }
-            Some(r) if r.report.unreachable.is_none() => rotation::Progress::Behind,
-            _ => rotation::Progress::Unknown,
+            Some(r) if r.report.unreachable.is_none() => Some(rotation::Progress::Behind),
+            _ => Some(rotation::Progress::Unknown),
         }))
     };
     let ca = root::prepare_ca(&ctx.client, &ctx.settings.namespace, fed, now, progress).await;
@@ -675,12 +677,13 @@ async fn converge(fed: &Arc<MeshFederation>, ctx: &Arc<Context>) -> Result<Actio
         .and_then(|ca| ca.record.active.secret.as_deref());
     let kept_secrets = kept_secrets(fed, &ctx.settings.namespace, active_root);
     // A member the last status describes but this process has not heard
-    // from yet (it just started): that status stands until every such member
-    // reported, so a restart changes nothing users see.
+    // from yet, with every peer known (it just started): that status stands
+    // until each such member reported, so a restart changes nothing users see.
     let unheard = previous.filter(|p| {
-        spec.members
-            .iter()
-            .any(|m| !runs.contains_key(&m.name) && p.members.iter().any(|s| s.name == m.name))
+        spec.members.iter().any(|m| {
+            runs.get(&m.name).is_none_or(|r| !r.saw_every_peer)
+                && p.members.iter().any(|s| s.name == m.name)
+        })
     });
     let status = match unheard {
         Some(last) => last.clone(),

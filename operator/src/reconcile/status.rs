@@ -47,9 +47,21 @@ pub struct FleetFacts<'a> {
     pub rollout: Option<RolloutStatus>,
 }
 
+/// Whether a root rotation waits for the member of `report`: not when it
+/// answered and nothing of it chains to the federation's roots (its
+/// cluster is another member's, or it holds no intermediate of the
+/// federation: a `cacerts` meshfed did not create, or none yet, as after a
+/// lost root). Such a member gets an intermediate of the phase it joins
+/// in, so no peer is left with a chain its peers do not trust. A member
+/// that cannot be reached is waited for: what it holds is not known.
+pub fn rotation_waits_for(report: &MemberReport) -> bool {
+    report.unreachable.is_some()
+        || (report.claim_problem.is_none() && report.status.intermediate.is_some())
+}
+
 /// `status.ca`: the roots of the current target's bundle, and where a
 /// rotation stands (members in the spec that have not reached `target`
-/// hold it).
+/// hold it; members it does not wait for are named apart).
 pub fn ca_status(
     record: &CaRecord,
     target: &str,
@@ -79,8 +91,22 @@ pub fn ca_status(
                 .members
                 .iter()
                 .filter(|m| {
+                    runs.get(&m.name).is_none_or(|r| {
+                        rotation_waits_for(&r.report)
+                            && r.report.ca_reached.as_deref() != Some(target)
+                    })
+                })
+                .map(|m| m.name.clone())
+                .collect(),
+        },
+        not_waited_for: match rotation {
+            None => Vec::new(),
+            Some(_) => spec
+                .members
+                .iter()
+                .filter(|m| {
                     runs.get(&m.name)
-                        .is_none_or(|r| r.report.ca_reached.as_deref() != Some(target))
+                        .is_some_and(|r| !rotation_waits_for(&r.report))
                 })
                 .map(|m| m.name.clone())
                 .collect(),

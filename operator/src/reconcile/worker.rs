@@ -86,6 +86,10 @@ pub struct MemberRun {
     pub generation: Option<i64>,
     /// API requests the run sent to the member (none when it was not reached).
     pub requests: Option<RequestCount>,
+    /// Whether every member in the spec had published its facts when the
+    /// run planned the remote secrets: right after a start, a run before
+    /// its peers' first runs reports them "not reached yet".
+    pub saw_every_peer: bool,
 }
 
 /// Every worker of every federation, and what they share.
@@ -535,6 +539,13 @@ async fn run(ctx: &Arc<Context>, input: &Input) -> Outcome {
     if workers.publish(&federation, &member.name, facts) {
         workers.wake_peers(&federation, &member.name);
     }
+    let saw_every_peer = {
+        let published = workers.facts(&federation);
+        fed.spec
+            .members
+            .iter()
+            .all(|m| published.contains_key(&m.name))
+    };
 
     if let Some(conn) = prepared.connection.clone() {
         // Every member in the spec is a peer, published or not yet, unless
@@ -608,6 +619,7 @@ async fn run(ctx: &Arc<Context>, input: &Input) -> Outcome {
             report: prepared.report,
             generation: fed.metadata.generation,
             requests,
+            saw_every_peer,
         },
     );
     outcome
