@@ -74,6 +74,19 @@ impl CacertsWatch {
         CacertsWatch { seen, task }
     }
 
+    /// Starts watching, and waits until every member's `cacerts` was seen.
+    pub async fn start_seeing_all(clients: Vec<Client>) -> Result<Self> {
+        let n = clients.len();
+        let watch = Self::start(clients);
+        crate::mesh::poll(
+            Duration::from_secs(60),
+            "every member's cacerts seen",
+            || async { Ok(watch.members_seen() == n) },
+        )
+        .await?;
+        Ok(watch)
+    }
+
     /// How many members were seen so far.
     pub fn members_seen(&self) -> usize {
         self.seen.lock().unwrap().states.len()

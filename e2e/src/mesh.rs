@@ -308,6 +308,18 @@ pub async fn operator_bed(
     })
 }
 
+/// The operator's settings for Managed control planes in the test bed:
+/// Istio's charts from `charts_dir`, the pinned helm, a 2 s resync.
+pub async fn managed_settings(charts_dir: std::path::PathBuf) -> Result<Settings> {
+    Ok(Settings {
+        resync: Duration::from_secs(2),
+        member_timeout: Duration::from_secs(10),
+        helm: crate::istiod::helm().await?,
+        charts_dir,
+        ..Settings::new(OPERATOR_NAMESPACE)
+    })
+}
+
 /// Starts the operator with `host` as its own cluster and these settings.
 pub fn start_operator_with(host: &Cluster, settings: Settings) -> Result<RunningOperator> {
     let context = Context::new(host.client(), host.kube_config(), settings)?;

@@ -18,7 +18,6 @@ use meshfed::api::{
     ControlPlaneMode, ControlPlaneSpec, EastWestGatewaySpec, GatewayServiceType,
     IngressGatewaySpec, MeshFederation,
 };
-use meshfed::reconcile::Settings;
 use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(90);
@@ -51,13 +50,7 @@ async fn istio_charts_install_istiod_and_east_west_gateways() -> Result<()> {
     let (charts_dir, version) = istio_chart_set(fleet.dir()).await?;
     let host = fleet.cluster(0).client();
     prepare_host(&fleet).await?;
-    let settings = Settings {
-        resync: Duration::from_secs(2),
-        member_timeout: Duration::from_secs(10),
-        helm: e2e::istiod::helm().await?,
-        charts_dir,
-        ..Settings::new(OPERATOR_NAMESPACE)
-    };
+    let settings = managed_settings(charts_dir).await?;
     let operator = start_operator_with(fleet.cluster(0), settings)?;
     let mut fed = federation(
         "prod",

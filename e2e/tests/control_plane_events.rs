@@ -29,7 +29,6 @@ use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Client};
 use meshfed::api::{MeshFederation, UpgradeSpec};
-use meshfed::reconcile::Settings;
 use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(120);
@@ -77,13 +76,7 @@ async fn injection_and_rollouts_hold_through_ordinary_events() -> Result<()> {
     bridge.hold(1, true);
     let host = fleet.cluster(0).client();
     prepare_host(&fleet).await?;
-    let settings = Settings {
-        resync: Duration::from_secs(2),
-        member_timeout: Duration::from_secs(10),
-        helm: e2e::istiod::helm().await?,
-        charts_dir: charts,
-        ..Settings::new(OPERATOR_NAMESPACE)
-    };
+    let settings = managed_settings(charts).await?;
     let _operator = start_operator_with(fleet.cluster(0), settings)?;
     let member = fleet.cluster(1).client();
     let mut fed = federation("prod", members_of(&fleet, &["net-a", "net-a"]));

@@ -142,11 +142,7 @@ async fn a_generated_root_rotation_survives_a_crash_restarts_and_a_lost_signer()
     })
     .await?;
     let first = root_serial(&host, "prod-root-ca").await?;
-    let watch = CacertsWatch::start(clients.clone());
-    poll(WAIT, "every member's cacerts seen", || async {
-        Ok(watch.members_seen() == 3)
-    })
-    .await?;
+    let watch = CacertsWatch::start_seeing_all(clients.clone()).await?;
     let secrets = Api::<Secret>::namespaced(host.clone(), OPERATOR_NAMESPACE);
 
     // --- restarted with a Ready federation: nothing written in any member,
@@ -425,11 +421,7 @@ async fn a_tampered_claim_or_a_root_renewed_in_place_or_missing_breaks_nothing_e
     eprintln!("FIGURE tampered claim written back in {repaired:?}");
 
     let clients: Vec<Client> = fleet.clusters()[..2].iter().map(|c| c.client()).collect();
-    let watch = CacertsWatch::start(clients);
-    poll(WAIT, "every member's cacerts seen", || async {
-        Ok(watch.members_seen() == 2)
-    })
-    .await?;
+    let watch = CacertsWatch::start_seeing_all(clients).await?;
 
     // --- renewed in place while member 1's API server hangs for 20 s
     fleet.cluster(1).pause_apiserver()?;

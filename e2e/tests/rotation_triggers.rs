@@ -74,11 +74,7 @@ async fn lost_and_replaced_roots_rotate_through_every_phase() -> Result<()> {
     })
     .await?;
     let first = root_serial(&host, "prod-root-ca").await?;
-    let watch = CacertsWatch::start(clients.clone());
-    poll(WAIT, "both members seen", || async {
-        Ok(watch.members_seen() == 2)
-    })
-    .await?;
+    let watch = CacertsWatch::start_seeing_all(clients.clone()).await?;
 
     // --- the generated root's Secret is lost: never silently a new trust root
     let secrets = Api::<Secret>::namespaced(host.clone(), OPERATOR_NAMESPACE);

@@ -24,7 +24,6 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
 use kube::{Api, Client, ResourceExt};
 use meshfed::api::{ControlPlaneSpec, MeshFederation, UpgradeSpec, UpgradeStrategy};
-use meshfed::reconcile::Settings;
 
 const WAIT: Duration = Duration::from_secs(180);
 const GATE_TIMEOUT: Duration = Duration::from_secs(15);
@@ -196,13 +195,7 @@ async fn istio_upgrades_by_revision_in_waves_with_real_istiods() -> Result<()> {
     let bridge = Bridge::start(&fleet, &fleet.dir().join("bridge"));
     let host = fleet.cluster(0).client();
     prepare_host(&fleet).await?;
-    let settings = Settings {
-        resync: Duration::from_secs(2),
-        member_timeout: Duration::from_secs(10),
-        helm: e2e::istiod::helm().await?,
-        charts_dir: charts,
-        ..Settings::new(OPERATOR_NAMESPACE)
-    };
+    let settings = managed_settings(charts).await?;
     let _operator = start_operator_with(fleet.cluster(0), settings)?;
     let clients: Vec<Client> = fleet.clusters().iter().map(|c| c.client()).collect();
     let ids: Vec<String> = fleet

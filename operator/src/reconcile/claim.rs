@@ -87,13 +87,7 @@ pub async fn claim_cluster(
                     || "an unreadable record".to_string(),
                     |o| format!("member {} of federation {}", o.member, o.federation),
                 ));
-                let mut record = render_claim(&me);
-                record.metadata.resource_version = live
-                    .as_ref()
-                    .and_then(|(r, _)| r.metadata.resource_version.clone());
-                records
-                    .replace(CLAIM, &PostParams::default(), &record)
-                    .await
+                replace_claim(&records, &me, live.as_ref().map(|(r, _)| r)).await
             }
             ClaimDecision::Refuse(why) => {
                 return Ok(Claim::Refused {
@@ -114,14 +108,7 @@ pub async fn claim_cluster(
                     .await
             }
             ClaimDecision::TakeOver => {
-                let mut record = render_claim(&me);
-                // The resourceVersion read: a concurrent change fails with 409.
-                record.metadata.resource_version = live
-                    .as_ref()
-                    .and_then(|(r, _)| r.metadata.resource_version.clone());
-                records
-                    .replace(CLAIM, &PostParams::default(), &record)
-                    .await
+                replace_claim(&records, &me, live.as_ref().map(|(r, _)| r)).await
             }
         };
         match written {
@@ -135,6 +122,20 @@ pub async fn claim_cluster(
             .with_code(409)
             .boxed(),
     ))
+}
+
+/// Writes `me` over the claim `read`, at the resourceVersion read: a
+/// concurrent change fails with 409.
+async fn replace_claim(
+    records: &Api<ConfigMap>,
+    me: &ClusterClaim,
+    read: Option<&ConfigMap>,
+) -> Result<ConfigMap, kube::Error> {
+    let mut record = render_claim(me);
+    record.metadata.resource_version = read.and_then(|r| r.metadata.resource_version.clone());
+    records
+        .replace(CLAIM, &PostParams::default(), &record)
+        .await
 }
 
 fn held(me: &ClusterClaim, repaired: Option<String>) -> Claim {
