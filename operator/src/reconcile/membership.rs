@@ -120,6 +120,19 @@ pub async fn store(
     write_record(client, namespace, fed, &name, record_data(membership)).await
 }
 
+/// The data of record `name` in the operator's namespace, if it exists: the
+/// one reader of the records [`write_record`] writes.
+pub async fn read_record(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+) -> Result<Option<BTreeMap<String, String>>, kube::Error> {
+    let record = Api::<ConfigMap>::namespaced(client.clone(), namespace)
+        .get_opt(name)
+        .await?;
+    Ok(record.map(|r| r.data.unwrap_or_default()))
+}
+
 /// `meshfed-clusters-<federation>` in the operator's namespace: the cluster
 /// (its `kube-system` UID) each member held, so that a claim changed in the
 /// cluster behind meshfed's back is told from a real one.
@@ -136,10 +149,8 @@ pub async fn load_clusters(
     namespace: &str,
     federation: &str,
 ) -> Result<HeldClusters, kube::Error> {
-    let record = Api::<ConfigMap>::namespaced(client.clone(), namespace)
-        .get_opt(&clusters_record_name(federation))
-        .await?;
-    Ok(record.and_then(|r| r.data).unwrap_or_default())
+    let record = read_record(client, namespace, &clusters_record_name(federation)).await?;
+    Ok(record.unwrap_or_default())
 }
 
 /// The clusters to record: `recorded`, for members still on the membership
@@ -191,6 +202,7 @@ pub async fn forget(client: &Client, namespace: &str, federation: &str) -> Resul
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::{KubeconfigSecretRef, Member, MeshFederationSpec};
 
     #[test]
     fn the_clusters_held_follow_the_claims_and_the_membership() {
@@ -216,7 +228,6 @@ mod tests {
         let moved = held_clusters(&next, &membership, [("a", "uid-a2")]);
         assert_eq!(moved["a"], "uid-a2", "credentials moved to another cluster");
     }
-    use crate::api::{KubeconfigSecretRef, Member, MeshFederationSpec};
 
     fn creds(secret: &str) -> MemberCredentials {
         MemberCredentials {

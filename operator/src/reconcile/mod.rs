@@ -765,14 +765,14 @@ async fn load_rollout(
     ctx: &Context,
     fed: &MeshFederation,
 ) -> Result<Option<crate::api::RolloutStatus>, Error> {
-    let record = Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(
-        ctx.client.clone(),
+    let record = membership::read_record(
+        &ctx.client,
         &ctx.settings.namespace,
+        &rollout_record_name(&fed.name_any()),
     )
-    .get_opt(&rollout_record_name(&fed.name_any()))
     .await?;
     let recorded = record
-        .and_then(|r| r.data?.get("rollout").cloned())
+        .and_then(|data| data.get("rollout").cloned())
         .and_then(|json| serde_json::from_str(&json).ok());
     Ok(recorded.or_else(|| fed.status.as_ref()?.control_plane.clone()))
 }
