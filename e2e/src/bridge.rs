@@ -25,8 +25,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod};
-use kube::api::{ListParams, Patch, PatchParams};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
+use kube::api::ListParams;
 use kube::{Api, ResourceExt};
 use serde_json::json;
 
@@ -247,7 +247,7 @@ async fn round(
             Some(i) => !forced && i.is_ready().await,
             None => false,
         };
-        set_pods_ready(cluster, d, ready).await?;
+        crate::mesh::set_pods_ready(&cluster.client, d, ready).await?;
     }
     Ok(())
 }
@@ -302,62 +302,4 @@ async fn options_for(cluster: &ClusterAccess, d: &Deployment) -> Result<IstiodOp
         ("POD_NAME".into(), format!("{}-bridged", d.name_any())),
     ];
     Ok(options)
-}
-
-/// Sets Ready (and ContainersReady) on the Deployment's pods where it differs.
-async fn set_pods_ready(cluster: &ClusterAccess, d: &Deployment, ready: bool) -> Result<()> {
-    let selector = d
-        .spec
-        .as_ref()
-        .and_then(|s| s.selector.match_labels.as_ref())
-        .map(|l| {
-            l.iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect::<Vec<_>>()
-                .join(",")
-        })
-        .unwrap_or_default();
-    let pods = Api::<Pod>::namespaced(cluster.client.clone(), ISTIO_NAMESPACE);
-    let want = if ready { "True" } else { "False" };
-    for pod in pods
-        .list(&ListParams::default().labels(&selector))
-        .await?
-        .items
-    {
-        let status = pod.status.as_ref();
-        if status.and_then(|s| s.pod_ip.as_ref()).is_none() {
-            continue; // kwok has not started it yet
-        }
-        let current = status
-            .and_then(|s| s.conditions.as_ref())
-            .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
-            .map(|c| c.status.clone());
-        if current.as_deref() == Some(want) {
-            continue;
-        }
-        let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now());
-        let containers: Vec<serde_json::Value> = status
-            .and_then(|s| s.container_statuses.clone())
-            .unwrap_or_default()
-            .into_iter()
-            .map(|mut c| {
-                c.ready = ready;
-                serde_json::to_value(c).unwrap_or_default()
-            })
-            .collect();
-        let patch = json!({"status": {
-            "conditions": [
-                {"type": "Ready", "status": want, "lastTransitionTime": now},
-                {"type": "ContainersReady", "status": want, "lastTransitionTime": now},
-            ],
-            "containerStatuses": containers,
-        }});
-        pods.patch_status(
-            &pod.name_any(),
-            &PatchParams::default(),
-            &Patch::Strategic(&patch),
-        )
-        .await?;
-    }
-    Ok(())
 }

@@ -6,10 +6,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
 use k8s_openapi::ByteString;
-use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Patch, PatchParams, PostParams};
-use kube::{Api, Client};
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use kube::{Api, Client, ResourceExt};
 use meshfed::api::{
     ApiServerEndpoint, KubeconfigSecretRef, LocalCluster, Member, MemberCredentials,
     MeshFederation, MeshFederationSpec,
@@ -465,6 +466,82 @@ pub async fn relax_injection(client: &Client) -> Result<usize> {
             .await?;
     }
     Ok(found.len())
+}
+
+/// The pod annotation that keeps kwok from making a pod Ready again.
+pub const HELD_UNREADY: &str = "testbed.meshfed.io/held-unready";
+
+/// Sets Ready (and ContainersReady) on the Deployment's pods where it
+/// differs, as a kubelet would after a readiness probe. Not ready is held
+/// (annotation [`HELD_UNREADY`]) until set ready again: the test bed's kwok
+/// otherwise makes a running pod Ready again after a second.
+pub async fn set_pods_ready(client: &Client, d: &Deployment, ready: bool) -> Result<()> {
+    let selector = d
+        .spec
+        .as_ref()
+        .and_then(|s| s.selector.match_labels.as_ref())
+        .map(|l| {
+            l.iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .unwrap_or_default();
+    let pods = Api::<Pod>::namespaced(client.clone(), &d.namespace().unwrap_or_default());
+    let want = if ready { "True" } else { "False" };
+    for pod in pods
+        .list(&ListParams::default().labels(&selector))
+        .await?
+        .items
+    {
+        let status = pod.status.as_ref();
+        if status.and_then(|s| s.pod_ip.as_ref()).is_none() {
+            continue; // kwok has not started it yet
+        }
+        let current = status
+            .and_then(|s| s.conditions.as_ref())
+            .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
+            .map(|c| c.status.clone());
+        let held = pod.annotations().contains_key(HELD_UNREADY);
+        if held == ready {
+            let annotation = if ready { None } else { Some("true") };
+            let patch =
+                serde_json::json!({"metadata": {"annotations": {HELD_UNREADY: annotation}}});
+            pods.patch(
+                &pod.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await?;
+        }
+        if current.as_deref() == Some(want) {
+            continue;
+        }
+        let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now());
+        let containers: Vec<serde_json::Value> = status
+            .and_then(|s| s.container_statuses.clone())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|mut c| {
+                c.ready = ready;
+                serde_json::to_value(c).unwrap_or_default()
+            })
+            .collect();
+        let patch = serde_json::json!({"status": {
+            "conditions": [
+                {"type": "Ready", "status": want, "lastTransitionTime": now},
+                {"type": "ContainersReady", "status": want, "lastTransitionTime": now},
+            ],
+            "containerStatuses": containers,
+        }});
+        pods.patch_status(
+            &pod.name_any(),
+            &PatchParams::default(),
+            &Patch::Strategic(&patch),
+        )
+        .await?;
+    }
+    Ok(())
 }
 
 /// Path of the `meshfed-operator` binary, built (debug) if needed.

@@ -348,3 +348,137 @@ async fn a_dead_member_leaves_its_peers_view_and_comes_back() -> Result<()> {
     .await?;
     Ok(())
 }
+
+/// Member `gone`'s east-west gateway stops serving: withdrawn from its peers
+/// within grace + 5 s; an operator restart meanwhile restores nothing (the
+/// withdrawal is recorded, and a member once healthy is not taken for one
+/// still installing); the gateway back, it is restored within settle + 5 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_withdrawn_for_a_down_gateway_stays_withdrawn_across_a_restart() -> Result<()> {
+    use k8s_openapi::api::apps::v1::Deployment;
+    use meshfed::api::GatewayServiceType;
+
+    let fleet = Fleet::start(3).await?;
+    let _logs = fleet.log_guard();
+    let (charts_dir, version) = istio_chart_set(fleet.dir()).await?;
+    let clients: Vec<Client> = fleet.clusters().iter().map(|c| c.client()).collect();
+    let host = clients[0].clone();
+    prepare_host(&fleet).await?;
+    let start = || async {
+        start_operator_with(
+            fleet.cluster(0),
+            managed_settings(charts_dir.clone()).await?,
+        )
+    };
+    let mut operator = start().await?;
+    let mut fed = federation(
+        FED,
+        vec![
+            local_member(fleet.cluster(0), "net-a"),
+            member(fleet.cluster(1), "net-a"),
+            member(fleet.cluster(2), "net-b"),
+        ],
+    );
+    fed.spec.control_plane = Some(ControlPlaneSpec {
+        mode: ControlPlaneMode::Managed,
+        version: Some(version),
+        east_west_gateway: Some(EastWestGatewaySpec {
+            service_type: Some(GatewayServiceType::NodePort),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    fed.spec.failover = Some(FailoverSpec {
+        withdrawal: Some(WithdrawalSpec {
+            grace_period: Some(duration(GRACE)),
+            settle_period: Some(duration(SETTLE)),
+            probe_interval: Some(duration(Duration::from_secs(1))),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    apply_federation(&host, &fed).await?;
+    // kwok's istiods serve no injection, and the gateways' pods ask for it.
+    poll(WAIT, "gateways ready", || async {
+        for c in &clients {
+            relax_injection(c).await?;
+        }
+        let f = federation_now(&host).await?;
+        Ok(has_condition(&f, "Ready", "True") && has_condition(&f, "GatewaysReady", "True"))
+    })
+    .await?;
+    let gone = fleet.cluster(2).name().to_string();
+    let gateway = Api::<Deployment>::namespaced(clients[2].clone(), "istio-system")
+        .get("istio-eastwestgateway")
+        .await?;
+
+    // --- the gateway's pods not ready: withdrawn within grace + 5 s
+    set_pods_ready(&clients[2], &gateway, false).await?;
+    let down = Instant::now();
+    wait_for_federation(
+        &host,
+        FED,
+        GRACE + SLACK,
+        "withdrawn for its gateway",
+        |f| withdrawn(f) == [gone.clone()],
+    )
+    .await?;
+    for c in &clients[..2] {
+        poll(SLACK, "peers let it go", || async {
+            Ok(!holds_remote_secret(c, &gone).await?)
+        })
+        .await?;
+    }
+    eprintln!(
+        "FIGURE gateway down -> withdrawn: {:?} (grace {GRACE:?})",
+        down.elapsed()
+    );
+
+    // --- restarted while withdrawn, the gateway still down: it stays out
+    drop(operator);
+    operator = start().await?;
+    let restarted = Instant::now();
+    while restarted.elapsed() < SETTLE + SLACK {
+        let f = federation_now(&host).await?;
+        assert_eq!(withdrawn(&f), std::slice::from_ref(&gone), "{:?}", f.status);
+        for c in &clients[..2] {
+            assert!(
+                !holds_remote_secret(c, &gone).await?,
+                "restored after the restart with its gateway down"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let f = federation_now(&host).await?;
+    let member = f
+        .status
+        .iter()
+        .flat_map(|s| &s.members)
+        .find(|m| m.name == gone);
+    let health = member.and_then(|m| m.health.clone());
+    assert_eq!(
+        health.as_ref().map(|h| h.reason.as_str()),
+        Some("GatewayNotReady"),
+        "{health:?}"
+    );
+
+    // --- the gateway back: restored within settle + 5 s
+    set_pods_ready(&clients[2], &gateway, true).await?;
+    let up = Instant::now();
+    wait_for_federation(&host, FED, SETTLE + SLACK + GRACE, "restored", |f| {
+        withdrawn(f).is_empty()
+    })
+    .await?;
+    eprintln!(
+        "FIGURE gateway back -> restored: {:?} (settle {SETTLE:?})",
+        up.elapsed()
+    );
+    for c in &clients[..2] {
+        poll(WAIT, "peers hold its remote secret again", || async {
+            holds_remote_secret(c, &gone).await
+        })
+        .await?;
+    }
+    drop(operator);
+    Ok(())
+}
