@@ -257,8 +257,11 @@ pub struct RunningOperator {
 }
 
 impl Drop for RunningOperator {
+    /// A restart as a process exit is one: the workers stop too, even while
+    /// a test still holds a copy of the context.
     fn drop(&mut self) {
         self.task.abort();
+        self.context.stop_workers();
     }
 }
 

@@ -7,12 +7,15 @@
 //! sign with the new root (the rotation holds there until it returns).
 //! After each phase, what the istiods serve is checked, not what the Secrets
 //! hold: the roots in their `istio-ca-root-cert` ConfigMaps and in their
-//! `CreateCertificate` responses.
+//! `CreateCertificate` responses. Last, the user's CA Secret is renewed in
+//! place (same name, new self-signed key) while a member's API server hangs
+//! 20 s: a full rotation, no trust gap in any `cacerts`, no failed handshake.
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, ensure};
+use e2e::cacerts::CacertsWatch;
 use e2e::istiod::install_base_crds;
 use e2e::mesh::*;
 use e2e::workload::{MemberWorkload, Sampler, distributed_roots, istiod_fleet};
@@ -383,22 +386,73 @@ async fn a_root_rotation_never_fails_a_handshake() -> Result<()> {
         "a new signing intermediate starts no rotation: {:?}",
         status.ca
     );
-    tokio::time::sleep(WORKLOAD_TTL).await;
-    let (total, failures) = sampler.finish().await?;
-    eprintln!(
-        "root rotation: phases {phases:?}; timeline {timeline:?} ({first_rotation:?} to every istiod serving the new root); to an offline root in {to_offline:?}; {total} handshakes, failures: {failures:#?}"
-    );
-    ensure!(
-        phases == ["TrustBoth", "SignWithNew", "Drain", "TrustNew"],
-        "{phases:?}"
-    );
-    ensure!(failures.is_empty(), "failed handshakes: {failures:#?}");
     let status = feds.get("prod").await?.status.unwrap_or_default();
     let serial = status.root.as_ref().map(|r| r.serial.clone());
     ensure!(
         serial == Some(meshfed::pki::inspect(&signing2_pem)?.serial),
         "status.root is the key that signs: the new signing intermediate"
     );
+
+    // --- the Secret renewed in place as a new self-signed CA (what
+    // cert-manager does to a CA Certificate with its default rotationPolicy:
+    // Always) while member 1's API server hangs for 20 s: a full rotation,
+    // signed by the old intermediate until every member trusts the new root.
+    let watch = CacertsWatch::start_seeing_all(clients.clone()).await?;
+    let (renewed_pem, renewed_key) = ca("Renewed Root", None)?;
+    fleet.cluster(1).pause_apiserver()?;
+    let paused = Instant::now();
+    secrets
+        .replace("offline-root", &Default::default(), &{
+            let mut s: Secret = serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "offline-root", "namespace": OPERATOR_NAMESPACE},
+                "stringData": {"tls.crt": renewed_pem, "tls.key": renewed_key.serialize_pem(), "ca.crt": renewed_pem},
+            }))?;
+            s.metadata.resource_version =
+                secrets.get("offline-root").await?.metadata.resource_version;
+            s
+        })
+        .await?;
+    tokio::time::sleep(Duration::from_secs(20).saturating_sub(paused.elapsed())).await;
+    fleet.cluster(1).resume_apiserver()?;
+    let renewed_serial = meshfed::pki::inspect(&renewed_pem)?.serial;
+    wait_for_federation(
+        &host,
+        "prod",
+        Duration::from_secs(180),
+        "the rotation to the renewed root",
+        |f| {
+            f.status
+                .as_ref()
+                .and_then(|s| s.ca.as_ref())
+                .is_some_and(|ca| {
+                    ca.phase.is_none()
+                        && ca.roots.len() == 1
+                        && ca.roots[0].serial == renewed_serial
+                })
+        },
+    )
+    .await?;
+    let renewed = ders(&renewed_pem);
+    let renewed_der = renewed.iter().next().unwrap().clone();
+    istiods_serve(&workloads, &clients, &[0, 1, 2], &renewed, &renewed_der).await?;
+    let to_renewed = paused.elapsed();
+    ensure!(watch.gaps().is_empty(), "trust gaps: {:#?}", watch.gaps());
+    watch.expect_rotation(
+        3,
+        &meshfed::pki::inspect(&offline_pem)?.serial,
+        &renewed_serial,
+    )?;
+
+    tokio::time::sleep(WORKLOAD_TTL).await;
+    let (total, failures) = sampler.finish().await?;
+    eprintln!(
+        "root rotation: phases {phases:?}; timeline {timeline:?} ({first_rotation:?} to every istiod serving the new root); to an offline root in {to_offline:?}; renewed in place, member 1 hung 20 s: {to_renewed:?}; {total} handshakes, failures: {failures:#?}"
+    );
+    ensure!(
+        phases == ["TrustBoth", "SignWithNew", "Drain", "TrustNew"],
+        "{phases:?}"
+    );
+    ensure!(failures.is_empty(), "failed handshakes: {failures:#?}");
     for retired in ["prod-root-ca", "prod-root-ca-1"] {
         ensure!(
             secrets.get_opt(retired).await?.is_none(),

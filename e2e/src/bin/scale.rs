@@ -3,8 +3,10 @@
 //! reader identities and N×(N−1) remote secrets). For each size it measures:
 //! apply → Ready; how fast a deleted `cacerts` or remote secret is back;
 //! requests and TokenRequests per member per hour in steady state; the
-//! operator's peak RSS; and how much one hung member slows the others when
-//! the spec changes. It prints a table and writes the figures as CSV.
+//! operator's peak RSS; what a restart of the operator costs (writes in
+//! members, TokenRequests, time until it heard from every member, whether
+//! Ready held); and how much one hung member slows the others when the spec
+//! changes. It prints a table and writes the figures as CSV.
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -53,6 +55,19 @@ struct Figures {
     change: Duration,
     change_with_hung: Duration,
     peak_rss_mib: f64,
+    restart: Restart,
+}
+
+/// What an operator restart with a Ready federation cost.
+struct Restart {
+    /// Objects created, changed or deleted in members.
+    writes: usize,
+    /// TokenRequests served by the members' API servers.
+    tokens: u64,
+    /// From the new process's start until every member's worker ran.
+    to_every_member: Duration,
+    /// Whether `Ready=True` at every sample (every 100 ms).
+    ready_held: bool,
 }
 
 #[tokio::main]
@@ -173,6 +188,13 @@ async fn measure(binary: &Path, n: usize, args: &Args) -> Result<Figures> {
         0.0
     };
 
+    let clients: Vec<Client> = fleet.clusters().iter().map(|c| c.client()).collect();
+    let (operator, restart) = measure_restart(binary, operator, &fleet, &clients, args).await?;
+    eprintln!(
+        "   restart: {} writes in members, {} TokenRequests, every member run after {:?}, Ready held: {}",
+        restart.writes, restart.tokens, restart.to_every_member, restart.ready_held
+    );
+
     // A spec change every member acts on (new intermediates), first with
     // every member healthy, then with one hung.
     let healthy: Vec<Client> = fleet.clusters()[..n - 1]
@@ -201,7 +223,78 @@ async fn measure(binary: &Path, n: usize, args: &Args) -> Result<Figures> {
         change,
         change_with_hung,
         peak_rss_mib,
+        restart,
     })
+}
+
+/// Kills `operator` and starts it again with the federation Ready; counts
+/// what the new process writes and mints until it has run every member and
+/// 5 s more. Returns the new process.
+async fn measure_restart(
+    binary: &Path,
+    operator: Operator,
+    fleet: &Fleet,
+    clients: &[Client],
+    args: &Args,
+) -> Result<(Operator, Restart)> {
+    let host = fleet.cluster(0).client();
+    let writes = e2e::writes::Writes::start(clients);
+    poll(
+        Duration::from_secs(120),
+        "every write watch listed",
+        || async { Ok(writes.ready()) },
+    )
+    .await?;
+    let before = token_requests(clients).await?;
+    drop(operator);
+    let operator = start_operator(binary, fleet.cluster(0), &args.resync)?;
+    let started = Instant::now();
+    let mut ready_held = true;
+    let mut heard = None;
+    while heard.is_none_or(|t: Instant| t.elapsed() < Duration::from_secs(5)) {
+        let fed = Api::<MeshFederation>::all(host.clone())
+            .get("scale")
+            .await?;
+        ready_held &= has_condition(&fed, "Ready", "True");
+        if heard.is_none()
+            && http_get(operator.metrics, "/metrics")
+                .await
+                .is_ok_and(|(_, text)| members_run(&text) == clients.len())
+        {
+            heard = Some(Instant::now());
+        }
+        if started.elapsed() > Duration::from_secs(300) {
+            bail!("the restarted operator did not run every member within 300 s");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let after = token_requests(clients).await?;
+    let restart = Restart {
+        writes: writes.count(),
+        tokens: after - before,
+        to_every_member: heard.map_or(Duration::ZERO, |t| t - started),
+        ready_held,
+    };
+    Ok((operator, restart))
+}
+
+/// TokenRequests served by every member's API server, summed.
+async fn token_requests(clients: &[Client]) -> Result<u64> {
+    let counts =
+        futures::future::try_join_all(clients.iter().map(e2e::writes::token_requests)).await?;
+    Ok(counts.iter().sum())
+}
+
+/// How many members' workers have finished a run, from the operator's
+/// `/metrics` text.
+fn members_run(metrics: &str) -> usize {
+    let members: std::collections::BTreeSet<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("meshfed_member_runs_total{"))
+        .filter(|l| l.rsplit(' ').next().is_some_and(|v| v != "0"))
+        .filter_map(|l| l.split(r#"member=""#).nth(1)?.split('"').next())
+        .collect();
+    members.len()
 }
 
 /// Sets the intermediate lifetime and times until every client's `cacerts`
@@ -312,7 +405,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 }
 
 /// The figures of one row, in the CSV's column order.
-fn columns(r: &Figures) -> [f64; 13] {
+fn columns(r: &Figures) -> [f64; 17] {
     let mut sorted = r.repairs.clone();
     sorted.sort();
     let hour = |v: f64| v / r.members as f64 * 3600.0 / r.steady_secs;
@@ -331,10 +424,14 @@ fn columns(r: &Figures) -> [f64; 13] {
         r.change.as_secs_f64(),
         r.change_with_hung.as_secs_f64(),
         r.peak_rss_mib,
+        r.restart.writes as f64,
+        r.restart.tokens as f64,
+        r.restart.to_every_member.as_secs_f64(),
+        f64::from(u8::from(r.restart.ready_held)),
     ]
 }
 
-const CSV_HEADER: &str = "members,fleet_start_s,apply_to_ready_s,operator_cpu_to_ready_s,repair_p50_ms,repair_p99_ms,steady_reads_per_member_hour,steady_writes_per_member_hour,tokens_per_member_hour,reads_per_run,spec_change_s,spec_change_one_hung_s,peak_rss_mib";
+const CSV_HEADER: &str = "members,fleet_start_s,apply_to_ready_s,operator_cpu_to_ready_s,repair_p50_ms,repair_p99_ms,steady_reads_per_member_hour,steady_writes_per_member_hour,tokens_per_member_hour,reads_per_run,spec_change_s,spec_change_one_hung_s,peak_rss_mib,restart_writes,restart_token_requests,restart_to_every_member_s,restart_ready_held";
 
 fn print(rows: &[Figures]) {
     let cores = std::thread::available_parallelism().map_or(0, |c| c.get());
@@ -342,7 +439,7 @@ fn print(rows: &[Figures]) {
         "\nmeshfed scale benchmark (release operator, API-server-only clusters, {cores} cores)"
     );
     println!(
-        "{:>7} {:>9} {:>12} {:>13} {:>16} {:>14} {:>24} {:>9} {:>11} {:>17} {:>9}",
+        "{:>7} {:>9} {:>12} {:>13} {:>16} {:>14} {:>24} {:>9} {:>11} {:>17} {:>9} restart: writes, tokens, every member run, Ready held",
         "members",
         "fleet up",
         "apply->Ready",
@@ -358,8 +455,24 @@ fn print(rows: &[Figures]) {
     for r in rows {
         let c = columns(r);
         println!(
-            "{:>7} {:>7.1} s {:>10.2} s {:>11.2} s {:>7.0}/{:>5.0} ms {:>14.1} {:>16.1}, {:>6.1} {:>9.1} {:>9.2} s {:>15.2} s {:>5.1} MiB",
-            c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7], c[8], c[9], c[10], c[11], c[12]
+            "{:>7} {:>7.1} s {:>10.2} s {:>11.2} s {:>7.0}/{:>5.0} ms {:>14.1} {:>16.1}, {:>6.1} {:>9.1} {:>9.2} s {:>15.2} s {:>5.1} MiB {:>8}, {}, {:.2} s, {}",
+            c[0],
+            c[1],
+            c[2],
+            c[3],
+            c[4],
+            c[5],
+            c[6],
+            c[7],
+            c[8],
+            c[9],
+            c[10],
+            c[11],
+            c[12],
+            r.restart.writes,
+            r.restart.tokens,
+            c[15],
+            if r.restart.ready_held { "yes" } else { "NO" }
         );
     }
 }
@@ -390,5 +503,16 @@ mod tests {
         assert_eq!(percentile(&sorted, 99.0), ms(99));
         assert_eq!(percentile(&sorted[..1], 99.0), ms(1));
         assert_eq!(percentile(&[], 99.0), Duration::ZERO);
+    }
+
+    #[test]
+    fn members_run_counts_members_with_a_run() {
+        let text = "# TYPE meshfed_member_runs counter
+meshfed_member_runs_total{federation=\"scale\",member=\"a\",result=\"ready\"} 2
+meshfed_member_runs_total{federation=\"scale\",member=\"a\",result=\"not_ready\"} 1
+meshfed_member_runs_total{federation=\"scale\",member=\"b\",result=\"not_ready\"} 0
+meshfed_member_api_requests_total{federation=\"scale\",member=\"c\",kind=\"read\"} 4
+";
+        assert_eq!(members_run(text), 1);
     }
 }

@@ -185,6 +185,13 @@ impl Context {
         }
     }
 
+    /// Stops every member worker, as the process exiting would. For an
+    /// operator run inside another program (the end-to-end tests), whose
+    /// copies of the context would otherwise keep the workers running.
+    pub fn stop_workers(&self) {
+        self.workers.stop_all();
+    }
+
     /// Whether `federation`'s workers are due for their safety resync (and
     /// if so, that it happens now).
     fn due_for_resync(&self, federation: &str) -> bool {

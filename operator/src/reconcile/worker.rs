@@ -165,6 +165,11 @@ impl Workers {
         state.workers.insert(k, Worker { input, wake, task });
     }
 
+    /// Stops every worker (each task is aborted when its entry drops).
+    pub fn stop_all(&self) {
+        self.state().workers.clear();
+    }
+
     /// Wakes the member's worker.
     pub fn wake(&self, federation: &str, member: &str) {
         if let Some(w) = self.state().workers.get(&key(federation, member)) {
