@@ -87,6 +87,16 @@ where
     }
 }
 
+/// Withdrawal after GRACE, restore after SETTLE, a probe every second.
+fn withdrawal() -> WithdrawalSpec {
+    WithdrawalSpec {
+        grace_period: Some(duration(GRACE)),
+        settle_period: Some(duration(SETTLE)),
+        probe_interval: Some(duration(Duration::from_secs(1))),
+        ..Default::default()
+    }
+}
+
 async fn federation_now(host: &Client) -> Result<MeshFederation> {
     Ok(Api::<MeshFederation>::all(host.clone()).get(FED).await?)
 }
@@ -156,12 +166,7 @@ async fn a_dead_member_leaves_its_peers_view_and_comes_back() -> Result<()> {
         ..Default::default()
     });
     fed.spec.failover = Some(FailoverSpec {
-        withdrawal: Some(WithdrawalSpec {
-            grace_period: Some(duration(GRACE)),
-            settle_period: Some(duration(SETTLE)),
-            probe_interval: Some(duration(Duration::from_secs(1))),
-            ..Default::default()
-        }),
+        withdrawal: Some(withdrawal()),
         locality: Some(LocalityFailoverSpec::default()),
         outlier_detection: Some(OutlierDetectionSpec::default()),
     });
@@ -389,12 +394,7 @@ async fn a_member_withdrawn_for_a_down_gateway_stays_withdrawn_across_a_restart(
         ..Default::default()
     });
     fed.spec.failover = Some(FailoverSpec {
-        withdrawal: Some(WithdrawalSpec {
-            grace_period: Some(duration(GRACE)),
-            settle_period: Some(duration(SETTLE)),
-            probe_interval: Some(duration(Duration::from_secs(1))),
-            ..Default::default()
-        }),
+        withdrawal: Some(withdrawal()),
         ..Default::default()
     });
     apply_federation(&host, &fed).await?;
