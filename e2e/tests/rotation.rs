@@ -69,6 +69,14 @@ fn ders(pem: &str) -> BTreeSet<Vec<u8>> {
         .collect()
 }
 
+/// Whether no rotation runs and `serial` is the only root.
+fn rotated_to(f: &MeshFederation, serial: &str) -> bool {
+    f.status
+        .as_ref()
+        .and_then(|s| s.ca.as_ref())
+        .is_some_and(|ca| ca.phase.is_none() && ca.roots.len() == 1 && ca.roots[0].serial == serial)
+}
+
 async fn root_pem(host: &Client, secret: &str) -> Result<String> {
     let s = Api::<Secret>::namespaced(host.clone(), OPERATOR_NAMESPACE)
         .get(secret)
@@ -315,16 +323,8 @@ async fn a_root_rotation_never_fails_a_handshake() -> Result<()> {
     )
     .await?;
     let rotating = Instant::now();
-    let finished = |f: &MeshFederation| {
-        f.status
-            .as_ref()
-            .and_then(|s| s.ca.as_ref())
-            .is_some_and(|ca| {
-                ca.phase.is_none()
-                    && ca.roots.len() == 1
-                    && ca.roots[0].serial == meshfed::pki::inspect(&offline_pem).unwrap().serial
-            })
-    };
+    let offline_serial = meshfed::pki::inspect(&offline_pem)?.serial;
+    let finished = |f: &MeshFederation| rotated_to(f, &offline_serial);
     wait_for_federation(
         &host,
         "prod",
@@ -420,16 +420,7 @@ async fn a_root_rotation_never_fails_a_handshake() -> Result<()> {
         "prod",
         Duration::from_secs(180),
         "the rotation to the renewed root",
-        |f| {
-            f.status
-                .as_ref()
-                .and_then(|s| s.ca.as_ref())
-                .is_some_and(|ca| {
-                    ca.phase.is_none()
-                        && ca.roots.len() == 1
-                        && ca.roots[0].serial == renewed_serial
-                })
-        },
+        |f| rotated_to(f, &renewed_serial),
     )
     .await?;
     let renewed = ders(&renewed_pem);
@@ -437,11 +428,7 @@ async fn a_root_rotation_never_fails_a_handshake() -> Result<()> {
     istiods_serve(&workloads, &clients, &[0, 1, 2], &renewed, &renewed_der).await?;
     let to_renewed = paused.elapsed();
     ensure!(watch.gaps().is_empty(), "trust gaps: {:#?}", watch.gaps());
-    watch.expect_rotation(
-        3,
-        &meshfed::pki::inspect(&offline_pem)?.serial,
-        &renewed_serial,
-    )?;
+    watch.expect_rotation(3, &offline_serial, &renewed_serial)?;
 
     tokio::time::sleep(WORKLOAD_TTL).await;
     let (total, failures) = sampler.finish().await?;
