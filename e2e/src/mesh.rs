@@ -15,7 +15,8 @@ use meshfed::api::{
     ApiServerEndpoint, KubeconfigSecretRef, LocalCluster, Member, MemberCredentials,
     MeshFederation, MeshFederationSpec,
 };
-use meshfed::reconcile::{Context, Settings};
+use meshfed::controller::Context;
+use meshfed::settings::Settings;
 use tokio::task::JoinHandle;
 
 use crate::Cluster;
@@ -169,12 +170,12 @@ current-context: c
 /// member identity; returns a kubeconfig with a token of that identity.
 pub async fn join_identity(cluster: &Cluster, federation: &str) -> Result<String> {
     let admin = cluster.client();
-    meshfed::members::apply_member_rbac(&admin, federation, "meshfed-e2e").await?;
+    meshfed::connection::apply_member_rbac(&admin, federation, "meshfed-e2e").await?;
     token_kubeconfig(
         cluster,
         &admin,
         "istio-system",
-        meshfed::cli::MEMBER_IDENTITY,
+        meshfed::plugin::MEMBER_IDENTITY,
     )
     .await
 }
@@ -327,7 +328,7 @@ pub async fn managed_settings(charts_dir: std::path::PathBuf) -> Result<Settings
 /// Starts the operator with `host` as its own cluster and these settings.
 pub fn start_operator_with(host: &Cluster, settings: Settings) -> Result<RunningOperator> {
     let context = Context::new(host.client(), host.kube_config(), settings)?;
-    let task = tokio::spawn(meshfed::reconcile::run(context.clone()));
+    let task = tokio::spawn(meshfed::controller::run(context.clone()));
     Ok(RunningOperator { context, task })
 }
 
@@ -431,8 +432,8 @@ where
 pub fn status_table(fed: &MeshFederation) -> String {
     let mut out = format!(
         "{}\n{}",
-        meshfed::cli::headline(fed),
-        meshfed::cli::status_table(fed)
+        meshfed::plugin::headline(fed),
+        meshfed::plugin::status_table(fed)
     );
     for c in fed.status.iter().flat_map(|s| &s.conditions) {
         out += &format!(

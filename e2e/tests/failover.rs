@@ -18,7 +18,7 @@ use meshfed::api::{
     ControlPlaneMode, ControlPlaneSpec, EastWestGatewaySpec, FailoverSpec, LocalityFailoverSpec,
     MeshFederation, OutlierDetectionSpec, WithdrawalSpec,
 };
-use meshfed::reconcile::Settings;
+use meshfed::settings::Settings;
 
 const FED: &str = "prod";
 const NETWORK: &str = "net-a";
@@ -151,10 +151,7 @@ async fn a_dead_member_leaves_its_peers_view_and_comes_back() -> Result<()> {
         ],
     );
     // The revision's mesh config: ConfigMap istio-<revision>.
-    let mesh_config_map = format!(
-        "istio-{}",
-        meshfed::reconcile::upgrade::revision_of(&version)
-    );
+    let mesh_config_map = format!("istio-{}", meshfed::fleet::rollout::revision_of(&version));
     fed.spec.control_plane = Some(ControlPlaneSpec {
         mode: ControlPlaneMode::Managed,
         version: Some(version),

@@ -39,7 +39,8 @@ use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config};
 use meshfed::api::MeshFederation;
-use meshfed::reconcile::{Context, Settings, run as run_operator};
+use meshfed::controller::{Context, run as run_operator};
+use meshfed::settings::Settings;
 use serde::Deserialize;
 use serde_json::{Value, json};
 

@@ -88,7 +88,7 @@ pub fn versions(charts_dir: &std::path::Path) -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default();
-    found.sort_by(|a, b| crate::reconcile::upgrade::compare_versions(a, b));
+    found.sort_by(|a, b| crate::fleet::rollout::compare_versions(a, b));
     found
 }
 

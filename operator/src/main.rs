@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use clap::{CommandFactory, FromArgMatches, Parser};
 use kube::{Client, Config};
+use meshfed::controller::{Context, run};
 use meshfed::leader::LeaderElector;
-use meshfed::reconcile::{Context, Settings, run};
+use meshfed::settings::Settings;
 use meshfed::telemetry::{Health, serve};
 use tracing::{error, info};
 

@@ -15,7 +15,7 @@ use e2e::istiod::charts_dir;
 use e2e::mesh::*;
 use kube::Api;
 use meshfed::api::{ControlPlaneSpec, MeshFederation, UpgradeSpec};
-use meshfed::reconcile::Settings;
+use meshfed::settings::Settings;
 
 /// Fleet-wide upgrade benchmark.
 #[derive(Parser)]

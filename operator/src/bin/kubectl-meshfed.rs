@@ -18,8 +18,8 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::watcher;
 use kube::{Api, Client, Config, ResourceExt};
 use meshfed::api::{KubeconfigSecretRef, Member, MemberCredentials, MeshFederation};
-use meshfed::cli::{self, Level, MEMBER_IDENTITY, Preflight};
-use meshfed::reconcile::unreachable_reason;
+use meshfed::member::unreachable_reason;
+use meshfed::plugin::{self, Level, MEMBER_IDENTITY, Preflight};
 use meshfed::render::{KubeconfigInputs, render_kubeconfig};
 
 /// Status, preflight checks and joining for meshfed federations.
@@ -185,7 +185,7 @@ async fn run(args: Args) -> Result<bool> {
                 None => api.list(&ListParams::default()).await?.items,
             };
             print!("{}", render(&feds, output)?);
-            Ok(feds.iter().all(|f| cli::progress(f).2))
+            Ok(feds.iter().all(|f| plugin::progress(f).2))
         }
         Command::Check {
             kubeconfig,
@@ -194,7 +194,7 @@ async fn run(args: Args) -> Result<bool> {
         } => {
             let config = member_config(&kubeconfig, &context).await?;
             let preflight = preflight(config, &federation).await?;
-            let findings = cli::findings(&preflight, Some(&federation));
+            let findings = plugin::findings(&preflight, Some(&federation));
             for f in &findings {
                 let level = match f.level {
                     Level::Ok => "ok  ",
@@ -224,8 +224,15 @@ fn render(feds: &[MeshFederation], output: Output) -> Result<String> {
         Output::Table => feds
             .iter()
             .map(|f| {
-                let warnings: String = cli::warnings(f).iter().map(|w| format!("{w}\n")).collect();
-                format!("{}\n{}{warnings}", cli::headline(f), cli::status_table(f))
+                let warnings: String = plugin::warnings(f)
+                    .iter()
+                    .map(|w| format!("{w}\n"))
+                    .collect();
+                format!(
+                    "{}\n{}{warnings}",
+                    plugin::headline(f),
+                    plugin::status_table(f)
+                )
             })
             .collect::<Vec<_>>()
             .join("\n"),
@@ -246,8 +253,8 @@ async fn wait_ready(api: &Api<MeshFederation>, name: &str, timeout: Duration) ->
     let mut last = String::new();
     loop {
         let fed = get_federation(api, name).await?;
-        let (ready_members, members, ready) = cli::progress(&fed);
-        let line = cli::headline(&fed);
+        let (ready_members, members, ready) = plugin::progress(&fed);
+        let line = plugin::headline(&fed);
         if line != last {
             eprintln!(
                 "[{:>4}s] {ready_members}/{members} members ready: {line}",
@@ -260,7 +267,7 @@ async fn wait_ready(api: &Api<MeshFederation>, name: &str, timeout: Duration) ->
         }
         if started.elapsed() > timeout {
             eprintln!("not Ready within {timeout:?}");
-            print!("{}", cli::status_table(&fed));
+            print!("{}", plugin::status_table(&fed));
             return Ok(false);
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -351,7 +358,7 @@ async fn preflight(config: Config, federation: &str) -> Result<Preflight> {
     }
     p.unreadable = unreadable;
     let reviews = Api::<SelfSubjectAccessReview>::all(client.clone());
-    for needed in cli::needed_permissions(federation) {
+    for needed in plugin::needed_permissions(federation) {
         let optional = |s: &str| (!s.is_empty()).then(|| s.to_string());
         let review = SelfSubjectAccessReview {
             spec: SelfSubjectAccessReviewSpec {
@@ -389,7 +396,7 @@ async fn join(host: Client, member: Config, args: &JoinArgs) -> Result<()> {
         .server
         .clone()
         .unwrap_or_else(|| member.cluster_url.to_string());
-    if cli::unusable_by_peers(&server) {
+    if plugin::unusable_by_peers(&server) {
         eprintln!(
             "warning: {server} is a loopback or cluster-internal address: the operator and peers must be able to reach it (--server, and spec.members[].apiServer for peers)"
         );
@@ -399,7 +406,7 @@ async fn join(host: Client, member: Config, args: &JoinArgs) -> Result<()> {
     let params = PatchParams::apply("kubectl-meshfed").force();
 
     eprintln!("[1/4] istio-system and meshfed's member roles in {name}");
-    meshfed::members::apply_member_rbac(&client, &args.federation, "kubectl-meshfed")
+    meshfed::connection::apply_member_rbac(&client, &args.federation, "kubectl-meshfed")
         .await
         .context("applying meshfed's member roles")?;
 
@@ -430,7 +437,7 @@ async fn join(host: Client, member: Config, args: &JoinArgs) -> Result<()> {
         "apiVersion": "v1", "kind": "Secret",
         "metadata": {
             "name": secret_name, "namespace": namespace,
-            "labels": {"app.kubernetes.io/managed-by": meshfed::members::JOIN_MANAGER, "meshfed.io/member": name},
+            "labels": {"app.kubernetes.io/managed-by": meshfed::connection::JOIN_MANAGER, "meshfed.io/member": name},
         },
         "type": "Opaque",
         "stringData": {"kubeconfig": kubeconfig},
@@ -510,7 +517,7 @@ async fn add_member(api: &Api<MeshFederation>, federation: &str, entry: &Member)
 /// The CA the member's kubeconfig trusts, as PEM: peers and the operator
 /// verify the member's API server with it.
 fn member_ca_pem(config: &Config) -> Result<String> {
-    match meshfed::members::ca_pem(config) {
+    match meshfed::connection::ca_pem(config) {
         Some(pem) => Ok(pem),
         None => bail!(
             "the member's kubeconfig has no certificate-authority data; meshfed only uses verified TLS"

@@ -148,6 +148,28 @@ pub fn reissue_reason(
     None
 }
 
+/// The certificates of a PEM bundle as a set of DER encodings (order and
+/// text formatting aside); empty when it cannot be read.
+pub fn certificate_set(bundle_pem: &str) -> std::collections::BTreeSet<Vec<u8>> {
+    pem::certificates(bundle_pem, "bundle")
+        .unwrap_or_default()
+        .into_iter()
+        .collect()
+}
+
+/// Whether the intermediate in `bundle` chains to `root_pem`: its
+/// `cert-chain.pem` ends with that root (a trust bundle that holds the root
+/// is not enough: what a peer must trust is where the chain ends).
+pub fn chains_to(bundle: &CacertsBundle, root_pem: &str) -> bool {
+    let (Ok(chain), Ok(root)) = (
+        pem::certificates(&bundle.cert_chain_pem, "cert-chain.pem"),
+        pem::single_certificate(root_pem, "root"),
+    ) else {
+        return false;
+    };
+    chain.len() > 1 && chain.last() == Some(&root)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

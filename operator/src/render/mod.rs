@@ -5,6 +5,7 @@ mod claim;
 pub mod control_plane;
 mod drift;
 mod kubeconfig;
+mod member_rbac;
 mod namespace;
 mod reader;
 mod remote_secret;
@@ -20,6 +21,7 @@ pub use claim::{
 };
 pub use drift::{contains, difference};
 pub use kubeconfig::{KubeconfigInputs, render_kubeconfig};
+pub use member_rbac::member_rbac;
 pub use namespace::render_istio_namespace;
 pub use reader::{ReaderIdentity, reader_name, render_reader_identity};
 pub use remote_secret::{

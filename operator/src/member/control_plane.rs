@@ -1,23 +1,22 @@
 //! Istio's control plane in a member: the official charts applied in order
 //! (base, istiod, east-west gateway), what a new render no longer contains
 //! pruned, and istiod's and the gateway's health read back.
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::Mutex;
+use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service, ServiceAccount};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::api::{ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams};
-use kube::discovery::{Scope, pinned_kind};
+use kube::api::{DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams};
 use kube::{Api, Client, ResourceExt};
 
-use super::Context;
-use super::apply::{delete_all, write};
-use super::claim::record_kinds;
-use super::upgrade::{Installed, MemberPlan, Revision};
-use crate::api::{ControlPlaneMode, Member, MeshFederationSpec};
+use super::identity::record_kinds;
+use super::{MemberContext, PreparedMember, unreachable_reason};
+use crate::api::{ControlPlaneMode, Member, MeshFederation, MeshFederationSpec};
+use crate::apply::KindCache;
+use crate::apply::{delete_all, write};
 use crate::charts::{CLUSTER_PLACEHOLDER, Chart, NETWORK_PLACEHOLDER};
+use crate::fleet::rollout::{Installed, MemberPlan, Revision};
 use crate::render::control_plane::{
     BASE, BOOTSTRAP_MANAGER, COMPONENT, CROSS_NETWORK_GATEWAY, DEFAULT_TAG_WEBHOOK,
     EAST_WEST_GATEWAY, FAILOVER_DESTINATION_RULE, INGRESS_GATEWAY, VERSION_LABEL, base_values,
@@ -51,45 +50,6 @@ pub struct GatewayReport {
     pub problem: Option<String>,
 }
 
-/// API resources by cluster (its identity, never a member name, which another
-/// federation may share) and kind, found once through discovery and
-/// forgotten when the cluster stops serving the kind.
-#[derive(Default)]
-pub struct KindCache(Mutex<HashMap<String, (ApiResource, bool)>>);
-
-impl KindCache {
-    fn key(cluster: &str, gvk: &GroupVersionKind) -> String {
-        format!("{cluster}/{}/{}/{}", gvk.group, gvk.version, gvk.kind)
-    }
-
-    fn forget(&self, cluster: &str, gvk: &GroupVersionKind) {
-        self.0
-            .lock()
-            .expect("kind cache")
-            .remove(&Self::key(cluster, gvk));
-    }
-
-    /// The API resource of `gvk` in the cluster, and whether it is namespaced.
-    pub(super) async fn resolve(
-        &self,
-        client: &Client,
-        cluster: &str,
-        gvk: &GroupVersionKind,
-    ) -> Result<(ApiResource, bool), kube::Error> {
-        let key = Self::key(cluster, gvk);
-        if let Some(found) = self.0.lock().expect("kind cache").get(&key) {
-            return Ok(found.clone());
-        }
-        let (resource, caps) = pinned_kind(client, gvk).await?;
-        let found = (resource, caps.scope == Scope::Namespaced);
-        self.0
-            .lock()
-            .expect("kind cache")
-            .insert(key, found.clone());
-        Ok(found)
-    }
-}
-
 /// The cluster a member's control plane goes into.
 pub struct MemberCluster<'a> {
     pub client: &'a Client,
@@ -101,13 +61,101 @@ pub struct MemberCluster<'a> {
     pub recorded_kinds: BTreeSet<String>,
 }
 
+/// Istio's control plane in a reachable member (when the spec asks for
+/// one). A first install applies dozens of objects, so it gets a longer
+/// budget than a member's basic step, and its failures are control-plane
+/// problems, never unreachability. It runs after the remote secrets, so
+/// that a peer withdrawn or restored by failover is not held up by it.
+pub async fn sync_member_control_plane(
+    ctx: &MemberContext,
+    fed: &MeshFederation,
+    member: &Member,
+    plan: &MemberPlan,
+    prepared: &mut PreparedMember,
+) {
+    let Some(conn) = prepared.connection.clone() else {
+        return;
+    };
+    if fed.spec.control_plane.is_none() {
+        return;
+    }
+    let conn = &conn;
+    let budget = ctx.settings.member_timeout * 6;
+    let certificates_ready = prepared.report.certificate_problem.is_none();
+    let version = prepared
+        .report
+        .status
+        .kubernetes_version
+        .clone()
+        .unwrap_or_default();
+    let federation = fed.name_any();
+    let cluster = prepared
+        .report
+        .status
+        .cluster_id
+        .clone()
+        .unwrap_or_default();
+    let target = MemberCluster {
+        client: &conn.client,
+        id: &cluster,
+        kube_version: &version,
+        recorded_kinds: prepared.recorded_kinds.clone(),
+    };
+    let work = sync_control_plane(
+        ctx,
+        &target,
+        &federation,
+        &fed.spec,
+        member,
+        plan,
+        certificates_ready,
+    );
+    let cp = match tokio::time::timeout(budget, work).await {
+        Ok(Ok(cp)) => cp,
+        failed => {
+            let why = match failed {
+                Ok(Err(e)) => unreachable_reason(&e),
+                _ => format!("not done within {budget:?}; continuing next reconcile"),
+            };
+            ControlPlaneReport {
+                problem: Some(format!("applying Istio: {why}")),
+                ..Default::default()
+            }
+        }
+    };
+    let status = &mut prepared.report.status;
+    status.istio_version = cp.istio_version;
+    status.control_plane_ready = Some(cp.ready);
+    status.gateway_address = cp.gateway.as_ref().and_then(|g| g.address.clone());
+    status.revisions = cp
+        .installed
+        .as_ref()
+        .map(crate::fleet::rollout::revision_status)
+        .unwrap_or_default();
+    status.tags_revision = cp
+        .installed
+        .as_ref()
+        .and_then(|i| i.tags_at.as_deref())
+        .map(|r| crate::fleet::rollout::display(r).to_string());
+    prepared.report.installed = cp.installed;
+    prepared.report.control_plane_problem = cp.problem;
+    prepared.report.gateway_expected = cp.gateway.is_some();
+    prepared.report.gateway_problem = cp.gateway.and_then(|g| g.problem);
+    if let Some(problem) = cp.ingress.and_then(|g| g.problem) {
+        prepared
+            .report
+            .other_problems
+            .push(format!("ingress gateway: {problem}"));
+    }
+}
+
 /// Drives the control plane of one member as `plan` says (Managed), or
 /// wires the gateways of the Istio you installed (External).
 /// `certificates_ready` gates the install: istiod must start with the
 /// federation's CA, never a self-signed one.
 #[allow(clippy::too_many_arguments)]
 pub async fn sync_control_plane(
-    ctx: &Context,
+    ctx: &MemberContext,
     target: &MemberCluster<'_>,
     federation: &str,
     spec: &MeshFederationSpec,
@@ -277,7 +325,7 @@ pub async fn sync_control_plane(
         let problem =
             match converge_component(&ctx.kinds, client, cluster, federation, &component).await {
                 Ok(problem) => problem,
-                Err(e) => Some(super::member::unreachable_reason(&e)),
+                Err(e) => Some(super::unreachable_reason(&e)),
             };
         if let Some(problem) = problem {
             report.problem = Some(format!("mesh-wide DestinationRule: {problem}"));
@@ -497,7 +545,7 @@ impl Step {
 
 /// Where chart steps are applied.
 struct Apply<'a> {
-    ctx: &'a Context,
+    ctx: &'a MemberContext,
     client: &'a Client,
     cluster: &'a str,
     federation: &'a str,

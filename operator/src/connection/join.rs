@@ -1,6 +1,6 @@
 //! What `kubectl meshfed join` does to a cluster before it stores a token:
 //! `istio-system`, and meshfed's member roles and identity, limited to one
-//! federation's reader ([`crate::cli::member_rbac`]).
+//! federation's reader ([`crate::render::member_rbac`]).
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 
@@ -20,7 +20,7 @@ pub async fn apply_member_rbac(
         namespaces.create(&PostParams::default(), &ns).await?;
     }
     let params = PatchParams::apply(manager).force();
-    for object in crate::cli::member_rbac(&[federation]) {
+    for object in crate::render::member_rbac(&[federation]) {
         let obj: DynamicObject = serde_json::from_value(object).map_err(kube::Error::SerdeError)?;
         // The shipped YAML always names a kind; one without cannot be applied.
         let Some(types) = obj.types.clone() else {

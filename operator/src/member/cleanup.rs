@@ -1,14 +1,18 @@
 //! Removing meshfed's objects from a member that leaves, or from every member
 //! when the federation is deleted: the apply engine's prune with nothing
 //! desired, over every kind meshfed ever applied there.
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+
+use kube::ResourceExt;
 
 use kube::api::{DynamicObject, GroupVersionKind, ObjectMeta};
 use kube::{Api, Client};
 
-use super::apply::prune;
-use super::control_plane::KindCache;
-use crate::api::RemovalPolicy;
+use super::MemberContext;
+use crate::api::{MeshFederation, RemovalPolicy};
+use crate::apply::KindCache;
+use crate::apply::prune;
+use crate::events::Event;
 use crate::render::control_plane::COMPONENT;
 use crate::render::{CACERTS, ISTIO_NAMESPACE, managed_selector, with_recorded_kinds};
 
@@ -78,6 +82,97 @@ pub async fn remove_from_member(
         removed.extend(names.into_iter().map(|n| format!("{}/{n}", gvk.kind)));
     }
     Ok(removed)
+}
+
+/// What removing a member's objects came to.
+#[derive(Debug)]
+pub enum Removal {
+    /// These objects were deleted.
+    Removed(Vec<String>),
+    /// Its credentials Secret is gone: nothing can be reached, and whatever
+    /// meshfed made in its cluster stays there.
+    CredentialsGone(String),
+    /// Its cluster now belongs to this member (renamed on the same cluster).
+    ClusterTakenBy(String),
+}
+
+impl Removal {
+    pub fn event(&self, member: &str, federation: &str) -> Event {
+        match self {
+            Removal::Removed(objects) => Event::normal(
+                "MemberRemoved",
+                format!("member {member} left; removed {} objects", objects.len()),
+            ),
+            Removal::CredentialsGone(why) => Event::warning(
+                "MemberOrphaned",
+                format!(
+                    "member {member} left but {why}: its objects stay in its cluster; remove them there with `kubectl delete secret,serviceaccount,configmap -n istio-system -l meshfed.io/federation={federation}` and `kubectl delete clusterrole,clusterrolebinding -l meshfed.io/federation={federation}`"
+                ),
+            ),
+            Removal::ClusterTakenBy(owner) => Event::normal(
+                "MemberRemoved",
+                format!("member {member} left; its cluster is now member {owner}'s"),
+            ),
+        }
+    }
+}
+
+/// Removes meshfed's objects from one member, unless its cluster now belongs
+/// to a member of this federation: by the cluster's claim, or by `taken`
+/// (cluster identity to member, as the members' workers found them).
+pub async fn remove_member(
+    ctx: &MemberContext,
+    fed: &MeshFederation,
+    member: &str,
+    credentials: &crate::api::MemberCredentials,
+    taken: &BTreeMap<String, String>,
+) -> Result<Removal, String> {
+    let conn = match ctx.connections.connect(credentials).await {
+        Ok(conn) => conn,
+        Err(e @ crate::connection::ConnectError::SecretMissing { .. }) => {
+            return Ok(Removal::CredentialsGone(e.to_string()));
+        }
+        Err(e) => return Err(e.to_string()),
+    };
+    let federation = fed.name_any();
+    let work = async {
+        let claim = super::identity::recorded_claim(&conn.client).await?;
+        if let Some(owner) = claim
+            .as_ref()
+            .filter(|c| c.federation == federation && c.member != member)
+        {
+            // Renamed on the same cluster: everything there is the new member's.
+            return Ok(Removal::ClusterTakenBy(owner.member.clone()));
+        }
+        if !taken.is_empty()
+            && let Some(owner) = taken.get(&super::identity::cluster_id(&conn.client).await?)
+        {
+            return Ok(Removal::ClusterTakenBy(owner.clone()));
+        }
+        // The claim records every kind meshfed applied there, a control plane's too.
+        let ours = claim.filter(|c| c.federation == federation);
+        let cluster = match &ours {
+            Some(c) => c.cluster_id.clone(),
+            None => super::identity::cluster_id(&conn.client).await?,
+        };
+        let recorded = ours.map(|c| c.kinds).unwrap_or_default();
+        remove_from_member(
+            &ctx.kinds,
+            &conn.client,
+            &cluster,
+            &federation,
+            fed.spec.ca().on_removal(),
+            &recorded,
+        )
+        .await
+        .map(Removal::Removed)
+    };
+    // Removing a control plane is many requests: the control plane's budget.
+    let budget = ctx.settings.member_timeout * 6;
+    match tokio::time::timeout(budget, work).await {
+        Ok(result) => result.map_err(|e| super::unreachable_reason(&e)),
+        Err(_) => Err(format!("not done within {budget:?}")),
+    }
 }
 
 #[cfg(test)]

@@ -1,14 +1,56 @@
 //! "Make it so" for single objects: apply only what differs, never over
 //! objects meshfed does not own, delete only what carries meshfed's labels.
+use std::collections::HashMap;
 use std::fmt::Debug;
+use std::sync::Mutex;
 
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
-use kube::{Api, Resource, ResourceExt};
+use kube::api::{ApiResource, DeleteParams, GroupVersionKind, ListParams, Patch, PatchParams};
+use kube::discovery::{Scope, pinned_kind};
+use kube::{Api, Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::render::{contains, field_manager, is_ours, keys, wants_adoption};
+
+/// API resources by cluster (its identity, never a member name, which another
+/// federation may share) and kind, found once through discovery and
+/// forgotten when the cluster stops serving the kind.
+#[derive(Default)]
+pub struct KindCache(Mutex<HashMap<String, (ApiResource, bool)>>);
+
+impl KindCache {
+    fn key(cluster: &str, gvk: &GroupVersionKind) -> String {
+        format!("{cluster}/{}/{}/{}", gvk.group, gvk.version, gvk.kind)
+    }
+
+    pub fn forget(&self, cluster: &str, gvk: &GroupVersionKind) {
+        self.0
+            .lock()
+            .expect("kind cache")
+            .remove(&Self::key(cluster, gvk));
+    }
+
+    /// The API resource of `gvk` in the cluster, and whether it is namespaced.
+    pub async fn resolve(
+        &self,
+        client: &Client,
+        cluster: &str,
+        gvk: &GroupVersionKind,
+    ) -> Result<(ApiResource, bool), kube::Error> {
+        let key = Self::key(cluster, gvk);
+        if let Some(found) = self.0.lock().expect("kind cache").get(&key) {
+            return Ok(found.clone());
+        }
+        let (resource, caps) = pinned_kind(client, gvk).await?;
+        let found = (resource, caps.scope == Scope::Namespaced);
+        self.0
+            .lock()
+            .expect("kind cache")
+            .insert(key, found.clone());
+        Ok(found)
+    }
+}
 
 /// What [`ensure`] did.
 #[derive(Clone, Debug, PartialEq, Eq)]

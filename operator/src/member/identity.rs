@@ -1,14 +1,22 @@
-//! Claiming a member's cluster before anything is written into it.
+//! Who is who in a member: its cluster claimed before anything is written
+//! into it, the federation's reader identity there (whom peers' tokens are
+//! minted for), and the operator's own credentials for it.
 use std::collections::BTreeSet;
 
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
-use kube::api::{Patch, PatchParams, PostParams};
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, ServiceAccount};
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 
-use super::apply::{Ownership, ensure};
+use super::{MemberContext, PreparedMember, unreachable_reason};
+use crate::api::{Member, MeshFederation};
+use crate::apply::{Applied, Ownership, ensure};
+use crate::connection::MemberConnection;
+use crate::events::Event;
+use crate::fleet::report::MemberReport;
 use crate::render::{
-    CLAIM, ClaimDecision, ClusterClaim, ISTIO_NAMESPACE, judge_claim, kinds_text, read_claim,
-    render_claim, render_istio_namespace,
+    CLAIM, ClaimDecision, ClusterClaim, ISTIO_NAMESPACE, TokenSubject, judge_claim, keys,
+    kinds_text, read_claim, render_claim, render_istio_namespace, render_reader_identity,
 };
 
 /// Whether a member may use its cluster.
@@ -180,4 +188,168 @@ pub async fn record_kinds(
 pub async fn recorded_claim(client: &Client) -> Result<Option<ClusterClaim>, kube::Error> {
     let records = Api::<ConfigMap>::namespaced(client.clone(), ISTIO_NAMESPACE);
     Ok(recorded(&records).await?.and_then(|(_, claim)| claim))
+}
+
+/// The federation's reader in the member (ServiceAccount, ClusterRole,
+/// binding): whom peers' tokens for this member are minted for. Tokens only
+/// for an identity meshfed made: a pre-existing account may be bound to
+/// anything, and its tokens would hand that to every peer.
+pub async fn ensure_reader(
+    client: &Client,
+    federation: &str,
+    prepared: &mut PreparedMember,
+) -> Result<(), kube::Error> {
+    let reader = render_reader_identity(federation);
+    let (sa_applied, sa) = ensure(
+        &Api::namespaced(client.clone(), ISTIO_NAMESPACE),
+        &reader.service_account,
+        federation,
+        Ownership::Exclusive,
+    )
+    .await?;
+    let owned = [
+        sa_applied,
+        ensure(
+            &Api::all(client.clone()),
+            &reader.cluster_role,
+            federation,
+            Ownership::Exclusive,
+        )
+        .await?
+        .0,
+        ensure(
+            &Api::all(client.clone()),
+            &reader.binding,
+            federation,
+            Ownership::Exclusive,
+        )
+        .await?
+        .0,
+    ];
+    let names = [
+        format!(
+            "ServiceAccount {ISTIO_NAMESPACE}/{}",
+            reader.service_account.name_any()
+        ),
+        format!("ClusterRole {}", reader.cluster_role.name_any()),
+        format!("ClusterRoleBinding {}", reader.binding.name_any()),
+    ];
+    for (applied, name) in owned.iter().zip(&names) {
+        if *applied == Applied::Foreign {
+            prepared.report.other_problems.push(format!(
+                "{name} exists and was not created by meshfed; remove it or annotate it {}=true to let meshfed manage it",
+                keys::ADOPT
+            ));
+        }
+    }
+    prepared.reader = match (&owned, sa.uid()) {
+        ([Applied::Foreign, ..], _) => Err(format!(
+            "{} was not created by meshfed; no tokens are minted for it",
+            names[0]
+        )),
+        (_, Some(uid)) => Ok(TokenSubject {
+            service_account: sa.name_any(),
+            uid,
+        }),
+        (_, None) => Err(format!("{} has no UID yet", names[0])),
+    };
+    Ok(())
+}
+
+/// How often a member's long-lived ServiceAccount token Secrets are looked for.
+const TOKEN_SECRET_SCAN: jiff::SignedDuration = jiff::SignedDuration::from_mins(10);
+
+/// Users' long-lived ServiceAccount token Secrets in the member: meshfed
+/// cannot remove them, but every peer's reader token may read them, so they
+/// are reported. Looked for every ten minutes (metadata only); in between,
+/// the last finding stands.
+pub async fn find_token_secrets(
+    conn: &MemberConnection,
+    previous: Option<&MemberReport>,
+    now: Timestamp,
+    report: &mut MemberReport,
+) {
+    if let Some(prev) = previous
+        && let Some(at) = prev.token_secrets_scanned_at
+        && now < at + TOKEN_SECRET_SCAN
+    {
+        report.token_secrets_scanned_at = Some(at);
+        report.status.readable_token_secrets = prev.status.readable_token_secrets.clone();
+        return;
+    }
+    let legacy = ListParams::default().fields("type=kubernetes.io/service-account-token");
+    match Api::<Secret>::all(conn.client.clone())
+        .list_metadata(&legacy)
+        .await
+    {
+        Ok(list) => {
+            report.token_secrets_scanned_at = Some(now);
+            report.status.readable_token_secrets = list
+                .items
+                .iter()
+                .map(|s| format!("{}/{}", s.namespace().unwrap_or_default(), s.name_any()))
+                .collect();
+        }
+        Err(e) => report.other_problems.push(format!(
+            "looking for long-lived ServiceAccount token Secrets: {}",
+            unreachable_reason(&e)
+        )),
+    }
+}
+
+/// Renews the operator's own token in the member when a third of its
+/// lifetime is left, or a forced refresh asks for it: a TokenRequest for the
+/// identity the token belongs to, stored back into the credentials Secret.
+/// The bootstrap credential is then no longer needed; if the operator is
+/// down for longer than the token's lifetime, the member reports it
+/// expired and how to bootstrap again.
+pub async fn renew_credential(
+    ctx: &MemberContext,
+    fed: &MeshFederation,
+    member: &Member,
+    conn: &MemberConnection,
+    now: Timestamp,
+    prepared: &mut PreparedMember,
+) {
+    let Some(credential) = conn.credential.as_ref().filter(|c| c.renewable) else {
+        return;
+    };
+    let refresh = super::remote_secrets::refresh_request(fed);
+    let forced = refresh.is_some() && credential.renewed_for.as_deref() != refresh;
+    if now < credential.claims.renew_at() && !forced {
+        prepared.report.next_token_refresh = Some(credential.claims.renew_at());
+        return;
+    }
+    let claims = &credential.claims;
+    let lifetime = claims.lifetime().max(std::time::Duration::from_secs(600));
+    let accounts = Api::<ServiceAccount>::namespaced(conn.client.clone(), &claims.namespace);
+    let minted =
+        super::remote_secrets::request_token(&accounts, &claims.service_account, lifetime, None)
+            .await;
+    let stored = match minted {
+        Ok(token) => {
+            ctx.connections
+                .store_renewed(credential, &token.token, refresh)
+                .await
+        }
+        Err(e) => Err(format!(
+            "requesting a token for {}/{}: {}",
+            claims.namespace,
+            claims.service_account,
+            unreachable_reason(&e)
+        )),
+    };
+    match stored {
+        Ok(()) => prepared.events.push(Event::normal(
+            "CredentialsRenewed",
+            format!(
+                "member {}: stored a new token of {}/{} in credentials Secret {}",
+                member.name, claims.namespace, claims.service_account, credential.secret
+            ),
+        )),
+        Err(why) => prepared
+            .report
+            .other_problems
+            .push(format!("renewing meshfed's own credentials: {why}")),
+    }
 }

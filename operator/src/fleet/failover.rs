@@ -10,7 +10,7 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::{Api, Client, ResourceExt};
 
-use super::status::MemberReport;
+use super::report::MemberReport;
 use crate::api::{MemberHealth, MeshFederation, WithdrawalPolicy};
 
 pub const HEALTHY: &str = "Healthy";

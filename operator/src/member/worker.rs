@@ -17,17 +17,19 @@ use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
-use super::member::PreparedMember;
-use super::member::{prepare_member, sync_member_control_plane, unreachable_reason};
-use super::remote_secrets::{self, Binding, PeerFacts, TokenPolicy, mint_token, revocable};
-use super::root::CaMaterial;
-use super::status::MemberReport;
-use super::upgrade::MemberPlan;
-use super::{Context, Event};
+use super::control_plane::sync_member_control_plane;
+use super::prepare::{Step, prepare_member};
+use super::remote_secrets::{
+    self, Binding, PeerFacts, TokenPolicy, mint_token, refresh_request, revocable,
+};
+use super::{MemberContext, PreparedMember, unreachable_reason};
 use crate::api::{Member, MeshFederation};
+use crate::events::Event;
+use crate::fleet::ca::CaMaterial;
+use crate::fleet::report::{MemberReport, MemberRun};
+use crate::fleet::rollout::MemberPlan;
 use crate::pki::IntermediatePolicy;
 use crate::render::{ISTIO_NAMESPACE, keys, reader_name};
-use crate::telemetry::RequestCount;
 
 /// What a worker works from: the federation as last reconciled, its root,
 /// the member's entry, and the members withdrawn from their peers' view.
@@ -68,28 +70,6 @@ fn ca_fingerprint(ca: &Result<Arc<CaMaterial>, String>) -> Result<(&str, Option<
         )),
         Err(why) => Err(why),
     }
-}
-
-/// The forced token refresh the federation asks for: the value of its
-/// `meshfed.io/refresh-tokens` annotation.
-pub fn refresh_request(fed: &MeshFederation) -> Option<&str> {
-    fed.annotations()
-        .get(keys::REFRESH_TOKENS)
-        .map(String::as_str)
-}
-
-/// A worker's last finished run.
-#[derive(Clone, Debug)]
-pub struct MemberRun {
-    pub report: MemberReport,
-    /// The federation generation the run worked from.
-    pub generation: Option<i64>,
-    /// API requests the run sent to the member (none when it was not reached).
-    pub requests: Option<RequestCount>,
-    /// Whether every member in the spec had published its facts when the
-    /// run planned the remote secrets: right after a start, a run before
-    /// its peers' first runs reports them "not reached yet".
-    pub saw_every_peer: bool,
 }
 
 /// Every worker of every federation, and what they share.
@@ -136,7 +116,7 @@ impl Workers {
             aggregate,
             state: Mutex::default(),
         };
-        (workers, crate::members::receiver_stream(events))
+        (workers, crate::connection::receiver_stream(events))
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -145,7 +125,7 @@ impl Workers {
 
     /// Starts the member's worker, or hands it `input`; wakes it when the
     /// work changed or `resync` says so.
-    pub fn ensure(&self, ctx: &Arc<Context>, input: Input, resync: bool) {
+    pub fn ensure(self: &Arc<Self>, ctx: &Arc<MemberContext>, input: Input, resync: bool) {
         let k = key(&input.fed.name_any(), &input.member.name);
         let mut state = self.state();
         if let Some(worker) = state.workers.get(&k) {
@@ -160,8 +140,11 @@ impl Workers {
         let span = tracing::info_span!("member", federation = %k.0, member = %k.1);
         let input = Arc::new(Mutex::new(input));
         let wake = Arc::new(Notify::new());
-        let task =
-            tokio::spawn(work(Arc::downgrade(ctx), input.clone(), wake.clone()).instrument(span));
+        let host = Host {
+            ctx: Arc::downgrade(ctx),
+            workers: Arc::downgrade(self),
+        };
+        let task = tokio::spawn(work(host, input.clone(), wake.clone()).instrument(span));
         state.workers.insert(k, Worker { input, wake, task });
     }
 
@@ -300,20 +283,32 @@ impl Workers {
 
 /// The worker's loop: run, then sleep until woken, a deadline, or the
 /// backoff after a failed run.
-async fn work(ctx_weak: Weak<Context>, input: Arc<Mutex<Input>>, wake: Arc<Notify>) {
+/// What a worker's task works with, held weakly: once the operator drops
+/// them (it stops), the task ends.
+struct Host {
+    ctx: Weak<MemberContext>,
+    workers: Weak<Workers>,
+}
+
+impl Host {
+    fn upgrade(&self) -> Option<(Arc<MemberContext>, Arc<Workers>)> {
+        Some((self.ctx.upgrade()?, self.workers.upgrade()?))
+    }
+}
+
+async fn work(host: Host, input: Arc<Mutex<Input>>, wake: Arc<Notify>) {
     let mut failures = 0u32;
     let mut answered_last = true;
     loop {
-        let Some(ctx) = ctx_weak.upgrade() else {
+        let Some((ctx, workers)) = host.upgrade() else {
             return;
         };
         let current = input.lock().expect("worker input lock").clone();
         if !ctx.federation_exists(&current.fed).await {
             // Deleted without its finalizer running (removed by hand).
             let federation = current.fed.name_any();
-            ctx.workers.retain(&federation, &BTreeSet::new());
+            workers.retain(&federation, &BTreeSet::new());
             ctx.watches.retain(&federation, &BTreeSet::new());
-            ctx.forget(&federation);
             return;
         }
         // With withdrawal on, the API server is probed during the run too: a
@@ -330,12 +325,12 @@ async fn work(ctx_weak: Weak<Context>, input: Arc<Mutex<Input>>, wake: Arc<Notif
             .filter(|_| answered_last);
         let hung = async {
             match probe_every {
-                Some(every) => probe_until_changed(&ctx_weak, &current, true, every).await,
+                Some(every) => probe_until_changed(&host, &current, true, every).await,
                 None => std::future::pending().await,
             }
         };
         let outcome = tokio::select! {
-            outcome = run(&ctx, &current) => outcome,
+            outcome = run(&ctx, &workers, &current) => outcome,
             () = hung => Outcome {
                 ready: false,
                 answered: false,
@@ -359,10 +354,10 @@ async fn work(ctx_weak: Weak<Context>, input: Arc<Mutex<Input>>, wake: Arc<Notif
         let probe = current.fed.spec.withdrawal().map(|p| p.probe_interval);
         let answered = outcome.answered;
         answered_last = answered;
-        drop(ctx);
+        drop((ctx, workers));
         let probe = async {
             match probe {
-                Some(every) => probe_until_changed(&ctx_weak, &current, answered, every).await,
+                Some(every) => probe_until_changed(&host, &current, answered, every).await,
                 None => std::future::pending().await,
             }
         };
@@ -380,13 +375,15 @@ async fn work(ctx_weak: Weak<Context>, input: Arc<Mutex<Input>>, wake: Arc<Notif
 /// shorter) counts as not answering. It uses the connection the last run
 /// built; credentials the operator cannot use are the runs' finding, not
 /// the probe's.
-async fn probe_until_changed(ctx: &Weak<Context>, input: &Input, answered: bool, every: Duration) {
+async fn probe_until_changed(host: &Host, input: &Input, answered: bool, every: Duration) {
     let federation = input.fed.name_any();
     let member = &input.member;
     loop {
         tokio::time::sleep(every).await;
-        let Some(ctx) = ctx.upgrade() else { return };
-        let Some(conn) = ctx.members.cached(&member.credentials) else {
+        let Some((ctx, workers)) = host.upgrade() else {
+            return;
+        };
+        let Some(conn) = ctx.connections.cached(&member.credentials) else {
             continue;
         };
         let limit = every.min(ctx.settings.member_timeout);
@@ -404,7 +401,7 @@ async fn probe_until_changed(ctx: &Weak<Context>, input: &Input, answered: bool,
                 "MemberUnreachable",
                 format!("member {}: {why}", member.name),
             );
-            ctx.workers.mark_unreachable(&federation, &member.name, why);
+            workers.mark_unreachable(&federation, &member.name, why);
             ctx.publish(&input.fed, vec![event]).await;
         }
         return;
@@ -421,7 +418,7 @@ struct Outcome {
 
 /// One pass over one member: its own objects, its token for peers, and the
 /// remote secrets in it.
-async fn run(ctx: &Arc<Context>, input: &Input) -> Outcome {
+async fn run(ctx: &MemberContext, workers: &Workers, input: &Input) -> Outcome {
     let fed = &input.fed;
     let federation = fed.name_any();
     let member = &input.member;
@@ -437,17 +434,17 @@ async fn run(ctx: &Arc<Context>, input: &Input) -> Outcome {
         refresh: refresh_request(fed),
     };
     let timeout = ctx.settings.member_timeout;
-    let workers = &ctx.workers;
-    let mut prepared = prepare_member(
-        ctx,
+    let previous = workers.last_report(&federation, &member.name);
+    let step = Step {
         fed,
         member,
-        input.ca.as_deref(),
-        &policy,
+        ca: input.ca.as_deref(),
+        policy: &policy,
         now,
-        input.held_cluster.as_deref(),
-    )
-    .await;
+        held_cluster: input.held_cluster.as_deref(),
+        previous: previous.as_ref(),
+    };
+    let mut prepared = prepare_member(ctx, step).await;
     if prepared.report.unreachable.is_some() {
         // What a member reached of a root rotation stays true while it
         // cannot be reached (meshfed alone writes its cacerts): it holds
@@ -586,7 +583,7 @@ async fn run(ctx: &Arc<Context>, input: &Input) -> Outcome {
         if workers.publish(&federation, &member.name, facts) {
             workers.wake_peers(&federation, &member.name);
         }
-        revoke_replaced_tokens(ctx, fed, &mut prepared, &conn.client).await;
+        revoke_replaced_tokens(workers, fed, &mut prepared, &conn.client).await;
         ctx.watches.ensure(
             &federation,
             &member.name,
@@ -636,14 +633,14 @@ async fn run(ctx: &Arc<Context>, input: &Input) -> Outcome {
 /// published; one not heard from since the operator started may hold
 /// anything, so nothing but expired tokens is revoked until it is.
 async fn revoke_replaced_tokens(
-    ctx: &Arc<Context>,
+    workers: &Workers,
     fed: &MeshFederation,
     prepared: &mut PreparedMember,
     client: &kube::Client,
 ) {
     let federation = fed.name_any();
     let member = prepared.name.clone();
-    let facts = ctx.workers.facts(&federation);
+    let facts = workers.facts(&federation);
     let Some(current) = facts.get(&member).and_then(|f| f.token.as_ref()) else {
         return;
     };

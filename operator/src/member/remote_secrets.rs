@@ -13,13 +13,22 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{DeleteParams, PostParams};
 use kube::{Api, ResourceExt};
 
-use super::apply::write;
-use super::member::{PreparedMember, unreachable_reason};
+use super::{PreparedMember, unreachable_reason};
+use crate::api::MeshFederation;
+use crate::apply::write;
 use crate::render::{
     HeldToken, ISTIO_NAMESPACE, IssuedToken, PeerEndpoint, RemoteSecretState, TokenSubject,
     WrittenToken, is_ours, keys, remote_secret_held, remote_secret_name, remote_secret_peer,
     remote_secret_state, render_remote_secret, render_token_binding, token_refresh_at,
 };
+
+/// The forced token refresh the federation asks for: the value of its
+/// `meshfed.io/refresh-tokens` annotation.
+pub fn refresh_request(fed: &MeshFederation) -> Option<&str> {
+    fed.annotations()
+        .get(keys::REFRESH_TOKENS)
+        .map(String::as_str)
+}
 
 /// What a member publishes of itself for its peers, from its own last run.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -480,7 +489,7 @@ fn issued_at(asked_at: Timestamp, expires_at: Timestamp, lifetime: Duration) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::reconcile::status::MemberReport;
+    use crate::fleet::report::MemberReport;
     use crate::render::keys;
 
     const DAY: Duration = Duration::from_secs(86400);
@@ -534,7 +543,7 @@ mod tests {
         let config = kube::Config::new("https://127.0.0.1:1".parse().unwrap());
         PreparedMember {
             name: name.into(),
-            connection: Some(crate::members::connection(config).unwrap()),
+            connection: Some(crate::connection::connection(config).unwrap()),
             endpoint: Ok(endpoint(name)),
             reader: Ok(subject(name)),
             request_baseline: Default::default(),

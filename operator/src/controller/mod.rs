@@ -1,18 +1,6 @@
-//! The controller: reads the federation, drives every member, writes status.
-mod apply;
-mod claim;
-mod cleanup;
-mod control_plane;
-mod failover;
-mod member;
-mod membership;
-mod remote_secrets;
-mod root;
-pub mod rotation;
-pub mod status;
-pub mod upgrade;
-mod worker;
-
+//! The federation controller: watches `MeshFederation`, runs the fleet's
+//! planners over what the members' workers last found, hands each worker
+//! its input, cleans up members that left, and writes the status.
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -24,51 +12,28 @@ use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
-use kube::{Api, Client, Config, Resource, ResourceExt};
+use kube::{Api, Client, Config, ResourceExt};
 use tracing::{Instrument, info, warn};
 
 use crate::api::{CertificateStatus, MeshFederation, MeshFederationStatus};
-use crate::members::{MemberPool, MemberWatches};
+use crate::connection::{MemberPool, MemberWatches};
+use crate::events::{Event, Publisher};
+use crate::fleet::report::{MemberReport, MemberRun};
+use crate::fleet::status::{self, build_status};
+use crate::fleet::{ca, failover, membership, rollout, rotation};
+use crate::member::MemberContext;
+use crate::member::cleanup::{Removal, remove_member};
+use crate::member::remote_secrets::PeerFacts;
+use crate::member::worker::{self, Workers};
 use crate::render::field_manager;
+use crate::settings::Settings;
 use crate::telemetry::{Metrics, ReconcileResult, RequestCount};
-use status::{MemberReport, build_status};
-
-pub use member::unreachable_reason;
 
 /// Finalizer that lets meshfed clean members up before the federation goes.
 pub const FINALIZER: &str = "meshfed.io/cleanup";
-
-/// How the controller behaves.
-#[derive(Clone, Debug)]
-pub struct Settings {
-    /// Namespace holding member credentials and generated roots.
-    pub namespace: String,
-    /// Reconcile every federation at least this often (tokens, health, drift).
-    pub resync: Duration,
-    /// Give up on a member's step after this long.
-    pub member_timeout: Duration,
-    /// The `helm` binary that renders Istio's charts.
-    pub helm: std::path::PathBuf,
-    /// Istio chart sets, one directory per version (`<dir>/<version>/base`, ...).
-    pub charts_dir: std::path::PathBuf,
-}
-
-impl Settings {
-    /// The defaults `meshfed-operator --help` shows, for the given namespace.
-    pub fn new(namespace: impl Into<String>) -> Self {
-        Self {
-            namespace: namespace.into(),
-            resync: Duration::from_secs(60),
-            member_timeout: Duration::from_secs(10),
-            helm: "helm".into(),
-            charts_dir: "/charts".into(),
-        }
-    }
-}
 
 /// Errors that fail a whole reconcile (member problems go to status instead).
 #[derive(thiserror::Error, Debug)]
@@ -79,31 +44,6 @@ pub enum Error {
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
     #[error("cleanup incomplete: {0}")]
     Cleanup(String),
-}
-
-/// A Kubernetes Event to publish on the federation.
-#[derive(Clone, Debug)]
-pub struct Event {
-    pub warning: bool,
-    pub reason: &'static str,
-    pub note: String,
-}
-
-impl Event {
-    fn normal(reason: &'static str, note: String) -> Self {
-        Self {
-            warning: false,
-            reason,
-            note,
-        }
-    }
-    fn warning(reason: &'static str, note: String) -> Self {
-        Self {
-            warning: true,
-            reason,
-            note,
-        }
-    }
 }
 
 /// What the last reconcile of a federation cost.
@@ -117,25 +57,22 @@ pub struct ReconcileStats {
 
 /// Shared by every reconcile.
 pub struct Context {
-    client: Client,
-    settings: Settings,
-    members: MemberPool,
-    watches: MemberWatches,
-    workers: worker::Workers,
+    /// What the members' workers share (the operator's client and settings
+    /// among it).
+    shared: Arc<MemberContext>,
+    workers: Arc<Workers>,
     /// What the controller listens to besides federations and Secrets: the
     /// members whose objects changed, and the federations whose workers
     /// finished a run. Taken once by [`run`].
     triggers: Mutex<Option<Triggers>>,
     /// When each federation last woke all its workers (the safety resync).
     resynced: Mutex<HashMap<String, Instant>>,
-    charts: crate::charts::ChartRenderer,
-    kinds: control_plane::KindCache,
-    recorder: Recorder,
     failures: Mutex<HashMap<String, u32>>,
     stats: Mutex<HashMap<String, ReconcileStats>>,
-    metrics: Arc<Metrics>,
-    /// Failover state by federation, loaded from its record on first use.
-    failover: Mutex<HashMap<String, failover::Tracker>>,
+    /// Failover state by federation (and its UID: a federation deleted
+    /// without its finalizer and created again starts afresh), loaded from
+    /// its record on first use.
+    failover: Mutex<HashMap<String, (Option<String>, failover::Tracker)>>,
 }
 
 impl Context {
@@ -145,44 +82,37 @@ impl Context {
         config: Config,
         settings: Settings,
     ) -> Result<Arc<Self>, kube::Error> {
-        let reporter = Reporter {
-            controller: "meshfed".into(),
-            instance: std::env::var("POD_NAME").ok(),
-        };
         let (watches, changed) = MemberWatches::new();
-        let (workers, finished) = worker::Workers::new();
-        Ok(Arc::new(Self {
-            recorder: Recorder::new(client.clone(), reporter),
+        let (workers, finished) = Workers::new();
+        let shared = MemberContext {
+            events: Publisher::new(client.clone()),
+            connections: MemberPool::new(
+                settings.namespace.clone(),
+                config,
+                settings.member_timeout,
+            )?,
             watches,
-            workers,
-            triggers: Mutex::new(Some(Triggers {
-                changed: changed.boxed(),
-                finished: finished.boxed(),
-            })),
-            resynced: Mutex::default(),
-            members: MemberPool::new(settings.namespace.clone(), config, settings.member_timeout)?,
             charts: crate::charts::ChartRenderer::new(
                 settings.helm.clone(),
                 settings.charts_dir.clone(),
             ),
             kinds: Default::default(),
+            metrics: Arc::default(),
             client,
             settings,
+        };
+        Ok(Arc::new(Self {
+            shared: Arc::new(shared),
+            workers: Arc::new(workers),
+            triggers: Mutex::new(Some(Triggers {
+                changed: changed.boxed(),
+                finished: finished.boxed(),
+            })),
+            resynced: Mutex::default(),
             failures: Mutex::default(),
             stats: Mutex::default(),
-            metrics: Arc::default(),
             failover: Mutex::default(),
         }))
-    }
-
-    /// Whether `fed` (this very object, by UID) still exists. A failed look
-    /// counts as yes: a worker is never stopped on a transient error.
-    async fn federation_exists(&self, fed: &MeshFederation) -> bool {
-        let api = Api::<MeshFederation>::all(self.client.clone());
-        match api.get_opt(&fed.name_any()).await {
-            Ok(found) => found.is_some_and(|f| f.uid() == fed.uid()),
-            Err(_) => true,
-        }
     }
 
     /// Stops every member worker, as the process exiting would. For an
@@ -199,7 +129,7 @@ impl Context {
         let last = resynced
             .entry(federation.to_string())
             .or_insert_with(Instant::now);
-        if last.elapsed() < self.settings.resync {
+        if last.elapsed() < self.shared.settings.resync {
             return false;
         }
         *last = Instant::now();
@@ -208,7 +138,7 @@ impl Context {
 
     /// The operator's Prometheus metrics.
     pub fn metrics(&self) -> Arc<Metrics> {
-        self.metrics.clone()
+        self.shared.metrics.clone()
     }
 
     /// Figures of the last finished reconcile of `federation`.
@@ -218,26 +148,6 @@ impl Context {
             .expect("stats lock")
             .get(federation)
             .cloned()
-    }
-
-    async fn publish(&self, fed: &MeshFederation, events: Vec<Event>) {
-        let reference = fed.object_ref(&());
-        for e in events {
-            let event = KubeEvent {
-                type_: if e.warning {
-                    EventType::Warning
-                } else {
-                    EventType::Normal
-                },
-                reason: e.reason.into(),
-                note: Some(e.note),
-                action: "Reconcile".into(),
-                secondary: None,
-            };
-            if let Err(err) = self.recorder.publish(&event, &reference).await {
-                warn!(error = %err, "publishing event failed");
-            }
-        }
     }
 }
 
@@ -249,8 +159,9 @@ struct Triggers {
 
 /// Runs the controller until the process is asked to stop.
 pub async fn run(ctx: Arc<Context>) {
-    let feds = Api::<MeshFederation>::all(ctx.client.clone());
-    let secrets = Api::<Secret>::namespaced(ctx.client.clone(), &ctx.settings.namespace);
+    let feds = Api::<MeshFederation>::all(ctx.shared.client.clone());
+    let secrets =
+        Api::<Secret>::namespaced(ctx.shared.client.clone(), &ctx.shared.settings.namespace);
     let controller = Controller::new(feds, watcher::Config::default());
     let store = controller.store();
     let Triggers { changed, finished } = ctx
@@ -276,7 +187,11 @@ pub async fn run(ctx: Arc<Context>) {
         move |secret: &Secret| {
             let Some(ctx) = ctx.upgrade() else { return };
             let version = secret.resource_version().unwrap_or_default();
-            if !ctx.members.forget_changed(&secret.name_any(), &version) {
+            if !ctx
+                .shared
+                .connections
+                .forget_changed(&secret.name_any(), &version)
+            {
                 return;
             }
             for fed in store.state() {
@@ -343,14 +258,14 @@ fn uses_secret(fed: &MeshFederation, secret: &str) -> bool {
         .and_then(|c| c.root_secret_ref.as_ref())
         .map(|r| r.name.as_str());
     root == Some(secret)
-        || root::is_generated_root(&fed.name_any(), secret)
+        || ca::is_generated_root(&fed.name_any(), secret)
         || members_using(fed, secret).next().is_some()
 }
 
 async fn reconcile(fed: Arc<MeshFederation>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = Instant::now();
     let name = fed.name_any();
-    let api = Api::<MeshFederation>::all(ctx.client.clone());
+    let api = Api::<MeshFederation>::all(ctx.shared.client.clone());
     if name.len() > MAX_FEDERATION_NAME {
         return set_aside_unusable_name(&api, &fed, &ctx).await;
     }
@@ -373,7 +288,8 @@ async fn reconcile(fed: Arc<MeshFederation>, ctx: Arc<Context>) -> Result<Action
     .await
     .map_err(|e| Error::Finalizer(Box::new(e)));
     if result.is_err() {
-        ctx.metrics
+        ctx.shared
+            .metrics
             .reconciled(&name, ReconcileResult::Error, started.elapsed());
     }
     result
@@ -405,7 +321,7 @@ async fn set_aside_unusable_name(
         .await?;
     }
     warn!(federation = %fed.name_any(), "federation name longer than {MAX_FEDERATION_NAME} characters; ignored");
-    ctx.publish(
+    ctx.shared.publish(
         fed,
         vec![Event::warning(
             "InvalidName",
@@ -427,7 +343,7 @@ impl Context {
         let mut failures = self.failures.lock().expect("failures lock");
         let n = failures.entry(federation.into()).or_insert(0);
         *n = (*n + 1).min(20);
-        Duration::from_millis(500u64 << (*n - 1)).min(self.settings.resync)
+        Duration::from_millis(500u64 << (*n - 1)).min(self.shared.settings.resync)
     }
 
     fn clear_errors(&self, federation: &str) {
@@ -453,8 +369,8 @@ async fn converge(fed: &Arc<MeshFederation>, ctx: &Arc<Context>) -> Result<Actio
     let recorded = known_members(fed, ctx).await?;
     let mut membership = membership::with_spec(&recorded, fed);
     membership::store(
-        &ctx.client,
-        &ctx.settings.namespace,
+        &ctx.shared.client,
+        &ctx.shared.settings.namespace,
         fed,
         &recorded,
         &membership,
@@ -463,7 +379,7 @@ async fn converge(fed: &Arc<MeshFederation>, ctx: &Arc<Context>) -> Result<Actio
 
     let members: BTreeSet<String> = spec.members.iter().map(|m| m.name.clone()).collect();
     ctx.workers.retain(&name, &members);
-    ctx.watches.retain(&name, &members);
+    ctx.shared.watches.retain(&name, &members);
     let runs = ctx.workers.runs(&name);
     // Where the members in the spec stand on `target`. A member this process
     // has not heard from (just started, or unreachable since) holds the
@@ -479,7 +395,14 @@ async fn converge(fed: &Arc<MeshFederation>, ctx: &Arc<Context>) -> Result<Actio
             _ => Some(rotation::Progress::Unknown),
         }))
     };
-    let ca = root::prepare_ca(&ctx.client, &ctx.settings.namespace, fed, now, progress).await;
+    let ca = ca::prepare_ca(
+        &ctx.shared.client,
+        &ctx.shared.settings.namespace,
+        fed,
+        now,
+        progress,
+    )
+    .await;
 
     // Failover: who is healthy, and whom peers must not see.
     let health: BTreeMap<String, Option<failover::Health>> = spec
@@ -492,13 +415,13 @@ async fn converge(fed: &Arc<MeshFederation>, ctx: &Arc<Context>) -> Result<Actio
             (m.name.clone(), h)
         })
         .collect();
-    let mut tracker = ctx.failover_tracker(&name).await?;
+    let mut tracker = ctx.failover_tracker(fed).await?;
     let withdrawn_before = tracker.withdrawn.clone();
     let decision = tracker.decide(&health, spec.withdrawal().as_ref(), now);
     if tracker.withdrawn != withdrawn_before {
         failover::store(
-            &ctx.client,
-            &ctx.settings.namespace,
+            &ctx.shared.client,
+            &ctx.shared.settings.namespace,
             fed,
             &tracker.withdrawn,
         )
@@ -507,7 +430,7 @@ async fn converge(fed: &Arc<MeshFederation>, ctx: &Arc<Context>) -> Result<Actio
     ctx.failover
         .lock()
         .expect("failover lock")
-        .insert(name.clone(), tracker.clone());
+        .insert(name.clone(), (fed.uid(), tracker.clone()));
     events.extend(failover_events(&decision, spec.withdrawal().as_ref()));
     let withdrawn = Arc::new(tracker.withdrawn_set());
     let recorded_rollout = load_rollout(ctx, fed).await?;
@@ -523,8 +446,8 @@ async fn converge(fed: &Arc<MeshFederation>, ctx: &Arc<Context>) -> Result<Actio
             serde_json::to_string(&r.status).unwrap_or_default(),
         )]);
         membership::write_record(
-            &ctx.client,
-            &ctx.settings.namespace,
+            &ctx.shared.client,
+            &ctx.shared.settings.namespace,
             fed,
             &rollout_record_name(&name),
             data,
@@ -555,7 +478,8 @@ async fn converge(fed: &Arc<MeshFederation>, ctx: &Arc<Context>) -> Result<Actio
     // remote secrets or failover.
     // Which cluster each member held, on record before it is relied on.
     let held_before =
-        membership::load_clusters(&ctx.client, &ctx.settings.namespace, &name).await?;
+        membership::load_clusters(&ctx.shared.client, &ctx.shared.settings.namespace, &name)
+            .await?;
     let held = membership::held_clusters(
         &held_before,
         &membership,
@@ -569,8 +493,8 @@ async fn converge(fed: &Arc<MeshFederation>, ctx: &Arc<Context>) -> Result<Actio
         }),
     );
     membership::store_clusters(
-        &ctx.client,
-        &ctx.settings.namespace,
+        &ctx.shared.client,
+        &ctx.shared.settings.namespace,
         fed,
         &held_before,
         &held,
@@ -590,9 +514,9 @@ async fn converge(fed: &Arc<MeshFederation>, ctx: &Arc<Context>) -> Result<Actio
             plan: rollout
                 .as_ref()
                 .and_then(|r| r.plans.get(&member.name).cloned())
-                .unwrap_or_else(upgrade::MemberPlan::observe_only),
+                .unwrap_or_else(rollout::MemberPlan::observe_only),
         };
-        ctx.workers.ensure(ctx, input, resync);
+        ctx.workers.ensure(&ctx.shared, input, resync);
     }
     let root_status = match &ca {
         Ok(ca) => match &ca.material.signing {
@@ -645,7 +569,7 @@ async fn converge(fed: &Arc<MeshFederation>, ctx: &Arc<Context>) -> Result<Actio
         let plan = rollout.as_ref().and_then(|ro| ro.plans.get(&r.status.name));
         r.status.upgrade_phase = plan
             .map(|p| p.phase)
-            .filter(|p| !matches!(p, upgrade::Phase::Current | upgrade::Phase::Unknown))
+            .filter(|p| !matches!(p, rollout::Phase::Current | rollout::Phase::Unknown))
             .map(|p| p.as_str().to_string());
     }
     // The status describes the oldest generation any member's run worked from.
@@ -669,8 +593,8 @@ async fn converge(fed: &Arc<MeshFederation>, ctx: &Arc<Context>) -> Result<Actio
     facts.retain(|member, _| members.contains(member));
     reports.extend(leave_departed(fed, ctx, &facts, settled, &mut membership, &mut events).await);
     membership::store(
-        &ctx.client,
-        &ctx.settings.namespace,
+        &ctx.shared.client,
+        &ctx.shared.settings.namespace,
         fed,
         &before_leaving,
         &membership,
@@ -682,7 +606,7 @@ async fn converge(fed: &Arc<MeshFederation>, ctx: &Arc<Context>) -> Result<Actio
         .as_ref()
         .ok()
         .and_then(|ca| ca.record.active.secret.as_deref());
-    let kept_secrets = kept_secrets(fed, &ctx.settings.namespace, active_root);
+    let kept_secrets = kept_secrets(fed, &ctx.shared.settings.namespace, active_root);
     // A member the last status describes but this process has not heard
     // from yet, with every peer known (it just started): that status stands
     // until each such member reported, so a restart changes nothing users see.
@@ -708,7 +632,7 @@ async fn converge(fed: &Arc<MeshFederation>, ctx: &Arc<Context>) -> Result<Actio
             now,
         ),
     };
-    ctx.metrics.members(&name, previous, &status, now);
+    ctx.shared.metrics.members(&name, previous, &status, now);
     let ready = status
         .conditions
         .iter()
@@ -717,13 +641,15 @@ async fn converge(fed: &Arc<MeshFederation>, ctx: &Arc<Context>) -> Result<Actio
         patch_status(ctx, &name, &status).await?;
     }
     events.extend(newly_exposed(previous, &status));
-    ctx.publish(fed, events).await;
+    ctx.shared.publish(fed, events).await;
     let result = if ready {
         ReconcileResult::Ready
     } else {
         ReconcileResult::NotReady
     };
-    ctx.metrics.reconciled(&name, result, started.elapsed());
+    ctx.shared
+        .metrics
+        .reconciled(&name, result, started.elapsed());
 
     let stats = ReconcileStats {
         duration: started.elapsed(),
@@ -755,7 +681,9 @@ async fn converge(fed: &Arc<MeshFederation>, ctx: &Arc<Context>) -> Result<Actio
         .filter_map(|t| Duration::try_from(t.duration_since(now)).ok())
         .min();
     Ok(Action::requeue(
-        until_check.map_or(ctx.settings.resync, |d| d.min(ctx.settings.resync)),
+        until_check.map_or(ctx.shared.settings.resync, |d| {
+            d.min(ctx.shared.settings.resync)
+        }),
     ))
 }
 
@@ -773,8 +701,8 @@ async fn load_rollout(
     fed: &MeshFederation,
 ) -> Result<Option<crate::api::RolloutStatus>, Error> {
     let record = membership::read_record(
-        &ctx.client,
-        &ctx.settings.namespace,
+        &ctx.shared.client,
+        &ctx.shared.settings.namespace,
         &rollout_record_name(&fed.name_any()),
     )
     .await?;
@@ -788,16 +716,16 @@ async fn load_rollout(
 /// from what its worker last found and where the rollout stood.
 fn rollout(
     fed: &MeshFederation,
-    runs: &BTreeMap<String, worker::MemberRun>,
+    runs: &BTreeMap<String, MemberRun>,
     previous: Option<&crate::api::RolloutStatus>,
     now: Timestamp,
-) -> Option<upgrade::Rollout> {
+) -> Option<rollout::Rollout> {
     let cp = fed.spec.control_plane.as_ref()?;
     if cp.mode != crate::api::ControlPlaneMode::Managed {
         return None;
     }
     let upgrade = fed.spec.upgrade();
-    let settings = upgrade::Settings {
+    let settings = rollout::Settings {
         version: cp.version.as_deref()?,
         strategy: upgrade.strategy(),
         order: fed.spec.upgrade_order(),
@@ -815,7 +743,7 @@ fn rollout(
             (m.name.clone(), installed)
         })
         .collect();
-    Some(upgrade::plan(&settings, &observed, previous, now))
+    Some(rollout::plan(&settings, &observed, previous, now))
 }
 
 impl Context {
@@ -834,11 +762,19 @@ impl Context {
     }
 
     /// The federation's failover state, from its record the first time.
-    async fn failover_tracker(&self, federation: &str) -> Result<failover::Tracker, Error> {
-        if let Some(t) = self.failover.lock().expect("failover lock").get(federation) {
+    async fn failover_tracker(&self, fed: &MeshFederation) -> Result<failover::Tracker, Error> {
+        let federation = &fed.name_any();
+        if let Some((uid, t)) = self.failover.lock().expect("failover lock").get(federation)
+            && *uid == fed.uid()
+        {
             return Ok(t.clone());
         }
-        let withdrawn = failover::load(&self.client, &self.settings.namespace, federation).await?;
+        let withdrawn = failover::load(
+            &self.shared.client,
+            &self.shared.settings.namespace,
+            federation,
+        )
+        .await?;
         Ok(failover::Tracker::with_withdrawn(withdrawn))
     }
 }
@@ -879,7 +815,12 @@ async fn known_members(
     fed: &MeshFederation,
     ctx: &Context,
 ) -> Result<membership::Membership, Error> {
-    let recorded = membership::load(&ctx.client, &ctx.settings.namespace, &fed.name_any()).await?;
+    let recorded = membership::load(
+        &ctx.shared.client,
+        &ctx.shared.settings.namespace,
+        &fed.name_any(),
+    )
+    .await?;
     Ok(recorded.unwrap_or_else(|| {
         fed.status
             .iter()
@@ -887,97 +828,6 @@ async fn known_members(
             .filter_map(|m| Some((m.name.clone(), m.credentials.clone()?)))
             .collect()
     }))
-}
-
-/// What removing a member's objects came to.
-#[derive(Debug)]
-enum Removal {
-    /// These objects were deleted.
-    Removed(Vec<String>),
-    /// Its credentials Secret is gone: nothing can be reached, and whatever
-    /// meshfed made in its cluster stays there.
-    CredentialsGone(String),
-    /// Its cluster now belongs to this member (renamed on the same cluster).
-    ClusterTakenBy(String),
-}
-
-impl Removal {
-    fn event(&self, member: &str, federation: &str) -> Event {
-        match self {
-            Removal::Removed(objects) => Event::normal(
-                "MemberRemoved",
-                format!("member {member} left; removed {} objects", objects.len()),
-            ),
-            Removal::CredentialsGone(why) => Event::warning(
-                "MemberOrphaned",
-                format!(
-                    "member {member} left but {why}: its objects stay in its cluster; remove them there with `kubectl delete secret,serviceaccount,configmap -n istio-system -l meshfed.io/federation={federation}` and `kubectl delete clusterrole,clusterrolebinding -l meshfed.io/federation={federation}`"
-                ),
-            ),
-            Removal::ClusterTakenBy(owner) => Event::normal(
-                "MemberRemoved",
-                format!("member {member} left; its cluster is now member {owner}'s"),
-            ),
-        }
-    }
-}
-
-/// Removes meshfed's objects from one member, unless its cluster now belongs
-/// to a member of this federation: by the cluster's claim, or by `taken`
-/// (cluster identity to member, as the members' workers found them).
-async fn remove_member(
-    ctx: &Context,
-    fed: &MeshFederation,
-    member: &str,
-    credentials: &crate::api::MemberCredentials,
-    taken: &BTreeMap<String, String>,
-) -> Result<Removal, String> {
-    let conn = match ctx.members.connect(credentials).await {
-        Ok(conn) => conn,
-        Err(e @ crate::members::ConnectError::SecretMissing { .. }) => {
-            return Ok(Removal::CredentialsGone(e.to_string()));
-        }
-        Err(e) => return Err(e.to_string()),
-    };
-    let federation = fed.name_any();
-    let work = async {
-        let claim = claim::recorded_claim(&conn.client).await?;
-        if let Some(owner) = claim
-            .as_ref()
-            .filter(|c| c.federation == federation && c.member != member)
-        {
-            // Renamed on the same cluster: everything there is the new member's.
-            return Ok(Removal::ClusterTakenBy(owner.member.clone()));
-        }
-        if !taken.is_empty()
-            && let Some(owner) = taken.get(&claim::cluster_id(&conn.client).await?)
-        {
-            return Ok(Removal::ClusterTakenBy(owner.clone()));
-        }
-        // The claim records every kind meshfed applied there, a control plane's too.
-        let ours = claim.filter(|c| c.federation == federation);
-        let cluster = match &ours {
-            Some(c) => c.cluster_id.clone(),
-            None => claim::cluster_id(&conn.client).await?,
-        };
-        let recorded = ours.map(|c| c.kinds).unwrap_or_default();
-        cleanup::remove_from_member(
-            &ctx.kinds,
-            &conn.client,
-            &cluster,
-            &federation,
-            fed.spec.ca().on_removal(),
-            &recorded,
-        )
-        .await
-        .map(Removal::Removed)
-    };
-    // Removing a control plane is many requests: the control plane's budget.
-    let budget = ctx.settings.member_timeout * 6;
-    match tokio::time::timeout(budget, work).await {
-        Ok(result) => result.map_err(|e| member::unreachable_reason(&e)),
-        Err(_) => Err(format!("not done within {budget:?}")),
-    }
 }
 
 /// Recorded members that left the spec: clean them up with the recorded
@@ -989,7 +839,7 @@ async fn remove_member(
 async fn leave_departed(
     fed: &MeshFederation,
     ctx: &Context,
-    facts: &BTreeMap<String, remote_secrets::PeerFacts>,
+    facts: &BTreeMap<String, PeerFacts>,
     settled: bool,
     membership: &mut membership::Membership,
     events: &mut Vec<Event>,
@@ -1013,7 +863,7 @@ async fn leave_departed(
             match (renamed, settled) {
                 (Some(m), _) => Ok(Removal::ClusterTakenBy(m.name.clone())),
                 (None, false) => Err("waiting for the current members' first run".to_string()),
-                (None, true) => remove_member(ctx, fed, name, credentials, taken).await,
+                (None, true) => remove_member(&ctx.shared, fed, name, credentials, taken).await,
             }
         }
     }))
@@ -1052,7 +902,7 @@ async fn leave_departed(
 async fn clean_up(fed: &MeshFederation, ctx: &Context) -> Result<Action, Error> {
     let name = fed.name_any();
     ctx.workers.retain(&name, &BTreeSet::new());
-    ctx.watches.retain(&name, &BTreeSet::new());
+    ctx.shared.watches.retain(&name, &BTreeSet::new());
     let recorded = known_members(fed, ctx).await?;
     let members: Vec<_> = membership::with_spec(&recorded, fed).into_iter().collect();
     let federation = &name;
@@ -1060,7 +910,7 @@ async fn clean_up(fed: &MeshFederation, ctx: &Context) -> Result<Action, Error> 
     let results = join_all(members.iter().map(|(member, credentials)| {
         let taken = &nothing_taken;
         async move {
-            remove_member(ctx, fed, member, credentials, taken)
+            remove_member(&ctx.shared, fed, member, credentials, taken)
                 .await
                 .map(|removal| removal.event(member, federation))
                 .map_err(|e| format!("{member}: {e}"))
@@ -1069,7 +919,8 @@ async fn clean_up(fed: &MeshFederation, ctx: &Context) -> Result<Action, Error> 
     .await;
     let (done, failures): (Vec<_>, Vec<_>) = results.into_iter().partition(Result::is_ok);
     let failures: Vec<String> = failures.into_iter().filter_map(Result::err).collect();
-    ctx.publish(fed, done.into_iter().filter_map(Result::ok).collect())
+    ctx.shared
+        .publish(fed, done.into_iter().filter_map(Result::ok).collect())
         .await;
     if !failures.is_empty() {
         return Err(Error::Cleanup(failures.join("; ")));
@@ -1077,7 +928,8 @@ async fn clean_up(fed: &MeshFederation, ctx: &Context) -> Result<Action, Error> 
     if fed.spec.ca().on_removal() == crate::api::RemovalPolicy::Delete {
         // Every root meshfed generated for it: after rotations there may be
         // more than the first (`<federation>-root-ca-<n>`).
-        let secrets = Api::<Secret>::namespaced(ctx.client.clone(), &ctx.settings.namespace);
+        let secrets =
+            Api::<Secret>::namespaced(ctx.shared.client.clone(), &ctx.shared.settings.namespace);
         let ours = secrets
             .list_metadata(
                 &kube::api::ListParams::default().labels(&crate::render::managed_selector(&name)),
@@ -1087,7 +939,7 @@ async fn clean_up(fed: &MeshFederation, ctx: &Context) -> Result<Action, Error> 
             .items
             .iter()
             .map(|s| s.name_any())
-            .filter(|s| root::is_generated_root(&name, s))
+            .filter(|s| ca::is_generated_root(&name, s))
         {
             match secrets.delete(&generated, &Default::default()).await {
                 Ok(_) => {}
@@ -1096,8 +948,10 @@ async fn clean_up(fed: &MeshFederation, ctx: &Context) -> Result<Action, Error> 
             }
         }
     }
-    membership::forget(&ctx.client, &ctx.settings.namespace, &name).await?;
-    ctx.metrics.forget_federation(&name, fed.status.as_ref());
+    membership::forget(&ctx.shared.client, &ctx.shared.settings.namespace, &name).await?;
+    ctx.shared
+        .metrics
+        .forget_federation(&name, fed.status.as_ref());
     ctx.forget(&name);
     info!(federation = %name, "cleaned up every member");
     Ok(Action::await_change())
@@ -1108,7 +962,7 @@ async fn patch_status(
     name: &str,
     status: &MeshFederationStatus,
 ) -> Result<(), Error> {
-    let api = Api::<MeshFederation>::all(ctx.client.clone());
+    let api = Api::<MeshFederation>::all(ctx.shared.client.clone());
     let patch = serde_json::json!({
         "apiVersion": "meshfed.io/v1alpha1",
         "kind": "MeshFederation",
@@ -1147,7 +1001,7 @@ fn kept_secrets(fed: &MeshFederation, namespace: &str, active_root: Option<&str>
     let root = match (active_root, &fed.spec.ca().root_secret_ref) {
         (Some(secret), _) => secret.to_string(),
         (None, Some(r)) => r.name.clone(),
-        (None, None) => root::generated_root_name(&fed.name_any()),
+        (None, None) => ca::generated_root_name(&fed.name_any()),
     };
     let credentials = fed
         .spec
