@@ -20,7 +20,7 @@ use tracing::{Instrument, info, warn};
 
 use crate::api::{CertificateStatus, MeshFederation, MeshFederationStatus};
 use crate::connection::{MemberPool, MemberWatches};
-use crate::events::{Event, Publisher};
+use crate::events::{Event, Publisher, Reason};
 use crate::fleet::report::{MemberReport, MemberRun};
 use crate::fleet::status::{self, build_status};
 use crate::fleet::{ca, failover, membership, rollout, rotation};
@@ -323,8 +323,8 @@ async fn set_aside_unusable_name(
     warn!(federation = %fed.name_any(), "federation name longer than {MAX_FEDERATION_NAME} characters; ignored");
     ctx.shared.publish(
         fed,
-        vec![Event::warning(
-            "InvalidName",
+        vec![Event::new(
+ Reason::InvalidName,
             format!("metadata.name is longer than {MAX_FEDERATION_NAME} characters, so it cannot be a label value; recreate the federation with a shorter name"),
         )],
     )
@@ -356,7 +356,9 @@ impl Context {
 
 /// The federation's part: membership, the root, one worker per member, the
 /// cleanup of members that left, and the status aggregated from the
-/// workers' last runs. It never waits for a member.
+/// workers' last runs. It waits for no member's worker; removing a member
+/// that left is the one thing it does in a member itself (each removal with
+/// its own budget, all at once).
 async fn converge(fed: &Arc<MeshFederation>, ctx: &Arc<Context>) -> Result<Action, Error> {
     let started = Instant::now();
     let name = fed.name_any();
@@ -455,23 +457,11 @@ async fn converge(fed: &Arc<MeshFederation>, ctx: &Arc<Context>) -> Result<Actio
         .await?;
     }
     if let Some(r) = &rollout {
-        events.extend(r.events.iter().map(|(reason, message, warning)| {
-            if *warning {
-                Event::warning(reason, message.clone())
-            } else {
-                Event::normal(reason, message.clone())
-            }
-        }));
+        events.extend(r.events.iter().cloned());
     }
 
     if let Ok(ca) = &ca {
-        events.extend(ca.events.iter().map(|(reason, message)| {
-            if *reason == "RootLost" {
-                Event::warning(reason, message.clone())
-            } else {
-                Event::normal(reason, message.clone())
-            }
-        }));
+        events.extend(ca.events.iter().cloned());
     }
     // Every member's worker runs whatever the CA's state: a root Secret
     // briefly missing leaves `cacerts` alone but never stops membership,
@@ -786,8 +776,8 @@ fn failover_events(
 ) -> Vec<Event> {
     let mut events = Vec::new();
     for (member, why) in &decision.withdrawn {
-        events.push(Event::warning(
-            "MemberWithdrawn",
+        events.push(Event::new(
+ Reason::MemberWithdrawn,
             format!(
                 "member {member} withdrawn from its peers' view (their remote secrets for it removed): {why}"
             ),
@@ -801,10 +791,10 @@ fn failover_events(
             ),
             None => format!("member {member} restored to its peers' view: withdrawal is off"),
         };
-        events.push(Event::normal("MemberRestored", note));
+        events.push(Event::new(Reason::MemberRestored, note));
     }
     if let (true, Some(held)) = (decision.held_changed, &decision.held) {
-        events.push(Event::warning("WithdrawalHeld", held.clone()));
+        events.push(Event::new(Reason::WithdrawalHeld, held.clone()));
     }
     events
 }
@@ -990,7 +980,7 @@ fn newly_exposed(
     };
     let message = exposed(now)?;
     (previous.and_then(exposed) != Some(message.clone()))
-        .then(|| Event::warning("CredentialsExposed", message))
+        .then(|| Event::new(Reason::CredentialsExposed, message))
 }
 
 /// The Secrets the operator keeps for `fed` in its namespace: the root (key

@@ -15,6 +15,7 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use super::membership;
 use super::rotation::{self, CaRecord, Periods, RootRef, Step};
 use crate::api::{MeshFederation, defaults};
+use crate::events::{Event, Reason};
 use crate::pki::RootCa;
 use crate::render::{is_ours, managed_labels};
 
@@ -69,8 +70,8 @@ pub struct CaMaterial {
 pub struct Ca {
     pub material: Arc<CaMaterial>,
     pub record: CaRecord,
-    /// (reason, message) of Events to publish.
-    pub events: Vec<(&'static str, String)>,
+    /// Events to publish.
+    pub events: Vec<Event>,
 }
 
 fn record_name(federation: &str) -> String {
@@ -189,7 +190,7 @@ pub async fn prepare_ca(
                             .await?;
                     let previous = generated_root_name_at(&federation, n.saturating_sub(1));
                     let why = if lost {
-                        events.push(("RootLost", format!("root Secret {namespace}/{previous} is gone; its certificate stays trusted while a new root {} replaces it through every phase", root.1.info().serial)));
+                        events.push(Event::new(Reason::RootLost, format!("root Secret {namespace}/{previous} is gone; its certificate stays trusted while a new root {} replaces it through every phase", root.1.info().serial)));
                         format!("the generated root Secret {previous} was lost")
                     } else if requested {
                         "spec.ca.rootRotation.request changed".to_string()
@@ -198,8 +199,8 @@ pub async fn prepare_ca(
                     } else if record.is_some() {
                         "spec.ca.rootSecretRef removed: a generated root replaces it".to_string()
                     } else {
-                        events.push((
-                            "RootCreated",
+                        events.push(Event::new(
+                            Reason::RootCreated,
                             format!("generated root CA {}", root.1.info().serial),
                         ));
                         String::new()
@@ -230,8 +231,8 @@ pub async fn prepare_ca(
         record.active.secret = desired_ref.secret.clone();
     }
     if record.start(desired_ref.clone(), &reason, now) {
-        events.push((
-            "RootRotationStarted",
+        events.push(Event::new(
+            Reason::RootRotationStarted,
             format!(
                 "rotating to root {} ({reason}): phase TrustBoth",
                 desired_root.info().serial
@@ -243,16 +244,16 @@ pub async fn prepare_ca(
     let periods = Periods { propagation, drain };
     let mut retired = None;
     match record.advance(progress(&target_id), periods, now) {
-        Some(Step::Entered(phase)) => events.push((
-            "RootRotationPhase",
+        Some(Step::Entered(phase)) => events.push(Event::new(
+            Reason::RootRotationPhase,
             format!(
                 "every member finished the last phase; phase {} began",
                 phase.name()
             ),
         )),
         Some(Step::Finished) => {
-            events.push((
-                "RootRotationFinished",
+            events.push(Event::new(
+                Reason::RootRotationFinished,
                 "the old root left every trust bundle; the rotation is complete".to_string(),
             ));
             retired = loaded

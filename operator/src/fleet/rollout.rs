@@ -16,6 +16,7 @@ use std::time::Duration;
 use jiff::Timestamp;
 
 use crate::api::{HaltStatus, RevisionStatus, RolloutStatus, UpgradeStrategy};
+use crate::events::{Event, Reason};
 
 /// The revision of a revision-less install (Istio calls it `default`).
 pub const REVISIONLESS: &str = "";
@@ -199,8 +200,7 @@ pub struct Settings<'a> {
 pub struct Rollout {
     pub plans: BTreeMap<String, MemberPlan>,
     pub status: RolloutStatus,
-    /// (reason, message, warning)
-    pub events: Vec<(&'static str, String, bool)>,
+    pub events: Vec<Event>,
     /// When the decision changes by itself (a pause or a gate timeout ends).
     pub next_check: Option<Timestamp>,
 }
@@ -274,13 +274,12 @@ pub fn plan(
     if wave.is_empty() {
         if !previous_wave.is_empty() {
             last_finished = Some(now);
-            events.push((
-                "UpgradeWaveFinished",
+            events.push(Event::new(
+                Reason::UpgradeWaveFinished,
                 format!(
                     "revision {revision}: {} at the new revision",
                     previous_wave.iter().copied().collect::<Vec<_>>().join(", ")
                 ),
-                false,
             ));
         }
         let pending: Vec<&str> = settings
@@ -296,10 +295,9 @@ pub fn plan(
                 wave = pending.into_iter().take(settings.max_concurrent).collect();
                 if !wave.is_empty() {
                     wave_started_at = Some(now);
-                    events.push((
-                        "UpgradeWaveStarted",
+                    events.push(Event::new(
+                        Reason::UpgradeWaveStarted,
                         format!("Istio {target} (revision {revision}): {}", wave.join(", ")),
-                        false,
                     ));
                 }
             }
@@ -463,21 +461,19 @@ pub fn plan(
     if let Some(h) = &halted
         && was_halted.is_none_or(|w| w.member != h.member || w.gate != h.gate)
     {
-        events.push((
-            "UpgradeHalted",
+        events.push(Event::new(
+            Reason::UpgradeHalted,
             format!(
                 "member {}: gate {} not met within {:?}: {}",
                 h.member, h.gate, settings.gate_timeout, h.message
             ),
-            true,
         ));
     }
     let was_complete = previous.is_some_and(|p| p.version == target && p.phase == "Complete");
     if phase == "Complete" && !was_complete && previous.is_some() {
-        events.push((
-            "UpgradeComplete",
+        events.push(Event::new(
+            Reason::UpgradeComplete,
             format!("every member runs Istio {target} (revision {revision})"),
-            false,
         ));
     }
     let status = RolloutStatus {
@@ -786,7 +782,11 @@ mod tests {
             assert_eq!(r.plans[m].phase, Phase::Waiting);
             assert_eq!(r.plans[m].apply.len(), 1, "only 1-30");
         }
-        assert!(r.events.iter().any(|e| e.0 == "UpgradeWaveStarted"));
+        assert!(
+            r.events
+                .iter()
+                .any(|e| e.reason == Reason::UpgradeWaveStarted)
+        );
 
         // a's 1-31 is ready: the tags move (new holder first), nobody else starts.
         let a_both = with(old.clone(), "1.31", true);
@@ -838,7 +838,11 @@ mod tests {
         assert!(r.status.wave.is_empty());
         assert_eq!(r.next_check, Some(t("2026-01-01T00:01:00Z")));
         assert_eq!(r.plans["b"].phase, Phase::Waiting);
-        assert!(r.events.iter().any(|e| e.0 == "UpgradeWaveFinished"));
+        assert!(
+            r.events
+                .iter()
+                .any(|e| e.reason == Reason::UpgradeWaveFinished)
+        );
         assert_eq!(r.status.updated, 1);
 
         // After the pause, b.
@@ -913,10 +917,19 @@ mod tests {
             "members after it are untouched"
         );
         assert_eq!(r.plans["c"].apply.len(), 1);
-        assert!(r.events.iter().any(|e| e.0 == "UpgradeHalted" && e.2));
+        assert!(
+            r.events
+                .iter()
+                .any(|e| e.reason == Reason::UpgradeHalted && e.reason.is_warning())
+        );
         // Said once.
         let again = plan(&s, &observed, Some(&r.status), t("2026-01-01T00:06:00Z"));
-        assert!(again.events.iter().all(|e| e.0 != "UpgradeHalted"));
+        assert!(
+            again
+                .events
+                .iter()
+                .all(|e| e.reason != Reason::UpgradeHalted)
+        );
         // Fixed: the tags move.
         let fixed = fleet(&[
             ("a", a_done),

@@ -10,7 +10,7 @@ use kube::Api;
 use super::PreparedMember;
 use crate::api::{CertificateStatus, Member};
 use crate::apply::write;
-use crate::events::Event;
+use crate::events::{Event, Reason};
 use crate::fleet::ca::CaMaterial;
 use crate::pki::{self, CacertsBundle, IntermediatePolicy, ReissueReason, RootCa};
 use crate::render::{CACERTS, ISTIO_NAMESPACE, cacerts_bundle, is_ours, keys, render_cacerts};
@@ -163,8 +163,8 @@ async fn sync_cacerts(
             )
             .expect("checked above");
             write(secrets, &render_cacerts(federation, &bundle), federation).await?;
-            prepared.events.push(Event::normal(
-                "TrustBundleUpdated",
+            prepared.events.push(Event::new(
+                Reason::TrustBundleUpdated,
                 format!(
                     "member {}: root-cert.pem now holds {} root(s); the intermediate is unchanged",
                     member.name,
@@ -207,11 +207,11 @@ async fn sync_cacerts(
 
 fn intermediate_event(member: &str, reason: ReissueReason) -> Event {
     let (reason_code, verb) = if reason == ReissueReason::Missing {
-        ("IntermediateIssued", "issued")
+        (Reason::IntermediateIssued, "issued")
     } else {
-        ("IntermediateRotated", "rotated")
+        (Reason::IntermediateRotated, "rotated")
     };
-    Event::normal(
+    Event::new(
         reason_code,
         format!(
             "member {member}: intermediate CA {verb} ({})",

@@ -12,7 +12,7 @@ use super::MemberContext;
 use crate::api::{MeshFederation, RemovalPolicy};
 use crate::apply::KindCache;
 use crate::apply::prune;
-use crate::events::Event;
+use crate::events::{Event, Reason};
 use crate::render::control_plane::COMPONENT;
 use crate::render::{CACERTS, ISTIO_NAMESPACE, managed_selector, with_recorded_kinds};
 
@@ -99,18 +99,18 @@ pub enum Removal {
 impl Removal {
     pub fn event(&self, member: &str, federation: &str) -> Event {
         match self {
-            Removal::Removed(objects) => Event::normal(
-                "MemberRemoved",
+            Removal::Removed(objects) => Event::new(
+                Reason::MemberRemoved,
                 format!("member {member} left; removed {} objects", objects.len()),
             ),
-            Removal::CredentialsGone(why) => Event::warning(
-                "MemberOrphaned",
+            Removal::CredentialsGone(why) => Event::new(
+                Reason::MemberOrphaned,
                 format!(
                     "member {member} left but {why}: its objects stay in its cluster; remove them there with `kubectl delete secret,serviceaccount,configmap -n istio-system -l meshfed.io/federation={federation}` and `kubectl delete clusterrole,clusterrolebinding -l meshfed.io/federation={federation}`"
                 ),
             ),
-            Removal::ClusterTakenBy(owner) => Event::normal(
-                "MemberRemoved",
+            Removal::ClusterTakenBy(owner) => Event::new(
+                Reason::MemberRemoved,
                 format!("member {member} left; its cluster is now member {owner}'s"),
             ),
         }

@@ -12,7 +12,7 @@ use super::{MemberContext, PreparedMember, unreachable_reason};
 use crate::api::{Member, MeshFederation};
 use crate::apply::{Applied, Ownership, ensure};
 use crate::connection::MemberConnection;
-use crate::events::Event;
+use crate::events::{Event, Reason};
 use crate::fleet::report::MemberReport;
 use crate::render::{
     CLAIM, ClaimDecision, ClusterClaim, ISTIO_NAMESPACE, TokenSubject, judge_claim, keys,
@@ -340,8 +340,8 @@ pub async fn renew_credential(
         )),
     };
     match stored {
-        Ok(()) => prepared.events.push(Event::normal(
-            "CredentialsRenewed",
+        Ok(()) => prepared.events.push(Event::new(
+            Reason::CredentialsRenewed,
             format!(
                 "member {}: stored a new token of {}/{} in credentials Secret {}",
                 member.name, claims.namespace, claims.service_account, credential.secret

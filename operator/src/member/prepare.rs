@@ -13,7 +13,7 @@ use super::{MemberContext, PreparedMember, cacerts, unreachable_reason};
 use crate::api::{Member, MeshFederation};
 use crate::apply::{Ownership, ensure};
 use crate::connection::MemberConnection;
-use crate::events::Event;
+use crate::events::{Event, Reason};
 use crate::fleet::ca::CaMaterial;
 use crate::fleet::report::MemberReport;
 use crate::pki::IntermediatePolicy;
@@ -154,8 +154,8 @@ async fn sync_member(
             repaired,
         } => {
             if let Some(what) = repaired {
-                prepared.events.push(Event::warning(
-                    "ClaimRepaired",
+                prepared.events.push(Event::new(
+ Reason::ClaimRepaired,
                     format!(
                         "member {}: {ISTIO_NAMESPACE}/meshfed-cluster-claim in cluster {cluster_id} had been changed to name {what}, but this member holds the cluster (recorded in the operator's namespace); it was written back. Whoever can write ConfigMaps in {ISTIO_NAMESPACE} there did this",
                         member.name

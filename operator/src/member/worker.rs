@@ -1,6 +1,8 @@
 //! One worker per member: its own trigger, backoff, timeout and report. The
 //! federation's reconcile decides what (membership, the root); each worker
-//! makes its member so, writes only into its own member, publishes what its
+//! makes its member so, writes into its own member only (and, renewing the
+//! operator's own token for it, into that member's credentials Secret in
+//! the operator's namespace), publishes what its
 //! peers need of it ([`PeerFacts`]), and asks for the federation's status to
 //! be aggregated when it is done. A member that hangs holds up its own
 //! worker and nobody else's.
@@ -24,7 +26,7 @@ use super::remote_secrets::{
 };
 use super::{MemberContext, PreparedMember, unreachable_reason};
 use crate::api::{Member, MeshFederation};
-use crate::events::Event;
+use crate::events::{Event, Reason};
 use crate::fleet::ca::CaMaterial;
 use crate::fleet::report::{MemberReport, MemberRun};
 use crate::fleet::rollout::MemberPlan;
@@ -397,8 +399,8 @@ async fn probe_until_changed(host: &Host, input: &Input, answered: bool, every: 
                 Ok(Err(e)) => format!("API server probe failed: {}", unreachable_reason(&e)),
                 _ => format!("API server did not answer a probe within {limit:?}"),
             };
-            let event = Event::warning(
-                "MemberUnreachable",
+            let event = Event::new(
+                Reason::MemberUnreachable,
                 format!("member {}: {why}", member.name),
             );
             workers.mark_unreachable(&federation, &member.name, why);
@@ -501,8 +503,8 @@ async fn run(ctx: &MemberContext, workers: &Workers, input: &Input) -> Outcome {
                     Ok(Ok(token)) => {
                         ctx.metrics.token_minted(&federation, &member.name);
                         if let (true, Some(request)) = (refresh_pending, tokens.refresh) {
-                            prepared.events.push(Event::normal(
-                                "TokenRefreshed",
+                            prepared.events.push(Event::new(
+ Reason::TokenRefreshed,
                                 format!(
                                     "member {}: a new reader token for peers ({}={request}); the old ones are revoked once every peer holds the new one",
                                     member.name,
@@ -685,8 +687,8 @@ async fn revoke_replaced_tokens(
     prepared.report.next_revocation = next;
     for name in revoke {
         match secrets.delete(&name, &DeleteParams::default()).await {
-            Ok(_) => prepared.events.push(Event::normal(
-                "TokenRevoked",
+            Ok(_) => prepared.events.push(Event::new(
+ Reason::TokenRevoked,
                 format!("member {member}: revoked a replaced reader token (deleted {ISTIO_NAMESPACE}/{name}, which it was bound to)"),
             )),
             Err(kube::Error::Api(e)) if e.code == 404 => {}
@@ -702,12 +704,12 @@ async fn revoke_replaced_tokens(
 fn reachability_event(was_reachable: Option<bool>, report: &MemberReport) -> Option<Event> {
     let name = &report.status.name;
     match (was_reachable, report.unreachable.as_ref()) {
-        (Some(true) | None, Some(why)) => Some(Event::warning(
-            "MemberUnreachable",
+        (Some(true) | None, Some(why)) => Some(Event::new(
+            Reason::MemberUnreachable,
             format!("member {name}: {why}"),
         )),
-        (Some(false), None) => Some(Event::normal(
-            "MemberRecovered",
+        (Some(false), None) => Some(Event::new(
+            Reason::MemberRecovered,
             format!("member {name} is reachable again"),
         )),
         _ => None,
@@ -804,15 +806,15 @@ mod tests {
         let up = MemberReport::new("a");
         assert_eq!(
             reachability_event(Some(true), &down).map(|e| e.reason),
-            Some("MemberUnreachable")
+            Some(Reason::MemberUnreachable)
         );
         assert_eq!(
             reachability_event(None, &down).map(|e| e.reason),
-            Some("MemberUnreachable")
+            Some(Reason::MemberUnreachable)
         );
         assert_eq!(
             reachability_event(Some(false), &up).map(|e| e.reason),
-            Some("MemberRecovered")
+            Some(Reason::MemberRecovered)
         );
         assert!(reachability_event(Some(false), &down).is_none());
         assert!(reachability_event(Some(true), &up).is_none());
