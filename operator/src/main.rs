@@ -9,7 +9,7 @@ use kube::{Client, Config};
 use meshfed::controller::{Context, run};
 use meshfed::leader::LeaderElector;
 use meshfed::settings::Settings;
-use meshfed::telemetry::{Health, serve};
+use meshfed::telemetry::{Probes, serve};
 use tracing::{error, info};
 
 /// Joins Kubernetes clusters into one Istio multi-primary mesh: watches
@@ -137,7 +137,7 @@ async fn main() -> anyhow::Result<()> {
         charts_dir: args.charts_dir,
     };
     let ctx = Context::new(client.clone(), config, settings)?;
-    let health = Arc::new(Health::default());
+    let health = Arc::new(Probes::default());
     let server = tokio::spawn(serve(args.metrics_addr, ctx.metrics(), health.clone()));
 
     let version = client.apiserver_version().await?;

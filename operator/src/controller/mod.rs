@@ -407,7 +407,7 @@ async fn converge(fed: &Arc<MeshFederation>, ctx: &Arc<Context>) -> Result<Actio
     .await;
 
     // Failover: who is healthy, and whom peers must not see.
-    let health: BTreeMap<String, Option<failover::Health>> = spec
+    let health: BTreeMap<String, Option<failover::HealthFinding>> = spec
         .members
         .iter()
         .map(|m| {
@@ -504,7 +504,7 @@ async fn converge(fed: &Arc<MeshFederation>, ctx: &Arc<Context>) -> Result<Actio
             plan: rollout
                 .as_ref()
                 .and_then(|r| r.plans.get(&member.name).cloned())
-                .unwrap_or_else(rollout::MemberPlan::observe_only),
+                .unwrap_or_else(rollout::ControlPlanePlan::observe_only),
         };
         ctx.workers.ensure(&ctx.shared, input, resync);
     }
@@ -559,7 +559,12 @@ async fn converge(fed: &Arc<MeshFederation>, ctx: &Arc<Context>) -> Result<Actio
         let plan = rollout.as_ref().and_then(|ro| ro.plans.get(&r.status.name));
         r.status.upgrade_phase = plan
             .map(|p| p.phase)
-            .filter(|p| !matches!(p, rollout::Phase::Current | rollout::Phase::Unknown))
+            .filter(|p| {
+                !matches!(
+                    p,
+                    rollout::UpgradePhase::Current | rollout::UpgradePhase::Unknown
+                )
+            })
             .map(|p| p.as_str().to_string());
     }
     // The status describes the oldest generation any member's run worked from.
@@ -715,7 +720,7 @@ fn rollout(
         return None;
     }
     let upgrade = fed.spec.upgrade();
-    let settings = rollout::Settings {
+    let settings = rollout::Policy {
         version: cp.version.as_deref()?,
         strategy: upgrade.strategy(),
         order: fed.spec.upgrade_order(),

@@ -23,12 +23,12 @@ pub const UNKNOWN: &str = "Unknown";
 
 /// A member's health as its worker last saw it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Health {
+pub struct HealthFinding {
     pub reason: &'static str,
     pub message: String,
 }
 
-impl Health {
+impl HealthFinding {
     pub fn healthy(&self) -> bool {
         self.reason == HEALTHY
     }
@@ -45,12 +45,12 @@ impl Health {
 
 /// The member's health from its last report; `None` when there is nothing
 /// to judge (never run yet, or its cluster is another member's).
-pub fn member_health(report: &MemberReport) -> Option<Health> {
+pub fn member_health(report: &MemberReport) -> Option<HealthFinding> {
     if report.claim_problem.is_some() {
         return None;
     }
     let health = |reason, message: &str| {
-        Some(Health {
+        Some(HealthFinding {
             reason,
             message: message.to_string(),
         })
@@ -129,7 +129,7 @@ impl Tracker {
     /// restored.
     pub fn decide(
         &mut self,
-        health: &BTreeMap<String, Option<Health>>,
+        health: &BTreeMap<String, Option<HealthFinding>>,
         policy: Option<&WithdrawalPolicy>,
         now: Timestamp,
     ) -> Decision {
@@ -261,7 +261,7 @@ impl Tracker {
 
     /// The status entry for `member`: none while it is not judged, unless
     /// it is withdrawn (which status must always show).
-    pub fn status(&self, member: &str, health: Option<&Health>) -> Option<MemberHealth> {
+    pub fn status(&self, member: &str, health: Option<&HealthFinding>) -> Option<MemberHealth> {
         let withdrawn_since = self.withdrawn.get(member).map(|t| Time(*t));
         let (healthy, reason, message) = match health {
             Some(h) => (h.healthy(), h.reason, h.message.clone()),
@@ -342,14 +342,14 @@ mod tests {
         }
     }
 
-    fn h(reason: &'static str) -> Option<Health> {
-        Some(Health {
+    fn h(reason: &'static str) -> Option<HealthFinding> {
+        Some(HealthFinding {
             reason,
             message: format!("{reason} message"),
         })
     }
 
-    fn fleet(states: &[(&str, Option<Health>)]) -> BTreeMap<String, Option<Health>> {
+    fn fleet(states: &[(&str, Option<HealthFinding>)]) -> BTreeMap<String, Option<HealthFinding>> {
         states
             .iter()
             .map(|(m, h)| (m.to_string(), h.clone()))

@@ -99,7 +99,7 @@ pub struct Render {
 
 /// Where a member is in a rollout.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Phase {
+pub enum UpgradePhase {
     /// At the target (or nothing to do).
     Current,
     /// Not in the current wave yet.
@@ -116,23 +116,23 @@ pub enum Phase {
     Unknown,
 }
 
-impl Phase {
+impl UpgradePhase {
     pub fn as_str(self) -> &'static str {
         match self {
-            Phase::Current => "Current",
-            Phase::Waiting => "Waiting",
-            Phase::Installing => "Installing",
-            Phase::Switching => "Switching",
-            Phase::Halted => "Halted",
-            Phase::RemovingOld => "RemovingOld",
-            Phase::Unknown => "Unknown",
+            UpgradePhase::Current => "Current",
+            UpgradePhase::Waiting => "Waiting",
+            UpgradePhase::Installing => "Installing",
+            UpgradePhase::Switching => "Switching",
+            UpgradePhase::Halted => "Halted",
+            UpgradePhase::RemovingOld => "RemovingOld",
+            UpgradePhase::Unknown => "Unknown",
         }
     }
 }
 
 /// What a member's worker makes of its control plane.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct MemberPlan {
+pub struct ControlPlanePlan {
     /// Revisions rendered and applied, in order: the one holding the tags
     /// first, so that tag objects change hands before the old holder is
     /// rendered without them.
@@ -145,36 +145,36 @@ pub struct MemberPlan {
     /// The revision the `default` tag and the gateways follow, with its
     /// version; `None` while it is not known.
     pub active: Option<Render>,
-    pub phase: Phase,
+    pub phase: UpgradePhase,
     /// For a member not known yet: the install it gets if its worker finds
     /// no istiod there (a new member is installed at once, without waiting
     /// for a round of reports).
     pub if_new: Option<(Render, String)>,
 }
 
-impl MemberPlan {
+impl ControlPlanePlan {
     /// A plan that changes nothing (the member is not known yet).
-    pub fn observe_only() -> MemberPlan {
-        MemberPlan {
+    pub fn observe_only() -> ControlPlanePlan {
+        ControlPlanePlan {
             apply: Vec::new(),
             remove: Vec::new(),
             base_version: None,
             active: None,
-            phase: Phase::Unknown,
+            phase: UpgradePhase::Unknown,
             if_new: None,
         }
     }
 
     /// The plan for what the worker found: `if_new` applies to a member
     /// without istiod, anything else is left for the next decision.
-    pub fn resolve(&self, installed: &Installed) -> MemberPlan {
+    pub fn resolve(&self, installed: &Installed) -> ControlPlanePlan {
         match &self.if_new {
-            Some((render, base)) if installed.revisions.is_empty() => MemberPlan {
+            Some((render, base)) if installed.revisions.is_empty() => ControlPlanePlan {
                 apply: vec![render.clone()],
                 remove: Vec::new(),
                 base_version: Some(base.clone()),
                 active: Some(render.clone()),
-                phase: Phase::Current,
+                phase: UpgradePhase::Current,
                 if_new: None,
             },
             _ => self.clone(),
@@ -184,7 +184,7 @@ impl MemberPlan {
 
 /// The fleet's settings for a rollout.
 #[derive(Clone, Debug)]
-pub struct Settings<'a> {
+pub struct Policy<'a> {
     pub version: &'a str,
     pub strategy: UpgradeStrategy,
     /// Member names in upgrade order.
@@ -198,7 +198,7 @@ pub struct Settings<'a> {
 /// A rollout decision: every member's plan, the fleet's status, events.
 #[derive(Clone, Debug)]
 pub struct Rollout {
-    pub plans: BTreeMap<String, MemberPlan>,
+    pub plans: BTreeMap<String, ControlPlanePlan>,
     pub status: RolloutStatus,
     pub events: Vec<Event>,
     /// When the decision changes by itself (a pause or a gate timeout ends).
@@ -218,7 +218,7 @@ fn add(t: Timestamp, d: Duration) -> Timestamp {
 /// last found (`None`: not reached yet); `previous` is where the rollout
 /// stood, as last recorded (`meshfed-rollout-<federation>`).
 pub fn plan(
-    settings: &Settings,
+    settings: &Policy,
     observed: &BTreeMap<String, Option<Installed>>,
     previous: Option<&RolloutStatus>,
     now: Timestamp,
@@ -312,7 +312,7 @@ pub fn plan(
     let mut updated = 0;
     for name in &settings.order {
         let Some(Some(installed)) = observed.get(*name) else {
-            let mut plan = MemberPlan::observe_only();
+            let mut plan = ControlPlanePlan::observe_only();
             let fresh = Render {
                 revision: revision.clone(),
                 version: target.to_string(),
@@ -320,14 +320,14 @@ pub fn plan(
             };
             plan.if_new = Some((fresh, newest.clone()));
             if wave.contains(name) {
-                plan.phase = Phase::Installing;
+                plan.phase = UpgradePhase::Installing;
                 if let Some(h) = gate_failure(settings, wave_started_at, now, || {
                     (
                         "MemberReachable",
                         "its API server has not been reached".into(),
                     )
                 }) {
-                    plan.phase = Phase::Halted;
+                    plan.phase = UpgradePhase::Halted;
                     halted.get_or_insert(HaltStatus {
                         member: name.to_string(),
                         ..h
@@ -367,11 +367,11 @@ pub fn plan(
                 .map(|(name, _)| (*name).clone())
                 .collect();
             let phase = if settings.keep_old || old.is_empty() || unused.len() == old.len() {
-                Phase::Current
+                UpgradePhase::Current
             } else {
-                Phase::RemovingOld
+                UpgradePhase::RemovingOld
             };
-            MemberPlan {
+            ControlPlanePlan {
                 apply: vec![fresh.clone()],
                 remove: if settings.keep_old {
                     Vec::new()
@@ -394,21 +394,21 @@ pub fn plan(
                 // the old holder is rendered without them.
                 let mut apply = vec![fresh.clone()];
                 apply.extend(holder.clone().map(|h| Render { tags: false, ..h }));
-                MemberPlan {
+                ControlPlanePlan {
                     apply,
                     remove: Vec::new(),
                     base_version,
                     active: Some(fresh.clone()),
-                    phase: Phase::Switching,
+                    phase: UpgradePhase::Switching,
                     if_new: None,
                 }
             } else {
-                let mut plan = MemberPlan {
+                let mut plan = ControlPlanePlan {
                     apply: holder.clone().into_iter().chain([untagged]).collect(),
                     remove: Vec::new(),
                     base_version,
                     active: holder.clone(),
-                    phase: Phase::Installing,
+                    phase: UpgradePhase::Installing,
                     if_new: None,
                 };
                 let problem = installed
@@ -419,7 +419,7 @@ pub fn plan(
                 if let Some(h) =
                     gate_failure(settings, wave_started_at, now, || ("IstiodReady", problem))
                 {
-                    plan.phase = Phase::Halted;
+                    plan.phase = UpgradePhase::Halted;
                     halted.get_or_insert(HaltStatus {
                         member: name.to_string(),
                         ..h
@@ -434,12 +434,12 @@ pub fn plan(
             // Waits for its wave with what it has (the holder re-applied, so
             // drift is still repaired; a revision-less holder of unknown
             // version is left alone).
-            MemberPlan {
+            ControlPlanePlan {
                 apply: holder.clone().into_iter().collect(),
                 remove: Vec::new(),
                 base_version,
                 active: holder.clone(),
-                phase: Phase::Waiting,
+                phase: UpgradePhase::Waiting,
                 if_new: None,
             }
         };
@@ -496,7 +496,7 @@ pub fn plan(
 
 /// A gate unmet since the wave began, once `gate_timeout` has passed.
 fn gate_failure(
-    settings: &Settings,
+    settings: &Policy,
     wave_started_at: Option<Timestamp>,
     now: Timestamp,
     cause: impl FnOnce() -> (&'static str, String),
@@ -516,7 +516,7 @@ fn gate_failure(
 /// InPlace: one revision-less istiod per member at the target, everywhere
 /// at once; other revisions are left alone.
 fn in_place(
-    settings: &Settings,
+    settings: &Policy,
     observed: &BTreeMap<String, Option<Installed>>,
     base_for: &dyn Fn(&Installed) -> String,
 ) -> Rollout {
@@ -536,12 +536,12 @@ fn in_place(
                 .get(REVISIONLESS)
                 .is_some_and(|r| r.ready && r.version.as_deref() == Some(settings.version));
             updated += i32::from(current);
-            let plan = MemberPlan {
+            let plan = ControlPlanePlan {
                 apply: vec![render.clone()],
                 remove: Vec::new(),
                 base_version: Some(base_for(&installed)),
                 active: Some(render.clone()),
-                phase: Phase::Current,
+                phase: UpgradePhase::Current,
                 if_new: None,
             };
             (m.to_string(), plan)
@@ -614,8 +614,8 @@ mod tests {
         i
     }
 
-    fn settings(version: &str, n: usize) -> Settings<'_> {
-        Settings {
+    fn settings(version: &str, n: usize) -> Policy<'_> {
+        Policy {
             version,
             strategy: UpgradeStrategy::RevisionBased,
             order: vec!["a", "b", "c"],
@@ -703,7 +703,7 @@ mod tests {
                     "{m} keeps its tags"
                 );
                 assert!(
-                    matches!(p.phase, Phase::Current | Phase::RemovingOld),
+                    matches!(p.phase, UpgradePhase::Current | UpgradePhase::RemovingOld),
                     "{m}: {:?}",
                     p.phase
                 );
@@ -722,7 +722,7 @@ mod tests {
         let p = &r.plans["a"];
         assert_eq!(
             (p.apply.len(), p.remove.len(), p.phase),
-            (0, 0, Phase::Unknown)
+            (0, 0, UpgradePhase::Unknown)
         );
         assert_eq!(
             p.resolve(&at("1.30", true)),
@@ -739,7 +739,7 @@ mod tests {
             }]
         );
         assert_eq!(new.base_version.as_deref(), Some("1.31"));
-        assert_eq!(new.phase, Phase::Current);
+        assert_eq!(new.phase, UpgradePhase::Current);
     }
 
     #[test]
@@ -757,7 +757,7 @@ mod tests {
         assert_eq!(r.status.wave, vec!["a"]);
         assert_eq!(r.status.phase, "RollingOut");
         let a = &r.plans["a"];
-        assert_eq!(a.phase, Phase::Installing);
+        assert_eq!(a.phase, UpgradePhase::Installing);
         assert_eq!(
             a.apply,
             vec![
@@ -779,7 +779,7 @@ mod tests {
             "CRDs follow the newest version"
         );
         for m in ["b", "c"] {
-            assert_eq!(r.plans[m].phase, Phase::Waiting);
+            assert_eq!(r.plans[m].phase, UpgradePhase::Waiting);
             assert_eq!(r.plans[m].apply.len(), 1, "only 1-30");
         }
         assert!(
@@ -801,7 +801,7 @@ mod tests {
             now,
         );
         let a = &r.plans["a"];
-        assert_eq!(a.phase, Phase::Switching);
+        assert_eq!(a.phase, UpgradePhase::Switching);
         assert_eq!(
             a.apply,
             vec![
@@ -837,7 +837,7 @@ mod tests {
         assert_eq!(r.status.phase, "Paused");
         assert!(r.status.wave.is_empty());
         assert_eq!(r.next_check, Some(t("2026-01-01T00:01:00Z")));
-        assert_eq!(r.plans["b"].phase, Phase::Waiting);
+        assert_eq!(r.plans["b"].phase, UpgradePhase::Waiting);
         assert!(
             r.events
                 .iter()
@@ -858,8 +858,8 @@ mod tests {
             later,
         );
         assert_eq!(r.status.wave, vec!["b"]);
-        assert_eq!(r.plans["b"].phase, Phase::Installing);
-        assert_eq!(r.plans["c"].phase, Phase::Waiting);
+        assert_eq!(r.plans["b"].phase, UpgradePhase::Installing);
+        assert_eq!(r.plans["c"].phase, UpgradePhase::Waiting);
     }
 
     #[test]
@@ -875,7 +875,7 @@ mod tests {
             now,
         );
         assert_eq!(r.status.wave, vec!["c", "a"]);
-        assert_eq!(r.plans["b"].phase, Phase::Waiting);
+        assert_eq!(r.plans["b"].phase, UpgradePhase::Waiting);
     }
 
     #[test]
@@ -910,10 +910,10 @@ mod tests {
             ("b", "IstiodReady")
         );
         assert_eq!(halt.message, "not available");
-        assert_eq!(r.plans["b"].phase, Phase::Halted);
+        assert_eq!(r.plans["b"].phase, UpgradePhase::Halted);
         assert_eq!(
             r.plans["c"].phase,
-            Phase::Waiting,
+            UpgradePhase::Waiting,
             "members after it are untouched"
         );
         assert_eq!(r.plans["c"].apply.len(), 1);
@@ -938,7 +938,7 @@ mod tests {
         ]);
         let r = plan(&s, &fixed, Some(&r.status), t("2026-01-01T00:07:00Z"));
         assert_eq!(r.status.halted, None);
-        assert_eq!(r.plans["b"].phase, Phase::Switching);
+        assert_eq!(r.plans["b"].phase, UpgradePhase::Switching);
     }
 
     #[test]
@@ -979,7 +979,7 @@ mod tests {
         let mid = with(at("1.30", true), "1.31", false);
         let r = plan(&s, &fleet(&[("a", mid)]), None, now);
         let a = &r.plans["a"];
-        assert_eq!(a.phase, Phase::Current);
+        assert_eq!(a.phase, UpgradePhase::Current);
         assert_eq!(a.remove, vec!["1-31".to_string()]);
     }
 
@@ -991,14 +991,14 @@ mod tests {
         let s = settings("1.31", 1);
         let r = plan(&s, &fleet(&[("a", a.clone())]), None, now);
         assert!(r.plans["a"].remove.is_empty());
-        assert_eq!(r.plans["a"].phase, Phase::RemovingOld);
+        assert_eq!(r.plans["a"].phase, UpgradePhase::RemovingOld);
         let mut unused = a.clone();
         unused.revisions.get_mut("1-30").unwrap().pods = 0;
         let mut keep = settings("1.31", 1);
         keep.keep_old = true;
         let r = plan(&keep, &fleet(&[("a", unused)]), None, now);
         assert!(r.plans["a"].remove.is_empty());
-        assert_eq!(r.plans["a"].phase, Phase::Current);
+        assert_eq!(r.plans["a"].phase, UpgradePhase::Current);
     }
 
     #[test]
@@ -1021,7 +1021,7 @@ mod tests {
         s.order = vec!["a"];
         let r = plan(&s, &fleet(&[("a", legacy.clone())]), None, now);
         let a = &r.plans["a"];
-        assert_eq!(a.phase, Phase::Installing);
+        assert_eq!(a.phase, UpgradePhase::Installing);
         // Its version is unknown: it is left alone, only 1-31 is rendered.
         assert_eq!(
             a.apply,
@@ -1033,7 +1033,7 @@ mod tests {
         );
         let ready = with(legacy, "1.31", true);
         let r = plan(&s, &fleet(&[("a", ready)]), Some(&r.status), now);
-        assert_eq!(r.plans["a"].phase, Phase::Switching);
+        assert_eq!(r.plans["a"].phase, UpgradePhase::Switching);
         assert_eq!(
             r.plans["a"].apply.len(),
             1,

@@ -16,7 +16,7 @@ use crate::api::{ControlPlaneMode, Member, MeshFederation, MeshFederationSpec};
 use crate::apply::KindCache;
 use crate::apply::{delete_all, write};
 use crate::charts::{CLUSTER_PLACEHOLDER, Chart, NETWORK_PLACEHOLDER};
-use crate::fleet::rollout::{Installed, MemberPlan, Revision};
+use crate::fleet::rollout::{ControlPlanePlan, Installed, Revision};
 use crate::render::control_plane::{
     BASE, BOOTSTRAP_MANAGER, COMPONENT, CROSS_NETWORK_GATEWAY, DEFAULT_TAG_WEBHOOK,
     EAST_WEST_GATEWAY, FAILOVER_DESTINATION_RULE, INGRESS_GATEWAY, VERSION_LABEL, base_values,
@@ -70,7 +70,7 @@ pub async fn sync_member_control_plane(
     ctx: &MemberContext,
     fed: &MeshFederation,
     member: &Member,
-    plan: &MemberPlan,
+    plan: &ControlPlanePlan,
     prepared: &mut PreparedMember,
 ) {
     let Some(conn) = prepared.connection.clone() else {
@@ -160,7 +160,7 @@ pub async fn sync_control_plane(
     federation: &str,
     spec: &MeshFederationSpec,
     member: &Member,
-    plan: &MemberPlan,
+    plan: &ControlPlanePlan,
     certificates_ready: bool,
 ) -> Result<ControlPlaneReport, kube::Error> {
     let MemberCluster {
@@ -207,7 +207,7 @@ pub async fn sync_control_plane(
         let active_revision = plan.active.as_ref().map(|a| a.revision.as_str());
         if let (Some(version), Some(active)) = (&plan.base_version, active_revision) {
             let step = Step::chart(Chart::Base, base_values(active), version, BASE.into());
-            if let Some(problem) = apply.converge(step, &mut recorded).await? {
+            if let Some(problem) = apply.step(step, &mut recorded).await? {
                 report.problem = Some(problem);
                 return Ok(report);
             }
@@ -229,7 +229,7 @@ pub async fn sync_control_plane(
                 leave_out: (revisionless && !render.tags).then_some(DEFAULT_TAG_WEBHOOK),
                 ..Step::chart(Chart::Istiod, values, &render.version, component)
             };
-            if let Some(problem) = apply.converge(step, &mut recorded).await? {
+            if let Some(problem) = apply.step(step, &mut recorded).await? {
                 report.problem = Some(problem);
                 return Ok(report);
             }
@@ -243,7 +243,7 @@ pub async fn sync_control_plane(
                 wanted: false,
                 leave_out: None,
             };
-            if let Some(problem) = apply.converge(step, &mut recorded).await? {
+            if let Some(problem) = apply.step(step, &mut recorded).await? {
                 report.problem = Some(problem);
                 return Ok(report);
             }
@@ -274,7 +274,7 @@ pub async fn sync_control_plane(
                 wanted,
                 ..Step::chart(chart, values, version, chart.release().into())
             };
-            if let Some(problem) = apply.converge(step, &mut recorded).await? {
+            if let Some(problem) = apply.step(step, &mut recorded).await? {
                 report.problem = Some(problem);
                 return Ok(report);
             }
@@ -295,7 +295,7 @@ pub async fn sync_control_plane(
             bootstraps: Vec::new(),
         };
         if let Some(problem) =
-            converge_component(&ctx.kinds, client, cluster, federation, &component).await?
+            apply_component(&ctx.kinds, client, cluster, federation, &component).await?
         {
             report.gateway = Some(GatewayReport {
                 problem: Some(problem),
@@ -323,7 +323,7 @@ pub async fn sync_control_plane(
         // rules) is a problem to report; istiod's and the gateway's health
         // are still read below.
         let problem =
-            match converge_component(&ctx.kinds, client, cluster, federation, &component).await {
+            match apply_component(&ctx.kinds, client, cluster, federation, &component).await {
                 Ok(problem) => problem,
                 Err(e) => Some(super::unreachable_reason(&e)),
             };
@@ -560,7 +560,7 @@ impl Apply<'_> {
     /// another component of this federation rendered until now (revision
     /// tags moving between revisions) change hands in one write. Returns a
     /// problem to report.
-    async fn converge(
+    async fn step(
         &self,
         step: Step,
         recorded: &mut BTreeSet<String>,
@@ -621,7 +621,7 @@ impl Apply<'_> {
             desired: if step.wanted { prepared } else { Vec::new() },
             bootstraps,
         };
-        let problem = converge_component(
+        let problem = apply_component(
             &self.ctx.kinds,
             self.client,
             self.cluster,
@@ -674,7 +674,7 @@ struct Component {
 /// Applies the component's objects and deletes what it carried before but no
 /// longer renders. CRDs are never deleted: that would delete every Istio
 /// resource in the cluster. Returns a problem to report.
-async fn converge_component(
+async fn apply_component(
     kinds: &KindCache,
     client: &Client,
     cluster: &str,

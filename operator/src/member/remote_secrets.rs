@@ -114,13 +114,13 @@ pub enum PeerAction {
 
 /// The plan for one member.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct MemberPlan {
+pub struct SecretsPlan {
     pub actions: BTreeMap<String, PeerAction>,
     /// meshfed's remote secrets for peers that left the federation.
     pub stale: Vec<String>,
 }
 
-impl MemberPlan {
+impl SecretsPlan {
     /// Peers asked to mint a token.
     pub fn needs_tokens(&self) -> impl Iterator<Item = &String> {
         self.actions
@@ -131,18 +131,18 @@ impl MemberPlan {
 }
 
 /// Decides, for every peer of `member`, what must happen in `member`.
-pub fn plan(
+pub fn plan_remote_secrets(
     federation: &str,
     member: &PreparedMember,
     peers: &BTreeMap<String, PeerFacts>,
     policy: TokenPolicy,
     now: Timestamp,
-) -> MemberPlan {
+) -> SecretsPlan {
     let peers: BTreeMap<&String, &PeerFacts> = peers
         .iter()
         .filter(|(name, facts)| **name != member.name && !facts.refused)
         .collect();
-    let mut p = MemberPlan::default();
+    let mut p = SecretsPlan::default();
     for (peer, facts) in &peers {
         let live = member.multicluster_secrets.get(&remote_secret_name(peer));
         let target = facts
@@ -199,7 +199,7 @@ pub fn plan(
 pub async fn sync_remote_secrets(
     federation: &str,
     member: &mut PreparedMember,
-    plan: &MemberPlan,
+    plan: &SecretsPlan,
     peers: &BTreeMap<String, PeerFacts>,
     policy: TokenPolicy<'_>,
     timeout: Duration,
@@ -229,7 +229,7 @@ async fn carry_out(
     federation: &str,
     policy: TokenPolicy<'_>,
     member: &mut PreparedMember,
-    plan: &MemberPlan,
+    plan: &SecretsPlan,
     peers: &BTreeMap<String, PeerFacts>,
     held: &mut BTreeMap<String, HeldToken>,
 ) {
@@ -586,7 +586,7 @@ mod tests {
     async fn fresh_secrets_are_kept_and_missing_ones_written_with_the_peers_token() {
         let peers = fleet(&["a", "b", "c"]);
         let a = member("a", vec![ours("b", "2026-01-01T20:00:00Z")]);
-        let p = plan("prod", &a, &peers, policy(DAY), now());
+        let p = plan_remote_secrets("prod", &a, &peers, policy(DAY), now());
         assert_eq!(
             p.actions["b"],
             PeerAction::Keep {
@@ -612,7 +612,7 @@ mod tests {
             .unwrap()
             .insert(keys::ENDPOINT_HASH.into(), "old".into());
         let a = member("a", vec![ours("b", "2026-01-01T07:00:00Z"), moved]);
-        let p = plan("prod", &a, &fleet(&["a", "b", "c"]), policy(DAY), now());
+        let p = plan_remote_secrets("prod", &a, &fleet(&["a", "b", "c"]), policy(DAY), now());
         assert!(
             matches!(p.actions["b"], PeerAction::Write(_)),
             "7h left of 24h is under a third"
@@ -630,7 +630,7 @@ mod tests {
         // c's token is itself due (issued for 24h, 7h left).
         peers.get_mut("c").unwrap().token = Some((subject("c"), token("2026-01-01T07:00:00Z")));
         let a = member("a", vec![ours("c", "2026-01-01T07:00:00Z")]);
-        let p = plan("prod", &a, &peers, policy(DAY), now());
+        let p = plan_remote_secrets("prod", &a, &peers, policy(DAY), now());
         assert_eq!(p.actions["b"], PeerAction::NeedsToken { existing: false });
         assert_eq!(p.actions["c"], PeerAction::NeedsToken { existing: true });
         assert_eq!(p.needs_tokens().collect::<Vec<_>>(), ["b", "c"]);
@@ -645,14 +645,14 @@ mod tests {
         };
         peers.get_mut("b").unwrap().reader = Ok(recreated.clone());
         let a = member("a", vec![ours("b", "2026-01-01T20:00:00Z")]);
-        let p = plan("prod", &a, &peers, policy(DAY), now());
+        let p = plan_remote_secrets("prod", &a, &peers, policy(DAY), now());
         assert_eq!(
             p.actions["b"],
             PeerAction::NeedsToken { existing: true },
             "the old subject's token is no use"
         );
         peers.get_mut("b").unwrap().token = Some((recreated, token("2026-01-02T00:00:00Z")));
-        let p = plan("prod", &a, &peers, policy(DAY), now());
+        let p = plan_remote_secrets("prod", &a, &peers, policy(DAY), now());
         assert!(matches!(p.actions["b"], PeerAction::Write(_)));
     }
 
@@ -663,7 +663,7 @@ mod tests {
             Err("ServiceAccount istio-system/meshfed-reader-prod is not meshfed's".into());
         peers.get_mut("c").unwrap().endpoint = Err("not reached yet".into());
         let a = member("a", vec![ours("b", "2026-01-01T20:00:00Z")]);
-        let p = plan("prod", &a, &peers, policy(DAY), now());
+        let p = plan_remote_secrets("prod", &a, &peers, policy(DAY), now());
         assert!(matches!(
             &p.actions["b"],
             PeerAction::Blocked { existing: true, reason } if reason.contains("not meshfed's")
@@ -683,7 +683,7 @@ mod tests {
         foreign.metadata.labels =
             Some(BTreeMap::from([(keys::MULTICLUSTER.into(), "true".into())]));
         let a = member("a", vec![foreign]);
-        let p = plan("prod", &a, &fleet(&["a", "b"]), policy(DAY), now());
+        let p = plan_remote_secrets("prod", &a, &fleet(&["a", "b"]), policy(DAY), now());
         assert_eq!(p.actions["b"], PeerAction::Foreign);
     }
 
@@ -700,7 +700,7 @@ mod tests {
                 ours("dup", "2026-01-02T00:00:00Z"),
             ],
         );
-        let p = plan("prod", &a, &peers, policy(DAY), now());
+        let p = plan_remote_secrets("prod", &a, &peers, policy(DAY), now());
         assert_eq!(
             p.stale,
             [
@@ -723,7 +723,7 @@ mod tests {
         );
         let a = member("a", vec![other_federation]);
         assert!(
-            plan("prod", &a, &fleet(&["a"]), policy(DAY), now())
+            plan_remote_secrets("prod", &a, &fleet(&["a"]), policy(DAY), now())
                 .stale
                 .is_empty(),
             "never prune another federation's secrets"
@@ -786,16 +786,16 @@ mod tests {
         let mut peers = fleet(&["a", "b"]);
         let a = member("a", vec![ours("b", "2026-01-01T20:00:00Z")]);
         assert!(matches!(
-            plan("prod", &a, &peers, policy(DAY), now()).actions["b"],
+            plan_remote_secrets("prod", &a, &peers, policy(DAY), now()).actions["b"],
             PeerAction::Keep { .. }
         ));
         assert_eq!(
-            plan("prod", &a, &peers, request, now()).actions["b"],
+            plan_remote_secrets("prod", &a, &peers, request, now()).actions["b"],
             PeerAction::NeedsToken { existing: true },
             "b's token predates the request: b is asked for a new one"
         );
         peers.get_mut("b").unwrap().refreshed_for = Some("incident-42".into());
-        let p = plan("prod", &a, &peers, request, now());
+        let p = plan_remote_secrets("prod", &a, &peers, request, now());
         assert_eq!(
             p.actions["b"],
             PeerAction::Write(token("2026-01-02T00:00:00Z"))

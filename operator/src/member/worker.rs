@@ -29,7 +29,7 @@ use crate::api::{Member, MeshFederation};
 use crate::events::{Event, Reason};
 use crate::fleet::ca::CaMaterial;
 use crate::fleet::report::{MemberReport, MemberRun};
-use crate::fleet::rollout::MemberPlan;
+use crate::fleet::rollout::ControlPlanePlan;
 use crate::pki::IntermediatePolicy;
 use crate::render::{ISTIO_NAMESPACE, keys, reader_name};
 
@@ -46,7 +46,7 @@ pub struct Input {
     pub held_cluster: Option<String>,
     pub withdrawn: Arc<BTreeSet<String>>,
     /// What the member's control plane should be (Managed).
-    pub plan: MemberPlan,
+    pub plan: ControlPlanePlan,
 }
 
 impl Input {
@@ -565,7 +565,7 @@ async fn run(ctx: &MemberContext, workers: &Workers, input: &Input) -> Outcome {
                 (m.name.clone(), facts)
             })
             .collect();
-        let plan = remote_secrets::plan(&federation, &prepared, &peers, tokens, now);
+        let plan = remote_secrets::plan_remote_secrets(&federation, &prepared, &peers, tokens, now);
         for peer in plan.needs_tokens() {
             workers.want_token(&federation, peer);
         }

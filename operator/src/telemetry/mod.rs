@@ -6,7 +6,7 @@ mod server;
 
 pub use metrics::{Metrics, ReconcileResult};
 pub use request_counter::{RequestCount, RequestCounter};
-pub use server::{Health, serve};
+pub use server::{Probes, serve};
 
 /// Installs the global tracing subscriber: human-readable, or JSON lines.
 pub fn init_logging(json: bool) {

@@ -12,7 +12,7 @@ use super::Metrics;
 
 /// What the HTTP endpoints report.
 #[derive(Default)]
-pub struct Health {
+pub struct Probes {
     /// Set once the operator can serve: its API server answered and it leads
     /// or stands by.
     pub ready: AtomicBool,
@@ -22,7 +22,7 @@ pub struct Health {
 pub async fn serve(
     addr: SocketAddr,
     metrics: Arc<Metrics>,
-    health: Arc<Health>,
+    health: Arc<Probes>,
 ) -> std::io::Result<()> {
     let app = Router::new()
         .route("/metrics", get(metrics_text).with_state(metrics))
@@ -43,7 +43,7 @@ async fn metrics_text(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse 
     )
 }
 
-async fn readyz(State(health): State<Arc<Health>>) -> impl IntoResponse {
+async fn readyz(State(health): State<Arc<Probes>>) -> impl IntoResponse {
     if health.ready.load(Ordering::Relaxed) {
         (StatusCode::OK, "ok")
     } else {
