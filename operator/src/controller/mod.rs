@@ -21,7 +21,7 @@ use tracing::{Instrument, info, warn};
 use crate::api::{CertificateStatus, MeshFederation, MeshFederationStatus};
 use crate::connection::{MemberPool, MemberWatches};
 use crate::events::{Event, Publisher, Reason};
-use crate::fleet::report::{MemberReport, MemberRun};
+use crate::fleet::report::MemberReport;
 use crate::fleet::status::{self, build_status};
 use crate::fleet::{ca, failover, membership, rollout, rotation};
 use crate::member::MemberContext;
@@ -435,26 +435,14 @@ async fn converge(fed: &Arc<MeshFederation>, ctx: &Arc<Context>) -> Result<Actio
         .insert(name.clone(), (fed.uid(), tracker.clone()));
     events.extend(failover_events(&decision, spec.withdrawal().as_ref()));
     let withdrawn = Arc::new(tracker.withdrawn_set());
-    let recorded_rollout = load_rollout(ctx, fed).await?;
-    let rollout = rollout(fed, &runs, recorded_rollout.as_ref(), now);
+    let (client, namespace) = (&ctx.shared.client, &ctx.shared.settings.namespace);
+    let recorded_rollout = rollout::load(client, namespace, fed).await?;
+    let rollout = rollout::decide(fed, &runs, recorded_rollout.as_ref(), now);
     // Where the rollout stands is on record before any member acts on it:
     // a restart or a wiped status resumes it there (a pause goes on, a gate
     // timeout keeps its start).
-    if let Some(r) = &rollout
-        && recorded_rollout.as_ref() != Some(&r.status)
-    {
-        let data = BTreeMap::from([(
-            "rollout".to_string(),
-            serde_json::to_string(&r.status).unwrap_or_default(),
-        )]);
-        membership::write_record(
-            &ctx.shared.client,
-            &ctx.shared.settings.namespace,
-            fed,
-            &rollout_record_name(&name),
-            data,
-        )
-        .await?;
+    if let Some(r) = &rollout {
+        rollout::store(client, namespace, fed, recorded_rollout.as_ref(), &r.status).await?;
     }
     if let Some(r) = &rollout {
         events.extend(r.events.iter().cloned());
@@ -680,65 +668,6 @@ async fn converge(fed: &Arc<MeshFederation>, ctx: &Arc<Context>) -> Result<Actio
             d.min(ctx.shared.settings.resync)
         }),
     ))
-}
-
-/// `meshfed-rollout-<federation>` in the operator's namespace: where the
-/// control-plane rollout stands (its wave, when the wave began, when the
-/// last one finished, where it halted).
-fn rollout_record_name(federation: &str) -> String {
-    format!("meshfed-rollout-{federation}")
-}
-
-/// The rollout on record; before there was a record (a federation from
-/// before meshfed kept one), the rollout as its status last said.
-async fn load_rollout(
-    ctx: &Context,
-    fed: &MeshFederation,
-) -> Result<Option<crate::api::RolloutStatus>, Error> {
-    let record = membership::read_record(
-        &ctx.shared.client,
-        &ctx.shared.settings.namespace,
-        &rollout_record_name(&fed.name_any()),
-    )
-    .await?;
-    let recorded = record
-        .and_then(|data| data.get("rollout").cloned())
-        .and_then(|json| serde_json::from_str(&json).ok());
-    Ok(recorded.or_else(|| fed.status.as_ref()?.control_plane.clone()))
-}
-
-/// The control-plane rollout (Managed with a version): every member's plan
-/// from what its worker last found and where the rollout stood.
-fn rollout(
-    fed: &MeshFederation,
-    runs: &BTreeMap<String, MemberRun>,
-    previous: Option<&crate::api::RolloutStatus>,
-    now: Timestamp,
-) -> Option<rollout::Rollout> {
-    let cp = fed.spec.control_plane.as_ref()?;
-    if cp.mode != crate::api::ControlPlaneMode::Managed {
-        return None;
-    }
-    let upgrade = fed.spec.upgrade();
-    let settings = rollout::Policy {
-        version: cp.version.as_deref()?,
-        strategy: upgrade.strategy(),
-        order: fed.spec.upgrade_order(),
-        max_concurrent: upgrade.max_concurrent(),
-        pause: upgrade.pause(),
-        gate_timeout: upgrade.gate_timeout(),
-        keep_old: upgrade.keeps_old_revisions(),
-    };
-    let observed = fed
-        .spec
-        .members
-        .iter()
-        .map(|m| {
-            let installed = runs.get(&m.name).and_then(|r| r.report.installed.clone());
-            (m.name.clone(), installed)
-        })
-        .collect();
-    Some(rollout::plan(&settings, &observed, previous, now))
 }
 
 impl Context {

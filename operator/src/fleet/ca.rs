@@ -12,7 +12,6 @@ use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::ConfigMap;
 
-use super::membership;
 use super::rotation::{self, CaRecord, Periods, RootRef, Step};
 use crate::api::{MeshFederation, defaults};
 use crate::events::{Event, Reason};
@@ -264,7 +263,7 @@ pub async fn prepare_ca(
         _ => {}
     }
     if loaded.as_ref() != Some(record) {
-        membership::write_record(
+        super::record::write(
             client,
             namespace,
             fed,

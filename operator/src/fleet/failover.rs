@@ -320,7 +320,7 @@ pub async fn store(
         .map(|(m, since)| (m.clone(), since.to_string()))
         .collect();
     let name = record_name(&fed.name_any());
-    super::membership::write_record(client, namespace, fed, &name, data).await
+    super::record::write(client, namespace, fed, &name, data).await
 }
 
 #[cfg(test)]

@@ -5,11 +5,10 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::ConfigMap;
-use kube::api::{DeleteParams, ObjectMeta, Patch, PatchParams};
-use kube::{Api, Client, Resource, ResourceExt};
+use kube::{Api, Client, ResourceExt};
 
+use super::record;
 use crate::api::{MemberCredentials, MeshFederation};
-use crate::render::{field_manager, managed_labels};
 
 /// Members by name, and how to reach them.
 pub type Membership = BTreeMap<String, MemberCredentials>;
@@ -38,39 +37,6 @@ pub fn departed<'a>(
     recorded
         .iter()
         .filter(|(name, _)| fed.spec.member(name).is_none())
-}
-
-/// Writes the ConfigMap `name` in the operator's namespace with `data`,
-/// owned by the federation (garbage-collected with it should a finalizer be
-/// removed by hand). What meshfed keeps about a federation outside status.
-pub async fn write_record(
-    client: &Client,
-    namespace: &str,
-    fed: &MeshFederation,
-    name: &str,
-    data: BTreeMap<String, String>,
-) -> Result<(), kube::Error> {
-    Api::<ConfigMap>::namespaced(client.clone(), namespace)
-        .patch(
-            name,
-            &PatchParams::apply(&field_manager(&fed.name_any())).force(),
-            &Patch::Apply(&render_record(fed, name, data)),
-        )
-        .await?;
-    Ok(())
-}
-
-fn render_record(fed: &MeshFederation, name: &str, data: BTreeMap<String, String>) -> ConfigMap {
-    ConfigMap {
-        metadata: ObjectMeta {
-            name: Some(name.to_string()),
-            labels: Some(managed_labels(&fed.name_any())),
-            owner_references: fed.controller_owner_ref(&()).map(|o| vec![o]),
-            ..ObjectMeta::default()
-        },
-        data: Some(data),
-        ..ConfigMap::default()
-    }
 }
 
 /// The membership as record data: credentials as JSON, by member.
@@ -117,20 +83,7 @@ pub async fn store(
         return Ok(());
     }
     let name = record_name(&fed.name_any());
-    write_record(client, namespace, fed, &name, record_data(membership)).await
-}
-
-/// The data of record `name` in the operator's namespace, if it exists: the
-/// one reader of the records [`write_record`] writes.
-pub async fn read_record(
-    client: &Client,
-    namespace: &str,
-    name: &str,
-) -> Result<Option<BTreeMap<String, String>>, kube::Error> {
-    let record = Api::<ConfigMap>::namespaced(client.clone(), namespace)
-        .get_opt(name)
-        .await?;
-    Ok(record.map(|r| r.data.unwrap_or_default()))
+    record::write(client, namespace, fed, &name, record_data(membership)).await
 }
 
 /// `meshfed-clusters-<federation>` in the operator's namespace: the cluster
@@ -149,7 +102,7 @@ pub async fn load_clusters(
     namespace: &str,
     federation: &str,
 ) -> Result<HeldClusters, kube::Error> {
-    let record = read_record(client, namespace, &clusters_record_name(federation)).await?;
+    let record = record::read(client, namespace, &clusters_record_name(federation)).await?;
     Ok(record.unwrap_or_default())
 }
 
@@ -184,19 +137,12 @@ pub async fn store_clusters(
         return Ok(());
     }
     let name = clusters_record_name(&fed.name_any());
-    write_record(client, namespace, fed, &name, next.clone()).await
+    record::write(client, namespace, fed, &name, next.clone()).await
 }
 
 /// Deletes the record once every member is cleaned up.
 pub async fn forget(client: &Client, namespace: &str, federation: &str) -> Result<(), kube::Error> {
-    match Api::<ConfigMap>::namespaced(client.clone(), namespace)
-        .delete(&record_name(federation), &DeleteParams::default())
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
-        Err(e) => Err(e),
-    }
+    record::delete(client, namespace, &record_name(federation)).await
 }
 
 #[cfg(test)]
@@ -283,7 +229,7 @@ mod tests {
     fn the_record_round_trips_and_is_owned_by_the_federation() {
         let f = fed(&[("a", "a")]);
         let membership = with_spec(&Membership::new(), &f);
-        let record = render_record(&f, &record_name("prod"), record_data(&membership));
+        let record = record::render_record(&f, &record_name("prod"), record_data(&membership));
         assert_eq!(
             record.metadata.name.as_deref(),
             Some("meshfed-members-prod")

@@ -4,7 +4,8 @@
 //! (and the roots' Secrets) in the operator's namespace.
 //!
 //! - [`membership`]: who is a member, who left and is not cleaned up yet,
-//!   which cluster each held; the writer of every record.
+//!   which cluster each held.
+//! - [`record`]: the durable records every planner keeps its memory in.
 //! - [`ca`] and [`rotation`]: the roots, which one signs, a root rotation's phases.
 //! - [`rollout`]: control-plane revisions in waves.
 //! - [`failover`]: whom peers must not see.
@@ -13,6 +14,7 @@
 pub mod ca;
 pub mod failover;
 pub mod membership;
+pub mod record;
 pub mod report;
 pub mod rollout;
 pub mod rotation;

@@ -15,7 +15,12 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 
-use crate::api::{HaltStatus, RevisionStatus, RolloutStatus, UpgradeStrategy};
+use kube::{Client, ResourceExt};
+
+use super::report::MemberRun;
+use crate::api::{
+    ControlPlaneMode, HaltStatus, MeshFederation, RevisionStatus, RolloutStatus, UpgradeStrategy,
+};
 use crate::events::{Event, Reason};
 
 /// The revision of a revision-less install (Istio calls it `default`).
@@ -574,6 +579,79 @@ pub fn revision_status(installed: &Installed) -> Vec<RevisionStatus> {
             namespaces: r.namespaces.clone(),
         })
         .collect()
+}
+
+/// `meshfed-rollout-<federation>` in the operator's namespace: where the
+/// control-plane rollout stands (its wave, when the wave began, when the
+/// last one finished, where it halted).
+fn record_name(federation: &str) -> String {
+    format!("meshfed-rollout-{federation}")
+}
+
+/// The rollout on record; before there was a record (a federation from
+/// before meshfed kept one), the rollout as its status last said.
+pub async fn load(
+    client: &Client,
+    namespace: &str,
+    fed: &MeshFederation,
+) -> Result<Option<RolloutStatus>, kube::Error> {
+    let record = super::record::read(client, namespace, &record_name(&fed.name_any())).await?;
+    let recorded = record
+        .and_then(|data| data.get("rollout").cloned())
+        .and_then(|json| serde_json::from_str(&json).ok());
+    Ok(recorded.or_else(|| fed.status.as_ref()?.control_plane.clone()))
+}
+
+/// The control-plane rollout (Managed with a version): every member's plan
+/// from what its worker last found and where the rollout stood.
+pub fn decide(
+    fed: &MeshFederation,
+    runs: &BTreeMap<String, MemberRun>,
+    previous: Option<&RolloutStatus>,
+    now: Timestamp,
+) -> Option<Rollout> {
+    let cp = fed.spec.control_plane.as_ref()?;
+    if cp.mode != ControlPlaneMode::Managed {
+        return None;
+    }
+    let upgrade = fed.spec.upgrade();
+    let settings = Policy {
+        version: cp.version.as_deref()?,
+        strategy: upgrade.strategy(),
+        order: fed.spec.upgrade_order(),
+        max_concurrent: upgrade.max_concurrent(),
+        pause: upgrade.pause(),
+        gate_timeout: upgrade.gate_timeout(),
+        keep_old: upgrade.keeps_old_revisions(),
+    };
+    let observed = fed
+        .spec
+        .members
+        .iter()
+        .map(|m| {
+            let installed = runs.get(&m.name).and_then(|r| r.report.installed.clone());
+            (m.name.clone(), installed)
+        })
+        .collect();
+    Some(plan(&settings, &observed, previous, now))
+}
+
+/// Writes where the rollout stands unless it is what was `recorded`.
+pub async fn store(
+    client: &Client,
+    namespace: &str,
+    fed: &MeshFederation,
+    recorded: Option<&RolloutStatus>,
+    status: &RolloutStatus,
+) -> Result<(), kube::Error> {
+    if recorded == Some(status) {
+        return Ok(());
+    }
+    let data = BTreeMap::from([(
+        "rollout".to_string(),
+        serde_json::to_string(status).unwrap_or_default(),
+    )]);
+    super::record::write(client, namespace, fed, &record_name(&fed.name_any()), data).await
 }
 
 #[cfg(test)]
