@@ -437,7 +437,8 @@ async fn converge(fed: &Arc<MeshFederation>, ctx: &Arc<Context>) -> Result<Actio
     let withdrawn = Arc::new(tracker.withdrawn_set());
     let (client, namespace) = (&ctx.shared.client, &ctx.shared.settings.namespace);
     let recorded_rollout = rollout::load(client, namespace, fed).await?;
-    let rollout = rollout::decide(fed, &runs, recorded_rollout.as_ref(), now);
+    let installed = |m: &str| runs.get(m).and_then(|r| r.report.installed.clone());
+    let rollout = rollout::decide(fed, installed, recorded_rollout.as_ref(), now);
     // Where the rollout stands is on record before any member acts on it:
     // a restart or a wiped status resumes it there (a pause goes on, a gate
     // timeout keeps its start).

@@ -17,7 +17,6 @@ use jiff::Timestamp;
 
 use kube::{Client, ResourceExt};
 
-use super::report::MemberRun;
 use crate::api::{
     ControlPlaneMode, HaltStatus, MeshFederation, RevisionStatus, RolloutStatus, UpgradeStrategy,
 };
@@ -603,10 +602,10 @@ pub async fn load(
 }
 
 /// The control-plane rollout (Managed with a version): every member's plan
-/// from what its worker last found and where the rollout stood.
+/// from what its worker last found installed and where the rollout stood.
 pub fn decide(
     fed: &MeshFederation,
-    runs: &BTreeMap<String, MemberRun>,
+    installed: impl Fn(&str) -> Option<Installed>,
     previous: Option<&RolloutStatus>,
     now: Timestamp,
 ) -> Option<Rollout> {
@@ -628,10 +627,7 @@ pub fn decide(
         .spec
         .members
         .iter()
-        .map(|m| {
-            let installed = runs.get(&m.name).and_then(|r| r.report.installed.clone());
-            (m.name.clone(), installed)
-        })
+        .map(|m| (m.name.clone(), installed(&m.name)))
         .collect();
     Some(plan(&settings, &observed, previous, now))
 }
