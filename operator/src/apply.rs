@@ -1,10 +1,18 @@
-//! "Make it so" for single objects: apply only what differs, never over
-//! objects meshfed does not own, delete only what carries meshfed's labels.
+//! The one way meshfed writes and deletes in a cluster: apply only what
+//! differs, never over objects meshfed does not own, delete only what
+//! carries meshfed's labels, and treat an object (or a kind) already gone as
+//! gone. Every write into a member goes through here: [`ensure`] and
+//! [`write`] (server-side apply as the federation), [`apply_as`] (a field
+//! manager of its own), [`create`] and [`replace`] (optimistic writes that
+//! must fail on a conflict: a claim, a token binding), [`merge`]; and every
+//! delete: [`delete`], [`delete_all`], [`prune`].
 use std::collections::HashMap;
 use std::fmt::Debug;
 use std::sync::Mutex;
 
-use kube::api::{ApiResource, DeleteParams, GroupVersionKind, ListParams, Patch, PatchParams};
+use kube::api::{
+    ApiResource, DeleteParams, GroupVersionKind, ListParams, Patch, PatchParams, PostParams,
+};
 use kube::discovery::{Scope, pinned_kind};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::Serialize;
@@ -31,24 +39,30 @@ impl KindCache {
             .remove(&Self::key(cluster, gvk));
     }
 
-    /// The API resource of `gvk` in the cluster, and whether it is namespaced.
+    /// The API resource of `gvk` in the cluster, and whether it is
+    /// namespaced; `None` when the cluster does not serve the kind (yet).
     pub async fn resolve(
         &self,
         client: &Client,
         cluster: &str,
         gvk: &GroupVersionKind,
-    ) -> Result<(ApiResource, bool), kube::Error> {
+    ) -> Result<Option<(ApiResource, bool)>, kube::Error> {
         let key = Self::key(cluster, gvk);
         if let Some(found) = self.0.lock().expect("kind cache").get(&key) {
-            return Ok(found.clone());
+            return Ok(Some(found.clone()));
         }
-        let (resource, caps) = pinned_kind(client, gvk).await?;
+        let (resource, caps) = match pinned_kind(client, gvk).await {
+            Ok(found) => found,
+            Err(kube::Error::Discovery(_)) => return Ok(None),
+            Err(e) if is_not_found(&e) => return Ok(None),
+            Err(e) => return Err(e),
+        };
         let found = (resource, caps.scope == Scope::Namespaced);
         self.0
             .lock()
             .expect("kind cache")
             .insert(key, found.clone());
-        Ok(found)
+        Ok(Some(found))
     }
 }
 
@@ -142,13 +156,77 @@ where
 {
     let mut deleted = Vec::new();
     for name in names {
-        match api.delete(&name, &DeleteParams::default()).await {
-            Ok(_) => deleted.push(name),
-            Err(kube::Error::Api(e)) if e.code == 404 => {}
-            Err(e) => return Err(e),
+        if delete(api, &name).await? {
+            deleted.push(name);
         }
     }
     Ok(deleted)
+}
+
+/// Deletes `name` in `api`: true when it was there, false when it was
+/// already gone.
+pub async fn delete<K>(api: &Api<K>, name: &str) -> Result<bool, kube::Error>
+where
+    K: Resource + Clone + Debug + DeserializeOwned,
+{
+    match api.delete(name, &DeleteParams::default()).await {
+        Ok(_) => Ok(true),
+        Err(e) if is_not_found(&e) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Whether the API server said the object, or its kind, does not exist.
+pub fn is_not_found(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == 404)
+}
+
+/// Whether the API server refused a write because the object exists or
+/// changed since it was read.
+pub fn is_conflict(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == 409)
+}
+
+/// Creates `obj` as it is: fails with a conflict ([`is_conflict`]) when an
+/// object of that name exists, for objects whose first writer must win (a
+/// cluster claim) or that get a generated name (a token binding).
+pub async fn create<K>(api: &Api<K>, obj: &K) -> Result<K, kube::Error>
+where
+    K: Resource + Clone + Debug + Serialize + DeserializeOwned,
+{
+    api.create(&PostParams::default(), obj).await
+}
+
+/// Replaces the object at the resourceVersion `obj` carries: fails with a
+/// conflict when it changed since it was read.
+pub async fn replace<K>(api: &Api<K>, obj: &K) -> Result<K, kube::Error>
+where
+    K: Resource + Clone + Debug + Serialize + DeserializeOwned,
+{
+    let name = obj.meta().name.clone().unwrap_or_default();
+    api.replace(&name, &PostParams::default(), obj).await
+}
+
+/// Server-side applies `obj` as `manager` rather than as the federation:
+/// fields someone else may take over later (defaults applied once at
+/// creation).
+pub async fn apply_as<K>(api: &Api<K>, obj: &K, manager: &str) -> Result<K, kube::Error>
+where
+    K: Resource + Clone + Debug + Serialize + DeserializeOwned,
+{
+    let name = obj.meta().name.clone().unwrap_or_default();
+    api.patch(&name, &PatchParams::apply(manager), &Patch::Apply(obj))
+        .await
+}
+
+/// Merges `patch` into object `name` (fields meshfed alone writes, such as
+/// the kinds a claim records).
+pub async fn merge<K>(api: &Api<K>, name: &str, patch: &Value) -> Result<K, kube::Error>
+where
+    K: Resource + Clone + Debug + DeserializeOwned,
+{
+    api.patch(name, &PatchParams::default(), &Patch::Merge(patch))
+        .await
 }
 
 fn to_value<T: Serialize>(v: &T) -> Value {

@@ -866,11 +866,7 @@ async fn clean_up(fed: &MeshFederation, ctx: &Context) -> Result<Action, Error> 
             .map(|s| s.name_any())
             .filter(|s| ca::is_generated_root(&name, s))
         {
-            match secrets.delete(&generated, &Default::default()).await {
-                Ok(_) => {}
-                Err(kube::Error::Api(e)) if e.code == 404 => {}
-                Err(e) => return Err(e.into()),
-            }
+            crate::apply::delete(&secrets, &generated).await?;
         }
     }
     membership::forget(&ctx.shared.client, &ctx.shared.settings.namespace, &name).await?;

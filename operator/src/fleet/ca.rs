@@ -5,7 +5,6 @@ use std::collections::BTreeMap;
 use jiff::Timestamp;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::PostParams;
 use kube::{Api, Client, ResourceExt};
 
 use std::sync::Arc;
@@ -275,7 +274,11 @@ pub async fn prepare_ca(
     }
     // A generated root no member trusts any more: its key goes.
     if let Some(old) = retired.filter(|s| is_generated_root(&federation, s)) {
-        let _ = api.delete(&old, &Default::default()).await;
+        // Not fatal: the key is no longer trusted anywhere; a leftover
+        // Secret is said in the log and can be deleted by hand.
+        if let Err(e) = crate::apply::delete(&api, &old).await {
+            tracing::warn!(secret = %old, error = %e, "deleting a retired generated root failed");
+        }
     }
 
     let target = record.target();
@@ -368,11 +371,11 @@ async fn create_generated(
     secret.metadata.name = Some(name.to_string());
     secret.metadata.labels = Some(managed_labels(federation));
     // Create, never apply: two racing reconciles must not mint two roots.
-    match api.create(&PostParams::default(), &secret).await {
+    match crate::apply::create(api, &secret).await {
         Ok(_) => Ok(named(root, name)),
         // Created by a racing reconcile, or by one whose record write failed
         // afterwards: the record's next root is that one, if meshfed made it.
-        Err(kube::Error::Api(e)) if e.code == 409 => {
+        Err(e) if crate::apply::is_conflict(&e) => {
             adopt_generated(api, federation, name, now).await
         }
         Err(e) => Err(format!("storing root Secret {name}: {e}")),

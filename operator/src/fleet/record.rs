@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::ConfigMap;
-use kube::api::{DeleteParams, ObjectMeta, Patch, PatchParams};
+use kube::api::{ObjectMeta, Patch, PatchParams};
 use kube::{Api, Client, Resource, ResourceExt};
 
 use crate::api::MeshFederation;
@@ -64,12 +64,10 @@ pub async fn read(
 
 /// Deletes record `name`; one already gone is fine.
 pub async fn delete(client: &Client, namespace: &str, name: &str) -> Result<(), kube::Error> {
-    match Api::<ConfigMap>::namespaced(client.clone(), namespace)
-        .delete(name, &DeleteParams::default())
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
-        Err(e) => Err(e),
-    }
+    crate::apply::delete(
+        &Api::<ConfigMap>::namespaced(client.clone(), namespace),
+        name,
+    )
+    .await
+    .map(|_| ())
 }

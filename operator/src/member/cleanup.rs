@@ -66,12 +66,9 @@ pub async fn remove_from_member(
     let selector = managed_selector(federation);
     let mut removed = Vec::new();
     for gvk in kinds_to_remove(recorded) {
-        let (resource, namespaced) = match kinds.resolve(client, cluster, &gvk).await {
-            Ok(found) => found,
-            // Not served (any more): nothing of that kind can exist.
-            Err(kube::Error::Discovery(_)) => continue,
-            Err(kube::Error::Api(e)) if e.code == 404 => continue,
-            Err(e) => return Err(e),
+        // Not served (any more): nothing of that kind can exist.
+        let Some((resource, namespaced)) = kinds.resolve(client, cluster, &gvk).await? else {
+            continue;
         };
         let api = if namespaced {
             Api::<DynamicObject>::namespaced_with(client.clone(), ISTIO_NAMESPACE, &resource)

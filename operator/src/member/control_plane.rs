@@ -7,14 +7,14 @@ use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service, ServiceAccount};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::api::{DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams};
+use kube::api::{DynamicObject, GroupVersionKind, ListParams};
 use kube::{Api, Client, ResourceExt};
 
 use super::identity::record_kinds;
 use super::{MemberContext, PreparedMember, unreachable_reason};
 use crate::api::{ControlPlaneMode, Member, MeshFederation, MeshFederationSpec};
 use crate::apply::KindCache;
-use crate::apply::{delete_all, write};
+use crate::apply::{apply_as, delete_all, is_not_found, write};
 use crate::charts::{CLUSTER_PLACEHOLDER, Chart, NETWORK_PLACEHOLDER};
 use crate::fleet::rollout::{ControlPlanePlan, Installed, Revision};
 use crate::render::control_plane::{
@@ -688,22 +688,12 @@ async fn apply_component(
     );
     let desired = &component.desired;
     for gvk in &component.kinds {
-        let (resource, namespaced) = match kinds.resolve(client, cluster, gvk).await {
-            Ok(found) => found,
-            // The kind is not served yet (Istio's CRDs are still being established).
-            Err(kube::Error::Discovery(_)) => {
-                return Ok(Some(format!(
-                    "waiting for {} {} to be served",
-                    gvk.group, gvk.kind
-                )));
-            }
-            Err(kube::Error::Api(e)) if e.code == 404 => {
-                return Ok(Some(format!(
-                    "waiting for {} {} to be served",
-                    gvk.group, gvk.kind
-                )));
-            }
-            Err(e) => return Err(e),
+        // The kind is not served yet (Istio's CRDs are still being established).
+        let Some((resource, namespaced)) = kinds.resolve(client, cluster, gvk).await? else {
+            return Ok(Some(format!(
+                "waiting for {} {} to be served",
+                gvk.group, gvk.kind
+            )));
         };
         let api_for = |ns: Option<&str>| match (namespaced, ns) {
             (true, Some(ns)) => {
@@ -734,7 +724,7 @@ async fn apply_component(
         };
         let listed = match listed {
             Ok(listed) => listed,
-            Err(kube::Error::Api(e)) if e.code == 404 => {
+            Err(e) if is_not_found(&e) => {
                 // The kind went away (its CRD was deleted): discover it anew.
                 kinds.forget(cluster, gvk);
                 return Ok(Some(format!(
@@ -789,12 +779,7 @@ async fn apply_component(
                 .iter()
                 .find(|b| b.metadata.name == obj.metadata.name && b.types == obj.types);
             if let (true, Some(bootstrap)) = (created, bootstrap) {
-                api.patch(
-                    &obj.name_any(),
-                    &PatchParams::apply(BOOTSTRAP_MANAGER),
-                    &Patch::Apply(bootstrap),
-                )
-                .await?;
+                apply_as(&api, bootstrap, BOOTSTRAP_MANAGER).await?;
             }
         }
         if gvk.kind == "CustomResourceDefinition" {

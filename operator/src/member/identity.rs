@@ -5,12 +5,12 @@ use std::collections::BTreeSet;
 
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, ServiceAccount};
-use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use kube::api::ListParams;
 use kube::{Api, Client, ResourceExt};
 
 use super::{MemberContext, PreparedMember, unreachable_reason};
 use crate::api::{Member, MeshFederation};
-use crate::apply::{Applied, Ownership, ensure};
+use crate::apply::{Applied, Ownership, create, ensure, is_conflict, merge, replace};
 use crate::connection::MemberConnection;
 use crate::events::{Event, Reason};
 use crate::fleet::report::MemberReport;
@@ -111,9 +111,7 @@ pub async fn claim_cluster(
                     Ownership::Shared,
                 )
                 .await?;
-                records
-                    .create(&PostParams::default(), &render_claim(&me))
-                    .await
+                create(&records, &render_claim(&me)).await
             }
             ClaimDecision::TakeOver => {
                 replace_claim(&records, &me, live.as_ref().map(|(r, _)| r)).await
@@ -121,7 +119,7 @@ pub async fn claim_cluster(
         };
         match written {
             Ok(_) => return Ok(held(&me, repaired)),
-            Err(kube::Error::Api(e)) if e.code == 409 => live = recorded(&records).await?,
+            Err(e) if is_conflict(&e) => live = recorded(&records).await?,
             Err(e) => return Err(e),
         }
     }
@@ -141,9 +139,7 @@ async fn replace_claim(
 ) -> Result<ConfigMap, kube::Error> {
     let mut record = render_claim(me);
     record.metadata.resource_version = read.and_then(|r| r.metadata.resource_version.clone());
-    records
-        .replace(CLAIM, &PostParams::default(), &record)
-        .await
+    replace(records, &record).await
 }
 
 fn held(me: &ClusterClaim, repaired: Option<String>) -> Claim {
@@ -178,9 +174,12 @@ pub async fn record_kinds(
         return Ok(());
     }
     let patch = serde_json::json!({"data": {"kinds": kinds_text(recorded)}});
-    Api::<ConfigMap>::namespaced(client.clone(), ISTIO_NAMESPACE)
-        .patch(CLAIM, &PatchParams::default(), &Patch::Merge(&patch))
-        .await?;
+    merge::<ConfigMap>(
+        &Api::namespaced(client.clone(), ISTIO_NAMESPACE),
+        CLAIM,
+        &patch,
+    )
+    .await?;
     Ok(())
 }
 

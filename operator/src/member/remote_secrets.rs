@@ -10,12 +10,12 @@ use jiff::Timestamp;
 use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{DeleteParams, PostParams};
+use kube::api::PostParams;
 use kube::{Api, ResourceExt};
 
 use super::{PreparedMember, unreachable_reason};
 use crate::api::MeshFederation;
-use crate::apply::write;
+use crate::apply::{create, delete, write};
 use crate::render::{
     HeldToken, ISTIO_NAMESPACE, IssuedToken, PeerEndpoint, RemoteSecretState, TokenSubject,
     WrittenToken, is_ours, keys, remote_secret_held, remote_secret_name, remote_secret_peer,
@@ -307,12 +307,10 @@ async fn carry_out(
         }
     }
     for name in &plan.stale {
-        match api.delete(name, &DeleteParams::default()).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(e)) if e.code == 404 => {}
-            Err(e) => report
+        if let Err(e) = delete(&api, name).await {
+            report
                 .remote_secret_problems
-                .push(format!("deleting stale {name}: {}", unreachable_reason(&e))),
+                .push(format!("deleting stale {name}: {}", unreachable_reason(&e)));
         }
     }
     report.status.remote_secrets_present = present;
@@ -335,7 +333,7 @@ pub async fn mint_token(
     let secrets = Api::<Secret>::namespaced(client.clone(), ISTIO_NAMESPACE);
     let accounts = Api::<ServiceAccount>::namespaced(client.clone(), ISTIO_NAMESPACE);
     let binding = render_token_binding(federation, reader, Timestamp::now() + signed(lifetime));
-    let binding = secrets.create(&PostParams::default(), &binding).await?;
+    let binding = create(&secrets, &binding).await?;
     let name = binding.name_any();
     let bound = BoundObjectReference {
         api_version: Some("v1".into()),
@@ -351,8 +349,9 @@ pub async fn mint_token(
             binding: name,
         }),
         Err(e) => {
-            // Nothing is bound to it: no reason to keep it.
-            let _ = secrets.delete(&name, &DeleteParams::default()).await;
+            // Nothing is bound to it: no reason to keep it (should this
+            // fail too, it is revoked later like any binding nobody holds).
+            let _ = delete(&secrets, &name).await;
             Err(e)
         }
     }

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{DeleteParams, ListParams};
+use kube::api::ListParams;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, ResourceExt};
 use tokio::sync::{Notify, mpsc};
@@ -26,6 +26,7 @@ use super::remote_secrets::{
 };
 use super::{MemberContext, PreparedMember, unreachable_reason};
 use crate::api::{Member, MeshFederation};
+use crate::apply::delete;
 use crate::events::{Event, Reason};
 use crate::fleet::ca::CaMaterial;
 use crate::fleet::report::{MemberReport, MemberRun};
@@ -686,12 +687,12 @@ async fn revoke_replaced_tokens(
     );
     prepared.report.next_revocation = next;
     for name in revoke {
-        match secrets.delete(&name, &DeleteParams::default()).await {
-            Ok(_) => prepared.events.push(Event::new(
+        match delete(&secrets, &name).await {
+            Ok(true) => prepared.events.push(Event::new(
  Reason::TokenRevoked,
                 format!("member {member}: revoked a replaced reader token (deleted {ISTIO_NAMESPACE}/{name}, which it was bound to)"),
             )),
-            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Ok(false) => {}
             Err(e) => prepared.report.other_problems.push(format!(
                 "revoking the token bound to {name}: {}",
                 unreachable_reason(&e)
