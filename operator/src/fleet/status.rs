@@ -119,8 +119,115 @@ pub fn ca_status(
 /// reader token (True is bad).
 pub const CREDENTIALS_EXPOSED: &str = "CredentialsExposed";
 
-/// What the operator can tell about credentials peers may read.
-pub fn exposure(members: &[MemberStatus], kept_secrets: &[String]) -> (bool, &'static str, String) {
+/// Why a condition is what it is: the variant's name is the condition's
+/// `reason`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConditionReason {
+    Ready,
+    MembersNotReady,
+    AllReachable,
+    MembersUnreachable,
+    ClustersOwned,
+    ClusterClaimedElsewhere,
+    IntermediatesIssued,
+    IntermediatesNotReady,
+    RootUnavailable,
+    RemoteSecretsCurrent,
+    RemoteSecretsNotReady,
+    IstiodAvailable,
+    ControlPlanesNotReady,
+    GatewaysAvailable,
+    GatewaysNotReady,
+    Complete,
+    RollingOut,
+    Paused,
+    Halted,
+    AllHealthy,
+    MembersUnhealthy,
+    MembersWithdrawn,
+    WithdrawalHeld,
+    NoneFound,
+    OperatorClusterIsMember,
+    ReadableTokenSecrets,
+}
+
+impl ConditionReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ready => "Ready",
+            Self::MembersNotReady => "MembersNotReady",
+            Self::AllReachable => "AllReachable",
+            Self::MembersUnreachable => "MembersUnreachable",
+            Self::ClustersOwned => "ClustersOwned",
+            Self::ClusterClaimedElsewhere => "ClusterClaimedElsewhere",
+            Self::IntermediatesIssued => "IntermediatesIssued",
+            Self::IntermediatesNotReady => "IntermediatesNotReady",
+            Self::RootUnavailable => "RootUnavailable",
+            Self::RemoteSecretsCurrent => "RemoteSecretsCurrent",
+            Self::RemoteSecretsNotReady => "RemoteSecretsNotReady",
+            Self::IstiodAvailable => "IstiodAvailable",
+            Self::ControlPlanesNotReady => "ControlPlanesNotReady",
+            Self::GatewaysAvailable => "GatewaysAvailable",
+            Self::GatewaysNotReady => "GatewaysNotReady",
+            Self::Complete => "Complete",
+            Self::RollingOut => "RollingOut",
+            Self::Paused => "Paused",
+            Self::Halted => "Halted",
+            Self::AllHealthy => "AllHealthy",
+            Self::MembersUnhealthy => "MembersUnhealthy",
+            Self::MembersWithdrawn => "MembersWithdrawn",
+            Self::WithdrawalHeld => "WithdrawalHeld",
+            Self::NoneFound => "NoneFound",
+            Self::OperatorClusterIsMember => "OperatorClusterIsMember",
+            Self::ReadableTokenSecrets => "ReadableTokenSecrets",
+        }
+    }
+
+    /// The reason for a rollout in `phase` (`status.controlPlane.phase`).
+    fn of_rollout(phase: &str) -> Self {
+        match phase {
+            "Complete" => Self::Complete,
+            "Paused" => Self::Paused,
+            "Halted" => Self::Halted,
+            _ => Self::RollingOut,
+        }
+    }
+}
+
+/// One condition's outcome: whether it is True, why, and what it says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Verdict {
+    pub status: bool,
+    pub reason: ConditionReason,
+    pub message: String,
+}
+
+impl Verdict {
+    fn new(status: bool, reason: ConditionReason, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            reason,
+            message: message.into(),
+        }
+    }
+
+    /// True with `ok`, or False with `failed` and the problems joined.
+    fn from_problems(
+        problems: &[String],
+        ok: (ConditionReason, String),
+        failed: ConditionReason,
+    ) -> Self {
+        if problems.is_empty() {
+            Self::new(true, ok.0, ok.1)
+        } else {
+            Self::new(false, failed, problems.join("; "))
+        }
+    }
+}
+
+/// What the operator can tell about credentials peers may read
+/// (`CredentialsExposed`; True is bad).
+pub fn exposure(members: &[MemberStatus], kept_secrets: &[String]) -> Verdict {
     let host: Vec<&str> = members
         .iter()
         .filter(|m| m.operator_cluster && !m.leaving)
@@ -144,20 +251,314 @@ pub fn exposure(members: &[MemberStatus], kept_secrets: &[String]) -> (bool, &'s
         if !legacy.is_empty() {
             message = format!("{message}. Also {legacy_text}");
         }
-        (true, "OperatorClusterIsMember", message)
+        Verdict::new(true, ConditionReason::OperatorClusterIsMember, message)
     } else if !legacy.is_empty() {
-        (
+        Verdict::new(
             true,
-            "ReadableTokenSecrets",
+            ConditionReason::ReadableTokenSecrets,
             format!("members hold {legacy_text}"),
         )
     } else {
-        (
+        Verdict::new(
             false,
-            "NoneFound",
-            "nothing meshfed keeps is readable with a peer's reader token, and no member holds long-lived ServiceAccount token Secrets".into(),
+            ConditionReason::NoneFound,
+            "nothing meshfed keeps is readable with a peer's reader token, and no member holds long-lived ServiceAccount token Secrets",
         )
     }
+}
+
+/// The members' problems by concern, each as "member: problem": what every
+/// condition is computed from.
+struct Findings<'a> {
+    reports: &'a [MemberReport],
+    /// Members in the spec (not leaving).
+    in_spec: usize,
+    ready: usize,
+    unreachable: Vec<String>,
+    claims: Vec<String>,
+    certificates: Vec<String>,
+    remote_secrets: Vec<String>,
+    other: Vec<String>,
+    /// "member (reason: message)" of members withdrawn from their peers.
+    withdrawn: Vec<String>,
+    /// The same of unhealthy members not withdrawn.
+    unhealthy: Vec<String>,
+}
+
+impl<'a> Findings<'a> {
+    fn of(reports: &'a [MemberReport]) -> Self {
+        let named = |r: &MemberReport, p: &str| format!("{}: {p}", r.status.name);
+        let in_spec = || reports.iter().filter(|r| !r.status.leaving);
+        // Members whose cluster is their own: the rest is reported as a claim problem.
+        let owned = || in_spec().filter(|r| r.claim_problem.is_none());
+        let health = |withdrawn: bool| -> Vec<String> {
+            in_spec()
+                .filter_map(|r| {
+                    let h = r.status.health.as_ref()?;
+                    let counted = if withdrawn {
+                        h.withdrawn_since.is_some()
+                    } else {
+                        !h.healthy && h.withdrawn_since.is_none()
+                    };
+                    counted.then(|| format!("{} ({}: {})", r.status.name, h.reason, h.message))
+                })
+                .collect()
+        };
+        Self {
+            reports,
+            in_spec: in_spec().count(),
+            ready: reports.iter().filter(|r| r.is_ready()).count(),
+            unreachable: reports
+                .iter()
+                .filter_map(|r| Some(named(r, r.unreachable.as_ref()?)))
+                .collect(),
+            claims: in_spec()
+                .filter_map(|r| Some(named(r, r.claim_problem.as_ref()?)))
+                .collect(),
+            certificates: owned()
+                .filter_map(|r| match (&r.certificate_problem, &r.unreachable) {
+                    (Some(p), _) => Some(named(r, p)),
+                    (None, Some(_)) => Some(named(r, "unreachable")),
+                    _ => None,
+                })
+                .collect(),
+            remote_secrets: owned()
+                .flat_map(|r| {
+                    let unreachable = r.unreachable.as_ref().map(|_| "unreachable");
+                    r.remote_secret_problems
+                        .iter()
+                        .map(String::as_str)
+                        .chain(unreachable)
+                        .map(move |p| named(r, p))
+                })
+                .collect(),
+            other: reports
+                .iter()
+                .flat_map(|r| {
+                    let leaving = r.status.leaving.then_some("leaving the federation");
+                    r.other_problems
+                        .iter()
+                        .map(String::as_str)
+                        .chain(leaving)
+                        .map(move |p| named(r, p))
+                })
+                .collect(),
+            withdrawn: health(true),
+            unhealthy: health(false),
+        }
+    }
+
+    fn in_spec(&self) -> impl Iterator<Item = &'a MemberReport> {
+        self.reports.iter().filter(|r| !r.status.leaving)
+    }
+}
+
+fn members_reachable(f: &Findings) -> Verdict {
+    Verdict::from_problems(
+        &f.unreachable,
+        (
+            ConditionReason::AllReachable,
+            format!("all {} members reachable", f.in_spec),
+        ),
+        ConditionReason::MembersUnreachable,
+    )
+}
+
+fn clusters_claimed(f: &Findings) -> Verdict {
+    Verdict::from_problems(
+        &f.claims,
+        (
+            ConditionReason::ClustersOwned,
+            format!("each of the {} members has a cluster of its own", f.in_spec),
+        ),
+        ConditionReason::ClusterClaimedElsewhere,
+    )
+}
+
+fn certificates_ready(f: &Findings, root: &Result<CertificateStatus, String>) -> Verdict {
+    match root {
+        Err(e) => Verdict::new(false, ConditionReason::RootUnavailable, e.clone()),
+        Ok(root) => Verdict::from_problems(
+            &f.certificates,
+            (
+                ConditionReason::IntermediatesIssued,
+                format!("{} intermediates signed by root {}", f.in_spec, root.serial),
+            ),
+            ConditionReason::IntermediatesNotReady,
+        ),
+    }
+}
+
+fn remote_secrets_ready(f: &Findings) -> Verdict {
+    Verdict::from_problems(
+        &f.remote_secrets,
+        (
+            ConditionReason::RemoteSecretsCurrent,
+            "every member holds a current remote secret for each of its peers".into(),
+        ),
+        ConditionReason::RemoteSecretsNotReady,
+    )
+}
+
+/// Only when some member reports on a control plane.
+fn control_planes_ready(f: &Findings) -> Option<Verdict> {
+    f.in_spec()
+        .any(|r| r.status.control_plane_ready.is_some())
+        .then(|| {
+            Verdict::from_problems(
+                &member_problems(f.in_spec(), |r| r.control_plane_problem.clone()),
+                (
+                    ConditionReason::IstiodAvailable,
+                    format!("istiod available in all {} members", f.in_spec),
+                ),
+                ConditionReason::ControlPlanesNotReady,
+            )
+        })
+}
+
+/// Only while meshfed rolls out a version (Managed).
+fn control_planes_up_to_date(f: &Findings, rollout: Option<&RolloutStatus>) -> Option<Verdict> {
+    let rollout = rollout?;
+    let in_spec = f.in_spec;
+    let complete = rollout.phase == "Complete";
+    let message = match (&rollout.halted, complete) {
+        (Some(h), _) => format!(
+            "halted at member {}: gate {} not met: {}; fix it and the rollout resumes",
+            h.member, h.gate, h.message
+        ),
+        (None, true) => format!(
+            "all {in_spec} members run Istio {} ({})",
+            rollout.version,
+            if rollout.revision.is_empty() {
+                "in place"
+            } else {
+                &rollout.revision
+            }
+        ),
+        (None, false) => format!(
+            "{}/{in_spec} members at Istio {}{}",
+            rollout.updated,
+            rollout.version,
+            if rollout.wave.is_empty() {
+                String::new()
+            } else {
+                format!("; changing now: {}", rollout.wave.join(", "))
+            }
+        ),
+    };
+    Some(Verdict::new(
+        complete,
+        ConditionReason::of_rollout(&rollout.phase),
+        message,
+    ))
+}
+
+/// Only when some member should have an east-west gateway.
+fn gateways_ready(f: &Findings) -> Option<Verdict> {
+    let expected = || f.in_spec().filter(|r| r.gateway_expected);
+    expected().next().is_some().then(|| {
+        Verdict::from_problems(
+            &member_problems(expected(), |r| r.gateway_problem.clone()),
+            (
+                ConditionReason::GatewaysAvailable,
+                "every east-west gateway is available and has an address".into(),
+            ),
+            ConditionReason::GatewaysNotReady,
+        )
+    })
+}
+
+/// True is the bad state here, as in Kubernetes' own Degraded conditions.
+fn degraded(f: &Findings, withdrawal_held: Option<&str>) -> Verdict {
+    let mut said = Vec::new();
+    if !f.withdrawn.is_empty() {
+        said.push(format!("withdrawn from peers: {}", f.withdrawn.join(", ")));
+    }
+    if !f.unhealthy.is_empty() {
+        said.push(format!("unhealthy: {}", f.unhealthy.join(", ")));
+    }
+    said.extend(withdrawal_held.map(|h| format!("withdrawal held: {h}")));
+    let reason = if !f.withdrawn.is_empty() {
+        ConditionReason::MembersWithdrawn
+    } else if withdrawal_held.is_some() {
+        ConditionReason::WithdrawalHeld
+    } else if !f.unhealthy.is_empty() {
+        ConditionReason::MembersUnhealthy
+    } else {
+        ConditionReason::AllHealthy
+    };
+    if said.is_empty() {
+        Verdict::new(
+            false,
+            reason,
+            "every member judged is healthy and in its peers' view",
+        )
+    } else {
+        Verdict::new(true, reason, said.join("; "))
+    }
+}
+
+/// The summary: True when every member is ready and in its peers' view;
+/// otherwise the first failing concern, in the order a person would fix
+/// them, gives the reason.
+fn ready(f: &Findings, parts: &Parts) -> Verdict {
+    let failing = |v: &Option<Verdict>| v.as_ref().is_some_and(|v| !v.status);
+    let (reason, detail) = if !f.unreachable.is_empty() {
+        (
+            ConditionReason::MembersUnreachable,
+            f.unreachable.join("; "),
+        )
+    } else if !parts.clusters.status {
+        (
+            ConditionReason::ClusterClaimedElsewhere,
+            f.claims.join("; "),
+        )
+    } else if !parts.certificates.status {
+        (
+            parts.certificates.reason,
+            parts.certificates.message.clone(),
+        )
+    } else if !parts.remote_secrets.status {
+        (
+            ConditionReason::RemoteSecretsNotReady,
+            f.remote_secrets.join("; "),
+        )
+    } else if failing(&parts.control_planes) {
+        (
+            ConditionReason::ControlPlanesNotReady,
+            member_problems(f.reports.iter(), |r| r.control_plane_problem.clone()).join("; "),
+        )
+    } else if failing(&parts.gateways) {
+        (
+            ConditionReason::GatewaysNotReady,
+            member_problems(f.reports.iter(), |r| r.gateway_problem.clone()).join("; "),
+        )
+    } else if !f.withdrawn.is_empty() {
+        (
+            ConditionReason::MembersWithdrawn,
+            format!("withdrawn from peers: {}", f.withdrawn.join(", ")),
+        )
+    } else if !f.other.is_empty() {
+        (ConditionReason::MembersNotReady, f.other.join("; "))
+    } else {
+        (ConditionReason::Ready, String::new())
+    };
+    let counts = format!("{}/{} members ready", f.ready, f.in_spec);
+    let message = if detail.is_empty() {
+        counts
+    } else {
+        format!("{counts}; {detail}")
+    };
+    Verdict::new(reason == ConditionReason::Ready, reason, message)
+}
+
+/// The verdicts `Ready` sums up.
+struct Parts {
+    clusters: Verdict,
+    certificates: Verdict,
+    remote_secrets: Verdict,
+    control_planes: Option<Verdict>,
+    gateways: Option<Verdict>,
 }
 
 /// The status to write: conditions keep their `lastTransitionTime` unless
@@ -170,278 +571,31 @@ pub fn build_status(
     previous: Option<&MeshFederationStatus>,
     now: Timestamp,
 ) -> MeshFederationStatus {
-    let withdrawal_held = fleet.withdrawal_held;
-    let ca = fleet.ca.clone();
-    let in_spec = reports.iter().filter(|r| !r.status.leaving).count();
-    let ready = reports.iter().filter(|r| r.is_ready()).count();
-
-    let unreachable: Vec<String> = reports
-        .iter()
-        .filter_map(|r| {
-            r.unreachable
-                .as_ref()
-                .map(|why| format!("{}: {why}", r.status.name))
-        })
-        .collect();
-    let claim_problems: Vec<String> = reports
-        .iter()
-        .filter(|r| !r.status.leaving)
-        .filter_map(|r| Some(format!("{}: {}", r.status.name, r.claim_problem.as_ref()?)))
-        .collect();
-    let cert_problems: Vec<String> = reports
-        .iter()
-        .filter(|r| !r.status.leaving && r.claim_problem.is_none())
-        .filter_map(|r| match (&r.certificate_problem, &r.unreachable) {
-            (Some(p), _) => Some(format!("{}: {p}", r.status.name)),
-            (None, Some(_)) => Some(format!("{}: unreachable", r.status.name)),
-            _ => None,
-        })
-        .collect();
-    let remote_problems: Vec<String> = reports
-        .iter()
-        .filter(|r| !r.status.leaving && r.claim_problem.is_none())
-        .flat_map(|r| {
-            let unreachable = r.unreachable.as_ref().map(|_| "unreachable".to_string());
-            r.remote_secret_problems
-                .iter()
-                .cloned()
-                .chain(unreachable)
-                .map(move |p| format!("{}: {p}", r.status.name))
-        })
-        .collect();
-    let other_problems: Vec<String> = reports
-        .iter()
-        .flat_map(|r| {
-            let leaving = r
-                .status
-                .leaving
-                .then(|| "leaving the federation".to_string());
-            r.other_problems
-                .iter()
-                .cloned()
-                .chain(leaving)
-                .map(move |p| format!("{}: {p}", r.status.name))
-        })
-        .collect();
-
+    let f = Findings::of(&reports);
+    let parts = Parts {
+        clusters: clusters_claimed(&f),
+        certificates: certificates_ready(&f, &root),
+        remote_secrets: remote_secrets_ready(&f),
+        control_planes: control_planes_ready(&f),
+        gateways: gateways_ready(&f),
+    };
     let mut conditions = Conditions::new(previous, generation, now);
-    conditions.set(
-        MEMBERS_REACHABLE,
-        unreachable.is_empty(),
-        if unreachable.is_empty() {
-            "AllReachable"
-        } else {
-            "MembersUnreachable"
-        },
-        &if unreachable.is_empty() {
-            format!("all {in_spec} members reachable")
-        } else {
-            unreachable.join("; ")
-        },
-    );
-    let claims_ok = claim_problems.is_empty();
-    conditions.set(
-        CLUSTERS_CLAIMED,
-        claims_ok,
-        if claims_ok {
-            "ClustersOwned"
-        } else {
-            "ClusterClaimedElsewhere"
-        },
-        &if claims_ok {
-            format!("each of the {in_spec} members has a cluster of its own")
-        } else {
-            claim_problems.join("; ")
-        },
-    );
-    let root_serial = root.as_ref().map(|r| r.serial.clone());
-    let (certs_ok, certs_reason, certs_message): (bool, &str, String) =
-        match (&root_serial, cert_problems.is_empty()) {
-            (Err(e), _) => (false, "RootUnavailable", e.to_string()),
-            (Ok(_), false) => (false, "IntermediatesNotReady", cert_problems.join("; ")),
-            (Ok(serial), true) => (
-                true,
-                "IntermediatesIssued",
-                format!("{in_spec} intermediates signed by root {serial}"),
-            ),
-        };
-    conditions.set(CERTIFICATES_READY, certs_ok, certs_reason, &certs_message);
-    let secrets_ok = remote_problems.is_empty();
-    conditions.set(
-        REMOTE_SECRETS_READY,
-        secrets_ok,
-        if secrets_ok {
-            "RemoteSecretsCurrent"
-        } else {
-            "RemoteSecretsNotReady"
-        },
-        &if secrets_ok {
-            "every member holds a current remote secret for each of its peers".to_string()
-        } else {
-            remote_problems.join("; ")
-        },
-    );
-    let in_spec_reports = || reports.iter().filter(|r| !r.status.leaving);
-    let mut control_planes_ok = true;
-    if in_spec_reports().any(|r| r.status.control_plane_ready.is_some()) {
-        let problems = member_problems(in_spec_reports(), |r| r.control_plane_problem.clone());
-        control_planes_ok = problems.is_empty();
-        conditions.set(
-            CONTROL_PLANES_READY,
-            control_planes_ok,
-            if control_planes_ok {
-                "IstiodAvailable"
-            } else {
-                "ControlPlanesNotReady"
-            },
-            &if control_planes_ok {
-                format!("istiod available in all {in_spec} members")
-            } else {
-                problems.join("; ")
-            },
-        );
+    conditions.set(MEMBERS_REACHABLE, members_reachable(&f));
+    conditions.set(CLUSTERS_CLAIMED, parts.clusters.clone());
+    conditions.set(CERTIFICATES_READY, parts.certificates.clone());
+    conditions.set(REMOTE_SECRETS_READY, parts.remote_secrets.clone());
+    if let Some(v) = parts.control_planes.clone() {
+        conditions.set(CONTROL_PLANES_READY, v);
     }
-    if let Some(rollout) = &fleet.rollout {
-        let complete = rollout.phase == "Complete";
-        let message = match (&rollout.halted, complete) {
-            (Some(h), _) => format!(
-                "halted at member {}: gate {} not met: {}; fix it and the rollout resumes",
-                h.member, h.gate, h.message
-            ),
-            (None, true) => format!(
-                "all {in_spec} members run Istio {} ({})",
-                rollout.version,
-                if rollout.revision.is_empty() {
-                    "in place"
-                } else {
-                    &rollout.revision
-                }
-            ),
-            (None, false) => format!(
-                "{}/{in_spec} members at Istio {}{}",
-                rollout.updated,
-                rollout.version,
-                if rollout.wave.is_empty() {
-                    String::new()
-                } else {
-                    format!("; changing now: {}", rollout.wave.join(", "))
-                }
-            ),
-        };
-        conditions.set(
-            CONTROL_PLANES_UP_TO_DATE,
-            complete,
-            &rollout.phase,
-            &message,
-        );
+    if let Some(v) = control_planes_up_to_date(&f, fleet.rollout.as_ref()) {
+        conditions.set(CONTROL_PLANES_UP_TO_DATE, v);
     }
-    let mut gateways_ok = true;
-    if in_spec_reports().any(|r| r.gateway_expected) {
-        let problems = member_problems(in_spec_reports().filter(|r| r.gateway_expected), |r| {
-            r.gateway_problem.clone()
-        });
-        gateways_ok = problems.is_empty();
-        conditions.set(
-            GATEWAYS_READY,
-            gateways_ok,
-            if gateways_ok {
-                "GatewaysAvailable"
-            } else {
-                "GatewaysNotReady"
-            },
-            &if gateways_ok {
-                "every east-west gateway is available and has an address".to_string()
-            } else {
-                problems.join("; ")
-            },
-        );
+    if let Some(v) = parts.gateways.clone() {
+        conditions.set(GATEWAYS_READY, v);
     }
-    let withdrawn: Vec<String> = in_spec_reports()
-        .filter_map(|r| {
-            let h = r.status.health.as_ref()?;
-            h.withdrawn_since.as_ref()?;
-            Some(format!("{} ({}: {})", r.status.name, h.reason, h.message))
-        })
-        .collect();
-    let unhealthy: Vec<String> = in_spec_reports()
-        .filter_map(|r| {
-            let h = r.status.health.as_ref()?;
-            (!h.healthy && h.withdrawn_since.is_none())
-                .then(|| format!("{} ({}: {})", r.status.name, h.reason, h.message))
-        })
-        .collect();
-    let mut degraded = Vec::new();
-    if !withdrawn.is_empty() {
-        degraded.push(format!("withdrawn from peers: {}", withdrawn.join(", ")));
-    }
-    if !unhealthy.is_empty() {
-        degraded.push(format!("unhealthy: {}", unhealthy.join(", ")));
-    }
-    degraded.extend(withdrawal_held.map(|h| format!("withdrawal held: {h}")));
-    let degraded_reason = if !withdrawn.is_empty() {
-        "MembersWithdrawn"
-    } else if withdrawal_held.is_some() {
-        "WithdrawalHeld"
-    } else if !unhealthy.is_empty() {
-        "MembersUnhealthy"
-    } else {
-        "AllHealthy"
-    };
-    // True is the bad state here, as Kubernetes' own Degraded conditions.
-    conditions.set(
-        DEGRADED,
-        !degraded.is_empty(),
-        degraded_reason,
-        &if degraded.is_empty() {
-            "every member judged is healthy and in its peers' view".to_string()
-        } else {
-            degraded.join("; ")
-        },
-    );
-
-    let all_ready = unreachable.is_empty()
-        && withdrawn.is_empty()
-        && claims_ok
-        && certs_ok
-        && secrets_ok
-        && control_planes_ok
-        && gateways_ok
-        && other_problems.is_empty();
-    let (ready_reason, ready_detail) = if all_ready {
-        ("Ready", String::new())
-    } else if !unreachable.is_empty() {
-        ("MembersUnreachable", unreachable.join("; "))
-    } else if !claims_ok {
-        ("ClusterClaimedElsewhere", claim_problems.join("; "))
-    } else if !certs_ok {
-        (certs_reason, certs_message.clone())
-    } else if !secrets_ok {
-        ("RemoteSecretsNotReady", remote_problems.join("; "))
-    } else if !control_planes_ok {
-        (
-            "ControlPlanesNotReady",
-            member_problems(reports.iter(), |r| r.control_plane_problem.clone()).join("; "),
-        )
-    } else if !gateways_ok {
-        (
-            "GatewaysNotReady",
-            member_problems(reports.iter(), |r| r.gateway_problem.clone()).join("; "),
-        )
-    } else if !withdrawn.is_empty() {
-        (
-            "MembersWithdrawn",
-            format!("withdrawn from peers: {}", withdrawn.join(", ")),
-        )
-    } else {
-        ("MembersNotReady", other_problems.join("; "))
-    };
-    let ready_message = if ready_detail.is_empty() {
-        format!("{ready}/{in_spec} members ready")
-    } else {
-        format!("{ready}/{in_spec} members ready; {ready_detail}")
-    };
-    conditions.set(READY, all_ready, ready_reason, &ready_message);
-
+    conditions.set(DEGRADED, degraded(&f, fleet.withdrawal_held));
+    conditions.set(READY, ready(&f, &parts));
+    let (in_spec, ready_members) = (f.in_spec, f.ready);
     let members: Vec<MemberStatus> = reports
         .into_iter()
         .map(|r| {
@@ -454,22 +608,19 @@ pub fn build_status(
             }
         })
         .collect();
-    let (exposed, reason, message) = exposure(&members, fleet.kept_secrets);
-    conditions.set(CREDENTIALS_EXPOSED, exposed, reason, &message);
+    conditions.set(CREDENTIALS_EXPOSED, exposure(&members, fleet.kept_secrets));
     MeshFederationStatus {
         observed_generation: generation,
         conditions: conditions.into_vec(),
         member_count: in_spec as i32,
-        ready_members: ready as i32,
+        ready_members: ready_members as i32,
         root: root.ok(),
-        ca,
-        control_plane: fleet.rollout.clone(),
+        ca: fleet.ca,
+        control_plane: fleet.rollout,
         members,
     }
 }
 
-/// "member: problem" for every report with one; unreachable members count
-/// as "unreachable".
 fn member_problems<'a>(
     reports: impl Iterator<Item = &'a MemberReport>,
     problem: impl Fn(&MemberReport) -> Option<String>,
@@ -506,9 +657,14 @@ impl<'a> Conditions<'a> {
         }
     }
 
-    /// Sets `type_` to True when `value` (True is not always good: Degraded).
-    fn set(&mut self, type_: &str, value: bool, reason: &str, message: &str) {
-        let status = if value { "True" } else { "False" };
+    /// Sets `type_` as `verdict` says (True is not always good: Degraded).
+    fn set(&mut self, type_: &str, verdict: Verdict) {
+        let Verdict {
+            status,
+            reason,
+            message,
+        } = verdict;
+        let status = if status { "True" } else { "False" };
         let last_transition_time = self
             .previous
             .iter()
@@ -517,8 +673,8 @@ impl<'a> Conditions<'a> {
         self.out.push(Condition {
             type_: type_.into(),
             status: status.into(),
-            reason: reason.into(),
-            message: message.into(),
+            reason: reason.as_str().into(),
+            message,
             observed_generation: self.generation,
             last_transition_time,
         });
@@ -760,9 +916,13 @@ mod tests {
         ];
         let mut host = member("east");
         host.operator_cluster = true;
-        let (exposed, reason, message) = exposure(&[host.clone(), member("west")], &kept);
+        let Verdict {
+            status: exposed,
+            reason,
+            message,
+        } = exposure(&[host.clone(), member("west")], &kept);
         assert!(exposed);
-        assert_eq!(reason, "OperatorClusterIsMember");
+        assert_eq!(reason, ConditionReason::OperatorClusterIsMember);
         for part in [
             "member east",
             "meshfed-system/prod-root-ca",
@@ -771,13 +931,17 @@ mod tests {
         ] {
             assert!(message.contains(part), "{part}: {message}");
         }
-        let (exposed, reason, _) = exposure(&[member("east"), member("west")], &kept);
+        let Verdict {
+            status: exposed,
+            reason,
+            message: _,
+        } = exposure(&[member("east"), member("west")], &kept);
         assert!(!exposed, "the recommended topology");
-        assert_eq!(reason, "NoneFound");
+        assert_eq!(reason, ConditionReason::NoneFound);
         let mut leaving = host.clone();
         leaving.leaving = true;
         assert!(
-            !exposure(&[leaving], &kept).0,
+            !exposure(&[leaving], &kept).status,
             "a member on its way out no longer counts"
         );
     }
@@ -786,14 +950,26 @@ mod tests {
     fn users_legacy_token_secrets_are_reported_by_member() {
         let mut west = member("west");
         west.readable_token_secrets = vec!["ci/deployer-token".into()];
-        let (exposed, reason, message) = exposure(&[member("east"), west.clone()], &[]);
+        let Verdict {
+            status: exposed,
+            reason,
+            message,
+        } = exposure(&[member("east"), west.clone()], &[]);
         assert!(exposed);
-        assert_eq!(reason, "ReadableTokenSecrets");
+        assert_eq!(reason, ConditionReason::ReadableTokenSecrets);
         assert!(message.contains("west (ci/deployer-token)"), "{message}");
         let mut host = member("east");
         host.operator_cluster = true;
-        let (_, reason, message) = exposure(&[host, west], &["ns/root".into()]);
-        assert_eq!(reason, "OperatorClusterIsMember", "the worse finding leads");
+        let Verdict {
+            status: _,
+            reason,
+            message,
+        } = exposure(&[host, west], &["ns/root".into()]);
+        assert_eq!(
+            reason,
+            ConditionReason::OperatorClusterIsMember,
+            "the worse finding leads"
+        );
         assert!(
             message.contains("ci/deployer-token"),
             "and the other is kept: {message}"
