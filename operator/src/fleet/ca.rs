@@ -12,7 +12,7 @@ use std::sync::Arc;
 use k8s_openapi::api::core::v1::ConfigMap;
 
 use super::rotation::{self, CaRecord, Periods, RootRef, Step};
-use crate::api::{MeshFederation, defaults};
+use crate::api::{CaSpec, MeshFederation, defaults};
 use crate::events::{Event, Reason};
 use crate::pki::RootCa;
 use crate::render::{is_ours, managed_labels};
@@ -112,109 +112,23 @@ pub async fn prepare_ca(
     let mut events = Vec::new();
     let request = spec.rotation_request().map(String::from);
 
-    // The root the spec asks for, and why it would replace the active one.
-    let (desired, reason) = match &spec.root_secret_ref {
-        Some(r) => {
-            let secret = api
-                .get_opt(&r.name)
-                .await
-                .map_err(|e| format!("reading root Secret {namespace}/{}: {e}", r.name))?
-                .ok_or_else(|| {
-                    format!(
-                        "root Secret {namespace}/{} (spec.ca.rootSecretRef.name) not found; create it with tls.crt and tls.key",
-                        r.name
-                    )
-                })?;
-            let root = root_from_secret(&secret, now).map_err(|e| {
-                format!(
-                    "root Secret {namespace}/{} (spec.ca.rootSecretRef.name): {e}",
-                    r.name
-                )
-            })?;
-            (
-                named(root, &r.name),
-                "spec.ca.rootSecretRef names another root".to_string(),
-            )
-        }
+    let ((desired_ref, desired_root), reason) = match &spec.root_secret_ref {
+        Some(r) => (
+            user_root(&api, namespace, &r.name, now).await?,
+            "spec.ca.rootSecretRef names another root".to_string(),
+        ),
         None => {
-            let n = record.as_ref().map_or(0, |r| r.generated);
-            let name = generated_root_name_at(&federation, n);
-            let existing = api
-                .get_opt(&name)
-                .await
-                .map_err(|e| format!("reading root Secret {namespace}/{name}: {e}"))?;
-            let idle = record.as_ref().is_some_and(|r| r.rotation.is_none());
-            let requested =
-                idle && request.is_some() && record.as_ref().is_some_and(|r| r.request != request);
-            // The active root is this generated one, and its Secret is gone.
-            let lost = existing.is_none()
-                && record
-                    .as_ref()
-                    .is_some_and(|r| r.active.secret.as_deref() == Some(name.as_str()));
-            let loaded = match &existing {
-                Some(secret) => {
-                    if !is_ours(&secret.metadata, &federation) {
-                        return Err(format!(
-                            "Secret {namespace}/{name} exists and was not created by meshfed; delete or rename it, or point spec.ca.rootSecretRef at it"
-                        ));
-                    }
-                    Some(
-                        root_from_secret(secret, now).map_err(|e| {
-                            format!("generated root Secret {namespace}/{name}: {e}")
-                        })?,
-                    )
-                }
-                None => None,
+            let roots = Roots {
+                api: &api,
+                namespace,
+                federation: &federation,
+                now,
             };
-            // A generated root near its end is replaced like a requested one.
-            let expiring = loaded.as_ref().filter(|root| {
-                idle && renewal_due(root.info().not_after, spec.root_renew_before(), now)
-            });
-            let expiring_reason = expiring.map(|root| {
-                format!(
-                    "the generated root expires at {} (spec.ca.rootRenewBefore)",
-                    root.info().not_after
-                )
-            });
-            match loaded {
-                Some(root) if !requested && expiring_reason.is_none() => {
-                    (named(root, &name), String::new())
-                }
-                _ => {
-                    let n = if record.is_some() { n + 1 } else { 0 };
-                    let name = generated_root_name_at(&federation, n);
-                    let root =
-                        create_generated(&api, &federation, &name, spec.key_algorithm(), now)
-                            .await?;
-                    let previous = generated_root_name_at(&federation, n.saturating_sub(1));
-                    let why = if lost {
-                        events.push(Event::new(Reason::RootLost, format!("root Secret {namespace}/{previous} is gone; its certificate stays trusted while a new root {} replaces it through every phase", root.1.info().serial)));
-                        format!("the generated root Secret {previous} was lost")
-                    } else if requested {
-                        "spec.ca.rootRotation.request changed".to_string()
-                    } else if let Some(why) = expiring_reason {
-                        why
-                    } else if record.is_some() {
-                        "spec.ca.rootSecretRef removed: a generated root replaces it".to_string()
-                    } else {
-                        events.push(Event::new(
-                            Reason::RootCreated,
-                            format!("generated root CA {}", root.1.info().serial),
-                        ));
-                        String::new()
-                    };
-                    if let Some(r) = record.as_mut() {
-                        r.generated = n;
-                        if lost {
-                            r.active.secret = None;
-                        }
-                    }
-                    (root, why)
-                }
-            }
+            roots
+                .generated(&spec, &mut record, request.as_ref(), &mut events)
+                .await?
         }
     };
-    let (desired_ref, desired_root) = desired;
 
     let record = record.get_or_insert_with(|| CaRecord::new(desired_ref.clone(), request.clone()));
     if spec.root_secret_ref.is_none() && record.request != request && record.rotation.is_none() {
@@ -237,30 +151,14 @@ pub async fn prepare_ca(
             ),
         ));
     }
-    let target_id = record.target().id();
     let (propagation, drain) = spec.rotation_periods();
-    let periods = Periods { propagation, drain };
-    let mut retired = None;
-    match record.advance(progress(&target_id), periods, now) {
-        Some(Step::Entered(phase)) => events.push(Event::new(
-            Reason::RootRotationPhase,
-            format!(
-                "every member finished the last phase; phase {} began",
-                phase.name()
-            ),
-        )),
-        Some(Step::Finished) => {
-            events.push(Event::new(
-                Reason::RootRotationFinished,
-                "the old root left every trust bundle; the rotation is complete".to_string(),
-            ));
-            retired = loaded
-                .as_ref()
-                .and_then(|l| l.rotation.as_ref())
-                .and_then(|r| r.from.secret.clone());
-        }
-        _ => {}
-    }
+    let finished = advance(
+        record,
+        &progress,
+        Periods { propagation, drain },
+        now,
+        &mut events,
+    );
     if loaded.as_ref() != Some(record) {
         super::record::write(
             client,
@@ -273,7 +171,12 @@ pub async fn prepare_ca(
         .map_err(|e| format!("writing the CA record: {e}"))?;
     }
     // A generated root no member trusts any more: its key goes.
-    if let Some(old) = retired.filter(|s| is_generated_root(&federation, s)) {
+    let retired = loaded
+        .as_ref()
+        .and_then(|l| l.rotation.as_ref())
+        .and_then(|r| r.from.secret.clone())
+        .filter(|s| finished && is_generated_root(&federation, s));
+    if let Some(old) = retired {
         // Not fatal: the key is no longer trusted anywhere; a leftover
         // Secret is said in the log and can be deleted by hand.
         if let Err(e) = crate::apply::delete(&api, &old).await {
@@ -294,6 +197,162 @@ pub async fn prepare_ca(
         record: record.clone(),
         events,
     })
+}
+
+/// Moves a running rotation on when every member finished its phase and
+/// its wait is over; true when the rotation just finished.
+fn advance(
+    record: &mut CaRecord,
+    progress: &impl Fn(&str) -> rotation::Progress,
+    periods: Periods,
+    now: Timestamp,
+    events: &mut Vec<Event>,
+) -> bool {
+    let target_id = record.target().id();
+    match record.advance(progress(&target_id), periods, now) {
+        Some(Step::Entered(phase)) => {
+            events.push(Event::new(
+                Reason::RootRotationPhase,
+                format!(
+                    "every member finished the last phase; phase {} began",
+                    phase.name()
+                ),
+            ));
+            false
+        }
+        Some(Step::Finished) => {
+            events.push(Event::new(
+                Reason::RootRotationFinished,
+                "the old root left every trust bundle; the rotation is complete",
+            ));
+            true
+        }
+        _ => false,
+    }
+}
+
+/// The root in the user's Secret `name` (`spec.ca.rootSecretRef`).
+async fn user_root(
+    api: &Api<Secret>,
+    namespace: &str,
+    name: &str,
+    now: Timestamp,
+) -> Result<(RootRef, RootCa), String> {
+    let secret = api
+        .get_opt(name)
+        .await
+        .map_err(|e| format!("reading root Secret {namespace}/{name}: {e}"))?
+        .ok_or_else(|| {
+            format!(
+                "root Secret {namespace}/{name} (spec.ca.rootSecretRef.name) not found; create it with tls.crt and tls.key"
+            )
+        })?;
+    let root = root_from_secret(&secret, now)
+        .map_err(|e| format!("root Secret {namespace}/{name} (spec.ca.rootSecretRef.name): {e}"))?;
+    Ok(named(root, name))
+}
+
+/// Where generated roots live and when it is.
+struct Roots<'a> {
+    api: &'a Api<Secret>,
+    namespace: &'a str,
+    federation: &'a str,
+    now: Timestamp,
+}
+
+impl Roots<'_> {
+    /// The generated root the federation should have, and why it would
+    /// replace the active one: the current one, or a new one when it was
+    /// lost, a rotation was requested, it nears its end, or the user's root
+    /// was removed from the spec (the first one is simply created).
+    async fn generated(
+        &self,
+        spec: &CaSpec,
+        record: &mut Option<CaRecord>,
+        request: Option<&String>,
+        events: &mut Vec<Event>,
+    ) -> Result<((RootRef, RootCa), String), String> {
+        let Self {
+            api,
+            namespace,
+            federation,
+            now,
+        } = *self;
+        let n = record.as_ref().map_or(0, |r| r.generated);
+        let name = generated_root_name_at(federation, n);
+        let existing = api
+            .get_opt(&name)
+            .await
+            .map_err(|e| format!("reading root Secret {namespace}/{name}: {e}"))?;
+        let idle = record.as_ref().is_some_and(|r| r.rotation.is_none());
+        let requested = idle
+            && request.is_some()
+            && record
+                .as_ref()
+                .is_some_and(|r| r.request.as_ref() != request);
+        // The active root is this generated one, and its Secret is gone.
+        let lost = existing.is_none()
+            && record
+                .as_ref()
+                .is_some_and(|r| r.active.secret.as_deref() == Some(name.as_str()));
+        let current = match &existing {
+            Some(secret) if !is_ours(&secret.metadata, federation) => {
+                return Err(format!(
+                    "Secret {namespace}/{name} exists and was not created by meshfed; delete or rename it, or point spec.ca.rootSecretRef at it"
+                ));
+            }
+            Some(secret) => Some(
+                root_from_secret(secret, now)
+                    .map_err(|e| format!("generated root Secret {namespace}/{name}: {e}"))?,
+            ),
+            None => None,
+        };
+        // A generated root near its end is replaced like a requested one.
+        let expiring_reason = current
+            .as_ref()
+            .filter(|root| {
+                idle && renewal_due(root.info().not_after, spec.root_renew_before(), now)
+            })
+            .map(|root| {
+                format!(
+                    "the generated root expires at {} (spec.ca.rootRenewBefore)",
+                    root.info().not_after
+                )
+            });
+        if let Some(root) = current
+            && !requested
+            && expiring_reason.is_none()
+        {
+            return Ok((named(root, &name), String::new()));
+        }
+        let n = if record.is_some() { n + 1 } else { 0 };
+        let name = generated_root_name_at(federation, n);
+        let root = create_generated(api, federation, &name, spec.key_algorithm(), now).await?;
+        let previous = generated_root_name_at(federation, n.saturating_sub(1));
+        let why = if lost {
+            events.push(Event::new(Reason::RootLost, format!("root Secret {namespace}/{previous} is gone; its certificate stays trusted while a new root {} replaces it through every phase", root.1.info().serial)));
+            format!("the generated root Secret {previous} was lost")
+        } else if requested {
+            "spec.ca.rootRotation.request changed".to_string()
+        } else if let Some(why) = expiring_reason {
+            why
+        } else if record.is_some() {
+            "spec.ca.rootSecretRef removed: a generated root replaces it".to_string()
+        } else {
+            events.push(Event::new(
+                Reason::RootCreated,
+                format!("generated root CA {}", root.1.info().serial),
+            ));
+            String::new()
+        };
+        if let Some(r) = record.as_mut() {
+            r.generated = n;
+            if lost {
+                r.active.secret = None;
+            }
+        }
+        Ok((root, why))
+    }
 }
 
 /// The key that signs for the target, picked by certificate: a Secret's

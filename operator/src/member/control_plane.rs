@@ -175,7 +175,6 @@ pub async fn sync_control_plane(
     };
     let mut report = ControlPlaneReport::default();
     let wants_gateway = spec.wants_gateway(member);
-    let wants_ingress = spec.wants_ingress_gateway();
     let managed = cp.mode == ControlPlaneMode::Managed;
     if !certificates_ready && managed {
         report.problem = Some("waiting for cacerts before installing istiod".into());
@@ -203,51 +202,11 @@ pub async fn sync_control_plane(
     } else {
         plan
     };
-    if managed {
-        let active_revision = plan.active.as_ref().map(|a| a.revision.as_str());
-        if let (Some(version), Some(active)) = (&plan.base_version, active_revision) {
-            let step = Step::chart(Chart::Base, base_values(active), version, BASE.into());
-            if let Some(problem) = apply.step(step, &mut recorded).await? {
-                report.problem = Some(problem);
-                return Ok(report);
-            }
-        }
-        let tags = revision_tags(spec);
-        let shared = shared_member(member);
-        for render in &plan.apply {
-            // A revision-less istiod has its own injector for the default
-            // tag's namespaces: kept while it holds the tags, handed over
-            // (left out of its render) once a revision does.
-            let revisionless = render.revision.is_empty();
-            let values = with_revision(
-                istiod_values(spec, &shared),
-                &render.revision,
-                (render.tags && !revisionless).then(|| tags.clone()),
-            );
-            let component = istiod_component(&render.revision);
-            let step = Step {
-                leave_out: (revisionless && !render.tags).then_some(DEFAULT_TAG_WEBHOOK),
-                ..Step::chart(Chart::Istiod, values, &render.version, component)
-            };
-            if let Some(problem) = apply.step(step, &mut recorded).await? {
-                report.problem = Some(problem);
-                return Ok(report);
-            }
-        }
-        for revision in &plan.remove {
-            let step = Step {
-                chart: None,
-                component: istiod_component(revision),
-                version: String::new(),
-                values: serde_json::Value::Null,
-                wanted: false,
-                leave_out: None,
-            };
-            if let Some(problem) = apply.step(step, &mut recorded).await? {
-                report.problem = Some(problem);
-                return Ok(report);
-            }
-        }
+    if managed
+        && let Some(problem) = install_istiod(&apply, spec, member, plan, &mut recorded).await?
+    {
+        report.problem = Some(problem);
+        return Ok(report);
     }
     // Gateways follow the revision the tags point to (External: the version
     // in the spec, whose charts render them).
@@ -257,84 +216,202 @@ pub async fn sync_control_plane(
         cp.version.clone()
     };
     if let Some(version) = &gateway_version {
-        let gateways = [
-            (
-                Chart::Gateway,
-                east_west_gateway_values(spec, member),
-                wants_gateway,
-            ),
-            (
-                Chart::IngressGateway,
-                ingress_gateway_values(spec),
-                wants_ingress,
-            ),
-        ];
-        for (chart, values, wanted) in gateways {
-            let step = Step {
-                wanted,
-                ..Step::chart(chart, values, version, chart.release().into())
-            };
-            if let Some(problem) = apply.step(step, &mut recorded).await? {
-                report.problem = Some(problem);
-                return Ok(report);
-            }
-        }
-    }
-    if gateway_version.is_some() {
-        let gateway = if wants_gateway {
-            vec![cross_network_gateway(federation)]
-        } else {
-            vec![]
-        };
-        let kinds = kinds_in_order(&[cross_network_gateway(federation)]);
-        record_kinds(client, &mut recorded, kinds.iter().map(kind_key)).await?;
-        let component = Component {
-            name: CROSS_NETWORK_GATEWAY.into(),
-            kinds,
-            desired: gateway,
-            bootstraps: Vec::new(),
-        };
         if let Some(problem) =
-            apply_component(&ctx.kinds, client, cluster, federation, &component).await?
+            install_gateways(&apply, spec, member, version, &mut recorded).await?
         {
+            report.problem = Some(problem);
+            return Ok(report);
+        }
+        let wanted = wants_gateway.then(|| cross_network_gateway(federation));
+        if let Some(problem) = wire_cross_network_gateway(&apply, wanted, &mut recorded).await? {
             report.gateway = Some(GatewayReport {
                 problem: Some(problem),
                 ..GatewayReport::default()
             });
         }
     }
-
-    // The mesh-wide DestinationRule of spec.failover.outlierDetection; its
-    // kind is looked at only once it was ever wanted, so that a member
-    // without Istio's CRDs is not held up by a rule nobody asked for.
-    let rule = failover_destination_rule(federation, spec);
-    let rule_kind = GroupVersionKind::gvk("networking.istio.io", "v1", "DestinationRule");
-    if rule.is_some() {
-        record_kinds(client, &mut recorded, [kind_key(&rule_kind)]).await?;
+    if let Some(problem) = apply_failover_rule(&apply, spec, &mut recorded).await? {
+        report.problem = Some(format!("mesh-wide DestinationRule: {problem}"));
     }
-    if recorded.contains(&kind_key(&rule_kind)) {
-        let component = Component {
-            name: FAILOVER_DESTINATION_RULE.into(),
-            kinds: vec![rule_kind],
-            desired: rule.into_iter().collect(),
-            bootstraps: Vec::new(),
-        };
-        // Its failure (e.g. a member identity without the destinationrules
-        // rules) is a problem to report; istiod's and the gateway's health
-        // are still read below.
-        let problem =
-            match apply_component(&ctx.kinds, client, cluster, federation, &component).await {
-                Ok(problem) => problem,
-                Err(e) => Some(super::unreachable_reason(&e)),
-            };
-        if let Some(problem) = problem {
-            report.problem = Some(format!("mesh-wide DestinationRule: {problem}"));
+    read_health(
+        &apply,
+        spec,
+        member,
+        managed.then_some(plan),
+        gateway_version.is_some(),
+        &mut report,
+    )
+    .await?;
+    Ok(report)
+}
+
+/// Base (its version with the tags' revision), each revision's istiod the
+/// plan applies, and the revisions it removes; the first problem, if any.
+async fn install_istiod(
+    apply: &Apply<'_>,
+    spec: &MeshFederationSpec,
+    member: &Member,
+    plan: &ControlPlanePlan,
+    recorded: &mut BTreeSet<String>,
+) -> Result<Option<String>, kube::Error> {
+    let active_revision = plan.active.as_ref().map(|a| a.revision.as_str());
+    if let (Some(version), Some(active)) = (&plan.base_version, active_revision) {
+        let step = Step::chart(Chart::Base, base_values(active), version, BASE.into());
+        if let Some(problem) = apply.step(step, recorded).await? {
+            return Ok(Some(problem));
         }
     }
+    let tags = revision_tags(spec);
+    let shared = shared_member(member);
+    for render in &plan.apply {
+        // A revision-less istiod has its own injector for the default
+        // tag's namespaces: kept while it holds the tags, handed over
+        // (left out of its render) once a revision does.
+        let revisionless = render.revision.is_empty();
+        let values = with_revision(
+            istiod_values(spec, &shared),
+            &render.revision,
+            (render.tags && !revisionless).then(|| tags.clone()),
+        );
+        let component = istiod_component(&render.revision);
+        let step = Step {
+            leave_out: (revisionless && !render.tags).then_some(DEFAULT_TAG_WEBHOOK),
+            ..Step::chart(Chart::Istiod, values, &render.version, component)
+        };
+        if let Some(problem) = apply.step(step, recorded).await? {
+            return Ok(Some(problem));
+        }
+    }
+    for revision in &plan.remove {
+        let step = Step {
+            chart: None,
+            component: istiod_component(revision),
+            version: String::new(),
+            values: serde_json::Value::Null,
+            wanted: false,
+            leave_out: None,
+        };
+        if let Some(problem) = apply.step(step, recorded).await? {
+            return Ok(Some(problem));
+        }
+    }
+    Ok(None)
+}
 
+/// The east-west gateway (where the member wants one) and the ingress
+/// gateway (where the spec asks for one) at `version`, or their removal.
+async fn install_gateways(
+    apply: &Apply<'_>,
+    spec: &MeshFederationSpec,
+    member: &Member,
+    version: &str,
+    recorded: &mut BTreeSet<String>,
+) -> Result<Option<String>, kube::Error> {
+    let gateways = [
+        (
+            Chart::Gateway,
+            east_west_gateway_values(spec, member),
+            spec.wants_gateway(member),
+        ),
+        (
+            Chart::IngressGateway,
+            ingress_gateway_values(spec),
+            spec.wants_ingress_gateway(),
+        ),
+    ];
+    for (chart, values, wanted) in gateways {
+        let step = Step {
+            wanted,
+            ..Step::chart(chart, values, version, chart.release().into())
+        };
+        if let Some(problem) = apply.step(step, recorded).await? {
+            return Ok(Some(problem));
+        }
+    }
+    Ok(None)
+}
+
+/// The `cross-network-gateway` Gateway that exposes the member's services
+/// on its east-west gateway (`wanted`), or its removal.
+async fn wire_cross_network_gateway(
+    apply: &Apply<'_>,
+    wanted: Option<DynamicObject>,
+    recorded: &mut BTreeSet<String>,
+) -> Result<Option<String>, kube::Error> {
+    let kinds = kinds_in_order(&[cross_network_gateway(apply.federation)]);
+    record_kinds(apply.client, recorded, kinds.iter().map(kind_key)).await?;
+    let component = Component {
+        name: CROSS_NETWORK_GATEWAY.into(),
+        kinds,
+        desired: wanted.into_iter().collect(),
+        bootstraps: Vec::new(),
+    };
+    apply_component(
+        &apply.ctx.kinds,
+        apply.client,
+        apply.cluster,
+        apply.federation,
+        &component,
+    )
+    .await
+}
+
+/// The mesh-wide DestinationRule of spec.failover.outlierDetection; its
+/// kind is looked at only once it was ever wanted, so that a member
+/// without Istio's CRDs is not held up by a rule nobody asked for. Its
+/// failure (e.g. a member identity without the destinationrules rules) is
+/// a problem to report; istiod's and the gateway's health are still read.
+async fn apply_failover_rule(
+    apply: &Apply<'_>,
+    spec: &MeshFederationSpec,
+    recorded: &mut BTreeSet<String>,
+) -> Result<Option<String>, kube::Error> {
+    let rule = failover_destination_rule(apply.federation, spec);
+    let rule_kind = GroupVersionKind::gvk("networking.istio.io", "v1", "DestinationRule");
+    if rule.is_some() {
+        record_kinds(apply.client, recorded, [kind_key(&rule_kind)]).await?;
+    }
+    if !recorded.contains(&kind_key(&rule_kind)) {
+        return Ok(None);
+    }
+    let component = Component {
+        name: FAILOVER_DESTINATION_RULE.into(),
+        kinds: vec![rule_kind],
+        desired: rule.into_iter().collect(),
+        bootstraps: Vec::new(),
+    };
+    let ctx = apply.ctx;
+    Ok(
+        match apply_component(
+            &ctx.kinds,
+            apply.client,
+            apply.cluster,
+            apply.federation,
+            &component,
+        )
+        .await
+        {
+            Ok(problem) => problem,
+            Err(e) => Some(super::unreachable_reason(&e)),
+        },
+    )
+}
+
+/// istiod's health (Managed: the plan's active revision, and every
+/// revision installed; External: the `istiod` Deployment) and the
+/// gateways', into `report`.
+async fn read_health(
+    apply: &Apply<'_>,
+    spec: &MeshFederationSpec,
+    member: &Member,
+    managed: Option<&ControlPlanePlan>,
+    gateways_rendered: bool,
+    report: &mut ControlPlaneReport,
+) -> Result<(), kube::Error> {
+    let client = apply.client;
     let deployments = Api::<Deployment>::namespaced(client.clone(), ISTIO_NAMESPACE);
-    if managed {
-        let installed = find_installed(client, federation).await?;
+    if let Some(plan) = managed {
+        let installed = find_installed(client, apply.federation).await?;
         let active = plan.active.as_ref();
         report.istio_version = active.map(|a| a.version.clone());
         let state = active.and_then(|a| installed.revisions.get(&a.revision));
@@ -360,13 +437,13 @@ pub async fn sync_control_plane(
             report.problem = Some("istiod Deployment in istio-system is not available".into());
         }
     }
-    if wants_gateway && report.gateway.is_none() {
+    if spec.wants_gateway(member) && report.gateway.is_none() {
         report.gateway = Some(gateway_report(client, &deployments, EAST_WEST_GATEWAY, true).await?);
     }
-    if wants_ingress && gateway_version.is_some() {
+    if spec.wants_ingress_gateway() && gateways_rendered {
         report.ingress = Some(gateway_report(client, &deployments, INGRESS_GATEWAY, false).await?);
     }
-    Ok(report)
+    Ok(())
 }
 
 /// `member` with placeholders for its cluster name and network: members

@@ -32,7 +32,7 @@ use crate::fleet::ca::CaMaterial;
 use crate::fleet::report::{MemberReport, MemberRun};
 use crate::fleet::rollout::ControlPlanePlan;
 use crate::pki::IntermediatePolicy;
-use crate::render::{ISTIO_NAMESPACE, keys, reader_name};
+use crate::render::{ISTIO_NAMESPACE, IssuedToken, TokenSubject, keys, reader_name};
 
 /// What a worker works from: the federation as last reconciled, its root,
 /// the member's entry, and the members withdrawn from their peers' view.
@@ -419,12 +419,10 @@ struct Outcome {
     deadline: Option<Timestamp>,
 }
 
-/// One pass over one member: its own objects, its token for peers, and the
-/// remote secrets in it.
+/// One pass over one member: its own objects, its token for peers, the
+/// remote secrets in it, its control plane, then its report.
 async fn run(ctx: &MemberContext, workers: &Workers, input: &Input) -> Outcome {
     let fed = &input.fed;
-    let federation = fed.name_any();
-    let member = &input.member;
     let now = Timestamp::now();
     let ca = fed.spec.ca();
     let policy = IntermediatePolicy {
@@ -436,30 +434,63 @@ async fn run(ctx: &MemberContext, workers: &Workers, input: &Input) -> Outcome {
         lifetime: fed.spec.token_lifetime(),
         refresh: refresh_request(fed),
     };
-    let timeout = ctx.settings.member_timeout;
+    let mut prepared = prepare(ctx, workers, input, &policy, now).await;
+    publish_facts(ctx, workers, input, &mut prepared, tokens, now).await;
+    let saw_every_peer = {
+        let published = workers.facts(&fed.name_any());
+        fed.spec
+            .members
+            .iter()
+            .all(|m| published.contains_key(&m.name))
+    };
+    sync_peers(ctx, workers, input, &mut prepared, tokens, now).await;
+    sync_member_control_plane(ctx, fed, &input.member, &input.plan, &mut prepared).await;
+    finish(ctx, workers, input, prepared, &policy, saw_every_peer).await
+}
+
+/// The run's first step ([`prepare_member`]), with what the member reached
+/// of a root rotation kept while it cannot be reached (meshfed alone writes
+/// its cacerts): it holds the next phase, not the one it finished.
+async fn prepare(
+    ctx: &MemberContext,
+    workers: &Workers,
+    input: &Input,
+    policy: &IntermediatePolicy,
+    now: Timestamp,
+) -> PreparedMember {
+    let (federation, member) = (input.fed.name_any(), &input.member);
     let previous = workers.last_report(&federation, &member.name);
     let step = Step {
-        fed,
+        fed: &input.fed,
         member,
         ca: input.ca.as_deref(),
-        policy: &policy,
+        policy,
         now,
         held_cluster: input.held_cluster.as_deref(),
         previous: previous.as_ref(),
     };
     let mut prepared = prepare_member(ctx, step).await;
     if prepared.report.unreachable.is_some() {
-        // What a member reached of a root rotation stays true while it
-        // cannot be reached (meshfed alone writes its cacerts): it holds
-        // the next phase, not the one it finished.
-        prepared.report.ca_reached = workers
-            .last_report(&federation, &member.name)
-            .and_then(|r| r.ca_reached);
+        prepared.report.ca_reached = previous.and_then(|r| r.ca_reached);
     }
+    prepared
+}
 
-    // What peers need of this member; kept from the last run where this one
-    // could not find out.
-    let previous = workers.facts_of(&federation, &member.name);
+/// Publishes what peers need of this member (kept from the last run where
+/// this one could not find out), with a token for them when one was asked
+/// for. Tokens are minted only when a peer asks (asking wakes this worker
+/// at once): not on a first run, so a restarted operator mints nothing
+/// while every remote secret is current. A forced refresh mints at once.
+async fn publish_facts(
+    ctx: &MemberContext,
+    workers: &Workers,
+    input: &Input,
+    prepared: &mut PreparedMember,
+    tokens: TokenPolicy<'_>,
+    now: Timestamp,
+) {
+    let (federation, member) = (input.fed.name_any(), &input.member.name);
+    let previous = workers.facts_of(&federation, member);
     let reached = prepared.report.unreachable.is_none();
     let mut facts = PeerFacts {
         endpoint: prepared.endpoint.clone(),
@@ -479,124 +510,136 @@ async fn run(ctx: &MemberContext, workers: &Workers, input: &Input) -> Outcome {
         refreshed_for: previous.refreshed_for.clone(),
         holds: previous.holds.clone(),
     };
-    // Tokens are minted only when a peer asks for one (asking wakes this
-    // worker at once): not on a first run, so a restarted operator mints
-    // nothing while every remote secret is current. A forced refresh mints
-    // at once.
-    let asked = workers.take_wanted(&federation, &member.name);
+    let asked = workers.take_wanted(&federation, member);
     let refresh_pending = tokens
         .refresh
         .is_some_and(|r| facts.refreshed_for.as_deref() != Some(r));
     if (asked || refresh_pending) && facts.usable_token(tokens, now).is_none() {
-        match (&prepared.connection, &facts.reader) {
-            (Some(conn), Ok(reader)) => {
-                let minted = tokio::time::timeout(
-                    timeout,
-                    mint_token(
-                        &conn.client,
-                        &federation,
-                        &reader.service_account,
-                        tokens.lifetime,
-                    ),
-                )
-                .await;
-                match minted {
-                    Ok(Ok(token)) => {
-                        ctx.metrics.token_minted(&federation, &member.name);
-                        if let (true, Some(request)) = (refresh_pending, tokens.refresh) {
-                            prepared.events.push(Event::new(
- Reason::TokenRefreshed,
-                                format!(
-                                    "member {}: a new reader token for peers ({}={request}); the old ones are revoked once every peer holds the new one",
-                                    member.name,
-                                    keys::REFRESH_TOKENS
-                                ),
-                            ));
-                        }
-                        facts.token = Some((reader.clone(), token));
-                        facts.refreshed_for = tokens.refresh.map(String::from);
-                    }
-                    failed => {
-                        let why = match failed {
-                            Ok(Err(e)) => unreachable_reason(&e),
-                            _ => format!("no answer within {timeout:?}"),
-                        };
-                        prepared
-                            .report
-                            .other_problems
-                            .push(format!("minting a token for peers: {why}"));
-                        workers
-                            .state()
-                            .wanted
-                            .insert(key(&federation, &member.name));
-                    }
-                }
+        let minted = mint_for_peers(ctx, input, prepared, &facts, tokens, refresh_pending).await;
+        match minted {
+            Some(token) => {
+                facts.token = Some(token);
+                facts.refreshed_for = tokens.refresh.map(String::from);
             }
             // Asked again once it can mint.
-            _ => {
-                workers
-                    .state()
-                    .wanted
-                    .insert(key(&federation, &member.name));
+            None => {
+                workers.state().wanted.insert(key(&federation, member));
             }
         }
     }
-    if workers.publish(&federation, &member.name, facts) {
-        workers.wake_peers(&federation, &member.name);
+    if workers.publish(&federation, member, facts) {
+        workers.wake_peers(&federation, member);
     }
-    let saw_every_peer = {
-        let published = workers.facts(&federation);
-        fed.spec
-            .members
-            .iter()
-            .all(|m| published.contains_key(&m.name))
+}
+
+/// A token of this member's reader for its peers, when the member can be
+/// reached and its reader is meshfed's; otherwise why not, in the report.
+async fn mint_for_peers(
+    ctx: &MemberContext,
+    input: &Input,
+    prepared: &mut PreparedMember,
+    facts: &PeerFacts,
+    tokens: TokenPolicy<'_>,
+    refresh_pending: bool,
+) -> Option<(TokenSubject, IssuedToken)> {
+    let (federation, member) = (input.fed.name_any(), &input.member.name);
+    let (Some(conn), Ok(reader)) = (&prepared.connection, &facts.reader) else {
+        return None;
     };
+    let timeout = ctx.settings.member_timeout;
+    let minted = tokio::time::timeout(
+        timeout,
+        mint_token(
+            &conn.client,
+            &federation,
+            &reader.service_account,
+            tokens.lifetime,
+        ),
+    )
+    .await;
+    let why = match minted {
+        Ok(Ok(token)) => {
+            ctx.metrics.token_minted(&federation, member);
+            if let (true, Some(request)) = (refresh_pending, tokens.refresh) {
+                prepared.events.push(Event::new(
+                    Reason::TokenRefreshed,
+                    format!(
+                        "member {member}: a new reader token for peers ({}={request}); the old ones are revoked once every peer holds the new one",
+                        keys::REFRESH_TOKENS
+                    ),
+                ));
+            }
+            return Some((reader.clone(), token));
+        }
+        Ok(Err(e)) => unreachable_reason(&e),
+        Err(_) => format!("no answer within {timeout:?}"),
+    };
+    prepared
+        .report
+        .other_problems
+        .push(format!("minting a token for peers: {why}"));
+    None
+}
 
-    if let Some(conn) = prepared.connection.clone() {
-        // Every member in the spec is a peer, published or not yet, unless
-        // it is withdrawn: then its remote secret goes (failover).
-        let published = workers.facts(&federation);
-        let peers: BTreeMap<String, PeerFacts> = fed
-            .spec
-            .members
-            .iter()
-            .filter(|m| !input.withdrawn.contains(&m.name))
-            .map(|m| {
-                let facts = published.get(&m.name).cloned().unwrap_or_default();
-                (m.name.clone(), facts)
-            })
-            .collect();
-        let plan = remote_secrets::plan_remote_secrets(&federation, &prepared, &peers, tokens, now);
-        for peer in plan.needs_tokens() {
-            workers.want_token(&federation, peer);
-        }
-        let held = remote_secrets::sync_remote_secrets(
-            &federation,
-            &mut prepared,
-            &plan,
-            &peers,
-            tokens,
-            timeout,
-        )
-        .await;
-        // Peers learn what this member now holds of theirs, so they can
-        // revoke what nobody holds any more.
-        let mut facts = workers.facts_of(&federation, &member.name);
-        facts.holds = Some(held);
-        if workers.publish(&federation, &member.name, facts) {
-            workers.wake_peers(&federation, &member.name);
-        }
-        revoke_replaced_tokens(workers, fed, &mut prepared, &conn.client).await;
-        ctx.watches.ensure(
-            &federation,
-            &member.name,
-            &conn,
-            fed.spec.control_plane.is_some(),
-        );
+/// The remote secrets in this member for every peer in the spec (published
+/// or not yet) but the withdrawn ones, whose secrets go (failover); then
+/// what it holds of theirs is published, so that they can revoke what
+/// nobody holds any more, and this member's replaced tokens are revoked.
+async fn sync_peers(
+    ctx: &MemberContext,
+    workers: &Workers,
+    input: &Input,
+    prepared: &mut PreparedMember,
+    tokens: TokenPolicy<'_>,
+    now: Timestamp,
+) {
+    let Some(conn) = prepared.connection.clone() else {
+        return;
+    };
+    let (fed, member) = (&input.fed, &input.member.name);
+    let federation = fed.name_any();
+    let published = workers.facts(&federation);
+    let peers: BTreeMap<String, PeerFacts> = fed
+        .spec
+        .members
+        .iter()
+        .filter(|m| !input.withdrawn.contains(&m.name))
+        .map(|m| {
+            let facts = published.get(&m.name).cloned().unwrap_or_default();
+            (m.name.clone(), facts)
+        })
+        .collect();
+    let plan = remote_secrets::plan_remote_secrets(&federation, prepared, &peers, tokens, now);
+    for peer in plan.needs_tokens() {
+        workers.want_token(&federation, peer);
     }
-    sync_member_control_plane(ctx, fed, member, &input.plan, &mut prepared).await;
+    let timeout = ctx.settings.member_timeout;
+    let held =
+        remote_secrets::sync_remote_secrets(&federation, prepared, &plan, &peers, tokens, timeout)
+            .await;
+    let mut facts = workers.facts_of(&federation, member);
+    facts.holds = Some(held);
+    if workers.publish(&federation, member, facts) {
+        workers.wake_peers(&federation, member);
+    }
+    revoke_replaced_tokens(workers, fed, prepared, &conn.client).await;
+    ctx.watches
+        .ensure(&federation, member, &conn, fed.spec.control_plane.is_some());
+}
 
-    let last = workers.was_reachable(&federation, &member.name);
+/// Publishes the run's Events and metrics and records its report; what it
+/// came to, for the worker's schedule.
+async fn finish(
+    ctx: &MemberContext,
+    workers: &Workers,
+    input: &Input,
+    mut prepared: PreparedMember,
+    policy: &IntermediatePolicy,
+    saw_every_peer: bool,
+) -> Outcome {
+    let (fed, member) = (&input.fed, &input.member.name);
+    let federation = fed.name_any();
+    let last = workers.was_reachable(&federation, member);
     let mut events = std::mem::take(&mut prepared.events);
     events.extend(reachability_event(last, &prepared.report));
     ctx.publish(fed, events).await;
@@ -612,14 +655,14 @@ async fn run(ctx: &MemberContext, workers: &Workers, input: &Input) -> Outcome {
     };
     ctx.metrics.member_run(
         &federation,
-        &member.name,
+        member,
         outcome.ready,
         requests.unwrap_or_default(),
     );
     tracing::debug!(ready = outcome.ready, requests = ?requests, "member reconciled");
     workers.record(
         &federation,
-        &member.name,
+        member,
         MemberRun {
             report: prepared.report,
             generation: fed.metadata.generation,
