@@ -248,213 +248,97 @@ pub fn plan(
     }
     let revision = revision_of(target);
     let mut events = Vec::new();
-    let previous_wave: BTreeSet<&str> = previous
-        .filter(|p| p.revision == revision)
-        .map(|p| p.wave.iter().map(String::as_str).collect())
-        .unwrap_or_default();
-    let needs_change = |m: &str| match observed.get(m) {
-        Some(Some(i)) => !i.revisions.is_empty() && !i.at(&revision),
-        // Not reached yet: part of a wave only if it already was.
-        _ => previous_wave.contains(m),
+    let mut wave = Wave::choose(settings, observed, previous, &revision, now, &mut events);
+    let fresh = Render {
+        revision: revision.clone(),
+        version: target.to_string(),
+        tags: true,
     };
-    let started = |m: &str| match observed.get(m) {
-        Some(Some(i)) => i.revisions.contains_key(&revision) && !i.at(&revision),
-        _ => false,
-    };
-
-    // The wave: members already changing (or named in the last status),
-    // else the next ones once the pause after the last wave is over.
-    let mut wave: Vec<&str> = settings
-        .order
-        .iter()
-        .copied()
-        .filter(|m| needs_change(m) && (started(m) || previous_wave.contains(m)))
-        .collect();
-    let mut wave_started_at = previous
-        .filter(|p| p.revision == revision && !p.wave.is_empty())
-        .and_then(|p| p.wave_started_at.as_ref().map(|t| t.0));
-    let mut last_finished = previous.and_then(|p| p.last_wave_finished_at.as_ref().map(|t| t.0));
-    let mut next_check = None;
-    if wave.is_empty() {
-        if !previous_wave.is_empty() {
-            last_finished = Some(now);
-            events.push(Event::new(
-                Reason::UpgradeWaveFinished,
-                format!(
-                    "revision {revision}: {} at the new revision",
-                    previous_wave.iter().copied().collect::<Vec<_>>().join(", ")
-                ),
-            ));
-        }
-        let pending: Vec<&str> = settings
-            .order
-            .iter()
-            .copied()
-            .filter(|m| needs_change(m))
-            .collect();
-        let resume_at = last_finished.map(|t| add(t, settings.pause));
-        match resume_at {
-            Some(at) if at > now && !pending.is_empty() => next_check = Some(at),
-            _ => {
-                wave = pending.into_iter().take(settings.max_concurrent).collect();
-                if !wave.is_empty() {
-                    wave_started_at = Some(now);
-                    events.push(Event::new(
-                        Reason::UpgradeWaveStarted,
-                        format!("Istio {target} (revision {revision}): {}", wave.join(", ")),
-                    ));
-                }
-            }
-        }
-    }
-    if wave.is_empty() {
-        wave_started_at = None;
-    }
-
     let mut plans = BTreeMap::new();
     let mut halted = None;
     let mut updated = 0;
     for name in &settings.order {
-        let Some(Some(installed)) = observed.get(*name) else {
-            let mut plan = ControlPlanePlan::observe_only();
-            let fresh = Render {
-                revision: revision.clone(),
-                version: target.to_string(),
-                tags: true,
-            };
-            plan.if_new = Some((fresh, newest.clone()));
-            if wave.contains(name) {
-                plan.phase = UpgradePhase::Installing;
-                if let Some(h) = gate_failure(settings, wave_started_at, now, || {
-                    (
-                        "MemberReachable",
-                        "its API server has not been reached".into(),
-                    )
-                }) {
-                    plan.phase = UpgradePhase::Halted;
-                    halted.get_or_insert(HaltStatus {
-                        member: name.to_string(),
-                        ..h
-                    });
-                }
-            }
-            plans.insert(name.to_string(), plan);
-            continue;
-        };
-        let base_version = Some(base_for(installed));
-        let fresh = Render {
-            revision: revision.clone(),
-            version: target.to_string(),
-            tags: true,
-        };
-        let holder = installed.tags_at.as_ref().and_then(|t| {
-            Some(Render {
-                revision: t.clone(),
-                version: installed.revisions.get(t)?.version.clone()?,
-                tags: true,
-            })
-        });
-        let plan = if installed.revisions.is_empty() || installed.at(&revision) {
-            // New to Istio (installed at once), or at the target: old
-            // revisions go once nothing uses them.
-            if installed.at(&revision) {
-                updated += 1;
-            }
-            let old: Vec<(&String, &Revision)> = installed
-                .revisions
-                .iter()
-                .filter(|(r, _)| **r != revision)
-                .collect();
-            let unused: Vec<String> = old
-                .iter()
-                .filter(|(_, r)| r.pods == 0 && r.namespaces.is_empty())
-                .map(|(name, _)| (*name).clone())
-                .collect();
-            let phase = if settings.keep_old || old.is_empty() || unused.len() == old.len() {
-                UpgradePhase::Current
-            } else {
-                UpgradePhase::RemovingOld
-            };
-            ControlPlanePlan {
-                apply: vec![fresh.clone()],
-                remove: if settings.keep_old {
-                    Vec::new()
+        let in_wave = wave.members.contains(name);
+        let mut plan = match observed.get(*name) {
+            Some(Some(installed)) => {
+                let base_version = Some(base_for(installed));
+                if installed.revisions.is_empty() || installed.at(&revision) {
+                    if installed.at(&revision) {
+                        updated += 1;
+                    }
+                    at_target(settings, installed, &fresh, base_version)
+                } else if in_wave {
+                    changing(installed, &fresh, base_version)
                 } else {
-                    unused
-                },
-                base_version,
-                active: Some(fresh.clone()),
-                phase,
-                if_new: None,
-            }
-        } else if wave.contains(name) {
-            let ready = installed.revisions.get(&revision).is_some_and(|r| r.ready);
-            let untagged = Render {
-                tags: false,
-                ..fresh.clone()
-            };
-            if ready {
-                // Tags move: the new revision's render takes them over, then
-                // the old holder is rendered without them.
-                let mut apply = vec![fresh.clone()];
-                apply.extend(holder.clone().map(|h| Render { tags: false, ..h }));
-                ControlPlanePlan {
-                    apply,
-                    remove: Vec::new(),
-                    base_version,
-                    active: Some(fresh.clone()),
-                    phase: UpgradePhase::Switching,
-                    if_new: None,
+                    waiting(installed, base_version)
                 }
-            } else {
-                let mut plan = ControlPlanePlan {
-                    apply: holder.clone().into_iter().chain([untagged]).collect(),
-                    remove: Vec::new(),
-                    base_version,
-                    active: holder.clone(),
-                    phase: UpgradePhase::Installing,
-                    if_new: None,
-                };
-                let problem = installed
-                    .revisions
-                    .get(&revision)
-                    .and_then(|r| r.problem.clone())
-                    .unwrap_or_else(|| format!("istiod-{revision} is not installed yet"));
-                if let Some(h) =
-                    gate_failure(settings, wave_started_at, now, || ("IstiodReady", problem))
-                {
-                    plan.phase = UpgradePhase::Halted;
-                    halted.get_or_insert(HaltStatus {
-                        member: name.to_string(),
-                        ..h
-                    });
-                } else if let Some(at) = wave_started_at {
-                    let deadline = add(at, settings.gate_timeout);
-                    next_check = next_check.min(Some(deadline)).or(Some(deadline));
-                }
-                plan
             }
-        } else {
-            // Waits for its wave with what it has (the holder re-applied, so
-            // drift is still repaired; a revision-less holder of unknown
-            // version is left alone).
-            ControlPlanePlan {
-                apply: holder.clone().into_iter().collect(),
-                remove: Vec::new(),
-                base_version,
-                active: holder.clone(),
-                phase: UpgradePhase::Waiting,
-                if_new: None,
-            }
+            _ => unreached(&fresh, &newest, in_wave),
         };
+        // A member of the wave that does not get there within the gate
+        // timeout halts the rollout.
+        if in_wave && plan.phase == UpgradePhase::Installing {
+            let cause = || match observed.get(*name) {
+                Some(Some(installed)) => (
+                    "IstiodReady",
+                    installed
+                        .revisions
+                        .get(&revision)
+                        .and_then(|r| r.problem.clone())
+                        .unwrap_or_else(|| format!("istiod-{revision} is not installed yet")),
+                ),
+                _ => (
+                    "MemberReachable",
+                    "its API server has not been reached".into(),
+                ),
+            };
+            if let Some(h) = gate_failure(settings, wave.started_at, now, cause) {
+                plan.phase = UpgradePhase::Halted;
+                halted.get_or_insert(HaltStatus {
+                    member: name.to_string(),
+                    ..h
+                });
+            } else if let (Some(at), Some(Some(_))) = (wave.started_at, observed.get(*name)) {
+                let deadline = add(at, settings.gate_timeout);
+                wave.next_check = wave.next_check.min(Some(deadline)).or(Some(deadline));
+            }
+        }
         plans.insert(name.to_string(), plan);
     }
 
+    let status = status_of(
+        settings,
+        previous,
+        &revision,
+        &wave,
+        halted,
+        updated,
+        &mut events,
+    );
+    Rollout {
+        plans,
+        status,
+        events,
+        next_check: wave.next_check,
+    }
+}
+
+/// Where the rollout stands, and the Events for a new halt or its end.
+fn status_of(
+    settings: &Policy,
+    previous: Option<&RolloutStatus>,
+    revision: &str,
+    wave: &Wave,
+    halted: Option<HaltStatus>,
+    updated: i32,
+    events: &mut Vec<Event>,
+) -> RolloutStatus {
+    let target = settings.version;
     let phase = if halted.is_some() {
         "Halted"
-    } else if !wave.is_empty() {
+    } else if !wave.members.is_empty() {
         "RollingOut"
-    } else if next_check.is_some() {
+    } else if wave.next_check.is_some() {
         "Paused"
     } else if updated as usize == settings.order.len() {
         "Complete"
@@ -480,21 +364,218 @@ pub fn plan(
             format!("every member runs Istio {target} (revision {revision})"),
         ));
     }
-    let status = RolloutStatus {
+    RolloutStatus {
         version: target.to_string(),
-        revision: revision.clone(),
+        revision: revision.to_string(),
         phase: phase.into(),
         updated,
-        wave: wave.iter().map(|m| m.to_string()).collect(),
-        wave_started_at: wave_started_at.map(time),
-        last_wave_finished_at: last_finished.map(time),
+        wave: wave.members.iter().map(|m| m.to_string()).collect(),
+        wave_started_at: wave.started_at.map(time),
+        last_wave_finished_at: wave.last_finished.map(time),
         halted,
+    }
+}
+
+/// The members changing now, and the rollout's clock.
+struct Wave<'a> {
+    members: Vec<&'a str>,
+    started_at: Option<Timestamp>,
+    /// When the last wave finished (the pause's start).
+    last_finished: Option<Timestamp>,
+    /// When the decision changes by itself (a pause or a gate timeout ends).
+    next_check: Option<Timestamp>,
+}
+
+impl<'a> Wave<'a> {
+    /// Members already changing (or named in the last status), else the
+    /// next ones in order once the pause after the last wave is over.
+    fn choose(
+        settings: &'a Policy,
+        observed: &BTreeMap<String, Option<Installed>>,
+        previous: Option<&RolloutStatus>,
+        revision: &str,
+        now: Timestamp,
+        events: &mut Vec<Event>,
+    ) -> Self {
+        let previous_wave: BTreeSet<&str> = previous
+            .filter(|p| p.revision == revision)
+            .map(|p| p.wave.iter().map(String::as_str).collect())
+            .unwrap_or_default();
+        let needs_change = |m: &str| match observed.get(m) {
+            Some(Some(i)) => !i.revisions.is_empty() && !i.at(revision),
+            // Not reached yet: part of a wave only if it already was.
+            _ => previous_wave.contains(m),
+        };
+        let started = |m: &str| match observed.get(m) {
+            Some(Some(i)) => i.revisions.contains_key(revision) && !i.at(revision),
+            _ => false,
+        };
+        let mut wave = Wave {
+            members: settings
+                .order
+                .iter()
+                .copied()
+                .filter(|m| needs_change(m) && (started(m) || previous_wave.contains(m)))
+                .collect(),
+            started_at: previous
+                .filter(|p| p.revision == revision && !p.wave.is_empty())
+                .and_then(|p| p.wave_started_at.as_ref().map(|t| t.0)),
+            last_finished: previous.and_then(|p| p.last_wave_finished_at.as_ref().map(|t| t.0)),
+            next_check: None,
+        };
+        if wave.members.is_empty() {
+            if !previous_wave.is_empty() {
+                wave.last_finished = Some(now);
+                events.push(Event::new(
+                    Reason::UpgradeWaveFinished,
+                    format!(
+                        "revision {revision}: {} at the new revision",
+                        previous_wave.iter().copied().collect::<Vec<_>>().join(", ")
+                    ),
+                ));
+            }
+            let pending: Vec<&str> = settings
+                .order
+                .iter()
+                .copied()
+                .filter(|m| needs_change(m))
+                .collect();
+            let resume_at = wave.last_finished.map(|t| add(t, settings.pause));
+            match resume_at {
+                Some(at) if at > now && !pending.is_empty() => wave.next_check = Some(at),
+                _ => {
+                    wave.members = pending.into_iter().take(settings.max_concurrent).collect();
+                    if !wave.members.is_empty() {
+                        wave.started_at = Some(now);
+                        events.push(Event::new(
+                            Reason::UpgradeWaveStarted,
+                            format!(
+                                "Istio {} (revision {revision}): {}",
+                                settings.version,
+                                wave.members.join(", ")
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+        if wave.members.is_empty() {
+            wave.started_at = None;
+        }
+        wave
+    }
+}
+
+/// A member not reached yet: observed only, and installed at `fresh` at
+/// once should it turn out to have no istiod.
+fn unreached(fresh: &Render, newest: &str, in_wave: bool) -> ControlPlanePlan {
+    let mut plan = ControlPlanePlan::observe_only();
+    plan.if_new = Some((fresh.clone(), newest.to_string()));
+    if in_wave {
+        plan.phase = UpgradePhase::Installing;
+    }
+    plan
+}
+
+/// New to Istio (installed at once), or at the target: old revisions go
+/// once nothing uses them.
+fn at_target(
+    settings: &Policy,
+    installed: &Installed,
+    fresh: &Render,
+    base_version: Option<String>,
+) -> ControlPlanePlan {
+    let old: Vec<(&String, &Revision)> = installed
+        .revisions
+        .iter()
+        .filter(|(r, _)| **r != fresh.revision)
+        .collect();
+    let unused: Vec<String> = old
+        .iter()
+        .filter(|(_, r)| r.pods == 0 && r.namespaces.is_empty())
+        .map(|(name, _)| (*name).clone())
+        .collect();
+    let phase = if settings.keep_old || old.is_empty() || unused.len() == old.len() {
+        UpgradePhase::Current
+    } else {
+        UpgradePhase::RemovingOld
     };
-    Rollout {
-        plans,
-        status,
-        events,
-        next_check,
+    ControlPlanePlan {
+        apply: vec![fresh.clone()],
+        remove: if settings.keep_old {
+            Vec::new()
+        } else {
+            unused
+        },
+        base_version,
+        active: Some(fresh.clone()),
+        phase,
+        if_new: None,
+    }
+}
+
+/// The revision that holds the tags now, as a render.
+fn tag_holder(installed: &Installed) -> Option<Render> {
+    installed.tags_at.as_ref().and_then(|t| {
+        Some(Render {
+            revision: t.clone(),
+            version: installed.revisions.get(t)?.version.clone()?,
+            tags: true,
+        })
+    })
+}
+
+/// In the wave: the new revision is installed beside the tag holder; once
+/// it is ready the tags move (the new revision's render takes them over,
+/// then the old holder is rendered without them).
+fn changing(
+    installed: &Installed,
+    fresh: &Render,
+    base_version: Option<String>,
+) -> ControlPlanePlan {
+    let holder = tag_holder(installed);
+    let ready = installed
+        .revisions
+        .get(&fresh.revision)
+        .is_some_and(|r| r.ready);
+    if ready {
+        let mut apply = vec![fresh.clone()];
+        apply.extend(holder.map(|h| Render { tags: false, ..h }));
+        return ControlPlanePlan {
+            apply,
+            remove: Vec::new(),
+            base_version,
+            active: Some(fresh.clone()),
+            phase: UpgradePhase::Switching,
+            if_new: None,
+        };
+    }
+    let untagged = Render {
+        tags: false,
+        ..fresh.clone()
+    };
+    ControlPlanePlan {
+        apply: holder.clone().into_iter().chain([untagged]).collect(),
+        remove: Vec::new(),
+        base_version,
+        active: holder,
+        phase: UpgradePhase::Installing,
+        if_new: None,
+    }
+}
+
+/// Waits for its wave with what it has (the holder re-applied, so drift is
+/// still repaired; a revision-less holder of unknown version is left
+/// alone).
+fn waiting(installed: &Installed, base_version: Option<String>) -> ControlPlanePlan {
+    let holder = tag_holder(installed);
+    ControlPlanePlan {
+        apply: holder.clone().into_iter().collect(),
+        remove: Vec::new(),
+        base_version,
+        active: holder,
+        phase: UpgradePhase::Waiting,
+        if_new: None,
     }
 }
 
