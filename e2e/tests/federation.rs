@@ -649,13 +649,10 @@ impl Drop for Resume<'_> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hung_member_does_not_slow_the_others() -> Result<()> {
-    let fleet = Fleet::start(4).await?;
-    let _logs = fleet.log_guard();
-    let host = fleet.cluster(0).client();
-    prepare_host(&fleet).await?;
     // A long member timeout: any wait on the hung member would show.
     let member_timeout = Duration::from_secs(15);
-    let _operator = start_operator(fleet.cluster(0), Duration::from_secs(60), member_timeout)?;
+    let bed = operator_bed(4, Duration::from_secs(60), member_timeout).await?;
+    let (fleet, host) = (&bed.fleet, bed.host.clone());
     let mut fed = federation(
         FED,
         vec![

@@ -305,16 +305,9 @@ async fn a_cluster_belongs_to_one_member_of_one_federation() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn objects_deleted_in_a_member_are_restored_within_seconds() -> Result<()> {
-    let fleet = Fleet::start(2).await?;
-    let _logs = fleet.log_guard();
-    let host = fleet.cluster(0).client();
-    prepare_host(&fleet).await?;
     // A resync of ten minutes: only the member watches can repair in time.
-    let _operator = start_operator(
-        fleet.cluster(0),
-        Duration::from_secs(600),
-        Duration::from_secs(3),
-    )?;
+    let bed = operator_bed(2, Duration::from_secs(600), Duration::from_secs(3)).await?;
+    let (fleet, host) = (&bed.fleet, bed.host.clone());
     let members = vec![
         local_member(fleet.cluster(0), "net-a"),
         member(fleet.cluster(1), "net-b"),

@@ -145,60 +145,143 @@ async fn real_istiod_consumes_meshfed_federation() -> Result<()> {
     // The Istio build (cold: minutes) is not part of the measured test time.
     let istio = istio().await?;
     base_crds().await?;
-    let t0 = Instant::now();
-    let mut timeline: Vec<(String, Duration)> = Vec::new();
-    let mut mark = |what: &str| timeline.push((what.to_string(), t0.elapsed()));
+    let mut bed = Bed::start().await?;
+    start_istiods_checking_the_readers_rights(&mut bed).await?;
+    every_peer_is_a_synced_remote_cluster(&bed).await?;
+    peers_services_reach_every_registry(&bed).await?;
+    istiods_ca_is_the_federations(&bed).await?;
+    istioctl_and_meshfed_remote_secrets_compared(&bed, &istio).await?;
+    no_istiod_was_denied_anything(&bed).await?;
+    a_forced_token_refresh_switches_every_istiod(&bed).await?;
+    a_stopped_member_as_istiod_sees_it(&mut bed).await?;
+    bed.report();
+    Ok(())
+}
 
-    let fleet = Fleet::start(3).await?;
-    let _logs = fleet.log_guard();
-    mark("fleet started");
-    let ids: Vec<String> = fleet.clusters().iter().map(|c| c.name().into()).collect();
-    let clients: Vec<Client> = fleet.clusters().iter().map(|c| c.client()).collect();
-    let host = clients[0].clone();
-    prepare_host(&fleet).await?;
-    let operator = start_operator(
-        fleet.cluster(0),
-        Duration::from_secs(2),
-        Duration::from_secs(3),
-    )?;
-    let members = vec![
-        local_member(fleet.cluster(0), NETWORKS[0]),
-        member(fleet.cluster(1), NETWORKS[1]),
-        member(fleet.cluster(2), NETWORKS[2]),
-    ];
-    let mut fed = federation(FED, members);
-    // Replaced tokens are revoked 5 s after the last peer took the new one.
-    fed.spec.remote_secrets = Some(meshfed::api::RemoteSecretsSpec {
-        revoke_after: Some("5s".parse()?),
-        ..Default::default()
-    });
-    apply_federation(&host, &fed).await?;
-    wait_for_federation(&host, FED, WAIT, "Ready", ready).await?;
-    mark("federation Ready");
-    futures::future::try_join_all(clients.iter().map(install_base_crds)).await?;
-    mark("Istio CRDs established on every member");
+/// Three members on two networks wired by meshfed (Ready), Istio's CRDs in
+/// each, and (once started) one real istiod per member.
+struct Bed {
+    fleet: Fleet,
+    _logs: e2e::fleet::LogTailGuard,
+    operator: Option<RunningOperator>,
+    ids: Vec<String>,
+    clients: Vec<Client>,
+    host: Client,
+    istiods: Vec<Istiod>,
+    /// Whether meshfed's reader may list Secrets without a test-side grant.
+    reader_lists_secrets: bool,
+    t0: Instant,
+    timeline: std::cell::RefCell<Vec<(String, Duration)>>,
+}
 
-    let options = |i: usize| {
-        let mut o = IstiodOptions::new(&ids[i], NETWORKS[i], MESH_ID);
-        o.remote_cluster_timeout = Duration::from_secs(5);
-        o
-    };
-    let work = |i: usize| fleet.dir().join(format!("istiod-{}", ids[i]));
-    let peers_of = |i: usize| -> Vec<&str> {
-        ids.iter()
+impl Bed {
+    async fn start() -> Result<Self> {
+        let t0 = Instant::now();
+        let fleet = Fleet::start(3).await?;
+        let _logs = fleet.log_guard();
+        let ids: Vec<String> = fleet.clusters().iter().map(|c| c.name().into()).collect();
+        let clients: Vec<Client> = fleet.clusters().iter().map(|c| c.client()).collect();
+        let host = clients[0].clone();
+        let bed = Self {
+            operator: None,
+            ids,
+            host: host.clone(),
+            clients,
+            istiods: Vec::new(),
+            reader_lists_secrets: true,
+            t0,
+            timeline: Default::default(),
+            _logs,
+            fleet,
+        };
+        bed.mark("fleet started");
+        prepare_host(&bed.fleet).await?;
+        let operator = start_operator(
+            bed.fleet.cluster(0),
+            Duration::from_secs(2),
+            Duration::from_secs(3),
+        )?;
+        let members = vec![
+            local_member(bed.fleet.cluster(0), NETWORKS[0]),
+            member(bed.fleet.cluster(1), NETWORKS[1]),
+            member(bed.fleet.cluster(2), NETWORKS[2]),
+        ];
+        let mut fed = federation(FED, members);
+        // Replaced tokens are revoked 5 s after the last peer took the new one.
+        fed.spec.remote_secrets = Some(meshfed::api::RemoteSecretsSpec {
+            revoke_after: Some("5s".parse()?),
+            ..Default::default()
+        });
+        apply_federation(&host, &fed).await?;
+        wait_for_federation(&host, FED, WAIT, "Ready", ready).await?;
+        bed.mark("federation Ready");
+        futures::future::try_join_all(bed.clients.iter().map(install_base_crds)).await?;
+        bed.mark("Istio CRDs established on every member");
+        Ok(Self {
+            operator: Some(operator),
+            ..bed
+        })
+    }
+
+    fn mark(&self, what: &str) {
+        self.timeline
+            .borrow_mut()
+            .push((what.to_string(), self.t0.elapsed()));
+    }
+
+    fn peers_of(&self, i: usize) -> Vec<&str> {
+        self.ids
+            .iter()
             .enumerate()
             .filter(|(j, _)| *j != i)
             .map(|(_, id)| id.as_str())
             .collect()
-    };
+    }
 
-    // --- meshfed's reader vs. what istiod watches in a remote cluster
+    fn options(&self, i: usize) -> IstiodOptions {
+        let mut o = IstiodOptions::new(&self.ids[i], NETWORKS[i], MESH_ID);
+        o.remote_cluster_timeout = Duration::from_secs(5);
+        o
+    }
+
+    fn work(&self, i: usize) -> std::path::PathBuf {
+        self.fleet.dir().join(format!("istiod-{}", self.ids[i]))
+    }
+
+    /// Each istiod's memory and the timeline, then everything stops.
+    fn report(mut self) {
+        for (i, istiod) in self.istiods.iter().enumerate() {
+            eprintln!(
+                "istiod {}: RSS {} MiB after {:?}",
+                self.ids[i],
+                istiod.rss_bytes() >> 20,
+                istiod.uptime()
+            );
+        }
+        eprintln!("timeline:");
+        for (what, at) in self.timeline.borrow().iter() {
+            eprintln!("  {:>7.1?}  {what}", at);
+        }
+        eprintln!("total {:?}", self.t0.elapsed());
+        self.istiods.clear();
+        self.operator.take();
+    }
+}
+
+/// The service the registry phases look for.
+const CATALOG: &str = "catalog.shop.svc.cluster.local";
+
+/// meshfed's reader vs. what istiod watches in a remote cluster: istiod 0 first (with a test-side grant should the reader lack Secrets), then istiods 1 and 2.
+async fn start_istiods_checking_the_readers_rights(bed: &mut Bed) -> Result<()> {
+    let ids = &bed.ids;
+    let clients = &bed.clients;
+    let peers_of = |i: usize| bed.peers_of(i);
     let mut reader_lists_secrets = true;
-    for c in &clients {
+    for c in bed.clients.iter() {
         reader_lists_secrets &= allowed(c, &reader_subject(), "list", "secrets").await?;
     }
-    let istiod0 = Istiod::start_with(fleet.cluster(0), options(0), &work(0)).await?;
-    mark("istiod cluster-0 ready");
+    let istiod0 = Istiod::start_with(bed.fleet.cluster(0), bed.options(0), &bed.work(0)).await?;
+    bed.mark("istiod cluster-0 ready");
     if reader_lists_secrets {
         eprintln!("meshfed's reader may list Secrets: no test-side grant needed");
     } else {
@@ -237,7 +320,7 @@ async fn real_istiod_consumes_meshfed_federation() -> Result<()> {
             "istiod log names the missing rule"
         );
         let granted = Instant::now();
-        for c in &clients {
+        for c in clients {
             grant_secret_read(c).await?;
         }
         istiod0
@@ -249,17 +332,24 @@ async fn real_istiod_consumes_meshfed_federation() -> Result<()> {
             ids[0],
             granted.elapsed()
         );
-        mark("secret read granted; istiod cluster-0 synced");
+        bed.mark("secret read granted; istiod cluster-0 synced");
     }
-    let (work1, work2) = (work(1), work(2));
+    let (work1, work2) = (bed.work(1), bed.work(2));
     let (istiod1, istiod2) = tokio::try_join!(
-        Istiod::start_with(fleet.cluster(1), options(1), &work1),
-        Istiod::start_with(fleet.cluster(2), options(2), &work2),
+        Istiod::start_with(bed.fleet.cluster(1), bed.options(1), &work1),
+        Istiod::start_with(bed.fleet.cluster(2), bed.options(2), &work2),
     )?;
-    let mut istiods = [istiod0, istiod1, istiod2];
-    mark("istiod cluster-1 and cluster-2 ready");
+    bed.istiods = vec![istiod0, istiod1, istiod2];
+    bed.reader_lists_secrets = reader_lists_secrets;
+    bed.mark("istiod cluster-1 and cluster-2 ready");
+    Ok(())
+}
 
-    // --- every peer is a synced remote cluster, from meshfed's secret
+/// Every peer is a synced remote cluster in every istiod, from meshfed's secret.
+async fn every_peer_is_a_synced_remote_cluster(bed: &Bed) -> Result<()> {
+    let ids = &bed.ids;
+    let istiods = &bed.istiods;
+    let peers_of = |i: usize| bed.peers_of(i);
     for (i, istiod) in istiods.iter().enumerate() {
         let all: Vec<&str> = ids.iter().map(String::as_str).collect();
         istiod.wait_synced(&all, Duration::from_secs(30)).await?;
@@ -288,12 +378,18 @@ async fn real_istiod_consumes_meshfed_federation() -> Result<()> {
             assert!(metrics.contains(&line), "metric {line}");
         }
     }
-    mark("every istiod: every peer synced");
+    bed.mark("every istiod: every peer synced");
+    Ok(())
+}
 
-    // --- a service in other members shows up in istiod's registry, per cluster and network
+/// A service in other members shows up in istiod's registry, per cluster and network.
+async fn peers_services_reach_every_registry(bed: &Bed) -> Result<()> {
+    let ids = &bed.ids;
+    let clients = &bed.clients;
+    let istiods = &bed.istiods;
     let (vip1, ip1) = service_with_pod(&clients[1], "shop", "catalog").await?;
     let (vip2, ip2) = service_with_pod(&clients[2], "shop", "catalog").await?;
-    let host_name = "catalog.shop.svc.cluster.local";
+    let host_name = CATALOG;
     poll(
         WAIT,
         "catalog in cluster-0's istiod with both endpoints",
@@ -355,9 +451,16 @@ async fn real_istiod_consumes_meshfed_federation() -> Result<()> {
         },
     )
     .await?;
-    mark("registry and endpoints checked");
+    bed.mark("registry and endpoints checked");
+    Ok(())
+}
 
-    // --- istiod's CA is the federation's: plug-in certs from cacerts, one root
+/// istiod's CA is the federation's: plug-in certs from cacerts, one root.
+async fn istiods_ca_is_the_federations(bed: &Bed) -> Result<()> {
+    let ids = &bed.ids;
+    let clients = &bed.clients;
+    let host = &bed.host;
+    let istiods = &bed.istiods;
     let root_secret = Api::<Secret>::namespaced(host.clone(), OPERATOR_NAMESPACE)
         .get(&format!("{FED}-root-ca"))
         .await?;
@@ -434,9 +537,19 @@ async fn real_istiod_consumes_meshfed_federation() -> Result<()> {
             "a foreign root must not verify istiod's chain"
         );
     }
-    mark("CA checked");
+    bed.mark("CA checked");
+    Ok(())
+}
 
-    // --- istioctl create-remote-secret for cluster-2 vs meshfed's secret for cluster-2 in cluster-0
+/// istioctl create-remote-secret for cluster-2 vs meshfed's secret for cluster-2 in cluster-0.
+async fn istioctl_and_meshfed_remote_secrets_compared(
+    bed: &Bed,
+    istio: &e2e::istiod::Istio,
+) -> Result<()> {
+    let ids = &bed.ids;
+    let clients = &bed.clients;
+    let host = &bed.host;
+    let fleet = &bed.fleet;
     let b = 2;
     let out = tokio::process::Command::new(istio.istioctl())
         .arg("create-remote-secret")
@@ -628,13 +741,18 @@ async fn real_istiod_consumes_meshfed_federation() -> Result<()> {
     for (field, a, m) in &table {
         eprintln!("  {field:<28} istioctl: {a}\n  {:<28} meshfed:  {m}", "");
     }
-    mark("istioctl comparison");
+    bed.mark("istioctl comparison");
+    Ok(())
+}
 
+/// Started after the grant, istiods were never denied anything by a peer.
+async fn no_istiod_was_denied_anything(bed: &Bed) -> Result<()> {
+    let istiods = &bed.istiods;
     // Started after the grant, istiod 1 and 2 were never denied anything
     // by a peer: meshfed's reader plus Secrets is all istiod reads remotely.
     // (Checked before the outage: a restarted API server denies everything
     // for a moment while its RBAC cache warms up.)
-    let granted_before = if reader_lists_secrets { 0 } else { 1 };
+    let granted_before = if bed.reader_lists_secrets { 0 } else { 1 };
     for istiod in &istiods[granted_before..] {
         let log = istiod.log_text();
         let denied: Vec<&str> = log.lines().filter(|l| l.contains("forbidden")).collect();
@@ -644,7 +762,16 @@ async fn real_istiod_consumes_meshfed_federation() -> Result<()> {
             istiod.cluster_id()
         );
     }
-    // --- a forced token refresh: every old token revoked, every istiod switches
+    Ok(())
+}
+
+/// A forced token refresh: every old token revoked, every istiod switches.
+async fn a_forced_token_refresh_switches_every_istiod(bed: &Bed) -> Result<()> {
+    let ids = &bed.ids;
+    let clients = &bed.clients;
+    let host = &bed.host;
+    let fleet = &bed.fleet;
+    let istiods = &bed.istiods;
     let held = |secret: &Secret, peer: &str| -> (String, String) {
         let kubeconfig: serde_json::Value =
             serde_yaml::from_slice(&secret_bytes(secret, peer)).expect("a kubeconfig");
@@ -751,7 +878,7 @@ async fn real_istiod_consumes_meshfed_federation() -> Result<()> {
         .context("the new token reads its member")?;
     // Every istiod moved to the new tokens: still synced, and it sees a
     // service created in a member after the old tokens died.
-    for istiod in &istiods {
+    for istiod in istiods {
         let all: Vec<&str> = ids.iter().map(String::as_str).collect();
         istiod.wait_synced(&all, Duration::from_secs(30)).await?;
     }
@@ -773,9 +900,17 @@ async fn real_istiod_consumes_meshfed_federation() -> Result<()> {
         "forced refresh: old tokens revoked {revoked_after:?} after the request; every istiod synced and seeing new services after {:?}",
         refreshed_at.elapsed()
     );
-    mark("forced token refresh, revocation, istiods switched");
+    bed.mark("forced token refresh, revocation, istiods switched");
+    Ok(())
+}
 
-    // --- a member's API server stops: what does a peer istiod say?
+/// A member's API server stops: what does a peer istiod say, and how it recovers.
+async fn a_stopped_member_as_istiod_sees_it(bed: &mut Bed) -> Result<()> {
+    let ids = &bed.ids;
+    let clients = &bed.clients;
+    let fleet = &bed.fleet;
+    let istiods = &mut bed.istiods;
+    let host_name = CATALOG;
     let down = 1;
     fleet.cluster(down).stop_apiserver().await?;
     let stopped = Instant::now();
@@ -836,23 +971,7 @@ async fn real_istiod_consumes_meshfed_federation() -> Result<()> {
     );
     recovered?;
     assert_eq!(statuses[&ids[down]], "synced");
-    mark("outage and recovery");
-
-    for (i, istiod) in istiods.iter().enumerate() {
-        eprintln!(
-            "istiod {}: RSS {} MiB after {:?}",
-            ids[i],
-            istiod.rss_bytes() >> 20,
-            istiod.uptime()
-        );
-    }
-    eprintln!("timeline:");
-    for (what, at) in &timeline {
-        eprintln!("  {:>7.1?}  {what}", at);
-    }
-    eprintln!("total {:?}", t0.elapsed());
-    drop(istiods);
-    drop(operator);
+    bed.mark("outage and recovery");
     Ok(())
 }
 

@@ -60,33 +60,35 @@ fn chart_dir() -> PathBuf {
     workspace().join("charts/meshfed-operator")
 }
 
-/// Output of a script that prints one path (cold caches build; slow once).
-fn script_output(script: &str) -> PathBuf {
-    let out = Command::new("bash")
-        .arg(workspace().join(script))
-        .stderr(Stdio::inherit())
-        .output()
-        .unwrap_or_else(|e| panic!("running {script}: {e}"));
-    assert!(out.status.success(), "{script} failed");
-    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+/// A path the test bed's own lookup finds (async, in the e2e crate), for
+/// these synchronous helpers: on a thread of its own, so that it works from
+/// inside a test's runtime too.
+fn looked_up(
+    lookup: impl std::future::Future<Output = anyhow::Result<PathBuf>> + Send + 'static,
+) -> PathBuf {
+    std::thread::spawn(move || {
+        tokio::runtime::Runtime::new()
+            .expect("a runtime")
+            .block_on(lookup)
+    })
+    .join()
+    .expect("the lookup thread")
+    .unwrap_or_else(|e| panic!("{e:#}"))
 }
 
-/// helm, built by e2e/testbed/build-helm.sh at the pinned version.
+/// helm at the pinned version (`e2e::istiod::helm`: `$MESHFED_HELM` or
+/// e2e/testbed/build-helm.sh).
 fn helm_path() -> &'static Path {
     static HELM: OnceLock<PathBuf> = OnceLock::new();
-    HELM.get_or_init(|| script_output("e2e/testbed/build-helm.sh"))
+    HELM.get_or_init(|| looked_up(e2e::istiod::helm()))
 }
 
-/// The test bed's kubectl (kustomize built in).
+/// The test bed's kubectl (kustomize built in), where the fleet finds its
+/// binaries.
 fn kubectl_path() -> &'static Path {
     static KUBECTL: OnceLock<PathBuf> = OnceLock::new();
-    KUBECTL.get_or_init(|| {
-        let bin = std::env::var_os(e2e::fleet::tools::BIN_ENV)
-            .filter(|d| !d.is_empty())
-            .map(PathBuf::from)
-            .unwrap_or_else(|| script_output("e2e/testbed/build-tools.sh"));
-        bin.join("kubectl")
-    })
+    KUBECTL
+        .get_or_init(|| looked_up(async { Ok(e2e::fleet::tools::tools().await?.path("kubectl")) }))
 }
 
 /// Helm's own state (repositories, cache, plugins) in a throwaway directory,

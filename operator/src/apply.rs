@@ -232,3 +232,195 @@ where
 fn to_value<T: Serialize>(v: &T) -> Value {
     serde_json::to_value(v).unwrap_or(Value::Null)
 }
+
+/// Scripted API conversations (controller-rs's `ApiServerVerifier` style):
+/// each test names every request the step may send, in order, and fails on
+/// any other. The end-to-end suite runs the same steps against real API
+/// servers; these pin down the exact requests.
+#[cfg(test)]
+mod conversations {
+    use std::time::Duration;
+
+    use http::{Method, Request, Response, StatusCode};
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use kube::Client;
+    use kube::client::Body;
+    use serde_json::json;
+
+    use super::*;
+    use crate::render::managed_labels;
+
+    /// One request the step must send, and the answer it gets.
+    struct Exchange {
+        method: Method,
+        path: &'static str,
+        /// What the query must contain (empty: anything).
+        query: &'static [&'static str],
+        status: StatusCode,
+        body: Value,
+    }
+
+    fn exchange(method: Method, path: &'static str, status: StatusCode, body: Value) -> Exchange {
+        Exchange {
+            method,
+            path,
+            query: &[],
+            status,
+            body,
+        }
+    }
+
+    /// Runs `step` against a client that answers `script`, and checks that
+    /// it sent exactly the scripted requests.
+    async fn converse<T, F>(script: Vec<Exchange>, step: impl FnOnce(Client) -> F) -> T
+    where
+        F: std::future::Future<Output = T>,
+    {
+        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let server = tokio::spawn(async move {
+            for expected in script {
+                let (request, respond) = handle.next_request().await.unwrap_or_else(|| {
+                    panic!(
+                        "the step stopped before {} {}",
+                        expected.method, expected.path
+                    )
+                });
+                assert_eq!(request.method(), expected.method, "{}", request.uri());
+                assert_eq!(request.uri().path(), expected.path);
+                let query = request.uri().query().unwrap_or_default();
+                for part in expected.query {
+                    assert!(query.split('&').any(|p| p == *part), "{part}: {query}");
+                }
+                let body = serde_json::to_vec(&expected.body).unwrap();
+                respond.send_response(
+                    Response::builder()
+                        .status(expected.status)
+                        .body(Body::from(body))
+                        .unwrap(),
+                );
+            }
+            let extra = tokio::time::timeout(Duration::from_secs(1), handle.next_request()).await;
+            if let Ok(Some((request, _))) = extra {
+                panic!(
+                    "a request the script does not allow: {} {}",
+                    request.method(),
+                    request.uri()
+                );
+            }
+        });
+        let out = step(Client::new(service, "default")).await;
+        server.await.expect("the scripted server");
+        out
+    }
+
+    const PATH: &str = "/api/v1/namespaces/istio-system/configmaps/settings";
+
+    fn config_map(labels: bool, value: &str) -> ConfigMap {
+        let mut cm = ConfigMap::default();
+        cm.metadata.name = Some("settings".into());
+        cm.metadata.namespace = Some("istio-system".into());
+        cm.metadata.labels = labels.then(|| managed_labels("prod"));
+        cm.data = Some([("mode".to_string(), value.to_string())].into());
+        cm
+    }
+
+    fn api(client: Client) -> Api<ConfigMap> {
+        Api::namespaced(client, "istio-system")
+    }
+
+    fn not_found() -> Value {
+        json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+               "reason": "NotFound", "code": 404, "message": "not found"})
+    }
+
+    #[tokio::test]
+    async fn steady_state_reads_once_and_writes_nothing() {
+        let live = serde_json::to_value(config_map(true, "on")).unwrap();
+        let script = vec![exchange(Method::GET, PATH, StatusCode::OK, live)];
+        let (applied, _) = converse(script, |c| async move {
+            ensure(
+                &api(c),
+                &config_map(true, "on"),
+                "prod",
+                Ownership::Exclusive,
+            )
+            .await
+        })
+        .await
+        .unwrap();
+        assert_eq!(applied, Applied::Unchanged);
+    }
+
+    #[tokio::test]
+    async fn a_missing_or_drifted_object_is_applied_as_the_federation() {
+        for live in [
+            (StatusCode::NOT_FOUND, not_found()),
+            (
+                StatusCode::OK,
+                serde_json::to_value(config_map(true, "off")).unwrap(),
+            ),
+        ] {
+            let written = serde_json::to_value(config_map(true, "on")).unwrap();
+            let script = vec![
+                exchange(Method::GET, PATH, live.0, live.1),
+                Exchange {
+                    query: &["fieldManager=meshfed-prod", "force=true"],
+                    ..exchange(Method::PATCH, PATH, StatusCode::OK, written)
+                },
+            ];
+            let (applied, _) = converse(script, |c| async move {
+                ensure(
+                    &api(c),
+                    &config_map(true, "on"),
+                    "prod",
+                    Ownership::Exclusive,
+                )
+                .await
+            })
+            .await
+            .unwrap();
+            assert_eq!(applied, Applied::Written);
+        }
+    }
+
+    #[tokio::test]
+    async fn an_object_meshfed_did_not_create_is_never_written() {
+        let foreign = serde_json::to_value(config_map(false, "theirs")).unwrap();
+        let script = vec![exchange(Method::GET, PATH, StatusCode::OK, foreign)];
+        let (applied, live) = converse(script, |c| async move {
+            ensure(
+                &api(c),
+                &config_map(true, "on"),
+                "prod",
+                Ownership::Exclusive,
+            )
+            .await
+        })
+        .await
+        .unwrap();
+        assert_eq!(applied, Applied::Foreign);
+        assert_eq!(live.data.unwrap()["mode"], "theirs");
+    }
+
+    #[tokio::test]
+    async fn a_delete_of_what_is_gone_is_no_error_and_other_errors_are() {
+        let script = vec![exchange(
+            Method::DELETE,
+            PATH,
+            StatusCode::NOT_FOUND,
+            not_found(),
+        )];
+        let gone = converse(script, |c| async move { delete(&api(c), "settings").await }).await;
+        assert!(!gone.unwrap(), "already gone");
+        let forbidden = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                               "reason": "Forbidden", "code": 403, "message": "no"});
+        let script = vec![exchange(
+            Method::DELETE,
+            PATH,
+            StatusCode::FORBIDDEN,
+            forbidden,
+        )];
+        let denied = converse(script, |c| async move { delete(&api(c), "settings").await }).await;
+        assert!(matches!(denied, Err(kube::Error::Api(s)) if s.code == 403));
+    }
+}
