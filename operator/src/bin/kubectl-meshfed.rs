@@ -18,7 +18,7 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::watcher;
 use kube::{Api, Client, Config, ResourceExt};
 use meshfed::api::{KubeconfigSecretRef, Member, MemberCredentials, MeshFederation};
-use meshfed::member::unreachable_reason;
+use meshfed::member::error_text;
 use meshfed::plugin::{self, Level, MEMBER_IDENTITY, Preflight};
 use meshfed::render::{KubeconfigInputs, render_kubeconfig};
 
@@ -318,7 +318,7 @@ async fn preflight(config: Config, federation: &str) -> Result<Preflight> {
         |labels: &BTreeMap<String, String>| labels.get("meshfed.io/federation").cloned();
     let mut unreadable = Vec::new();
     let mut note =
-        |what: &str, e: kube::Error| unreadable.push(format!("{what}: {}", unreachable_reason(&e)));
+        |what: &str, e: kube::Error| unreadable.push(format!("{what}: {}", error_text(&e)));
     // istiod, or istiod-<revision>: every istiod Deployment is labelled app=istiod.
     match Api::<Deployment>::namespaced(client.clone(), "istio-system")
         .list(&ListParams::default().labels("app=istiod"))

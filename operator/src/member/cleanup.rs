@@ -167,7 +167,7 @@ pub async fn remove_member(
     // Removing a control plane is many requests: the control plane's budget.
     let budget = ctx.settings.member_timeout * 6;
     match tokio::time::timeout(budget, work).await {
-        Ok(result) => result.map_err(|e| super::unreachable_reason(&e)),
+        Ok(result) => result.map_err(|e| super::error_text(&e)),
         Err(_) => Err(format!("not done within {budget:?}")),
     }
 }

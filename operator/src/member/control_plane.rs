@@ -11,7 +11,7 @@ use kube::api::{DynamicObject, GroupVersionKind, ListParams};
 use kube::{Api, Client, ResourceExt};
 
 use super::identity::record_kinds;
-use super::{MemberContext, PreparedMember, unreachable_reason};
+use super::{MemberContext, PreparedMember, error_text};
 use crate::api::{ControlPlaneMode, Member, MeshFederation, MeshFederationSpec};
 use crate::apply::KindCache;
 use crate::apply::{apply_as, delete_all, is_not_found, write};
@@ -114,7 +114,7 @@ pub async fn sync_member_control_plane(
         Ok(Ok(cp)) => cp,
         failed => {
             let why = match failed {
-                Ok(Err(e)) => unreachable_reason(&e),
+                Ok(Err(e)) => error_text(&e),
                 _ => format!("not done within {budget:?}; continuing next reconcile"),
             };
             ControlPlaneReport {
@@ -392,7 +392,7 @@ async fn apply_failover_rule(
         .await
         {
             Ok(problem) => problem,
-            Err(e) => Some(super::unreachable_reason(&e)),
+            Err(e) => Some(super::error_text(&e)),
         },
     )
 }

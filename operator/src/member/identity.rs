@@ -8,7 +8,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, ServiceAccount};
 use kube::api::ListParams;
 use kube::{Api, Client, ResourceExt};
 
-use super::{MemberContext, PreparedMember, unreachable_reason};
+use super::{MemberContext, PreparedMember, error_text};
 use crate::api::{Member, MeshFederation};
 use crate::apply::{Applied, Ownership, create, ensure, is_conflict, merge, replace};
 use crate::connection::MemberConnection;
@@ -291,7 +291,7 @@ pub async fn find_token_secrets(
         }
         Err(e) => report.other_problems.push(format!(
             "looking for long-lived ServiceAccount token Secrets: {}",
-            unreachable_reason(&e)
+            error_text(&e)
         )),
     }
 }
@@ -335,7 +335,7 @@ pub async fn renew_credential(
             "requesting a token for {}/{}: {}",
             claims.namespace,
             claims.service_account,
-            unreachable_reason(&e)
+            error_text(&e)
         )),
     };
     match stored {

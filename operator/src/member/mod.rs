@@ -92,7 +92,7 @@ pub struct PreparedMember {
 }
 
 /// Short, stable text for an API error (no bodies, no secret material).
-pub fn unreachable_reason(e: &kube::Error) -> String {
+pub fn error_text(e: &kube::Error) -> String {
     match e {
         kube::Error::Api(s) => format!("API error {}: {}", s.code, s.message),
         other => {

@@ -9,7 +9,7 @@ use kube::api::ListParams;
 use kube::{Api, ResourceExt};
 
 use super::identity::{self, Claim, claim_cluster};
-use super::{MemberContext, PreparedMember, cacerts, unreachable_reason};
+use super::{MemberContext, PreparedMember, cacerts, error_text};
 use crate::api::{Member, MeshFederation};
 use crate::apply::{Ownership, ensure};
 use crate::connection::MemberConnection;
@@ -90,7 +90,7 @@ pub async fn prepare_member(ctx: &MemberContext, step: Step<'_>) -> PreparedMemb
         }
         Ok(Err(e)) => {
             prepared.report.no_answer = !matches!(e, kube::Error::Api(_));
-            prepared.report.unreachable = Some(unreachable_reason(&e));
+            prepared.report.unreachable = Some(error_text(&e));
         }
         Err(_) => {
             prepared.report.no_answer = true;

@@ -13,7 +13,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::PostParams;
 use kube::{Api, ResourceExt};
 
-use super::{PreparedMember, unreachable_reason};
+use super::{PreparedMember, error_text};
 use crate::api::MeshFederation;
 use crate::apply::{create, delete, write};
 use crate::render::{
@@ -301,7 +301,7 @@ async fn carry_out(
                     }
                     Err(e) => report
                         .remote_secret_problems
-                        .push(format!("writing {name}: {}", unreachable_reason(&e))),
+                        .push(format!("writing {name}: {}", error_text(&e))),
                 }
             }
         }
@@ -310,7 +310,7 @@ async fn carry_out(
         if let Err(e) = delete(&api, name).await {
             report
                 .remote_secret_problems
-                .push(format!("deleting stale {name}: {}", unreachable_reason(&e)));
+                .push(format!("deleting stale {name}: {}", error_text(&e)));
         }
     }
     report.status.remote_secrets_present = present;

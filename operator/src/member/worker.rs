@@ -24,7 +24,7 @@ use super::prepare::{Step, prepare_member};
 use super::remote_secrets::{
     self, Binding, PeerFacts, TokenPolicy, mint_token, refresh_request, revocable,
 };
-use super::{MemberContext, PreparedMember, unreachable_reason};
+use super::{MemberContext, PreparedMember, error_text};
 use crate::api::{Member, MeshFederation};
 use crate::apply::delete;
 use crate::events::{Event, Reason};
@@ -397,7 +397,7 @@ async fn probe_until_changed(host: &Host, input: &Input, answered: bool, every: 
         }
         if !now_answered {
             let why = match answer {
-                Ok(Err(e)) => format!("API server probe failed: {}", unreachable_reason(&e)),
+                Ok(Err(e)) => format!("API server probe failed: {}", error_text(&e)),
                 _ => format!("API server did not answer a probe within {limit:?}"),
             };
             let event = Event::new(
@@ -571,7 +571,7 @@ async fn mint_for_peers(
             }
             return Some((reader.clone(), token));
         }
-        Ok(Err(e)) => unreachable_reason(&e),
+        Ok(Err(e)) => error_text(&e),
         Err(_) => format!("no answer within {timeout:?}"),
     };
     prepared
@@ -707,7 +707,7 @@ async fn revoke_replaced_tokens(
     let listed = match secrets.list(&ListParams::default().labels(&selector)).await {
         Ok(list) => list.items,
         Err(e) => {
-            let why = unreachable_reason(&e);
+            let why = error_text(&e);
             prepared
                 .report
                 .other_problems
@@ -738,7 +738,7 @@ async fn revoke_replaced_tokens(
             Ok(false) => {}
             Err(e) => prepared.report.other_problems.push(format!(
                 "revoking the token bound to {name}: {}",
-                unreachable_reason(&e)
+                error_text(&e)
             )),
         }
     }
