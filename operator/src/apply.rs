@@ -328,16 +328,10 @@ mod conversations {
         Api::namespaced(client, "istio-system")
     }
 
-    fn not_found() -> Value {
-        json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
-               "reason": "NotFound", "code": 404, "message": "not found"})
-    }
-
-    #[tokio::test]
-    async fn steady_state_reads_once_and_writes_nothing() {
-        let live = serde_json::to_value(config_map(true, "on")).unwrap();
-        let script = vec![exchange(Method::GET, PATH, StatusCode::OK, live)];
-        let (applied, _) = converse(script, |c| async move {
+    /// Ensures the desired `settings` ConfigMap (`mode: on`) as federation
+    /// `prod` against `script`.
+    async fn ensure_settings(script: Vec<Exchange>) -> Result<(Applied, ConfigMap), kube::Error> {
+        converse(script, |c| async move {
             ensure(
                 &api(c),
                 &config_map(true, "on"),
@@ -347,7 +341,23 @@ mod conversations {
             .await
         })
         .await
-        .unwrap();
+    }
+
+    /// An API server's failure answer.
+    fn failure(code: u16, reason: &str) -> Value {
+        json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+               "reason": reason, "code": code, "message": reason})
+    }
+
+    fn not_found() -> Value {
+        failure(404, "NotFound")
+    }
+
+    #[tokio::test]
+    async fn steady_state_reads_once_and_writes_nothing() {
+        let live = serde_json::to_value(config_map(true, "on")).unwrap();
+        let script = vec![exchange(Method::GET, PATH, StatusCode::OK, live)];
+        let (applied, _) = ensure_settings(script).await.unwrap();
         assert_eq!(applied, Applied::Unchanged);
     }
 
@@ -368,17 +378,7 @@ mod conversations {
                     ..exchange(Method::PATCH, PATH, StatusCode::OK, written)
                 },
             ];
-            let (applied, _) = converse(script, |c| async move {
-                ensure(
-                    &api(c),
-                    &config_map(true, "on"),
-                    "prod",
-                    Ownership::Exclusive,
-                )
-                .await
-            })
-            .await
-            .unwrap();
+            let (applied, _) = ensure_settings(script).await.unwrap();
             assert_eq!(applied, Applied::Written);
         }
     }
@@ -387,17 +387,7 @@ mod conversations {
     async fn an_object_meshfed_did_not_create_is_never_written() {
         let foreign = serde_json::to_value(config_map(false, "theirs")).unwrap();
         let script = vec![exchange(Method::GET, PATH, StatusCode::OK, foreign)];
-        let (applied, live) = converse(script, |c| async move {
-            ensure(
-                &api(c),
-                &config_map(true, "on"),
-                "prod",
-                Ownership::Exclusive,
-            )
-            .await
-        })
-        .await
-        .unwrap();
+        let (applied, live) = ensure_settings(script).await.unwrap();
         assert_eq!(applied, Applied::Foreign);
         assert_eq!(live.data.unwrap()["mode"], "theirs");
     }
@@ -412,8 +402,7 @@ mod conversations {
         )];
         let gone = converse(script, |c| async move { delete(&api(c), "settings").await }).await;
         assert!(!gone.unwrap(), "already gone");
-        let forbidden = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
-                               "reason": "Forbidden", "code": 403, "message": "no"});
+        let forbidden = failure(403, "Forbidden");
         let script = vec![exchange(
             Method::DELETE,
             PATH,

@@ -70,7 +70,7 @@ pub(super) async fn converge(
         rollout.as_ref(),
         now,
     );
-    let ready = publish(ctx, fed, &status, events, started).await?;
+    let ready = publish(ctx, fed, &status, events, started, now).await?;
     record_stats(ctx, fed, &runs, ready, started);
     Ok(Action::requeue(next_check(
         ctx,
@@ -404,12 +404,11 @@ async fn publish(
     status: &MeshFederationStatus,
     mut events: Vec<Event>,
     started: Instant,
+    now: Timestamp,
 ) -> Result<bool, Error> {
     let name = fed.name_any();
     let previous = fed.status.as_ref();
-    ctx.shared
-        .metrics
-        .members(&name, previous, status, Timestamp::now());
+    ctx.shared.metrics.members(&name, previous, status, now);
     let ready = status
         .conditions
         .iter()
