@@ -472,6 +472,7 @@ fn essence(obj: &Value) -> Value {
         "Service" => obj["spec"].clone(),
         "CustomResourceDefinition" => obj["spec"].clone(),
         "ServiceAccount" => json!({}),
+        "ValidatingAdmissionPolicy" | "ValidatingAdmissionPolicyBinding" => obj["spec"].clone(),
         other => panic!("unexpected kind {other}"),
     }
 }
@@ -516,9 +517,12 @@ fn kustomize_default_renders_what_helm_template_renders() {
     for k in [
         "ClusterRole//meshfed-member",
         "Role/istio-system/meshfed-member",
+        "ValidatingAdmissionPolicy//meshfed-token-secrets",
+        "ValidatingAdmissionPolicyBinding//meshfed-token-secrets",
     ] {
         assert_eq!(
-            member[k]["rules"], helmed[k]["rules"],
+            essence(&member[k]),
+            essence(&helmed[k]),
             "{k}: config/member-rbac and the chart disagree"
         );
     }
@@ -1282,6 +1286,98 @@ async fn member_identity_is_least_privilege(admin: &Client, kubeconfig: &str) ->
             .await
             .with_context(|| format!("a token for {own}"))?;
     }
+    // The other path to a token: a service-account-token Secret, which the
+    // controller manager fills with a token that never expires. The Role
+    // grants Secret create in istio-system; the shipped admission policy
+    // refuses it for any account the identity cannot request tokens for,
+    // and for meshfed's own accounts (whose tokens must expire).
+    let token_secret = |name: &str, account: &str| -> Result<Secret> {
+        Ok(serde_json::from_value(json!({
+            "metadata": {
+                "name": name,
+                "annotations": {"kubernetes.io/service-account.name": account},
+            },
+            "type": "kubernetes.io/service-account-token",
+        }))?)
+    };
+    let member_secrets = Api::<Secret>::namespaced(member.clone(), ISTIO_NAMESPACE);
+    for account in ["istiod", "default", "meshfed-reader-prod", "meshfed-member"] {
+        let made = member_secrets
+            .create(
+                &PostParams::default(),
+                &token_secret(&format!("meshfed-e2e-{account}-token"), account)?,
+            )
+            .await;
+        ensure!(
+            is_forbidden(made),
+            "member identity may create a token Secret for {account}"
+        );
+    }
+    // Nor may it turn an ordinary Secret it made into one: the type cannot
+    // change, and a Secret of that type cannot be created at all.
+    let mut ordinary = token_secret("meshfed-e2e-ordinary", "istiod")?;
+    ordinary.type_ = Some("Opaque".into());
+    member_secrets
+        .create(&PostParams::default(), &ordinary)
+        .await
+        .context("an ordinary Secret in istio-system")?;
+    let retyped = member_secrets
+        .patch(
+            "meshfed-e2e-ordinary",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"type": "kubernetes.io/service-account-token"})),
+        )
+        .await;
+    ensure!(
+        matches!(retyped, Err(kube::Error::Api(ref e)) if e.code == 403 || e.code == 422),
+        "an Opaque Secret became a token Secret: {retyped:?}"
+    );
+    member_secrets
+        .delete("meshfed-e2e-ordinary", &DeleteParams::default())
+        .await?;
+    // Impersonation: refused before anything else is looked at.
+    let mut as_istiod = kube::Config::from_custom_kubeconfig(
+        kube::config::Kubeconfig::from_yaml(kubeconfig)?,
+        &Default::default(),
+    )
+    .await?;
+    as_istiod.auth_info.impersonate =
+        Some(format!("system:serviceaccount:{ISTIO_NAMESPACE}:istiod"));
+    let impersonating =
+        Api::<ServiceAccount>::namespaced(Client::try_from(as_istiod)?, ISTIO_NAMESPACE);
+    ensure!(
+        is_forbidden(
+            impersonating
+                .create_token_request("istiod", &PostParams::default(), &request)
+                .await
+        ),
+        "member identity may impersonate istiod"
+    );
+    // What `istioctl create-remote-secret` does as an admin still works:
+    // the controller manager fills the token in.
+    let admin_secrets = Api::<Secret>::namespaced(admin.clone(), ISTIO_NAMESPACE);
+    admin_secrets
+        .create(
+            &PostParams::default(),
+            &token_secret("meshfed-e2e-admin-token", "istiod")?,
+        )
+        .await
+        .context("an admin's token Secret for istiod")?;
+    poll(
+        Duration::from_secs(20),
+        "the admin's token Secret filled in",
+        || async {
+            Ok(admin_secrets
+                .get("meshfed-e2e-admin-token")
+                .await?
+                .data
+                .is_some_and(|d| d.contains_key("token")))
+        },
+    )
+    .await?;
+    admin_secrets
+        .delete("meshfed-e2e-admin-token", &DeleteParams::default())
+        .await?;
     Ok(())
 }
 

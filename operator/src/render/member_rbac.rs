@@ -37,6 +37,7 @@ fn shipped_member_rbac() -> Vec<Value> {
     let files = [
         include_str!("../../../config/rbac/member/cluster_role.yaml"),
         include_str!("../../../config/rbac/member/istio_system_role.yaml"),
+        include_str!("../../../config/rbac/member/token_secret_policy.yaml"),
         include_str!("../../../config/member-rbac/service_account.yaml"),
         include_str!("../../../config/member-rbac/role_binding.yaml"),
     ];
