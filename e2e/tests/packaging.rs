@@ -175,10 +175,20 @@ fn documents(yaml: &str) -> Vec<Value> {
 
 /// kind/namespace/name, e.g. `Role/istio-system/meshfed-member`.
 fn key(obj: &Value) -> String {
+    let kind = obj["kind"].as_str().unwrap();
+    // kustomize's namespace transformer does not know these kinds are
+    // cluster-scoped and gives them the operator's namespace, which the API
+    // server ignores.
+    let cluster_scoped = matches!(
+        kind,
+        "ValidatingAdmissionPolicy" | "ValidatingAdmissionPolicyBinding"
+    );
+    let namespace = match cluster_scoped {
+        true => "",
+        false => obj["metadata"]["namespace"].as_str().unwrap_or(""),
+    };
     format!(
-        "{}/{}/{}",
-        obj["kind"].as_str().unwrap(),
-        obj["metadata"]["namespace"].as_str().unwrap_or(""),
+        "{kind}/{namespace}/{}",
         obj["metadata"]["name"].as_str().unwrap()
     )
 }

@@ -309,5 +309,140 @@ async fn no_credential_meshfed_created_or_keeps_leads_to_a_write() -> Result<()>
         !read.iter().any(|n| n.contains("meshfed-system/")),
         "the operator's namespace was read: it is not in a member"
     );
+
+    // --- a member leaves: what it holds of its peers stops working.
+    let (stay, leaving) = (&members[..2], members[2]);
+    let copied = copy_reader_tokens(leaving, stay).await?;
+    for (peer, stolen) in &copied {
+        ensure!(
+            reads(&stolen.token, peer).await?,
+            "{}'s copy of {}'s reader token reads before it leaves (else the test cannot fail)",
+            leaving.name(),
+            peer.name()
+        );
+    }
+    let mut smaller = fed.clone();
+    smaller.spec.members.retain(|m| m.name != leaving.name());
+    apply_federation(&host, &smaller).await?;
+    let left = std::time::Instant::now();
+    // meshfed's part: the Secret each copied token is bound to is deleted.
+    poll(
+        Duration::from_secs(5),
+        "every binding of a token the departed member held deleted",
+        || async {
+            for (peer, stolen) in &copied {
+                let bindings = Api::<Secret>::namespaced(peer.client(), "istio-system");
+                if bindings.get_opt(&stolen.binding).await?.is_some() {
+                    return Ok(false);
+                }
+            }
+            Ok(true)
+        },
+    )
+    .await?;
+    let revoked = left.elapsed();
+    // The API server's part: it keeps a token it accepted in its
+    // authentication cache for up to 10 s (kube-apiserver's token success
+    // cache), and the check above used each one just before.
+    poll(
+        Duration::from_secs(20),
+        "every reader token the departed member held rejected",
+        || async {
+            for (peer, stolen) in &copied {
+                if !rejected(&stolen.token, peer).await? {
+                    return Ok(false);
+                }
+            }
+            Ok(true)
+        },
+    )
+    .await?;
+    eprintln!(
+        "FIGURE departed member's reader tokens: bindings deleted {revoked:?}, rejected (401) by every remaining member {:?} after it left",
+        left.elapsed()
+    );
+    wait_for_federation(
+        &host,
+        "prod",
+        WAIT,
+        "Ready without the member that left",
+        |f| {
+            has_condition(f, "Ready", "True")
+                && f.status.as_ref().is_some_and(|s| s.members.len() == 2)
+        },
+    )
+    .await?;
+    // The ones that stay read each other with the tokens they hold now.
+    for (i, m) in stay.iter().enumerate() {
+        let other = stay[1 - i];
+        let held = Api::<Secret>::namespaced(m.client(), "istio-system")
+            .get(&format!("istio-remote-secret-{}", other.name()))
+            .await?;
+        let token = tokens_in(&held, m.server_url())
+            .pop()
+            .context("a remote secret without a token")?;
+        ensure!(
+            reads(&token, other).await?,
+            "{} cannot read {} with the token it holds now",
+            m.name(),
+            other.name()
+        );
+    }
     Ok(())
+}
+
+/// A reader token copied out of a remote secret, and the Secret in the
+/// peer it is bound to.
+struct Copied {
+    token: Stolen,
+    binding: String,
+}
+
+/// The reader tokens of `peers` that `member`'s remote secrets hold, as an
+/// attacker who owns `member` would copy them.
+async fn copy_reader_tokens<'a>(
+    member: &e2e::Cluster,
+    peers: &[&'a e2e::Cluster],
+) -> Result<Vec<(&'a e2e::Cluster, Copied)>> {
+    let istio = Api::<Secret>::namespaced(member.client(), "istio-system");
+    let mut copied = Vec::new();
+    for peer in peers {
+        let secret = istio
+            .get(&format!("istio-remote-secret-{}", peer.name()))
+            .await?;
+        let token = tokens_in(&secret, member.server_url())
+            .pop()
+            .with_context(|| format!("no token for {} in {}", peer.name(), member.name()))?;
+        let binding = secret
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(meshfed::render::keys::TOKEN_BINDING))
+            .context("a remote secret without its token's binding")?
+            .clone();
+        copied.push((*peer, Copied { token, binding }));
+    }
+    Ok(copied)
+}
+
+/// Whether `stolen` lists Secrets in `cluster`.
+async fn reads(stolen: &Stolen, cluster: &e2e::Cluster) -> Result<bool> {
+    let client = stolen
+        .client(cluster.server_url(), cluster.ca_pem())
+        .await?;
+    Ok(Api::<Secret>::all(client)
+        .list(&ListParams::default().limit(1))
+        .await
+        .is_ok())
+}
+
+/// Whether `cluster` rejects `stolen` as a credential (401: revoked).
+async fn rejected(stolen: &Stolen, cluster: &e2e::Cluster) -> Result<bool> {
+    let client = stolen
+        .client(cluster.server_url(), cluster.ca_pem())
+        .await?;
+    let answer = Api::<Secret>::all(client)
+        .list(&ListParams::default().limit(1))
+        .await;
+    Ok(matches!(answer, Err(kube::Error::Api(e)) if e.code == 401))
 }

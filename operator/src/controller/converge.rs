@@ -56,7 +56,8 @@ pub(super) async fn converge(
     events.extend(rollout.iter().flat_map(|r| r.events.iter().cloned()));
     events.extend(ca.iter().flat_map(|ca| ca.events.iter().cloned()));
     let held = record_held_clusters(ctx, fed, &membership, &runs).await?;
-    start_workers(ctx, fed, &ca, &held, &failover, rollout.as_ref());
+    let departure = membership.departure.generation;
+    start_workers(ctx, fed, &ca, &held, departure, &failover, rollout.as_ref());
 
     let mut reports = member_reports(fed, &runs, &ca, &failover, rollout.as_ref());
     reports.extend(leave(ctx, fed, &runs, &mut membership, &mut events).await?);
@@ -198,7 +199,7 @@ async fn record_held_clusters(
     let before = membership::load_clusters(client, namespace, &fed.name_any()).await?;
     let held = membership::held_clusters(
         &before,
-        membership,
+        &membership.members,
         runs.iter().filter_map(|(member, run)| {
             let r = &run.report;
             let held = r.claim_problem.is_none() && r.unreachable.is_none();
@@ -221,6 +222,7 @@ fn start_workers(
     fed: &Arc<MeshFederation>,
     ca: &Result<Ca, String>,
     held: &membership::HeldClusters,
+    departure: Option<i64>,
     failover: &Failover,
     rollout: Option<&rollout::Rollout>,
 ) {
@@ -239,6 +241,7 @@ fn start_workers(
             plan: rollout
                 .and_then(|r| r.plans.get(&member.name).cloned())
                 .unwrap_or_else(rollout::ControlPlanePlan::observe_only),
+            departure,
         };
         ctx.workers.ensure(&ctx.shared, input, resync);
     }
@@ -521,12 +524,14 @@ pub(super) async fn known_members(
         &fed.name_any(),
     )
     .await?;
-    Ok(recorded.unwrap_or_else(|| {
-        fed.status
+    Ok(recorded.unwrap_or_else(|| membership::Membership {
+        members: fed
+            .status
             .iter()
             .flat_map(|s| s.members.iter())
             .filter_map(|m| Some((m.name.clone(), m.credentials.clone()?)))
-            .collect()
+            .collect(),
+        ..Default::default()
     }))
 }
 
@@ -573,7 +578,7 @@ async fn leave_departed(
         match result {
             Ok(removal) => {
                 events.push(removal.event(name, &fed.name_any()));
-                membership.remove(name);
+                membership.members.remove(name);
             }
             Err(e) => {
                 let known = fed

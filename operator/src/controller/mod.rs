@@ -218,7 +218,10 @@ async fn clean_up(fed: &MeshFederation, ctx: &Context) -> Result<Action, Error> 
     ctx.workers.retain(&name, &BTreeSet::new());
     ctx.shared.watches.retain(&name, &BTreeSet::new());
     let recorded = converge::known_members(fed, ctx).await?;
-    let members: Vec<_> = membership::with_spec(&recorded, fed).into_iter().collect();
+    let members: Vec<_> = membership::with_spec(&recorded, fed)
+        .members
+        .into_iter()
+        .collect();
     let federation = &name;
     let nothing_taken = BTreeMap::new();
     let results = join_all(members.iter().map(|(member, credentials)| {

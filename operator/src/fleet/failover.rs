@@ -10,7 +10,7 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::{Api, Client, ResourceExt};
 
-use super::report::MemberReport;
+use super::report::{Contact, MemberReport};
 use crate::api::{MemberHealth, MeshFederation, WithdrawalPolicy};
 
 pub const HEALTHY: &str = "Healthy";
@@ -18,7 +18,8 @@ pub const API_SERVER_UNREACHABLE: &str = "ApiServerUnreachable";
 pub const GATEWAY_NOT_READY: &str = "GatewayNotReady";
 pub const ISTIOD_UNAVAILABLE: &str = "IstiodUnavailable";
 pub const ACCESS_FAILED: &str = "AccessFailed";
-/// A withdrawn member not checked since the operator started.
+/// A withdrawn member not checked since the operator started, or a member
+/// the operator holds no usable credentials for (nothing was sent to it).
 pub const UNKNOWN: &str = "Unknown";
 
 /// A member's health as its worker last saw it.
@@ -55,12 +56,14 @@ pub fn member_health(report: &MemberReport) -> Option<HealthFinding> {
             message: message.to_string(),
         })
     };
-    match &report.unreachable {
-        Some(why) if report.no_answer => return health(API_SERVER_UNREACHABLE, why),
-        // Its API server answered with errors, or the operator's credentials
-        // for it are unusable: the operator's problem, not the member's.
-        Some(why) => return health(ACCESS_FAILED, why),
-        None => {}
+    match (&report.unreachable, report.contact) {
+        (Some(why), Contact::NoAnswer) => return health(API_SERVER_UNREACHABLE, why),
+        // Its API server answered with errors: the operator's access is the
+        // problem, not the member.
+        (Some(why), Contact::Answered) => return health(ACCESS_FAILED, why),
+        // Nothing was sent: whether it is up is not known.
+        (Some(why), Contact::NotTried) => return health(UNKNOWN, why),
+        (None, _) => {}
     }
     if !report.status.reachable {
         return None;
@@ -197,9 +200,14 @@ impl Tracker {
             .collect();
         due.sort();
         let judged = health.values().filter(|h| h.is_some()).count();
+        // A member the operator holds no usable credentials for was not
+        // reached: it is no evidence that the operator sees the fleet.
         let healthy = health
             .iter()
-            .filter(|(m, h)| h.is_some() && !self.failing_since.contains_key(*m))
+            .filter(|(m, h)| {
+                h.as_ref().is_some_and(|h| h.reason != UNKNOWN)
+                    && !self.failing_since.contains_key(*m)
+            })
             .filter(|(m, _)| !self.withdrawn.contains_key(*m))
             .count();
         let mut held = None;
@@ -382,10 +390,42 @@ mod tests {
         assert_eq!(access.reason, ACCESS_FAILED, "the server answered");
         assert!(!access.withdrawable());
         r.unreachable = Some("connection refused".into());
-        r.no_answer = true;
+        r.contact = Contact::NoAnswer;
         assert_eq!(member_health(&r).unwrap().reason, API_SERVER_UNREACHABLE);
+        r.unreachable = Some("the token in credentials Secret x expired".into());
+        r.contact = Contact::NotTried;
+        let unknown = member_health(&r).unwrap();
+        assert_eq!(unknown.reason, UNKNOWN, "nothing was sent: not known");
+        assert!(!unknown.withdrawable());
         r.claim_problem = Some("cluster is b's".into());
         assert_eq!(member_health(&r), None, "a refused member is nobody's peer");
+    }
+
+    #[test]
+    fn a_member_with_unusable_credentials_does_not_count_towards_the_quorum() {
+        let mut tr = Tracker::default();
+        let t0 = Timestamp::from_second(1_000).unwrap();
+        let later = Timestamp::from_second(1_100).unwrap();
+        let states = |third| {
+            fleet(&[
+                ("a", h(HEALTHY)),
+                ("b", h(third)),
+                ("c", h(API_SERVER_UNREACHABLE)),
+            ])
+        };
+        tr.decide(&states(UNKNOWN), Some(&policy()), t0);
+        let d = tr.decide(&states(UNKNOWN), Some(&policy()), later);
+        assert!(d.withdrawn.is_empty(), "only a is known healthy: {d:?}");
+        assert!(d.held.unwrap().contains("only 1 of 3"));
+        let d = tr.decide(&states(ACCESS_FAILED), Some(&policy()), later);
+        assert_eq!(
+            d.withdrawn
+                .iter()
+                .map(|(m, _)| m.as_str())
+                .collect::<Vec<_>>(),
+            ["c"],
+            "b's API server answered (with an error): it counts"
+        );
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! with the credentials to reach each. Kept in a ConfigMap in the operator's
 //! namespace, not in status: a lost or rewritten status must not orphan a
 //! departed member's objects.
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::{Api, Client, ResourceExt};
@@ -11,7 +11,34 @@ use super::record;
 use crate::api::{MemberCredentials, MeshFederation};
 
 /// Members by name, and how to reach them.
-pub type Membership = BTreeMap<String, MemberCredentials>;
+pub type Members = BTreeMap<String, MemberCredentials>;
+
+/// The members on record, and the latest departure.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Membership {
+    /// Every member in the spec, and every one that left and is not cleaned
+    /// up yet.
+    pub members: Members,
+    pub departure: Departure,
+}
+
+/// The latest departure, for the reader tokens a departed member may hold:
+/// each member minted one token for all its peers, so the one that left
+/// holds a copy of every peer's.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Departure {
+    /// The generation of the first spec without the member that left last.
+    /// Every reader token minted from an older spec may be in its hands:
+    /// each member replaces its token and revokes the older ones at once.
+    pub generation: Option<i64>,
+    /// The departed members this was noted for (until cleaned up), so that
+    /// one departure moves the generation once.
+    noted: BTreeSet<String>,
+}
+
+// Record keys that cannot be member names (those are DNS labels: no dots).
+const DEPARTURE_GENERATION: &str = "departure.generation";
+const DEPARTURE_NOTED: &str = "departure.noted";
 
 /// `meshfed-members-<federation>` in the operator's namespace.
 pub fn record_name(federation: &str) -> String {
@@ -20,13 +47,29 @@ pub fn record_name(federation: &str) -> String {
 
 /// The membership to record before a reconcile touches any member: every
 /// member in the spec (with its current credentials), and every recorded
-/// member that left and is not cleaned up yet.
+/// member that left and is not cleaned up yet. A member that left since
+/// the last record moves the departure to this generation.
 pub fn with_spec(recorded: &Membership, fed: &MeshFederation) -> Membership {
-    let mut next = recorded.clone();
+    let mut members = recorded.members.clone();
     for m in &fed.spec.members {
-        next.insert(m.name.clone(), m.credentials.clone());
+        members.insert(m.name.clone(), m.credentials.clone());
     }
-    next
+    let gone: BTreeSet<String> = members
+        .keys()
+        .filter(|name| fed.spec.member(name).is_none())
+        .cloned()
+        .collect();
+    let new = gone.difference(&recorded.departure.noted).next().is_some();
+    Membership {
+        members,
+        departure: Departure {
+            generation: match new {
+                true => fed.metadata.generation.or(recorded.departure.generation),
+                false => recorded.departure.generation,
+            },
+            noted: gone,
+        },
+    }
 }
 
 /// Recorded members that are not in the spec any more.
@@ -35,13 +78,23 @@ pub fn departed<'a>(
     fed: &'a MeshFederation,
 ) -> impl Iterator<Item = (&'a String, &'a MemberCredentials)> {
     recorded
+        .members
         .iter()
         .filter(|(name, _)| fed.spec.member(name).is_none())
 }
 
-/// The membership as record data: credentials as JSON, by member.
+/// The membership as record data: credentials as JSON, by member, and the
+/// departure under keys no member can have.
 fn record_data(membership: &Membership) -> BTreeMap<String, String> {
+    let departure = &membership.departure;
+    let noted = departure
+        .noted
+        .iter()
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(",");
     membership
+        .members
         .iter()
         .map(|(name, creds)| {
             (
@@ -49,11 +102,40 @@ fn record_data(membership: &Membership) -> BTreeMap<String, String> {
                 serde_json::to_string(creds).unwrap_or_default(),
             )
         })
+        .chain(
+            departure
+                .generation
+                .map(|g| (DEPARTURE_GENERATION.to_string(), g.to_string())),
+        )
+        .chain((!noted.is_empty()).then(|| (DEPARTURE_NOTED.to_string(), noted)))
         .collect()
 }
 
-/// The record as stored; `None` when there is none yet. Entries that cannot
-/// be read are skipped (and dropped at the next write).
+fn from_record_data(data: BTreeMap<String, String>) -> Membership {
+    let mut membership = Membership::default();
+    for (key, value) in data {
+        match key.as_str() {
+            DEPARTURE_GENERATION => membership.departure.generation = value.parse().ok(),
+            DEPARTURE_NOTED => {
+                membership.departure.noted = value
+                    .split(',')
+                    .filter(|n| !n.is_empty())
+                    .map(String::from)
+                    .collect()
+            }
+            // Entries that cannot be read are skipped (and dropped at the
+            // next write).
+            _ => {
+                if let Ok(creds) = serde_json::from_str(&value) {
+                    membership.members.insert(key, creds);
+                }
+            }
+        }
+    }
+    membership
+}
+
+/// The record as stored; `None` when there is none yet.
 pub async fn load(
     client: &Client,
     namespace: &str,
@@ -62,13 +144,7 @@ pub async fn load(
     let record = Api::<ConfigMap>::namespaced(client.clone(), namespace)
         .get_opt(&record_name(federation))
         .await?;
-    Ok(record.map(|r| {
-        r.data
-            .unwrap_or_default()
-            .into_iter()
-            .filter_map(|(name, creds)| Some((name, serde_json::from_str(&creds).ok()?)))
-            .collect()
-    }))
+    Ok(record.map(|r| from_record_data(r.data.unwrap_or_default())))
 }
 
 /// Writes `membership` unless it is what was `recorded`.
@@ -111,7 +187,7 @@ pub async fn load_clusters(
 /// member whose claim was just held).
 pub fn held_clusters<'a>(
     recorded: &HeldClusters,
-    membership: &Membership,
+    membership: &Members,
     held_now: impl IntoIterator<Item = (&'a str, &'a str)>,
 ) -> HeldClusters {
     let mut next: HeldClusters = recorded
@@ -154,7 +230,7 @@ mod tests {
     fn the_clusters_held_follow_the_claims_and_the_membership() {
         let creds: MemberCredentials =
             serde_json::from_value(serde_json::json!({"local": {}})).unwrap();
-        let membership = Membership::from([
+        let membership = Members::from([
             ("a".to_string(), creds.clone()),
             ("b".to_string(), creds.clone()),
         ]);
@@ -214,21 +290,65 @@ mod tests {
 
     #[test]
     fn members_stay_recorded_until_cleaned_up() {
-        let recorded =
-            Membership::from([("a".into(), creds("a-old")), ("gone".into(), creds("g"))]);
+        let recorded = Membership {
+            members: Members::from([("a".into(), creds("a-old")), ("gone".into(), creds("g"))]),
+            ..Membership::default()
+        };
         let f = fed(&[("a", "a-new"), ("b", "b")]);
         let next = with_spec(&recorded, &f);
-        assert_eq!(next["a"], creds("a-new"), "current credentials win");
-        assert_eq!(next["b"], creds("b"));
-        assert_eq!(next["gone"], creds("g"), "kept until its cleanup succeeds");
+        assert_eq!(next.members["a"], creds("a-new"), "current credentials win");
+        assert_eq!(next.members["b"], creds("b"));
+        assert_eq!(
+            next.members["gone"],
+            creds("g"),
+            "kept until its cleanup succeeds"
+        );
         let gone: Vec<_> = departed(&next, &f).map(|(n, _)| n.as_str()).collect();
         assert_eq!(gone, ["gone"]);
     }
 
     #[test]
+    fn a_departure_moves_the_token_generation_once() {
+        let mut f = fed(&[("a", "a"), ("b", "b"), ("c", "c")]);
+        f.metadata.generation = Some(3);
+        let first = with_spec(&Membership::default(), &f);
+        assert_eq!(first.departure.generation, None, "nobody left");
+
+        f.spec.members.retain(|m| m.name != "c");
+        f.metadata.generation = Some(4);
+        let left = with_spec(&first, &f);
+        assert_eq!(left.departure.generation, Some(4), "c left at generation 4");
+
+        f.metadata.generation = Some(5);
+        let later = with_spec(&left, &f);
+        assert_eq!(
+            later.departure.generation,
+            Some(4),
+            "still being cleaned up: the same departure, not a new one"
+        );
+        let mut cleaned = later.clone();
+        cleaned.members.remove("c");
+        f.metadata.generation = Some(6);
+        let after = with_spec(&cleaned, &f);
+        assert_eq!(after.departure.generation, Some(4), "kept after cleanup");
+        assert!(after.departure.noted.is_empty());
+
+        f.spec.members.retain(|m| m.name != "b");
+        f.metadata.generation = Some(7);
+        assert_eq!(
+            with_spec(&after, &f).departure.generation,
+            Some(7),
+            "b left"
+        );
+    }
+
+    #[test]
     fn the_record_round_trips_and_is_owned_by_the_federation() {
-        let f = fed(&[("a", "a")]);
-        let membership = with_spec(&Membership::new(), &f);
+        let mut f = fed(&[("a", "a"), ("b", "b")]);
+        let both = with_spec(&Membership::default(), &f);
+        f.spec.members.retain(|m| m.name != "b");
+        f.metadata.generation = Some(9);
+        let membership = with_spec(&both, &f);
         let record = record::render_record(&f, &record_name("prod"), record_data(&membership));
         assert_eq!(
             record.metadata.name.as_deref(),
@@ -239,12 +359,8 @@ mod tests {
             (owner.kind.as_str(), owner.uid.as_str()),
             ("MeshFederation", "uid")
         );
-        let back: Membership = record
-            .data
-            .unwrap()
-            .into_iter()
-            .map(|(n, c)| (n, serde_json::from_str(&c).unwrap()))
-            .collect();
+        let back = from_record_data(record.data.unwrap());
         assert_eq!(back, membership);
+        assert_eq!(back.departure.generation, Some(9));
     }
 }

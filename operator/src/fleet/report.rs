@@ -5,6 +5,20 @@ use jiff::Timestamp;
 use crate::api::MemberStatus;
 use crate::telemetry::RequestCount;
 
+/// How far a run got towards a member's API server.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Contact {
+    /// It answered (with an error, when the member is unreachable).
+    #[default]
+    Answered,
+    /// It did not answer: refused, reset, timed out, or a proxy in front of
+    /// it answered for it (a 5xx page that is not a Kubernetes `Status`).
+    NoAnswer,
+    /// Nothing was sent: the operator holds no usable credentials for it
+    /// (Secret missing or unreadable, token expired). Its health is unknown.
+    NotTried,
+}
+
 /// What one reconcile learnt about one member.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct MemberReport {
@@ -12,10 +26,9 @@ pub struct MemberReport {
     pub status: MemberStatus,
     /// Why the member could not be reached, if it could not.
     pub unreachable: Option<String>,
-    /// The member's API server itself did not answer (refused, reset, timed
-    /// out), as opposed to answering with an error or the operator lacking
-    /// usable credentials: only this makes it a failover case.
-    pub no_answer: bool,
+    /// How far the run got towards the member's API server when it was not
+    /// reached: only [`Contact::NoAnswer`] makes it a failover case.
+    pub contact: Contact,
     /// Why its cluster is not its own (another member or federation holds it).
     pub claim_problem: Option<String>,
     /// Why its `cacerts` is not in place.

@@ -91,13 +91,69 @@ pub struct PreparedMember {
     pub events: Vec<Event>,
 }
 
+/// kube's reason for an error response whose body is not a Kubernetes
+/// `Status`: something other than the API server wrote it.
+const NOT_A_STATUS: &str = "Failed to parse error data";
+
+/// Whether the member's API server itself answered (with an error): a
+/// Kubernetes `Status` came back. A 5xx page from a proxy or load balancer
+/// in front of it (HTML, plain text) is no answer from the API server: it
+/// is down behind the proxy.
+pub fn api_server_answered(e: &kube::Error) -> bool {
+    match e {
+        kube::Error::Api(s) => !(s.code >= 500 && s.reason == NOT_A_STATUS),
+        _ => false,
+    }
+}
+
 /// Short, stable text for an API error (no bodies, no secret material).
 pub fn error_text(e: &kube::Error) -> String {
     match e {
+        kube::Error::Api(s) if !api_server_answered(e) => format!(
+            "HTTP {} from a proxy in front of the API server, not the API server itself",
+            s.code
+        ),
         kube::Error::Api(s) => format!("API error {}: {}", s.code, s.message),
         other => {
             let text = other.to_string();
             text.split(": ").last().unwrap_or(&text).to_string()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_kubernetes_status_is_an_answer_from_the_api_server() {
+        let status = |code, reason: &str| {
+            kube::Error::Api(
+                kube::core::Status::failure("<html><body>502 Bad Gateway</body></html>", reason)
+                    .with_code(code)
+                    .boxed(),
+            )
+        };
+        let forbidden = status(403, "Forbidden");
+        assert!(api_server_answered(&forbidden));
+        assert_eq!(
+            error_text(&forbidden).split(':').next(),
+            Some("API error 403")
+        );
+        assert!(
+            api_server_answered(&status(503, "ServiceUnavailable")),
+            "the API server's own 503"
+        );
+        assert!(
+            api_server_answered(&status(404, NOT_A_STATUS)),
+            "a plain-text 404 comes from the API server for an unknown path"
+        );
+        let proxy = status(502, NOT_A_STATUS);
+        assert!(!api_server_answered(&proxy), "a load balancer's error page");
+        assert!(
+            !error_text(&proxy).contains("html"),
+            "no body in the text: {}",
+            error_text(&proxy)
+        );
     }
 }

@@ -9,13 +9,13 @@ use kube::api::ListParams;
 use kube::{Api, ResourceExt};
 
 use super::identity::{self, Claim, claim_cluster};
-use super::{MemberContext, PreparedMember, cacerts, error_text};
+use super::{MemberContext, PreparedMember, api_server_answered, cacerts, error_text};
 use crate::api::{Member, MeshFederation};
 use crate::apply::{Ownership, ensure};
 use crate::connection::MemberConnection;
 use crate::events::{Event, Reason};
 use crate::fleet::ca::CaMaterial;
-use crate::fleet::report::MemberReport;
+use crate::fleet::report::{Contact, MemberReport};
 use crate::pki::IntermediatePolicy;
 use crate::render::{ISTIO_NAMESPACE, keys, render_istio_namespace};
 use crate::telemetry::RequestCount;
@@ -46,6 +46,7 @@ pub async fn prepare_member(ctx: &MemberContext, step: Step<'_>) -> PreparedMemb
         Ok(c) => c,
         Err(e) => {
             prepared.report.unreachable = Some(e.to_string());
+            prepared.report.contact = Contact::NotTried;
             return prepared;
         }
     };
@@ -61,6 +62,7 @@ pub async fn prepare_member(ctx: &MemberContext, step: Step<'_>) -> PreparedMemb
             member.name,
             fed.name_any()
         ));
+        prepared.report.contact = Contact::NotTried;
         return prepared;
     }
     prepared.request_baseline = conn.requests.snapshot();
@@ -89,11 +91,13 @@ pub async fn prepare_member(ctx: &MemberContext, step: Step<'_>) -> PreparedMemb
             prepared.connection = Some(conn);
         }
         Ok(Err(e)) => {
-            prepared.report.no_answer = !matches!(e, kube::Error::Api(_));
+            if !api_server_answered(&e) {
+                prepared.report.contact = Contact::NoAnswer;
+            }
             prepared.report.unreachable = Some(error_text(&e));
         }
         Err(_) => {
-            prepared.report.no_answer = true;
+            prepared.report.contact = Contact::NoAnswer;
             prepared.report.unreachable = Some(format!(
                 "no answer within {:?}",
                 ctx.settings.member_timeout

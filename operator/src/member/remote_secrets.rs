@@ -18,8 +18,9 @@ use crate::api::MeshFederation;
 use crate::apply::{create, delete, write};
 use crate::render::{
     HeldToken, ISTIO_NAMESPACE, IssuedToken, PeerEndpoint, RemoteSecretState, TokenSubject,
-    WrittenToken, is_ours, keys, remote_secret_held, remote_secret_name, remote_secret_peer,
-    remote_secret_state, render_remote_secret, render_token_binding, token_refresh_at,
+    WrittenToken, is_ours, keys, minted_before, recorded_departure, remote_secret_held,
+    remote_secret_name, remote_secret_peer, remote_secret_state, render_remote_secret,
+    render_token_binding, token_refresh_at,
 };
 
 /// The forced token refresh the federation asks for: the value of its
@@ -72,6 +73,9 @@ impl Default for PeerFacts {
 pub struct TokenPolicy<'a> {
     pub lifetime: Duration,
     pub refresh: Option<&'a str>,
+    /// The latest departure's generation: tokens minted before it are not
+    /// used again.
+    pub departure: Option<i64>,
 }
 
 impl PeerFacts {
@@ -83,6 +87,9 @@ impl PeerFacts {
             return None;
         }
         let (subject, token) = self.token.as_ref()?;
+        if minted_before(token.departure, policy.departure) {
+            return None;
+        }
         let reader = self.reader.as_ref().ok()?;
         let limit = jiff::SignedDuration::try_from(lifetime).unwrap_or(jiff::SignedDuration::MAX);
         let fits = token.expires_at.duration_since(token.issued_at)
@@ -158,7 +165,15 @@ pub fn plan_remote_secrets(
             (live, Ok((endpoint, reader))) => {
                 let state = live.map(|s| {
                     let fingerprint = endpoint.fingerprint(reader);
-                    remote_secret_state(s, peer, &fingerprint, policy.lifetime, policy.refresh, now)
+                    remote_secret_state(
+                        s,
+                        peer,
+                        &fingerprint,
+                        policy.lifetime,
+                        policy.refresh,
+                        policy.departure,
+                        now,
+                    )
                 });
                 match state {
                     Some(RemoteSecretState::Current {
@@ -328,11 +343,17 @@ pub async fn mint_token(
     client: &kube::Client,
     federation: &str,
     reader: &str,
-    lifetime: Duration,
+    policy: TokenPolicy<'_>,
 ) -> Result<IssuedToken, kube::Error> {
+    let (lifetime, departure) = (policy.lifetime, policy.departure);
     let secrets = Api::<Secret>::namespaced(client.clone(), ISTIO_NAMESPACE);
     let accounts = Api::<ServiceAccount>::namespaced(client.clone(), ISTIO_NAMESPACE);
-    let binding = render_token_binding(federation, reader, Timestamp::now() + signed(lifetime));
+    let binding = render_token_binding(
+        federation,
+        reader,
+        Timestamp::now() + signed(lifetime),
+        departure,
+    );
     let binding = create(&secrets, &binding).await?;
     let name = binding.name_any();
     let bound = BoundObjectReference {
@@ -347,6 +368,7 @@ pub async fn mint_token(
             issued_at: token.issued_at,
             expires_at: token.expires_at,
             binding: name,
+            departure,
         }),
         Err(e) => {
             // Nothing is bound to it: no reason to keep it (should this
@@ -413,18 +435,40 @@ pub struct Binding {
     pub name: String,
     /// When its token expires (as asked; the server may have made it sooner).
     pub expires_at: Option<Timestamp>,
+    /// The departure generation its token was minted after.
+    pub departure: Option<i64>,
 }
 
 impl Binding {
     pub fn of(secret: &Secret) -> Self {
         Binding {
             name: secret.name_any(),
+            departure: recorded_departure(secret),
             expires_at: secret
                 .annotations()
                 .get(keys::TOKEN_EXPIRES_AT)
                 .and_then(|t| t.parse().ok()),
         }
     }
+}
+
+/// The bindings whose tokens a member that left may hold (minted before the
+/// latest departure): revoked at once, holders or not, but for the
+/// `current` one, which is replaced first (peers are asked to take a new
+/// token as soon as the departure is known). A remaining peer whose istiod
+/// still uses one loses this member for the moment it takes to switch: the
+/// price of cutting the departed member off now rather than `revokeAfter`
+/// later.
+pub fn held_by_departed(
+    bindings: &[Binding],
+    current: Option<&str>,
+    departure: Option<i64>,
+) -> Vec<String> {
+    bindings
+        .iter()
+        .filter(|b| Some(b.name.as_str()) != current && minted_before(b.departure, departure))
+        .map(|b| b.name.clone())
+        .collect()
 }
 
 /// Which of this member's bindings to delete now (revoking their tokens),
@@ -518,6 +562,7 @@ mod tests {
             issued_at: expires_at - jiff::SignedDuration::from_hours(24),
             expires_at,
             binding: format!("binding-{expires}"),
+            departure: None,
         }
     }
 
@@ -578,6 +623,7 @@ mod tests {
         TokenPolicy {
             lifetime,
             refresh: None,
+            departure: None,
         }
     }
 
@@ -747,6 +793,7 @@ mod tests {
                     issued_at: issued,
                     expires_at: expires,
                     binding: "b".into(),
+                    departure: None,
                 },
             )),
             ..facts("b")
@@ -781,6 +828,7 @@ mod tests {
         let request = TokenPolicy {
             lifetime: DAY,
             refresh: Some("incident-42"),
+            departure: None,
         };
         let mut peers = fleet(&["a", "b"]);
         let a = member("a", vec![ours("b", "2026-01-01T20:00:00Z")]);
@@ -801,6 +849,35 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn after_a_departure_peers_take_only_a_token_minted_since() {
+        let departed = TokenPolicy {
+            departure: Some(4),
+            ..policy(DAY)
+        };
+        let mut peers = fleet(&["a", "b"]);
+        let a = member("a", vec![ours("b", "2026-01-01T20:00:00Z")]);
+        assert_eq!(
+            plan_remote_secrets("prod", &a, &peers, departed, now()).actions["b"],
+            PeerAction::NeedsToken { existing: true },
+            "the token a holds of b was minted before c left, and b's published one too"
+        );
+        let (_, minted) = peers.get_mut("b").unwrap().token.as_mut().unwrap();
+        minted.departure = Some(4);
+        let p = plan_remote_secrets("prod", &a, &peers, departed, now());
+        let PeerAction::Write(token) = &p.actions["b"] else {
+            panic!("{:?}", p.actions["b"]);
+        };
+        assert_eq!(token.departure, Some(4));
+        let written =
+            render_remote_secret("prod", "b", &endpoint("b"), &subject("b"), token, written());
+        let a = member("a", vec![written]);
+        assert!(matches!(
+            plan_remote_secrets("prod", &a, &peers, departed, now()).actions["b"],
+            PeerAction::Keep { .. }
+        ));
+    }
+
     fn held(binding: &str, written_at: &str) -> Option<Option<HeldToken>> {
         Some(Some(HeldToken {
             binding: binding.into(),
@@ -812,7 +889,31 @@ mod tests {
         Binding {
             name: name.into(),
             expires_at: Some(expires.parse().unwrap()),
+            departure: None,
         }
+    }
+
+    #[test]
+    fn every_token_a_departed_member_may_hold_is_revoked_but_the_current_one() {
+        let minted_after = |name: &str, departure| Binding {
+            departure,
+            ..binding(name, "2026-01-02T00:00:00Z")
+        };
+        let bindings = [
+            minted_after("before-anyone-left", None),
+            minted_after("before-c-left", Some(3)),
+            minted_after("after", Some(4)),
+        ];
+        assert!(held_by_departed(&bindings, Some("after"), None).is_empty());
+        assert_eq!(
+            held_by_departed(&bindings, Some("after"), Some(4)),
+            ["before-anyone-left", "before-c-left"]
+        );
+        assert_eq!(
+            held_by_departed(&bindings, Some("before-c-left"), Some(4)),
+            ["before-anyone-left"],
+            "the current token goes once it is replaced"
+        );
     }
 
     const GRACE: Duration = Duration::from_secs(600);

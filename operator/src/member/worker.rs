@@ -22,17 +22,17 @@ use tracing::Instrument;
 use super::control_plane::sync_member_control_plane;
 use super::prepare::{Step, prepare_member};
 use super::remote_secrets::{
-    self, Binding, PeerFacts, TokenPolicy, mint_token, refresh_request, revocable,
+    self, Binding, PeerFacts, TokenPolicy, held_by_departed, mint_token, refresh_request, revocable,
 };
-use super::{MemberContext, PreparedMember, error_text};
+use super::{MemberContext, PreparedMember, api_server_answered, error_text};
 use crate::api::{Member, MeshFederation};
 use crate::apply::delete;
 use crate::events::{Event, Reason};
 use crate::fleet::ca::CaMaterial;
-use crate::fleet::report::{MemberReport, MemberRun};
+use crate::fleet::report::{Contact, MemberReport, MemberRun};
 use crate::fleet::rollout::ControlPlanePlan;
 use crate::pki::IntermediatePolicy;
-use crate::render::{ISTIO_NAMESPACE, IssuedToken, TokenSubject, keys, reader_name};
+use crate::render::{ISTIO_NAMESPACE, IssuedToken, TokenSubject, keys, minted_before, reader_name};
 
 /// What a worker works from: the federation as last reconciled, its root,
 /// the member's entry, and the members withdrawn from their peers' view.
@@ -48,6 +48,8 @@ pub struct Input {
     pub withdrawn: Arc<BTreeSet<String>>,
     /// What the member's control plane should be (Managed).
     pub plan: ControlPlanePlan,
+    /// The latest departure's generation (`fleet::membership::Departure`).
+    pub departure: Option<i64>,
 }
 
 impl Input {
@@ -60,6 +62,7 @@ impl Input {
             || self.held_cluster != other.held_cluster
             || self.withdrawn != other.withdrawn
             || self.plan != other.plan
+            || self.departure != other.departure
             || refresh_request(&self.fed) != refresh_request(&other.fed)
     }
 }
@@ -195,7 +198,7 @@ impl Workers {
             return;
         };
         run.report.unreachable = Some(why);
-        run.report.no_answer = true;
+        run.report.contact = Contact::NoAnswer;
         run.report.status.reachable = false;
         drop(state);
         let _ = self
@@ -391,7 +394,11 @@ async fn probe_until_changed(host: &Host, input: &Input, answered: bool, every: 
         };
         let limit = every.min(ctx.settings.member_timeout);
         let answer = tokio::time::timeout(limit, conn.client.apiserver_version()).await;
-        let now_answered = matches!(&answer, Ok(Ok(_)) | Ok(Err(kube::Error::Api(_))));
+        let now_answered = match &answer {
+            Ok(Ok(_)) => true,
+            Ok(Err(e)) => api_server_answered(e),
+            Err(_) => false,
+        };
         if now_answered == answered {
             continue;
         }
@@ -414,7 +421,7 @@ async fn probe_until_changed(host: &Host, input: &Input, answered: bool, every: 
 /// What a run came to, for the worker's schedule.
 struct Outcome {
     ready: bool,
-    /// Whether the member's API server answered (see [`MemberReport::no_answer`]).
+    /// Whether the member's API server answered (see [`MemberReport::contact`]).
     answered: bool,
     deadline: Option<Timestamp>,
 }
@@ -433,6 +440,7 @@ async fn run(ctx: &MemberContext, workers: &Workers, input: &Input) -> Outcome {
     let tokens = TokenPolicy {
         lifetime: fed.spec.token_lifetime(),
         refresh: refresh_request(fed),
+        departure: input.departure,
     };
     let mut prepared = prepare(ctx, workers, input, &policy, now).await;
     publish_facts(ctx, workers, input, &mut prepared, tokens, now).await;
@@ -514,7 +522,12 @@ async fn publish_facts(
     let refresh_pending = tokens
         .refresh
         .is_some_and(|r| facts.refreshed_for.as_deref() != Some(r));
-    if (asked || refresh_pending) && facts.usable_token(tokens, now).is_none() {
+    // A member left since the token was minted: it may hold a copy.
+    let exposed = facts
+        .token
+        .as_ref()
+        .is_some_and(|(_, t)| minted_before(t.departure, tokens.departure));
+    if (asked || refresh_pending || exposed) && facts.usable_token(tokens, now).is_none() {
         let minted = mint_for_peers(ctx, input, prepared, &facts, tokens, refresh_pending).await;
         match minted {
             Some(token) => {
@@ -549,12 +562,7 @@ async fn mint_for_peers(
     let timeout = ctx.settings.member_timeout;
     let minted = tokio::time::timeout(
         timeout,
-        mint_token(
-            &conn.client,
-            &federation,
-            &reader.service_account,
-            tokens.lifetime,
-        ),
+        mint_token(&conn.client, &federation, &reader.service_account, tokens),
     )
     .await;
     let why = match minted {
@@ -622,7 +630,7 @@ async fn sync_peers(
     if workers.publish(&federation, member, facts) {
         workers.wake_peers(&federation, member);
     }
-    revoke_replaced_tokens(workers, fed, prepared, &conn.client).await;
+    revoke_tokens(workers, fed, input.departure, prepared, &conn.client).await;
     ctx.watches
         .ensure(&federation, member, &conn, fed.spec.control_plane.is_some());
 }
@@ -650,7 +658,7 @@ async fn finish(
         .map(|c| c.requests.snapshot().since(prepared.request_baseline));
     let outcome = Outcome {
         ready: prepared.report.is_ready(),
-        answered: !prepared.report.no_answer,
+        answered: prepared.report.contact != Contact::NoAnswer,
         deadline: next_deadline(&prepared.report, policy.renew_before),
     };
     ctx.metrics.member_run(
@@ -673,24 +681,29 @@ async fn finish(
     outcome
 }
 
-/// Deletes the Secrets that replaced tokens of this member's reader are
-/// bound to, once no member may still use them: the API server then
-/// rejects those tokens. What each member holds comes from what it
+/// Deletes the Secrets that tokens of this member's reader are bound to,
+/// revoking them: at once for a token a departed member may hold
+/// ([`held_by_departed`]); for a replaced one, once no member may still
+/// use it ([`revocable`]). What each member holds comes from what it
 /// published; one not heard from since the operator started may hold
-/// anything, so nothing but expired tokens is revoked until it is.
-async fn revoke_replaced_tokens(
+/// anything, so no replaced token but an expired one is revoked until it is.
+async fn revoke_tokens(
     workers: &Workers,
     fed: &MeshFederation,
+    departure: Option<i64>,
     prepared: &mut PreparedMember,
     client: &kube::Client,
 ) {
     let federation = fed.name_any();
     let member = prepared.name.clone();
     let facts = workers.facts(&federation);
-    let Some(current) = facts.get(&member).and_then(|f| f.token.as_ref()) else {
+    let current = facts
+        .get(&member)
+        .and_then(|f| f.token.as_ref())
+        .map(|(_, t)| t.binding.clone());
+    if current.is_none() && departure.is_none() {
         return;
-    };
-    let current = current.1.binding.clone();
+    }
     let holders: Vec<_> = fed
         .spec
         .members
@@ -720,20 +733,34 @@ async fn revoke_replaced_tokens(
         .filter(|s| crate::render::is_ours(&s.metadata, &federation))
         .map(Binding::of)
         .collect();
-    let revoke_after = fed.spec.revoke_after();
-    let (revoke, next) = revocable(
-        &bindings,
-        Some(&current),
-        &holders,
-        revoke_after,
-        Timestamp::now(),
-    );
+    let exposed = held_by_departed(&bindings, current.as_deref(), departure);
+    // Replaced tokens wait for every holder to switch; with no current token
+    // (a restarted operator that has not minted yet) nothing is replaced.
+    let (replaced, next) = match &current {
+        Some(current) => revocable(
+            &bindings,
+            Some(current),
+            &holders,
+            fed.spec.revoke_after(),
+            Timestamp::now(),
+        ),
+        None => (Vec::new(), None),
+    };
     prepared.report.next_revocation = next;
-    for name in revoke {
-        match delete(&secrets, &name).await {
+    let revoke = exposed
+        .iter()
+        .map(|name| (name, "a reader token a departed member may hold"))
+        .chain(
+            replaced
+                .iter()
+                .filter(|name| !exposed.contains(name))
+                .map(|name| (name, "a replaced reader token")),
+        );
+    for (name, what) in revoke {
+        match delete(&secrets, name).await {
             Ok(true) => prepared.events.push(Event::new(
- Reason::TokenRevoked,
-                format!("member {member}: revoked a replaced reader token (deleted {ISTIO_NAMESPACE}/{name}, which it was bound to)"),
+                Reason::TokenRevoked,
+                format!("member {member}: revoked {what} (deleted {ISTIO_NAMESPACE}/{name}, which it was bound to)"),
             )),
             Ok(false) => {}
             Err(e) => prepared.report.other_problems.push(format!(

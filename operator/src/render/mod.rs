@@ -26,8 +26,8 @@ pub use namespace::render_istio_namespace;
 pub use reader::{ReaderIdentity, reader_name, render_reader_identity};
 pub use remote_secret::{
     HeldToken, IssuedToken, PeerEndpoint, RemoteSecretState, TokenSubject, WrittenToken,
-    remote_secret_held, remote_secret_name, remote_secret_peer, remote_secret_state,
-    render_remote_secret, render_token_binding, token_refresh_at,
+    minted_before, recorded_departure, remote_secret_held, remote_secret_name, remote_secret_peer,
+    remote_secret_state, render_remote_secret, render_token_binding, token_refresh_at,
 };
 
 /// Namespace where Istio's control plane and its multicluster Secrets live.
@@ -63,6 +63,10 @@ pub mod keys {
     /// token and every peer take it now (the old ones are then revoked). On
     /// a remote secret: the value its token was minted for.
     pub const REFRESH_TOKENS: &str = "meshfed.io/refresh-tokens";
+    /// On a token binding and a remote secret: the federation's departure
+    /// generation when the token was minted. Tokens minted before the
+    /// latest departure are replaced and revoked at once.
+    pub const TOKEN_DEPARTURE: &str = "meshfed.io/token-departure";
     /// On a member's credentials Secret: `"true"` lets meshfed store the
     /// renewed token of its member identity there.
     pub const RENEW_CREDENTIALS: &str = "meshfed.io/renew-credentials";

@@ -35,6 +35,31 @@ pub struct IssuedToken {
     /// The Secret in the issuing member's `istio-system` the token is bound
     /// to: deleting it revokes the token.
     pub binding: String,
+    /// The federation's departure generation when it was minted (see
+    /// `fleet::membership::Departure`): a token minted before a member left
+    /// may be in that member's hands.
+    pub departure: Option<i64>,
+}
+
+/// Whether a token minted after departure generation `minted_after` may be
+/// held by a member that left at `departure`.
+pub fn minted_before(minted_after: Option<i64>, departure: Option<i64>) -> bool {
+    departure.is_some_and(|d| minted_after.is_none_or(|m| m < d))
+}
+
+fn departure_annotation(
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+) -> Option<i64> {
+    meta.annotations
+        .as_ref()?
+        .get(keys::TOKEN_DEPARTURE)?
+        .parse()
+        .ok()
+}
+
+/// The departure generation recorded on a token binding or remote secret.
+pub fn recorded_departure(secret: &Secret) -> Option<i64> {
+    departure_annotation(&secret.metadata)
 }
 
 /// When a remote secret's token was written, and for which forced-refresh
@@ -58,6 +83,7 @@ impl std::fmt::Debug for IssuedToken {
             .field("issued_at", &self.issued_at)
             .field("expires_at", &self.expires_at)
             .field("binding", &self.binding)
+            .field("departure", &self.departure)
             .finish_non_exhaustive()
     }
 }
@@ -124,6 +150,9 @@ pub fn render_remote_secret(
     if let Some(request) = written.refresh {
         annotations.insert(keys::REFRESH_TOKENS.into(), request.into());
     }
+    if let Some(d) = token.departure {
+        annotations.insert(keys::TOKEN_DEPARTURE.into(), d.to_string());
+    }
     meta.annotations = Some(annotations);
     let kubeconfig = render_kubeconfig(&KubeconfigInputs {
         cluster: peer,
@@ -156,17 +185,23 @@ pub fn remote_secret_held(secret: &Secret) -> Option<HeldToken> {
 /// (TokenRequest binds only to an object in the ServiceAccount's namespace).
 /// The API server names it; it records when the token expires, so that it
 /// is deleted then even if a peer never let go of it.
-pub fn render_token_binding(federation: &str, reader: &str, expires_at: Timestamp) -> Secret {
+pub fn render_token_binding(
+    federation: &str,
+    reader: &str,
+    expires_at: Timestamp,
+    departure: Option<i64>,
+) -> Secret {
     let mut meta = managed_meta(federation, "", Some(ISTIO_NAMESPACE));
     meta.name = None;
     meta.generate_name = Some(format!("{reader}-token-"));
     meta.labels
         .get_or_insert_default()
         .insert(keys::TOKEN_BINDING.into(), reader.into());
-    meta.annotations = Some(BTreeMap::from([(
-        keys::TOKEN_EXPIRES_AT.into(),
-        expires_at.to_string(),
-    )]));
+    let mut annotations = BTreeMap::from([(keys::TOKEN_EXPIRES_AT.into(), expires_at.to_string())]);
+    if let Some(d) = departure {
+        annotations.insert(keys::TOKEN_DEPARTURE.into(), d.to_string());
+    }
+    meta.annotations = Some(annotations);
     Secret {
         metadata: meta,
         type_: Some("meshfed.io/token-binding".into()),
@@ -206,6 +241,7 @@ pub fn remote_secret_state(
     fingerprint: &str,
     token_lifetime: Duration,
     refresh: Option<&str>,
+    departure: Option<i64>,
     now: Timestamp,
 ) -> RemoteSecretState {
     let annotation = |k: &str| secret.metadata.annotations.as_ref().and_then(|a| a.get(k));
@@ -231,7 +267,8 @@ pub fn remote_secret_state(
     let refresh_at = token_refresh_at(issued_at, expires_at, token_lifetime);
     let refresh_requested =
         refresh.is_some() && annotation(keys::REFRESH_TOKENS).map(String::as_str) != refresh;
-    if now >= refresh_at || refresh_requested {
+    let held_by_departed = minted_before(recorded_departure(secret), departure);
+    if now >= refresh_at || refresh_requested || held_by_departed {
         RemoteSecretState::TokenDue
     } else {
         RemoteSecretState::Current {
@@ -293,6 +330,7 @@ mod tests {
             issued_at: expires_at - jiff::SignedDuration::try_from(lifetime).unwrap(),
             expires_at,
             binding: "meshfed-reader-prod-token-abcde".into(),
+            departure: None,
         };
         render_remote_secret(
             "prod",
@@ -370,6 +408,7 @@ mod tests {
             issued_at: t("2026-01-01T00:00:00Z"),
             expires_at: t("2026-01-02T00:00:00Z"),
             binding: "b".into(),
+            departure: None,
         };
         assert!(!format!("{token:?}").contains("secret"));
     }
@@ -380,8 +419,9 @@ mod tests {
         // The server capped a 24h request at 1h: refresh with 20 minutes left,
         // not at once (24h / 3 = 8h is more than the whole token).
         let capped = issued("2026-01-01T01:00:00Z", HOUR);
-        let state =
-            |s: &Secret, lifetime, now| remote_secret_state(s, "west", &fp, lifetime, None, t(now));
+        let state = |s: &Secret, lifetime, now| {
+            remote_secret_state(s, "west", &fp, lifetime, None, None, t(now))
+        };
         assert!(matches!(
             state(&capped, 24 * HOUR, "2026-01-01T00:00:00Z"),
             RemoteSecretState::Current { .. }
@@ -412,7 +452,7 @@ mod tests {
         let fp = endpoint().fingerprint(&reader("uid-1"));
         let s = secret("2026-01-02T00:00:00Z");
         let lifetime = 24 * HOUR; // refresh 8h before expiry
-        let state = |now| remote_secret_state(&s, "west", &fp, lifetime, None, t(now));
+        let state = |now| remote_secret_state(&s, "west", &fp, lifetime, None, None, t(now));
         assert_eq!(
             state("2026-01-01T15:59:59Z"),
             RemoteSecretState::Current {
@@ -430,7 +470,7 @@ mod tests {
         let now = t("2026-01-01T00:00:00Z");
         let good = secret("2026-01-02T00:00:00Z");
         let state = |s: &Secret, peer: &str, fp: &str| {
-            remote_secret_state(s, peer, fp, 24 * HOUR, None, now)
+            remote_secret_state(s, peer, fp, 24 * HOUR, None, None, now)
         };
         assert!(matches!(
             state(&good, "west", &fp),
@@ -480,8 +520,9 @@ mod tests {
         let fp = endpoint().fingerprint(&reader("uid-1"));
         let now = t("2026-01-01T01:00:00Z");
         let s = secret("2026-01-02T00:00:00Z");
-        let state =
-            |s: &Secret, refresh| remote_secret_state(s, "west", &fp, 24 * HOUR, refresh, now);
+        let state = |s: &Secret, refresh| {
+            remote_secret_state(s, "west", &fp, 24 * HOUR, refresh, None, now)
+        };
         assert!(matches!(state(&s, None), RemoteSecretState::Current { .. }));
         assert_eq!(state(&s, Some("incident-42")), RemoteSecretState::TokenDue);
         let token = IssuedToken {
@@ -489,6 +530,7 @@ mod tests {
             issued_at: now,
             expires_at: t("2026-01-02T01:00:00Z"),
             binding: "b2".into(),
+            departure: None,
         };
         let rewritten = render_remote_secret(
             "prod",
@@ -516,8 +558,56 @@ mod tests {
     }
 
     #[test]
+    fn a_token_minted_before_the_latest_departure_is_due_at_once() {
+        let fp = endpoint().fingerprint(&reader("uid-1"));
+        let now = t("2026-01-01T01:00:00Z");
+        let minted_after = |departure| {
+            let token = IssuedToken {
+                token: "tok".into(),
+                issued_at: now,
+                expires_at: t("2026-01-02T01:00:00Z"),
+                binding: "b".into(),
+                departure,
+            };
+            render_remote_secret(
+                "prod",
+                "west",
+                &endpoint(),
+                &reader("uid-1"),
+                &token,
+                written(None),
+            )
+        };
+        let state = |s: &Secret, departure| {
+            remote_secret_state(s, "west", &fp, 24 * HOUR, None, departure, now)
+        };
+        let current = |s| matches!(s, RemoteSecretState::Current { .. });
+        assert!(current(state(&minted_after(None), None)), "nobody left");
+        assert_eq!(
+            state(&minted_after(None), Some(4)),
+            RemoteSecretState::TokenDue,
+            "minted before anyone left, held since: the one who left may have it"
+        );
+        assert_eq!(
+            state(&minted_after(Some(3)), Some(4)),
+            RemoteSecretState::TokenDue
+        );
+        assert!(
+            current(state(&minted_after(Some(4)), Some(4))),
+            "minted after it left"
+        );
+        assert!(current(state(&minted_after(Some(5)), Some(4))));
+        assert!(!minted_before(Some(4), None) && minted_before(None, Some(1)));
+    }
+
+    #[test]
     fn a_binding_is_named_by_the_server_and_labelled_for_its_reader() {
-        let b = render_token_binding("prod", "meshfed-reader-prod", t("2026-01-02T00:00:00Z"));
+        let b = render_token_binding(
+            "prod",
+            "meshfed-reader-prod",
+            t("2026-01-02T00:00:00Z"),
+            Some(4),
+        );
         assert_eq!(b.metadata.name, None);
         assert_eq!(
             b.metadata.generate_name.as_deref(),
@@ -528,6 +618,7 @@ mod tests {
             b.metadata.labels.as_ref().unwrap()[keys::TOKEN_BINDING],
             "meshfed-reader-prod"
         );
+        assert_eq!(recorded_departure(&b), Some(4), "minted after departure 4");
         assert!(is_ours(&b.metadata, "prod"), "pruned with the member");
         assert!(b.data.is_none() && b.string_data.is_none(), "holds nothing");
         assert_eq!(
