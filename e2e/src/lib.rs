@@ -7,6 +7,7 @@ pub mod fleet;
 pub mod injection;
 pub mod istiod;
 pub mod mesh;
+pub mod proxy;
 pub mod workload;
 pub mod writes;
 

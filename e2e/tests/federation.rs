@@ -869,3 +869,80 @@ async fn a_token_in_place_of_a_kubeconfig_never_reaches_status_or_events() -> Re
     }
     Ok(())
 }
+
+/// The health of member `name` as the federation's status reports it.
+fn health_of(fed: &MeshFederation, name: &str) -> Option<meshfed::api::MemberHealth> {
+    fed.status
+        .as_ref()?
+        .members
+        .iter()
+        .find(|m| m.name == name)?
+        .health
+        .clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_behind_a_load_balancer_answering_502_is_withdrawn_like_a_stopped_one()
+-> Result<()> {
+    let bed = operator_bed(3, Duration::from_secs(2), Duration::from_secs(3)).await?;
+    let (host, fleet) = (&bed.host, &bed.fleet);
+    let behind = fleet.cluster(2);
+    let name = behind.name().to_string();
+    let proxy = e2e::proxy::ApiProxy::start(behind).await?;
+    let kubeconfig = proxy.kubeconfig(&join_identity(behind, "prod").await?)?;
+    store_kubeconfig(host, &credentials_secret_name(behind), &kubeconfig).await?;
+    let mut fed = federation(
+        "prod",
+        vec![
+            local_member(fleet.cluster(0), "net-a"),
+            member(fleet.cluster(1), "net-a"),
+            member(behind, "net-b"),
+        ],
+    );
+    fed.spec.failover = Some(serde_json::from_value(serde_json::json!({
+        "withdrawal": {"gracePeriod": "3s", "settlePeriod": "5s", "probeInterval": "1s"}
+    }))?);
+    apply_federation(host, &fed).await?;
+    wait_for_federation(host, "prod", Duration::from_secs(60), "Ready", |f| {
+        has_condition(f, "Ready", "True")
+    })
+    .await?;
+
+    // The API server stops; the load balancer in front answers 502 pages.
+    behind.pause_apiserver()?;
+    proxy.set_down(true);
+    let down = std::time::Instant::now();
+    let withdrawn = wait_for_federation(
+        host,
+        "prod",
+        Duration::from_secs(30),
+        "the member behind the load balancer withdrawn",
+        |f| {
+            health_of(f, &name)
+                .is_some_and(|h| h.reason == "ApiServerUnreachable" && h.withdrawn_since.is_some())
+        },
+    )
+    .await?;
+    eprintln!(
+        "FIGURE 502 from a load balancer -> withdrawn in {:?} (grace 3 s)",
+        down.elapsed()
+    );
+    let health = health_of(&withdrawn, &name).unwrap();
+    anyhow::ensure!(
+        health.message.contains("proxy") && !health.message.contains("html"),
+        "says a proxy answered, without its page: {}",
+        health.message
+    );
+
+    behind.resume_apiserver()?;
+    proxy.set_down(false);
+    wait_for_federation(
+        host,
+        "prod",
+        Duration::from_secs(30),
+        "restored once back",
+        |f| health_of(f, &name).is_some_and(|h| h.healthy && h.withdrawn_since.is_none()),
+    )
+    .await?;
+    Ok(())
+}
