@@ -946,3 +946,99 @@ async fn a_member_behind_a_load_balancer_answering_502_is_withdrawn_like_a_stopp
     .await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_moved_to_another_cluster_leaves_only_retained_cacerts_in_the_old_one()
+-> Result<()> {
+    let bed = operator_bed(3, Duration::from_secs(2), Duration::from_secs(3)).await?;
+    let (host, fleet) = (&bed.host, &bed.fleet);
+    let (old, new) = (fleet.cluster(1), fleet.cluster(2));
+    let mut fed = federation(
+        "prod",
+        vec![
+            local_member(fleet.cluster(0), "net-a"),
+            member(old, "net-b"),
+        ],
+    );
+    apply_federation(host, &fed).await?;
+    wait_for_federation(host, "prod", Duration::from_secs(60), "Ready", |f| {
+        has_condition(f, "Ready", "True")
+    })
+    .await?;
+    let meshfeds = |c: &e2e::Cluster| {
+        let (configmaps, secrets) = (
+            Api::<ConfigMap>::namespaced(c.client(), "istio-system"),
+            Api::<Secret>::namespaced(c.client(), "istio-system"),
+        );
+        async move {
+            let ours = ListParams::default().labels("meshfed.io/federation=prod");
+            let mut names: Vec<String> = configmaps
+                .list(&ours)
+                .await?
+                .into_iter()
+                .map(|c| format!("ConfigMap/{}", c.metadata.name.unwrap_or_default()))
+                .collect();
+            names.extend(
+                secrets
+                    .list(&ours)
+                    .await?
+                    .into_iter()
+                    .map(|s| format!("Secret/{}", s.metadata.name.unwrap_or_default())),
+            );
+            anyhow::Ok(names)
+        }
+    };
+    let before = meshfeds(old).await?;
+    anyhow::ensure!(
+        before
+            .iter()
+            .any(|n| n == "ConfigMap/meshfed-cluster-claim")
+            && before
+                .iter()
+                .any(|n| n.starts_with("Secret/istio-remote-secret-")),
+        "the member's objects are in its cluster before the move: {before:?}"
+    );
+
+    // The member's secretRef now names another cluster's kubeconfig.
+    fed.spec.members[1].credentials.secret_ref = Some(meshfed::api::KubeconfigSecretRef {
+        name: credentials_secret_name(new),
+        key: None,
+    });
+    apply_federation(host, &fed).await?;
+    let moved = poll(
+        Duration::from_secs(60),
+        "the old cluster cleaned, the new one a member",
+        || async {
+            let left = meshfeds(old).await?;
+            let now = meshfeds(new).await?;
+            // cacerts stays: spec.ca.onRemoval defaults to Retain.
+            Ok(left == ["Secret/cacerts"]
+                && now.iter().any(|n| n == "ConfigMap/meshfed-cluster-claim")
+                && now
+                    .iter()
+                    .any(|n| n.starts_with("Secret/istio-remote-secret-")))
+        },
+    )
+    .await;
+    if moved.is_err() {
+        let f = Api::<MeshFederation>::all(host.clone()).get("prod").await?;
+        anyhow::bail!(
+            "old cluster holds {:?}, new {:?}; status {}",
+            meshfeds(old).await?,
+            meshfeds(new).await?,
+            status_table(&f)
+        );
+    }
+    wait_for_federation(
+        host,
+        "prod",
+        Duration::from_secs(60),
+        "Ready after the move",
+        |f| {
+            has_condition(f, "Ready", "True")
+                && f.status.as_ref().is_some_and(|s| s.members.len() == 2)
+        },
+    )
+    .await?;
+    Ok(())
+}

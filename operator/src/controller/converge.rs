@@ -565,10 +565,18 @@ async fn leave_departed(
                 .members
                 .iter()
                 .find(|m| m.credentials == *credentials);
+            // A member's previous credentials: its old cluster's claim names
+            // the member, and the cluster is left alone if it is the one the
+            // member holds now, which must be known first.
+            let member = membership::previous_of(name).unwrap_or(name);
+            let unknown = member != name && !taken.values().any(|m| m == member);
             match (renamed, settled) {
                 (Some(m), _) => Ok(Removal::ClusterTakenBy(m.name.clone())),
                 (None, false) => Err("waiting for the current members' first run".to_string()),
-                (None, true) => remove_member(&ctx.shared, fed, name, credentials, taken).await,
+                (None, true) if unknown => Err(format!(
+                    "waiting for member {member}'s new cluster to be known"
+                )),
+                (None, true) => remove_member(&ctx.shared, fed, member, credentials, taken).await,
             }
         }
     }))

@@ -45,14 +45,38 @@ pub fn record_name(federation: &str) -> String {
     format!("meshfed-members-{federation}")
 }
 
+/// Suffix of the record entry that keeps a member's previous credentials
+/// when its credentials change: its previous cluster is cleaned up like a
+/// departed member's (unless it is the same cluster). Member names are DNS
+/// labels, so no member is called that.
+const PREVIOUS: &str = ".previous";
+
+/// The member whose previous credentials record entry `name` is.
+pub fn previous_of(name: &str) -> Option<&str> {
+    name.split_once(PREVIOUS).map(|(member, _)| member)
+}
+
 /// The membership to record before a reconcile touches any member: every
-/// member in the spec (with its current credentials), and every recorded
-/// member that left and is not cleaned up yet. A member that left since
-/// the last record moves the departure to this generation.
+/// member in the spec (with its current credentials), every recorded
+/// member that left and is not cleaned up yet, and the previous
+/// credentials of every member whose credentials changed (see
+/// [`previous_of`]). A member that left since the last record, or moved,
+/// moves the departure to this generation.
 pub fn with_spec(recorded: &Membership, fed: &MeshFederation) -> Membership {
     let mut members = recorded.members.clone();
     for m in &fed.spec.members {
-        members.insert(m.name.clone(), m.credentials.clone());
+        if let Some(before) = members.insert(m.name.clone(), m.credentials.clone())
+            && before != m.credentials
+        {
+            let free = (0..)
+                .map(|i| match i {
+                    0 => format!("{}{PREVIOUS}", m.name),
+                    i => format!("{}{PREVIOUS}.{i}", m.name),
+                })
+                .find(|k| !members.contains_key(k))
+                .expect("a free name");
+            members.insert(free, before);
+        }
     }
     let gone: BTreeSet<String> = members
         .keys()
@@ -304,7 +328,33 @@ mod tests {
             "kept until its cleanup succeeds"
         );
         let gone: Vec<_> = departed(&next, &f).map(|(n, _)| n.as_str()).collect();
-        assert_eq!(gone, ["gone"]);
+        assert_eq!(gone, ["a.previous", "gone"], "a's previous cluster too");
+    }
+
+    #[test]
+    fn changed_credentials_keep_the_previous_ones_for_cleanup() {
+        let recorded = with_spec(&Membership::default(), &fed(&[("a", "a"), ("b", "b")]));
+        let mut moved = fed(&[("a", "a-elsewhere"), ("b", "b")]);
+        moved.metadata.generation = Some(2);
+        let next = with_spec(&recorded, &moved);
+        assert_eq!(next.members["a"], creds("a-elsewhere"));
+        assert_eq!(next.members["a.previous"], creds("a"));
+        assert_eq!(previous_of("a.previous"), Some("a"));
+        assert_eq!(previous_of("a.previous.1"), Some("a"));
+        assert_eq!(previous_of("a"), None);
+        let gone: Vec<_> = departed(&next, &moved).map(|(n, _)| n.as_str()).collect();
+        assert_eq!(gone, ["a.previous"], "cleaned up like a departed member");
+        assert_eq!(
+            next.departure.generation,
+            Some(2),
+            "its old cluster held tokens"
+        );
+        assert_eq!(with_spec(&next, &moved), next, "noted once");
+        let mut again = fed(&[("a", "a-third"), ("b", "b")]);
+        again.metadata.generation = Some(3);
+        let third = with_spec(&next, &again);
+        assert_eq!(third.members["a.previous"], creds("a"));
+        assert_eq!(third.members["a.previous.1"], creds("a-elsewhere"));
     }
 
     #[test]
