@@ -661,3 +661,45 @@ impl Sampler {
         ))
     }
 }
+
+/// A workload certificate for `spiffe_id` signed with the intermediate in
+/// a `cacerts` Secret, as whoever holds that Secret (its cluster, or a
+/// copy taken from it) can sign one, without istiod.
+pub fn sign_with_cacerts(
+    cacerts: &k8s_openapi::api::core::v1::Secret,
+    spiffe_id: &str,
+) -> Result<Workload> {
+    let text = |key: &str| -> Result<String> {
+        let data = cacerts.data.as_ref().context("cacerts without data")?;
+        Ok(String::from_utf8(
+            data.get(key)
+                .with_context(|| format!("cacerts without {key}"))?
+                .0
+                .clone(),
+        )?)
+    };
+    let issuer = rcgen::Issuer::from_ca_cert_pem(
+        &text("ca-cert.pem")?,
+        rcgen::KeyPair::from_pem(&text("ca-key.pem")?)?,
+    )?;
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params.subject_alt_names = vec![rcgen::SanType::URI(spiffe_id.try_into()?)];
+    // rcgen's default validity (1975 to 4096): the leaf is judged by its chain.
+    let (not_before, not_after) = (
+        "1975-01-01T00:00:00Z".parse()?,
+        "4096-01-01T00:00:00Z".parse()?,
+    );
+    let leaf = params.signed_by(&key, &issuer)?;
+    let mut chain = vec![leaf.der().clone()];
+    chain.extend(roots(&text("cert-chain.pem")?)?);
+    Ok(Workload {
+        spiffe_id: spiffe_id.into(),
+        chain,
+        served_roots: roots(&text("root-cert.pem")?)?,
+        key: Arc::new(PrivateKeyDer::Pkcs8(key.serialize_der().into())),
+        not_before,
+        not_after,
+    })
+}

@@ -627,3 +627,107 @@ async fn a_member_with_a_foreign_cacerts_does_not_hold_a_rotation() -> Result<()
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_removed_under_revoke_is_trusted_nowhere_once_the_rotation_ends() -> Result<()> {
+    use e2e::workload::{Workload, handshake, roots, sign_with_cacerts};
+    let bed = operator_bed(3, RESYNC, MEMBER_TIMEOUT).await?;
+    let (host, fleet) = (&bed.host, &bed.fleet);
+    let mut fed = federation(
+        "prod",
+        vec![
+            local_member(fleet.cluster(0), "net-a"),
+            member(fleet.cluster(1), "net-a"),
+            member(fleet.cluster(2), "net-b"),
+        ],
+    );
+    fed.spec.ca = Some(serde_json::from_value(serde_json::json!({
+        "onRemoval": "Revoke",
+        "rootRotation": {"propagationPeriod": "3s", "drainPeriod": "3s"}
+    }))?);
+    apply_federation(host, &fed).await?;
+    wait_for_federation(host, "prod", WAIT, "Ready", |f| {
+        has_condition(f, "Ready", "True")
+    })
+    .await?;
+    let first = root_serial(host, "prod-root-ca").await?;
+    let cacerts = |i: usize| {
+        let api = Api::<Secret>::namespaced(fleet.cluster(i).client(), "istio-system");
+        async move { anyhow::Ok(api.get("cacerts").await?) }
+    };
+    let bundle = |s: &Secret| -> Result<Vec<_>> {
+        let pem = s
+            .data
+            .as_ref()
+            .and_then(|d| d.get("root-cert.pem"))
+            .context("no root-cert.pem")?;
+        roots(std::str::from_utf8(&pem.0)?)
+    };
+    let id = |who: &str| format!("spiffe://cluster.local/ns/default/sa/{who}");
+    // What the departed cluster keeps: a copy of its cacerts.
+    let kept = cacerts(2).await?;
+    let forged = sign_with_cacerts(&kept, &id("forged"))?;
+    let trusted_by = |w: &Workload, peer: &Workload, peer_roots: &[_]| {
+        let (w, peer, peer_roots) = (w.clone(), peer.clone(), peer_roots.to_vec());
+        async move { handshake(&w, &peer_roots, &peer, &peer_roots).await.is_ok() }
+    };
+    let a = cacerts(0).await?;
+    let a_leaf = sign_with_cacerts(&a, &id("a"))?;
+    ensure!(
+        trusted_by(&forged, &a_leaf, &bundle(&a)?).await,
+        "before it leaves, a certificate from its intermediate is trusted (else the test cannot fail)"
+    );
+
+    let watch =
+        CacertsWatch::start_seeing_all(vec![fleet.cluster(0).client(), fleet.cluster(1).client()])
+            .await?;
+    fed.spec
+        .members
+        .retain(|m| m.name != fleet.cluster(2).name());
+    apply_federation(host, &fed).await?;
+    let left = Instant::now();
+    let rotated = wait_for_federation(host, "prod", WAIT, "a rotation started and finished", |f| {
+        f.status
+            .as_ref()
+            .and_then(|s| s.ca.as_ref())
+            .is_some_and(|ca| {
+                ca.phase.is_none() && ca.roots.len() == 1 && ca.roots[0].serial != first
+            })
+    })
+    .await?;
+    eprintln!(
+        "FIGURE departed member distrusted (rotation under Revoke, periods 3 s + 3 s) {:?} after it left",
+        left.elapsed()
+    );
+    let new_root = rotated.status.unwrap().ca.unwrap().roots[0].serial.clone();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    watch.expect_rotation(2, &first, &new_root)?;
+    ensure!(
+        watch.gaps().is_empty(),
+        "trust gaps between the members that stay: {:#?}",
+        watch.gaps()
+    );
+    let (a, b) = (cacerts(0).await?, cacerts(1).await?);
+    let (a_leaf, b_leaf) = (
+        sign_with_cacerts(&a, &id("a"))?,
+        sign_with_cacerts(&b, &id("b"))?,
+    );
+    ensure!(
+        trusted_by(&a_leaf, &b_leaf, &bundle(&b)?).await,
+        "a and b trust each other"
+    );
+    for (name, peer, s) in [("a", &a_leaf, &a), ("b", &b_leaf, &b)] {
+        ensure!(
+            !trusted_by(&forged, peer, &bundle(s)?).await,
+            "{name} still trusts a certificate from the departed member's intermediate"
+        );
+    }
+    ensure!(
+        Api::<Secret>::namespaced(fleet.cluster(2).client(), "istio-system")
+            .get_opt("cacerts")
+            .await?
+            .is_none(),
+        "Revoke removes cacerts from the departed cluster, as Delete does"
+    );
+    Ok(())
+}

@@ -461,6 +461,7 @@ pub struct ApiServerEndpoint {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("duration(has(self.renewBefore) ? self.renewBefore : '720h') < duration(has(self.intermediateLifetime) ? self.intermediateLifetime : '8760h')").message("spec.ca.renewBefore must be shorter than spec.ca.intermediateLifetime (defaults 720h and 8760h)"))]
+#[x_kube(validation = Rule::new("!has(self.onRemoval) || self.onRemoval != 'Revoke' || !has(self.rootSecretRef)").message("spec.ca.onRemoval: Revoke rotates a generated root when a member leaves; with spec.ca.rootSecretRef, rotate your own root instead (use Delete)"))]
 pub struct CaSpec {
     /// A Secret in the operator's namespace with your own root CA (`tls.crt`,
     /// `tls.key`), or with a signing intermediate (`tls.crt`, `tls.key`) and
@@ -489,8 +490,13 @@ pub struct CaSpec {
     /// What happens to what a running Istio needs when a member leaves or the
     /// federation is deleted: Retain (default) keeps each member's `cacerts`,
     /// the control plane meshfed installed, and a generated root, so clusters
-    /// keep working on their own; Delete removes them. Remote secrets and
-    /// reader identities are always removed; Istio's CRDs never are.
+    /// keep working on their own; Delete removes them. Revoke removes them
+    /// too and, when a member leaves, replaces the generated root through a
+    /// full rotation the departed member takes no part in, so that its
+    /// intermediate (which a retained copy of `cacerts` still holds) is
+    /// trusted nowhere once the rotation ends (docs/security.md). Remote
+    /// secrets and reader identities are always removed; Istio's CRDs never
+    /// are.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_removal: Option<RemovalPolicy>,
 
@@ -552,6 +558,16 @@ pub enum RemovalPolicy {
     Retain,
     /// Delete it.
     Delete,
+    /// Delete it, and distrust a departed member's intermediate by rotating
+    /// the generated root without it.
+    Revoke,
+}
+
+impl RemovalPolicy {
+    /// Whether CA material and installed control planes are removed.
+    pub fn removes(self) -> bool {
+        self != Self::Retain
+    }
 }
 
 /// Remote secrets settings.

@@ -46,7 +46,7 @@ pub(super) async fn converge(
     ctx.shared.watches.retain(&name, &members);
     let runs = ctx.workers.runs(&name);
 
-    let ca = prepare_ca(ctx, fed, &runs, now).await;
+    let ca = prepare_ca(ctx, fed, &runs, membership.departure.generation, now).await;
     let failover = decide_failover(ctx, fed, &runs, now).await?;
     let rollout = decide_rollout(ctx, fed, &runs, now).await?;
     events.extend(failover_events(
@@ -105,6 +105,7 @@ async fn prepare_ca(
     ctx: &Context,
     fed: &MeshFederation,
     runs: &BTreeMap<String, MemberRun>,
+    departure: Option<i64>,
     now: Timestamp,
 ) -> Result<Ca, String> {
     let progress =
@@ -121,7 +122,7 @@ async fn prepare_ca(
             ))
         };
     let (client, namespace) = (&ctx.shared.client, &ctx.shared.settings.namespace);
-    ca::prepare_ca(client, namespace, fed, now, progress).await
+    ca::prepare_ca(client, namespace, fed, departure, now, progress).await
 }
 
 /// Failover's decision and what it was made from.

@@ -242,7 +242,7 @@ async fn clean_up(fed: &MeshFederation, ctx: &Context) -> Result<Action, Error> 
     if !failures.is_empty() {
         return Err(Error::Cleanup(failures.join("; ")));
     }
-    if fed.spec.ca().on_removal() == crate::api::RemovalPolicy::Delete {
+    if fed.spec.ca().on_removal().removes() {
         // Every root meshfed generated for it: after rotations there may be
         // more than the first (`<federation>-root-ca-<n>`).
         let secrets =

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use k8s_openapi::api::core::v1::ConfigMap;
 
 use super::rotation::{self, CaRecord, Periods, RootRef, Step};
-use crate::api::{CaSpec, MeshFederation, defaults};
+use crate::api::{CaSpec, MeshFederation, RemovalPolicy, defaults};
 use crate::events::{Event, Reason};
 use crate::pki::RootCa;
 use crate::render::{is_ours, managed_labels};
@@ -93,6 +93,38 @@ async fn load_record(
     Ok(record.and_then(|r| CaRecord::from_data(&r.data.unwrap_or_default())))
 }
 
+/// The rotation the spec asks for: `spec.ca.rootRotation.request`, and,
+/// with `spec.ca.onRemoval: Revoke` and a generated root, the latest
+/// departure (`fleet::membership::Departure`): a member that left is
+/// distrusted by a new root it takes no part in. A change starts a rotation.
+fn rotation_request(spec: &CaSpec, departure: Option<i64>) -> Option<String> {
+    let revoking = departure
+        .filter(|_| spec.on_removal() == RemovalPolicy::Revoke && spec.root_secret_ref.is_none());
+    let user = spec.rotation_request();
+    match (user, revoking) {
+        (user, None) => user.map(String::from),
+        (None, Some(d)) => Some(format!("{REVOKE}{d}")),
+        (Some(user), Some(d)) => Some(format!("{user}+{REVOKE}{d}")),
+    }
+}
+
+const REVOKE: &str = "revoke-departure-";
+
+/// Why a requested rotation starts: a departure under `Revoke`, or the
+/// user's request.
+fn requested_reason(previous: Option<&String>, request: Option<&String>) -> String {
+    let departure = |r: Option<&String>| {
+        r.and_then(|r| r.split_once(REVOKE))
+            .map(|(_, d)| d.to_string())
+    };
+    match departure(request) {
+        Some(d) if departure(previous) != Some(d.clone()) => format!(
+            "a member left (generation {d}) and spec.ca.onRemoval is Revoke: a new root it takes no part in"
+        ),
+        _ => "spec.ca.rootRotation.request changed".to_string(),
+    }
+}
+
 /// Loads the root the spec asks for, creating a generated one where there
 /// is none, starts or moves on a rotation (`progress(id)`: where the members
 /// stand on target `id`), and records where it stands before anything in a
@@ -101,6 +133,7 @@ pub async fn prepare_ca(
     client: &Client,
     namespace: &str,
     fed: &MeshFederation,
+    departure: Option<i64>,
     now: Timestamp,
     progress: impl Fn(&str) -> rotation::Progress,
 ) -> Result<Ca, String> {
@@ -110,7 +143,7 @@ pub async fn prepare_ca(
     let loaded = load_record(client, namespace, &federation).await?;
     let mut record = loaded.clone();
     let mut events = Vec::new();
-    let request = spec.rotation_request().map(String::from);
+    let request = rotation_request(&spec, departure);
 
     let ((desired_ref, desired_root), reason) = match &spec.root_secret_ref {
         Some(r) => (
@@ -333,7 +366,7 @@ impl Roots<'_> {
             events.push(Event::new(Reason::RootLost, format!("root Secret {namespace}/{previous} is gone; its certificate stays trusted while a new root {} replaces it through every phase", root.1.info().serial)));
             format!("the generated root Secret {previous} was lost")
         } else if requested {
-            "spec.ca.rootRotation.request changed".to_string()
+            requested_reason(record.as_ref().and_then(|r| r.request.as_ref()), request)
         } else if let Some(why) = expiring_reason {
             why
         } else if record.is_some() {
@@ -502,6 +535,41 @@ fn signed(d: std::time::Duration) -> jiff::SignedDuration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_departure_under_revoke_asks_for_a_rotation_once() {
+        let spec = |v: serde_json::Value| -> CaSpec { serde_json::from_value(v).unwrap() };
+        let retain = spec(serde_json::json!({}));
+        let revoke = spec(serde_json::json!({"onRemoval": "Revoke"}));
+        let both =
+            spec(serde_json::json!({"onRemoval": "Revoke", "rootRotation": {"request": "r1"}}));
+        assert_eq!(
+            rotation_request(&retain, Some(4)),
+            None,
+            "Retain keeps the root"
+        );
+        assert_eq!(rotation_request(&revoke, None), None, "nobody left");
+        let after_4 = rotation_request(&revoke, Some(4));
+        assert!(after_4.is_some());
+        assert_eq!(
+            rotation_request(&revoke, Some(4)),
+            after_4,
+            "the same departure: one rotation"
+        );
+        assert_ne!(
+            rotation_request(&revoke, Some(7)),
+            after_4,
+            "another departure: another"
+        );
+        let combined = rotation_request(&both, Some(4));
+        assert_ne!(combined, rotation_request(&both, None));
+        assert!(
+            requested_reason(None, after_4.as_ref()).contains("Revoke"),
+            "{}",
+            requested_reason(None, after_4.as_ref())
+        );
+        assert!(requested_reason(after_4.as_ref(), combined.as_ref()).contains("request changed"));
+    }
 
     #[test]
     fn generated_roots_are_named_by_their_generation() {

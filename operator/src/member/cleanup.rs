@@ -55,7 +55,7 @@ pub async fn remove_from_member(
     policy: RemovalPolicy,
     recorded: &BTreeSet<String>,
 ) -> Result<Vec<String>, kube::Error> {
-    let retain = policy == RemovalPolicy::Retain;
+    let retain = !policy.removes();
     let keep = |meta: &ObjectMeta| {
         let installed = meta
             .labels
