@@ -235,8 +235,11 @@ pub fn local_member(cluster: &Cluster, network: &str) -> Member {
     }
 }
 
-/// A federation of `members` with meshfed's defaults.
+/// A federation of `members` with meshfed's defaults. A `local` member
+/// (the test bed saves a cluster by making the operator's host a member)
+/// comes with the opt-in it needs: `allowPeersToReadOperatorSecrets`.
 pub fn federation(name: &str, members: Vec<Member>) -> MeshFederation {
+    let host_is_member = members.iter().any(|m| m.credentials.local.is_some());
     MeshFederation::new(
         name,
         MeshFederationSpec {
@@ -247,6 +250,7 @@ pub fn federation(name: &str, members: Vec<Member>) -> MeshFederation {
             remote_secrets: None,
             control_plane: None,
             failover: None,
+            allow_peers_to_read_operator_secrets: host_is_member.then_some(true),
         },
     )
 }

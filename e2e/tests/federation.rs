@@ -471,6 +471,15 @@ async fn invalid_specs_are_rejected_by_the_api_server() -> Result<()> {
         ),
         "needs spec.members[].apiServer",
     ));
+    let mut peer = member(c, "b");
+    peer.name = "peer".into();
+    let mut host_member = federation("hostmember", vec![local_member(c, "a"), peer]);
+    host_member.spec.allow_peers_to_read_operator_secrets = None;
+    cases.push((
+        "the operator's cluster as a member, not allowed",
+        host_member,
+        "spec.allowPeersToReadOperatorSecrets: true",
+    ));
     let mut renew = federation("renew", vec![member(c, "a")]);
     renew.spec.ca = Some(meshfed::api::CaSpec {
         intermediate_lifetime: Some("24h".parse().unwrap()),

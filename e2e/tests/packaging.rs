@@ -309,7 +309,10 @@ fn chart_lints_and_its_schema_rejects_bad_values() {
             "{kind} is opt-in"
         );
     }
-    assert!(find(&defaults, "ClusterRole", "meshfed-member").is_some());
+    assert!(
+        find(&defaults, "ClusterRole", "meshfed-member").is_none(),
+        "the operator's cluster is not a member by default"
+    );
 
     // More replicas turn leader election on, and the rollout keeps one leading.
     let ha = documents(&helm_template(&[
@@ -359,8 +362,9 @@ fn chart_lints_and_its_schema_rejects_bad_values() {
     );
     assert!(args(&extras).contains(&"--metrics-addr=0.0.0.0:9090".to_string()));
 
-    // Without the local member, no member-side permissions at all.
-    let remote_only = documents(&helm_template(&["--set", "rbac.localMember=false"]));
+    // By default (the operator's cluster is not a member), no member-side
+    // permissions at all.
+    let remote_only = &defaults;
     let member_objects: Vec<String> = remote_only
         .iter()
         .filter(|o| serde_json::to_string(o).unwrap().contains("meshfed-member"))
@@ -385,7 +389,7 @@ fn chart_lints_and_its_schema_rejects_bad_values() {
 /// mirror the reader role meshfed creates (RBAC escalation prevention).
 #[test]
 fn rbac_is_least_privilege_and_covers_the_reader_role() {
-    let objects = documents(&helm_template(&[]));
+    let objects = documents(&helm_template(&["--set", "rbac.localMember=true"]));
     for (kind, name) in [
         ("ClusterRole", "meshfed-operator"),
         ("Role", "meshfed-operator"),
@@ -487,11 +491,18 @@ fn essence(obj: &Value) -> Value {
     }
 }
 
-#[test]
-fn kustomize_default_renders_what_helm_template_renders() {
+/// `kubectl kustomize dir` and `helm template --include-crds helm_args`
+/// render the same objects (kustomize also ships the Namespace); Helm's
+/// objects by key.
+fn assert_kustomize_renders_what_helm_renders(
+    dir: &str,
+    helm_args: &[&str],
+) -> BTreeMap<String, Value> {
     let started = Instant::now();
-    let kustomized = by_key(documents(&kustomize("config/default")));
-    let helmed = by_key(documents(&helm_template(&["--include-crds"])));
+    let kustomized = by_key(documents(&kustomize(dir)));
+    let helmed = by_key(documents(&helm_template(
+        &[&["--include-crds"], helm_args].concat(),
+    )));
 
     let k_keys: BTreeSet<_> = kustomized.keys().cloned().collect();
     let h_keys: BTreeSet<_> = helmed.keys().cloned().collect();
@@ -501,11 +512,11 @@ fn kustomize_default_renders_what_helm_template_renders() {
     assert_eq!(
         only_kustomize,
         ["Namespace//meshfed-system"],
-        "objects only kustomize renders"
+        "objects only {dir} renders"
     );
     assert!(
         only_helm.is_empty(),
-        "objects only Helm renders: {only_helm:?}"
+        "objects only Helm {helm_args:?} renders: {only_helm:?}"
     );
 
     for (k, h) in &helmed {
@@ -513,13 +524,27 @@ fn kustomize_default_renders_what_helm_template_renders() {
         assert_eq!(
             essence(kz),
             essence(h),
-            "{k} differs between config/default and the chart"
+            "{k} differs between {dir} and the chart {helm_args:?}"
         );
     }
     eprintln!(
-        "{} objects agree; kustomize == helm in {:?}",
+        "{} objects agree; {dir} == helm {helm_args:?} in {:?}",
         helmed.len(),
         started.elapsed()
+    );
+    helmed
+}
+
+#[test]
+fn kustomize_default_renders_what_helm_template_renders() {
+    let helmed = assert_kustomize_renders_what_helm_renders("config/default", &[]);
+    assert!(
+        !helmed.keys().any(|k| k.contains("meshfed-member")),
+        "no member roles by default"
+    );
+    let helmed = assert_kustomize_renders_what_helm_renders(
+        "config/local-member",
+        &["--set", "rbac.localMember=true"],
     );
 
     // The member roles for remote clusters are the chart's member roles.
@@ -782,14 +807,20 @@ async fn chart_and_kustomize_apply_to_a_real_api_server_and_the_operator_becomes
     })
     .await;
 
-    // Without istio-system the chart says what to do, and installs nothing.
+    // A local member without istio-system: the chart says what to do, and
+    // installs nothing.
     let kc = kubeconfig.clone();
-    let refused = blocking(move || helm_install(Path::new(&kc), &["--create-namespace"]))
-        .await
-        .expect_err("install without istio-system must fail");
+    let refused = blocking(move || {
+        helm_install(
+            Path::new(&kc),
+            &["--create-namespace", "--set", "rbac.localMember=true"],
+        )
+    })
+    .await
+    .expect_err("install without istio-system must fail");
     ensure!(
         refused.contains("kubectl create namespace istio-system")
-            && refused.contains("rbac.localMember=false"),
+            && refused.contains("whose cluster is not a member"),
         "{refused}"
     );
     // Helm installs crds/ before rendering, so only the CRD may be there.
@@ -846,6 +877,10 @@ async fn chart_and_kustomize_apply_to_a_real_api_server_and_the_operator_becomes
             "helm template (HA)",
         )?;
         dry_run(&kustomize("config/default"), "kustomize config/default")?;
+        dry_run(
+            &kustomize("config/local-member"),
+            "kustomize config/local-member",
+        )?;
         dry_run(
             &kustomize("config/member-rbac"),
             "kustomize config/member-rbac",
@@ -966,7 +1001,7 @@ async fn operator_with_only_the_charts_rbac_takes_a_two_member_federation_to_rea
     prepare_namespaces(&admin).await?;
     let kc = host.kubeconfig_path().to_path_buf();
     let started = Instant::now();
-    blocking(move || helm_install(&kc, &[]))
+    blocking(move || helm_install(&kc, &["--set", "rbac.localMember=true"]))
         .await
         .map_err(anyhow::Error::msg)?;
     wait_crd_established(&admin).await?;

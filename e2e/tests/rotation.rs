@@ -86,6 +86,30 @@ async fn root_pem(host: &Client, secret: &str) -> Result<String> {
     )?)
 }
 
+/// Each member's `cacerts` chain (subject, issuer, serial of each
+/// certificate), for a failure's report.
+async fn cacerts_chains(clients: &[Client]) -> String {
+    let mut out = String::from("cacerts chains:");
+    for (i, c) in clients.iter().enumerate() {
+        let chain = Api::<Secret>::namespaced(c.clone(), "istio-system")
+            .get_opt("cacerts")
+            .await
+            .ok()
+            .flatten()
+            .and_then(|s| s.data?.get("cert-chain.pem").cloned())
+            .map(|b| String::from_utf8_lossy(&b.0).into_owned())
+            .unwrap_or_default();
+        out.push_str(&format!("\n  member {i}:"));
+        for cert in meshfed::pki::inspect_bundle(&chain).unwrap_or_default() {
+            out.push_str(&format!(
+                "\n    {} <- {} (serial {}, from {})",
+                cert.subject, cert.issuer, cert.serial, cert.not_before
+            ));
+        }
+    }
+    out
+}
+
 /// Waits until every member's istiod (those in `members`) distributes
 /// exactly `expected`, and signs workload certificates under `signing`.
 async fn istiods_serve(
@@ -415,14 +439,18 @@ async fn a_root_rotation_never_fails_a_handshake() -> Result<()> {
     tokio::time::sleep(Duration::from_secs(20).saturating_sub(paused.elapsed())).await;
     fleet.cluster(1).resume_apiserver()?;
     let renewed_serial = meshfed::pki::inspect(&renewed_pem)?.serial;
-    wait_for_federation(
+    let renewal = wait_for_federation(
         &host,
         "prod",
         Duration::from_secs(180),
         "the rotation to the renewed root",
         |f| rotated_to(f, &renewed_serial),
     )
-    .await?;
+    .await;
+    if renewal.is_err() {
+        eprintln!("{}", cacerts_chains(&clients).await);
+    }
+    renewal?;
     let renewed = ders(&renewed_pem);
     let renewed_der = renewed.iter().next().unwrap().clone();
     istiods_serve(&workloads, &clients, &[0, 1, 2], &renewed, &renewed_der).await?;

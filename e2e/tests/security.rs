@@ -446,3 +446,85 @@ async fn rejected(stolen: &Stolen, cluster: &e2e::Cluster) -> Result<bool> {
         .await;
     Ok(matches!(answer, Err(kube::Error::Api(e)) if e.code == 401))
 }
+
+/// The unsafe topology is refused unless the spec allows it: a member whose
+/// kubeconfig reaches the operator's own cluster gets nothing written and
+/// no peer wired to it, and the conditions name it; with
+/// `allowPeersToReadOperatorSecrets` it is used, and `CredentialsExposed`
+/// names what peers can read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operators_cluster_is_a_member_only_when_the_spec_allows_it() -> Result<()> {
+    let bed = operator_bed(2, Duration::from_secs(2), Duration::from_secs(3)).await?;
+    let (host, fleet) = (&bed.host, &bed.fleet);
+    let (own, peer) = (fleet.cluster(0), fleet.cluster(1));
+    store_credentials(host, own).await?;
+    let mut fed = federation("prod", vec![member(own, "net-a"), member(peer, "net-b")]);
+    apply_federation(host, &fed).await?;
+    let refused = wait_for_federation(host, "prod", WAIT, "the operator's cluster refused", |f| {
+        condition(f, "ClustersClaimed")
+            .is_some_and(|c| c.status == "False" && c.reason == "OperatorClusterIsMember")
+            && f.status.as_ref().is_some_and(|s| {
+                s.members
+                    .iter()
+                    .any(|m| m.name == peer.name() && m.intermediate.is_some())
+            })
+    })
+    .await?;
+    let ready = condition(&refused, "Ready").context("Ready")?;
+    ensure!(
+        ready.status == "False" && ready.reason == "OperatorClusterIsMember",
+        "{ready:?}"
+    );
+    let status = refused.status.as_ref().context("status")?;
+    let mine = status
+        .members
+        .iter()
+        .find(|m| m.name == own.name())
+        .context("the refused member's status")?;
+    let error = mine.last_error.as_deref().unwrap_or_default();
+    ensure!(
+        mine.operator_cluster && error.contains("spec.allowPeersToReadOperatorSecrets: true"),
+        "{mine:?}"
+    );
+    ensure!(
+        condition(&refused, "CredentialsExposed").is_some_and(|c| c.status == "False"),
+        "nothing is exposed while it is refused"
+    );
+    // Nothing written to it, and the peer holds no way into it.
+    let istio = Api::<Secret>::namespaced(own.client(), "istio-system");
+    ensure!(istio.get_opt("cacerts").await?.is_none(), "no cacerts");
+    let claims =
+        Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(own.client(), "istio-system");
+    ensure!(
+        claims.get_opt("meshfed-cluster-claim").await?.is_none(),
+        "no claim"
+    );
+    ensure!(
+        Api::<ServiceAccount>::namespaced(own.client(), "istio-system")
+            .get_opt("meshfed-reader-prod")
+            .await?
+            .is_none(),
+        "no reader"
+    );
+    let remote = Api::<Secret>::namespaced(peer.client(), "istio-system")
+        .list(&ListParams::default().labels("istio/multiCluster=true"))
+        .await?;
+    ensure!(remote.items.is_empty(), "the peer is wired to nothing");
+
+    // Allowed in so many words: used, and the exposure said.
+    fed.spec.allow_peers_to_read_operator_secrets = Some(true);
+    apply_federation(host, &fed).await?;
+    let allowed = wait_for_federation(host, "prod", WAIT, "Ready once allowed", |f| {
+        has_condition(f, "Ready", "True")
+    })
+    .await?;
+    let exposed = condition(&allowed, "CredentialsExposed").context("CredentialsExposed")?;
+    ensure!(
+        exposed.status == "True"
+            && exposed.reason == "OperatorClusterIsMember"
+            && exposed.message.contains("prod-root-ca"),
+        "{exposed:?}"
+    );
+    ensure!(istio.get_opt("cacerts").await?.is_some());
+    Ok(())
+}

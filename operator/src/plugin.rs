@@ -504,6 +504,7 @@ mod tests {
                 remote_secrets: None,
                 control_plane: None,
                 failover: None,
+                allow_peers_to_read_operator_secrets: None,
             },
         );
         f.status = Some(MeshFederationStatus {

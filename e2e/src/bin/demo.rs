@@ -1,4 +1,5 @@
-//! `make demo`: three local clusters, the meshfed operator, and the sample
+//! `make demo`: four local clusters (the operator's, which is not a member,
+//! and three members), the meshfed operator, and the sample
 //! federation from config/samples with Managed Istio control planes, the
 //! real istiod (pilot-discovery) behind each member's istiod Deployment (the
 //! test bed's bridge), down to a per-member status table; then each istiod's
@@ -49,15 +50,21 @@ async fn main() -> Result<()> {
     println!("building or finding Istio {ISTIO_VERSION} (pilot-discovery and charts)...");
     istio().await?;
     let helm = helm().await?;
-    println!("starting {members} local Kubernetes clusters (real API servers, no containers)...");
-    let fleet = Fleet::start(members).await?;
+    // The operator runs in a cluster of its own: a member's cluster is read
+    // by every peer's istiod, with a token that may read all its Secrets.
+    println!(
+        "starting {} local Kubernetes clusters (real API servers, no containers): one for the operator, one per member...",
+        members + 1
+    );
+    let fleet = Fleet::start(members + 1).await?;
+    let member_clusters = &fleet.clusters()[1..];
     let charts_dir = e2e::istiod::charts_dir(fleet.dir(), &[ISTIO_VERSION]).await?;
     let bridge = e2e::bridge::Bridge::start(&fleet, &fleet.dir().join("istiod"));
     let kubeconfigs = fleet.dir().join("kubeconfigs");
     let paths = fleet.write_kubeconfigs(&kubeconfigs)?;
     let host = fleet.cluster(0).client();
     install_operator_prerequisites(&host).await?;
-    for (member, cluster) in sample.spec.members.iter().zip(fleet.clusters()) {
+    for (member, cluster) in sample.spec.members.iter().zip(member_clusters) {
         let secret = member
             .credentials
             .secret_ref
@@ -103,7 +110,7 @@ async fn main() -> Result<()> {
     println!(
         "applied config/samples/meshfederation.yaml with spec.controlPlane (Managed, Istio {ISTIO_VERSION}); waiting for condition Ready..."
     );
-    let clients: Vec<Client> = fleet.clusters().iter().map(|c| c.client()).collect();
+    let clients: Vec<Client> = member_clusters.iter().map(|c| c.client()).collect();
     relax_injection_when_installed(&clients).await?;
     let fed = wait_for_federation(&host, &name, Duration::from_secs(240), "Ready", |f| {
         has_condition(f, "Ready", "True")
@@ -124,7 +131,10 @@ async fn main() -> Result<()> {
         .iter()
         .enumerate()
         .filter_map(|(i, _)| {
-            bridge.istiod(i, &format!("istiod-{}", ISTIO_VERSION.replace('.', "-")))
+            bridge.istiod(
+                i + 1,
+                &format!("istiod-{}", ISTIO_VERSION.replace('.', "-")),
+            )
         })
         .collect();
     anyhow::ensure!(
@@ -187,7 +197,7 @@ async fn main() -> Result<()> {
         }
     }
 
-    println!("\nkubeconfigs (cluster-0 runs the operator):");
+    println!("\nkubeconfigs (cluster-0 runs the operator and is not a member):");
     for p in &paths {
         println!("  {}", p.display());
     }

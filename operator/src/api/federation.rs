@@ -61,6 +61,7 @@ pub mod defaults {
 #[x_kube(
     validation = Rule::new("self.members.all(m, self.members.exists_one(n, n.name == m.name))").message("spec.members[].name must be unique").field_path(".members"),
     validation = Rule::new("self.members.size() == 1 || self.members.all(m, !has(m.credentials.local) || has(m.apiServer))").message("a member with credentials.local needs spec.members[].apiServer: peers cannot reach the in-cluster address").field_path(".members"),
+    validation = Rule::new("self.members.all(m, !has(m.credentials.local)) || (has(self.allowPeersToReadOperatorSecrets) && self.allowPeersToReadOperatorSecrets)").message("a member with credentials.local is the operator's own cluster, where every peer's reader token could read the operator's Secrets (the root key, every member's credentials): run the operator in a cluster that is not a member, or set spec.allowPeersToReadOperatorSecrets: true (docs/security.md, Topologies)").field_path(".members"),
 )]
 #[serde(rename_all = "camelCase")]
 pub struct MeshFederationSpec {
@@ -96,6 +97,17 @@ pub struct MeshFederationSpec {
     /// traffic settings that move requests away from unhealthy endpoints.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failover: Option<FailoverSpec>,
+
+    /// Lets the operator's own cluster be a member (`credentials.local`, or
+    /// a kubeconfig that reaches it). Every peer's istiod reads a member with
+    /// a token that may read all its Secrets, so every peer could then read
+    /// the operator's: the federation's root key and every member's
+    /// credentials. Unset or false: such a member is refused (at admission
+    /// for `credentials.local`, otherwise with nothing written to it and
+    /// `ClustersClaimed` False, reason `OperatorClusterIsMember`). Prefer
+    /// running the operator in a cluster that is not a member.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_peers_to_read_operator_secrets: Option<bool>,
 }
 
 /// What happens when a member degrades.
@@ -814,6 +826,12 @@ pub struct CertificateStatus {
 }
 
 impl MeshFederationSpec {
+    /// Whether the operator's own cluster may be a member
+    /// (`spec.allowPeersToReadOperatorSecrets`).
+    pub fn allows_operator_cluster(&self) -> bool {
+        self.allow_peers_to_read_operator_secrets == Some(true)
+    }
+
     /// The trust domain, defaulted.
     pub fn trust_domain(&self) -> &str {
         self.trust_domain

@@ -306,6 +306,7 @@ mod tests {
                 remote_secrets: None,
                 control_plane: None,
                 failover: None,
+                allow_peers_to_read_operator_secrets: None,
             },
         );
         f.metadata.uid = Some("uid".into());

@@ -276,6 +276,8 @@ struct Findings<'a> {
     ready: usize,
     unreachable: Vec<String>,
     claims: Vec<String>,
+    /// Whether a member was refused because it is the operator's cluster.
+    operator_cluster_refused: bool,
     certificates: Vec<String>,
     remote_secrets: Vec<String>,
     other: Vec<String>,
@@ -315,6 +317,8 @@ impl<'a> Findings<'a> {
             claims: in_spec()
                 .filter_map(|r| Some(named(r, r.claim_problem.as_ref()?)))
                 .collect(),
+            operator_cluster_refused: in_spec()
+                .any(|r| r.claim_problem.is_some() && r.status.operator_cluster),
             certificates: owned()
                 .filter_map(|r| match (&r.certificate_problem, &r.unreachable) {
                     (Some(p), _) => Some(named(r, p)),
@@ -371,7 +375,11 @@ fn clusters_claimed(f: &Findings) -> Verdict {
             ConditionReason::ClustersOwned,
             format!("each of the {} members has a cluster of its own", f.in_spec),
         ),
-        ConditionReason::ClusterClaimedElsewhere,
+        if f.operator_cluster_refused {
+            ConditionReason::OperatorClusterIsMember
+        } else {
+            ConditionReason::ClusterClaimedElsewhere
+        },
     )
 }
 
@@ -509,10 +517,7 @@ fn ready(f: &Findings, parts: &Parts) -> Verdict {
             f.unreachable.join("; "),
         )
     } else if !parts.clusters.status {
-        (
-            ConditionReason::ClusterClaimedElsewhere,
-            f.claims.join("; "),
-        )
+        (parts.clusters.reason, f.claims.join("; "))
     } else if !parts.certificates.status {
         (
             parts.certificates.reason,
@@ -596,6 +601,8 @@ pub fn build_status(
     conditions.set(DEGRADED, degraded(&f, fleet.withdrawal_held));
     conditions.set(READY, ready(&f, &parts));
     let (in_spec, ready_members) = (f.in_spec, f.ready);
+    // A refused member is not wired to any peer: nothing of it is exposed.
+    let refused: Vec<bool> = reports.iter().map(|r| r.claim_problem.is_some()).collect();
     let members: Vec<MemberStatus> = reports
         .into_iter()
         .map(|r| {
@@ -608,7 +615,13 @@ pub fn build_status(
             }
         })
         .collect();
-    conditions.set(CREDENTIALS_EXPOSED, exposure(&members, fleet.kept_secrets));
+    let wired: Vec<MemberStatus> = members
+        .iter()
+        .zip(&refused)
+        .filter(|(_, refused)| !**refused)
+        .map(|(m, _)| m.clone())
+        .collect();
+    conditions.set(CREDENTIALS_EXPOSED, exposure(&wired, fleet.kept_secrets));
     MeshFederationStatus {
         observed_generation: generation,
         conditions: conditions.into_vec(),
@@ -1001,6 +1014,49 @@ mod tests {
             condition(&s, READY).status,
             "True",
             "a warning, not an outage"
+        );
+    }
+
+    #[test]
+    fn a_refused_operator_cluster_is_named_and_exposes_nothing() {
+        let kept = ["ns/prod-root-ca".to_string()];
+        let mut host = healthy("a");
+        host.status.operator_cluster = true;
+        host.claim_problem = Some("this is the operator's own cluster".into());
+        let s = build_status(
+            Some(1),
+            vec![host, healthy("b")],
+            root(),
+            FleetFacts {
+                kept_secrets: &kept,
+                ..FleetFacts::default()
+            },
+            None,
+            t("2026-01-01T00:00:00Z"),
+        );
+        for kind in [CLUSTERS_CLAIMED, READY] {
+            let c = condition(&s, kind);
+            assert_eq!(
+                (c.status.as_str(), c.reason.as_str()),
+                ("False", "OperatorClusterIsMember"),
+                "{kind}"
+            );
+            assert!(c.message.contains("a: this is the operator's own cluster"));
+        }
+        assert_eq!(condition(&s, CREDENTIALS_EXPOSED).status, "False");
+        let mut elsewhere = healthy("a");
+        elsewhere.claim_problem = Some("member b holds it".into());
+        let s = build_status(
+            Some(1),
+            vec![elsewhere, healthy("b")],
+            root(),
+            FleetFacts::default(),
+            None,
+            t("2026-01-01T00:00:00Z"),
+        );
+        assert_eq!(
+            condition(&s, CLUSTERS_CLAIMED).reason,
+            "ClusterClaimedElsewhere"
         );
     }
 }

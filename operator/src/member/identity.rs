@@ -34,6 +34,10 @@ pub enum Claim {
     Refused { cluster_id: String, why: String },
 }
 
+/// Why the operator's own cluster is not used as a member without
+/// `spec.allowPeersToReadOperatorSecrets`.
+pub const OPERATOR_CLUSTER_REFUSED: &str = "this is the operator's own cluster, where every peer's reader token could read the operator's Secrets (the root key, every member's credentials); nothing is written to it and no peer is wired to it. Run the operator in a cluster that is not a member (docs/security.md, Topologies), or set spec.allowPeersToReadOperatorSecrets: true";
+
 /// The cluster's identity: the UID of its `kube-system` namespace, which
 /// lives as long as the cluster.
 pub async fn cluster_id(client: &Client) -> Result<String, kube::Error> {
@@ -59,7 +63,9 @@ async fn recorded(
 /// `held_cluster` is the cluster the member held, as the operator recorded
 /// it (a claim that contradicts that record was changed behind meshfed's
 /// back: it is written back, unless a federation of this operator really
-/// has the member it names). Nothing but the claim itself (and
+/// has the member it names). `refused_cluster` (the operator's own cluster,
+/// unless the spec allows it) is refused before anything is written.
+/// Nothing but the claim itself (and
 /// `istio-system` with its network label, for a cluster nobody holds) is
 /// written before the claim is settled.
 pub async fn claim_cluster(
@@ -69,6 +75,7 @@ pub async fn claim_cluster(
     member: &crate::api::Member,
     members: &BTreeSet<String>,
     held_cluster: Option<&str>,
+    refused_cluster: Option<&str>,
 ) -> Result<Claim, kube::Error> {
     let mut me = ClusterClaim {
         federation: federation.into(),
@@ -76,6 +83,12 @@ pub async fn claim_cluster(
         cluster_id: cluster_id(client).await?,
         kinds: BTreeSet::new(),
     };
+    if refused_cluster == Some(me.cluster_id.as_str()) {
+        return Ok(Claim::Refused {
+            cluster_id: me.cluster_id,
+            why: OPERATOR_CLUSTER_REFUSED.into(),
+        });
+    }
     let records = Api::<ConfigMap>::namespaced(client.clone(), ISTIO_NAMESPACE);
     let mut live = recorded(&records).await?;
     // At most twice: a lost race to create the record is judged again.

@@ -70,22 +70,27 @@ pub async fn prepare_member(ctx: &MemberContext, step: Step<'_>) -> PreparedMemb
     if let Err(e) = &prepared.endpoint {
         prepared.report.other_problems.push(e.clone());
     }
-    let work = sync_member(&conn, &ctx.client, &step, &mut prepared);
-    match tokio::time::timeout(ctx.settings.member_timeout, work).await {
+    let own = ctx.connections.own_cluster_id().await;
+    let refused = own
+        .as_deref()
+        .filter(|_| !fed.spec.allows_operator_cluster());
+    let work = sync_member(&conn, &ctx.client, &step, refused, &mut prepared);
+    let result = tokio::time::timeout(ctx.settings.member_timeout, work).await;
+    prepared.report.status.operator_cluster = member.credentials.local.is_some()
+        || (own.is_some() && own == prepared.report.status.cluster_id);
+    match result {
         Ok(Ok(())) if prepared.report.claim_problem.is_some() => {
-            // Reached, but its cluster is another member's: nothing is
-            // written there, and no peer is wired to it.
+            // Reached, but its cluster is another member's (or the
+            // operator's, not allowed): nothing is written there, and no
+            // peer is wired to it.
             prepared.report.status.reachable = true;
             prepared.endpoint = Err(format!(
-                "member {}'s cluster belongs to another member",
+                "member {}'s cluster is not its own to use",
                 member.name
             ));
         }
         Ok(Ok(())) => {
             prepared.report.status.reachable = true;
-            let own = ctx.connections.own_cluster_id().await;
-            prepared.report.status.operator_cluster = member.credentials.local.is_some()
-                || (own.is_some() && own == prepared.report.status.cluster_id);
             identity::find_token_secrets(&conn, previous, now, &mut prepared.report).await;
             identity::renew_credential(ctx, fed, member, &conn, now, &mut prepared).await;
             prepared.connection = Some(conn);
@@ -125,6 +130,7 @@ async fn sync_member(
     conn: &MemberConnection,
     operator: &kube::Client,
     step: &Step<'_>,
+    refused_cluster: Option<&str>,
     prepared: &mut PreparedMember,
 ) -> Result<(), kube::Error> {
     let Step {
@@ -149,6 +155,7 @@ async fn sync_member(
         member,
         &members,
         held_cluster,
+        refused_cluster,
     )
     .await?
     {

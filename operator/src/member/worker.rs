@@ -92,6 +92,10 @@ struct State {
     /// Members asked by a peer to mint a token.
     wanted: HashSet<(String, String)>,
     runs: HashMap<(String, String), MemberRun>,
+    /// Set by [`Workers::stop_all`]: no worker starts after it, even from a
+    /// reconcile that was mid-way when its task was aborted (an aborted task
+    /// runs on to its next await).
+    stopped: bool,
 }
 
 struct Worker {
@@ -134,6 +138,9 @@ impl Workers {
     pub fn ensure(self: &Arc<Self>, ctx: &Arc<MemberContext>, input: Input, resync: bool) {
         let k = key(&input.fed.name_any(), &input.member.name);
         let mut state = self.state();
+        if state.stopped {
+            return;
+        }
         if let Some(worker) = state.workers.get(&k) {
             let mut current = worker.input.lock().expect("worker input lock");
             let changed = current.differs(&input);
@@ -154,9 +161,12 @@ impl Workers {
         state.workers.insert(k, Worker { input, wake, task });
     }
 
-    /// Stops every worker (each task is aborted when its entry drops).
+    /// Stops every worker for good (each task is aborted when its entry
+    /// drops): the process is stopping.
     pub fn stop_all(&self) {
-        self.state().workers.clear();
+        let mut state = self.state();
+        state.stopped = true;
+        state.workers.clear();
     }
 
     /// Wakes the member's worker.

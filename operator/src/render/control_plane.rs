@@ -437,6 +437,7 @@ mod tests {
                 ingress_gateway: None,
             }),
             failover: None,
+            allow_peers_to_read_operator_secrets: None,
         }
     }
 
