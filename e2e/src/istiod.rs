@@ -166,6 +166,45 @@ pub async fn helm() -> Result<PathBuf> {
     .cloned()
 }
 
+/// `helm template <release>` of the pinned Istio's chart at `chart` (a path
+/// under its charts directory, e.g. `istio-control/istio-discovery`) into
+/// istio-system with `values`: every rendered object.
+pub async fn helm_template(
+    release: &str,
+    chart: &str,
+    values: &serde_json::Value,
+) -> Result<Vec<serde_json::Value>> {
+    let istio = istio().await?;
+    let helm = helm().await?;
+    // JSON is YAML: helm reads the values file as it is.
+    let mut values_file = tempfile::NamedTempFile::new()?;
+    std::io::Write::write_all(&mut values_file, values.to_string().as_bytes())?;
+    let out = tokio::process::Command::new(&helm)
+        .args(["template", release])
+        .arg(istio.charts_dir().join(chart))
+        .args(["--namespace", ISTIO_NAMESPACE, "--values"])
+        .arg(values_file.path())
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .with_context(|| format!("run {}", helm.display()))?;
+    if !out.status.success() {
+        bail!(
+            "helm template {chart} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let text = String::from_utf8(out.stdout)?;
+    let mut objects = Vec::new();
+    for doc in serde_yaml::Deserializer::from_str(&text) {
+        let value = serde_json::Value::deserialize(doc)?;
+        if value.get("kind").is_some() {
+            objects.push(value);
+        }
+    }
+    Ok(objects)
+}
+
 /// The CustomResourceDefinitions of Istio's `base` chart, rendered with
 /// `helm template` (rendered once per process). The chart's other objects
 /// (the reader ServiceAccount and the default-revision validating webhook)
@@ -173,28 +212,10 @@ pub async fn helm() -> Result<PathBuf> {
 pub async fn base_crds() -> Result<Vec<CustomResourceDefinition>> {
     static CRDS: OnceCell<Vec<CustomResourceDefinition>> = OnceCell::const_new();
     CRDS.get_or_try_init(|| async {
-        let istio = istio().await?;
-        let helm = helm().await?;
-        let out = tokio::process::Command::new(&helm)
-            .args(["template", "base"])
-            .arg(istio.charts_dir().join("base"))
-            .args(["--namespace", ISTIO_NAMESPACE])
-            .stdin(Stdio::null())
-            .output()
-            .await
-            .with_context(|| format!("run {}", helm.display()))?;
-        if !out.status.success() {
-            bail!(
-                "helm template base failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        let text = String::from_utf8(out.stdout)?;
         let mut crds = Vec::new();
-        for doc in serde_yaml::Deserializer::from_str(&text) {
-            let value = serde_yaml::Value::deserialize(doc)?;
-            if value.get("kind").and_then(|k| k.as_str()) == Some("CustomResourceDefinition") {
-                crds.push(serde_yaml::from_value(value)?);
+        for object in helm_template("base", "base", &serde_json::json!({})).await? {
+            if object["kind"] == "CustomResourceDefinition" {
+                crds.push(serde_json::from_value(object)?);
             }
         }
         if crds.is_empty() {
@@ -235,6 +256,62 @@ pub async fn install_base_crds(client: &Client) -> Result<()> {
         },
     )
     .await
+}
+
+/// Istio installed in `cluster` by hand, as an admin would without meshfed:
+/// the pinned Istio's `base` and revision-less `istio-discovery` charts
+/// rendered with `helm template` and server-side applied (CRDs first, until
+/// Established), istiod told its mesh, cluster name and network.
+pub async fn install_istio_by_hand(cluster: &Cluster, network: &str, mesh_id: &str) -> Result<()> {
+    let client = cluster.client();
+    let params = PatchParams::apply(MANAGER).force();
+    let namespace: Namespace = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ISTIO_NAMESPACE}
+    }))?;
+    Api::<Namespace>::all(client.clone())
+        .patch(ISTIO_NAMESPACE, &params, &Patch::Apply(&namespace))
+        .await?;
+    install_base_crds(&client).await?;
+    let values = serde_json::json!({"global": {
+        "meshID": mesh_id,
+        "multiCluster": {"clusterName": cluster.name()},
+        "network": network,
+    }});
+    let mut objects = helm_template("istio-base", "base", &serde_json::json!({})).await?;
+    objects.retain(|o| o["kind"] != "CustomResourceDefinition");
+    objects.extend(helm_template("istiod", "istio-control/istio-discovery", &values).await?);
+    let kinds = meshfed::apply::KindCache::default();
+    for object in objects {
+        let object: kube::api::DynamicObject = serde_json::from_value(object)?;
+        let types = object
+            .types
+            .clone()
+            .context("rendered object without a kind")?;
+        let (group, version) = types
+            .api_version
+            .split_once('/')
+            .unwrap_or(("", types.api_version.as_str()));
+        let gvk = kube::api::GroupVersionKind::gvk(group, version, &types.kind);
+        let (resource, namespaced) = kinds
+            .resolve(&client, cluster.name(), &gvk)
+            .await?
+            .with_context(|| format!("{} is not served", types.kind))?;
+        let api = if namespaced {
+            let ns = object
+                .metadata
+                .namespace
+                .as_deref()
+                .unwrap_or(ISTIO_NAMESPACE);
+            Api::<kube::api::DynamicObject>::namespaced_with(client.clone(), ns, &resource)
+        } else {
+            Api::all_with(client.clone(), &resource)
+        };
+        let name = object.metadata.name.clone().unwrap_or_default();
+        api.patch(&name, &params, &Patch::Apply(&object))
+            .await
+            .with_context(|| format!("apply {} {name}", types.kind))?;
+    }
+    Ok(())
 }
 
 /// How to run one istiod.

@@ -554,6 +554,8 @@ fn kustomize_default_renders_what_helm_template_renders() {
         "Role/istio-system/meshfed-member",
         "ValidatingAdmissionPolicy//meshfed-token-secrets",
         "ValidatingAdmissionPolicyBinding//meshfed-token-secrets",
+        "ValidatingAdmissionPolicy//meshfed-member-deployments",
+        "ValidatingAdmissionPolicyBinding//meshfed-member-deployments",
     ] {
         assert_eq!(
             essence(&member[k]),
@@ -1346,6 +1348,19 @@ async fn member_identity_is_least_privilege(admin: &Client, kubeconfig: &str) ->
         }))?)
     };
     let member_secrets = Api::<Secret>::namespaced(member.clone(), ISTIO_NAMESPACE);
+    // The admission plugin loads a new policy a moment (about a second)
+    // after it is created, and a fast federation gets here sooner.
+    let dry_run = PostParams {
+        dry_run: true,
+        ..PostParams::default()
+    };
+    let probe = token_secret("meshfed-e2e-probe-token", "istiod")?;
+    poll(
+        Duration::from_secs(20),
+        "admission policy meshfed-token-secrets in force",
+        || async { Ok(is_forbidden(member_secrets.create(&dry_run, &probe).await)) },
+    )
+    .await?;
     for account in ["istiod", "default", "meshfed-reader-prod", "meshfed-member"] {
         let made = member_secrets
             .create(

@@ -38,6 +38,7 @@ fn shipped_member_rbac() -> Vec<Value> {
         include_str!("../../../config/rbac/member/cluster_role.yaml"),
         include_str!("../../../config/rbac/member/istio_system_role.yaml"),
         include_str!("../../../config/rbac/member/token_secret_policy.yaml"),
+        include_str!("../../../config/rbac/member/deployment_policy.yaml"),
         include_str!("../../../config/member-rbac/service_account.yaml"),
         include_str!("../../../config/member-rbac/role_binding.yaml"),
     ];
@@ -72,6 +73,8 @@ mod tests {
             "ServiceAccount/meshfed-member",
             "ClusterRoleBinding/meshfed-member",
             "RoleBinding/meshfed-member",
+            "ValidatingAdmissionPolicy/meshfed-token-secrets",
+            "ValidatingAdmissionPolicy/meshfed-member-deployments",
         ] {
             assert!(kinds.contains(&k.to_string()), "{k}: {kinds:?}");
         }
