@@ -686,12 +686,32 @@ async fn a_member_removed_under_revoke_is_trusted_nowhere_once_the_rotation_ends
         .retain(|m| m.name != fleet.cluster(2).name());
     apply_federation(host, &fed).await?;
     let left = Instant::now();
+    let kept_pem = kept
+        .data
+        .as_ref()
+        .and_then(|d| d.get("ca-cert.pem"))
+        .context("cacerts without ca-cert.pem")?;
+    let kept_serial = meshfed::pki::inspect(std::str::from_utf8(&kept_pem.0)?)?.serial;
+    wait_for_federation(host, "prod", WAIT, "the kept intermediate listed", |f| {
+        f.status
+            .as_ref()
+            .and_then(|s| s.ca.as_ref())
+            .is_some_and(|ca| {
+                ca.departed_intermediates
+                    .iter()
+                    .any(|d| d.serial == kept_serial)
+            })
+    })
+    .await?;
     let rotated = wait_for_federation(host, "prod", WAIT, "a rotation started and finished", |f| {
         f.status
             .as_ref()
             .and_then(|s| s.ca.as_ref())
             .is_some_and(|ca| {
-                ca.phase.is_none() && ca.roots.len() == 1 && ca.roots[0].serial != first
+                ca.phase.is_none()
+                    && ca.roots.len() == 1
+                    && ca.roots[0].serial != first
+                    && ca.departed_intermediates.is_empty()
             })
     })
     .await?;

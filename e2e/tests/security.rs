@@ -321,6 +321,16 @@ async fn no_credential_meshfed_created_or_keeps_leads_to_a_write() -> Result<()>
             peer.name()
         );
     }
+    // The intermediate it keeps (onRemoval: Retain, the default).
+    let kept = Api::<Secret>::namespaced(leaving.client(), "istio-system")
+        .get("cacerts")
+        .await?;
+    let kept_pem = kept
+        .data
+        .as_ref()
+        .and_then(|d| d.get("ca-cert.pem"))
+        .context("cacerts without ca-cert.pem")?;
+    let kept_serial = meshfed::pki::inspect(std::str::from_utf8(&kept_pem.0)?)?.serial;
     let mut smaller = fed.clone();
     smaller.spec.members.retain(|m| m.name != leaving.name());
     apply_federation(&host, &smaller).await?;
@@ -372,6 +382,21 @@ async fn no_credential_meshfed_created_or_keeps_leads_to_a_write() -> Result<()>
         },
     )
     .await?;
+    // The status says which intermediate every member still trusts.
+    let now = Api::<meshfed::api::MeshFederation>::all(host.clone())
+        .get("prod")
+        .await?;
+    let departed = now
+        .status
+        .and_then(|s| s.ca)
+        .map(|ca| ca.departed_intermediates)
+        .unwrap_or_default();
+    ensure!(
+        departed.len() == 1
+            && departed[0].member == leaving.name()
+            && departed[0].serial == kept_serial,
+        "status.ca.departedIntermediates names the kept intermediate {kept_serial}: {departed:?}"
+    );
     // The ones that stay read each other with the tokens they hold now.
     for (i, m) in stay.iter().enumerate() {
         let other = stay[1 - i];

@@ -660,6 +660,26 @@ pub struct CaStatus {
     /// When the phase's wait ends once every member finished it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_phase_at: Option<Time>,
+    /// Intermediates of members that left, still trusted by every member: a
+    /// copy of a departed member's `cacerts` (kept with `onRemoval: Retain`,
+    /// or taken before it left) signs certificates for any identity until
+    /// the intermediate expires, or until a root rotation (`onRemoval:
+    /// Revoke`) removes the root it chains to. Listed until then.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub departed_intermediates: Vec<DepartedIntermediateStatus>,
+}
+
+/// A departed member's intermediate CA that members still trust.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct DepartedIntermediateStatus {
+    /// The member that held it.
+    pub member: String,
+    /// Serial number, lowercase hex.
+    pub serial: String,
+    /// End of validity: trusted until then unless a root rotation removes
+    /// its root first.
+    pub not_after: Time,
 }
 
 /// A fleet-wide control-plane rollout.

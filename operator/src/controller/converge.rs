@@ -42,11 +42,14 @@ pub(super) async fn converge(
 
     let mut membership = record_membership(ctx, fed).await?;
     let members: BTreeSet<String> = fed.spec.members.iter().map(|m| m.name.clone()).collect();
+    // What members leaving now held, from their last runs (gone once their
+    // workers stop): a copy of their cacerts stays trusted.
+    let leaving = departed_intermediates(&ctx.workers.runs(&name), &members);
     ctx.workers.retain(&name, &members);
     ctx.shared.watches.retain(&name, &members);
     let runs = ctx.workers.runs(&name);
 
-    let ca = prepare_ca(ctx, fed, &runs, membership.departure.generation, now).await;
+    let ca = prepare_ca(ctx, fed, &runs, &membership, leaving, now).await;
     let failover = decide_failover(ctx, fed, &runs, now).await?;
     let rollout = decide_rollout(ctx, fed, &runs, now).await?;
     events.extend(failover_events(
@@ -105,7 +108,8 @@ async fn prepare_ca(
     ctx: &Context,
     fed: &MeshFederation,
     runs: &BTreeMap<String, MemberRun>,
-    departure: Option<i64>,
+    membership: &membership::Membership,
+    leaving: Vec<(String, rotation::DepartedIntermediate)>,
     now: Timestamp,
 ) -> Result<Ca, String> {
     let progress =
@@ -122,7 +126,31 @@ async fn prepare_ca(
             ))
         };
     let (client, namespace) = (&ctx.shared.client, &ctx.shared.settings.namespace);
-    ca::prepare_ca(client, namespace, fed, departure, now, progress).await
+    let departure = membership.departure.generation;
+    ca::prepare_ca(client, namespace, fed, departure, leaving, now, progress).await
+}
+
+/// The intermediates (and the roots they chain to) of members in `runs`
+/// that are not in `members` any more.
+fn departed_intermediates(
+    runs: &BTreeMap<String, MemberRun>,
+    members: &BTreeSet<String>,
+) -> Vec<(String, rotation::DepartedIntermediate)> {
+    runs.iter()
+        .filter(|(name, _)| !members.contains(*name))
+        .filter_map(|(name, run)| {
+            let report = &run.report;
+            let intermediate = report.status.intermediate.as_ref()?;
+            Some((
+                name.clone(),
+                rotation::DepartedIntermediate {
+                    serial: intermediate.serial.clone(),
+                    not_after: intermediate.not_after.0,
+                    root_pem: report.intermediate_root.clone()?,
+                },
+            ))
+        })
+        .collect()
 }
 
 /// Failover's decision and what it was made from.

@@ -129,11 +129,13 @@ fn requested_reason(previous: Option<&String>, request: Option<&String>) -> Stri
 /// is none, starts or moves on a rotation (`progress(id)`: where the members
 /// stand on target `id`), and records where it stands before anything in a
 /// member changes. Errors are sentences for a status condition.
+#[allow(clippy::too_many_arguments)]
 pub async fn prepare_ca(
     client: &Client,
     namespace: &str,
     fed: &MeshFederation,
     departure: Option<i64>,
+    leaving: Vec<(String, rotation::DepartedIntermediate)>,
     now: Timestamp,
     progress: impl Fn(&str) -> rotation::Progress,
 ) -> Result<Ca, String> {
@@ -192,6 +194,7 @@ pub async fn prepare_ca(
         now,
         &mut events,
     );
+    record.note_departed(leaving, now);
     if loaded.as_ref() != Some(record) {
         super::record::write(
             client,

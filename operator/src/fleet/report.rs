@@ -52,6 +52,9 @@ pub struct MemberReport {
     /// The CA target ([`super::rotation::Target::id`]) its `cacerts` and its
     /// istiod's distributed roots match.
     pub ca_reached: Option<String>,
+    /// The root (PEM) its intermediate's chain ends at: what a copy of its
+    /// `cacerts` stays trusted under once it leaves.
+    pub intermediate_root: Option<String>,
     /// Its istiod revisions and tags (Managed), for the rollout.
     pub installed: Option<super::rollout::Installed>,
 }

@@ -97,6 +97,17 @@ pub struct Rotation {
     pub reason: String,
 }
 
+/// The intermediate of a member that left, as it was when it left: a copy
+/// of its `cacerts` signs certificates every member accepts while the root
+/// it chains to is in their bundles and it has not expired.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DepartedIntermediate {
+    pub serial: String,
+    pub not_after: Timestamp,
+    /// The root (PEM) its chain ends at.
+    pub root_pem: String,
+}
+
 /// What meshfed keeps about a federation's roots.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CaRecord {
@@ -107,6 +118,8 @@ pub struct CaRecord {
     /// How many roots meshfed generated for this federation (names them).
     pub generated: u32,
     pub rotation: Option<Rotation>,
+    /// Intermediates of members that left, by member, while still trusted.
+    pub departed: BTreeMap<String, DepartedIntermediate>,
 }
 
 /// What every member must hold now.
@@ -193,7 +206,26 @@ impl CaRecord {
             request,
             generated: 0,
             rotation: None,
+            departed: BTreeMap::new(),
         }
+    }
+
+    /// Keeps what members that just left still hold (an intermediate
+    /// already noted stays as noted), and forgets every departed
+    /// intermediate no longer trusted: expired, or its root gone from the
+    /// target's bundle (a rotation, e.g. under `onRemoval: Revoke`, ended).
+    pub fn note_departed(
+        &mut self,
+        leaving: impl IntoIterator<Item = (String, DepartedIntermediate)>,
+        now: Timestamp,
+    ) {
+        for (member, intermediate) in leaving {
+            self.departed.entry(member).or_insert(intermediate);
+        }
+        let bundle: Vec<String> = self.target().bundle.iter().map(|p| p.to_string()).collect();
+        self.departed.retain(|_, d| {
+            d.not_after > now && bundle.iter().any(|root| same_root(root, &d.root_pem))
+        });
     }
 
     /// What members must hold now.
@@ -294,6 +326,14 @@ impl CaRecord {
             }
         };
         put("active-secret", self.active.secret.clone());
+        for (member, d) in &self.departed {
+            let value = serde_json::json!({
+                "serial": d.serial,
+                "notAfter": d.not_after.to_string(),
+                "root": d.root_pem,
+            });
+            put(&format!("{DEPARTED}{member}"), Some(value.to_string()));
+        }
         put("request", self.request.clone());
         if let Some(r) = &self.rotation {
             put("phase", Some(r.phase.name().into()));
@@ -336,9 +376,26 @@ impl CaRecord {
             request: get("request"),
             generated: get("generated").and_then(|g| g.parse().ok()).unwrap_or(0),
             rotation,
+            departed: data
+                .iter()
+                .filter_map(|(k, v)| Some((k.strip_prefix(DEPARTED)?, v)))
+                .filter_map(|(member, v)| {
+                    let v: serde_json::Value = serde_json::from_str(v).ok()?;
+                    let d = DepartedIntermediate {
+                        serial: v["serial"].as_str()?.to_string(),
+                        not_after: v["notAfter"].as_str()?.parse().ok()?,
+                        root_pem: v["root"].as_str()?.to_string(),
+                    };
+                    Some((member.to_string(), d))
+                })
+                .collect(),
         })
     }
 }
+
+/// Record key prefix of a departed member's intermediate (member names are
+/// DNS labels: no dots).
+const DEPARTED: &str = "departed.";
 
 /// Whether two PEM certificates are the same root (whitespace aside).
 pub fn same_root(a: &str, b: &str) -> bool {
@@ -514,10 +571,65 @@ mod tests {
         assert_eq!(record.rotation.as_ref().unwrap().to, root("new"));
     }
 
+    fn departed(serial: &str, root: &RootRef, not_after: i64) -> DepartedIntermediate {
+        DepartedIntermediate {
+            serial: serial.into(),
+            not_after: t(not_after),
+            root_pem: root.cert_pem.clone(),
+        }
+    }
+
+    #[test]
+    fn a_departed_intermediate_is_kept_while_it_is_trusted() {
+        let mut record = CaRecord::new(root("old"), None);
+        record.note_departed(
+            [("c".to_string(), departed("1c", &root("old"), 5000))],
+            t(0),
+        );
+        // Noted once: a later report does not replace what it held.
+        record.note_departed(
+            [("c".to_string(), departed("2c", &root("old"), 9000))],
+            t(1),
+        );
+        assert_eq!(record.departed["c"].serial, "1c");
+        // Trusted through a rotation while the old root is in the bundle.
+        record.start(root("new"), "revoke", t(2));
+        let mut now = 2;
+        loop {
+            now += 1000;
+            record.advance(Progress::Reached, PERIODS, t(now));
+            if record
+                .rotation
+                .as_ref()
+                .is_none_or(|r| r.phase == Phase::TrustNew)
+            {
+                break;
+            }
+            record.note_departed([], t(3));
+            assert!(record.departed.contains_key("c"), "{:?}", record.rotation);
+        }
+        // TrustNew: its root left every bundle.
+        record.note_departed([], t(3));
+        assert!(record.departed.is_empty());
+        // And one that simply expires.
+        record.note_departed(
+            [("d".to_string(), departed("1d", &root("new"), 100))],
+            t(50),
+        );
+        assert!(record.departed.contains_key("d"));
+        record.note_departed([], t(100));
+        assert!(record.departed.is_empty());
+    }
+
     #[test]
     fn the_record_survives_a_restart_in_every_phase() {
         let mut record = CaRecord::new(root("old"), Some("r1".into()));
         record.generated = 2;
+        record.note_departed(
+            [("c".to_string(), departed("1c", &root("old"), 5000))],
+            t(0),
+        );
+        assert_eq!(record.departed.len(), 1);
         assert_eq!(CaRecord::from_data(&record.to_data()), Some(record.clone()));
         record.start(
             RootRef {

@@ -8,8 +8,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use super::report::{MemberReport, MemberRun};
 use super::rotation::{CaRecord, Periods};
 use crate::api::{
-    CaStatus, CertificateStatus, MemberStatus, MeshFederationSpec, MeshFederationStatus,
-    RolloutStatus,
+    CaStatus, CertificateStatus, DepartedIntermediateStatus, MemberStatus, MeshFederationSpec,
+    MeshFederationStatus, RolloutStatus,
 };
 
 /// Summary condition for `kubectl wait --for=condition=Ready` and Argo CD.
@@ -112,6 +112,15 @@ pub fn ca_status(
                 .collect(),
         },
         next_phase_at: record.next_phase_at(periods).map(Time),
+        departed_intermediates: record
+            .departed
+            .iter()
+            .map(|(member, d)| DepartedIntermediateStatus {
+                member: member.clone(),
+                serial: d.serial.clone(),
+                not_after: Time(d.not_after),
+            })
+            .collect(),
     }
 }
 

@@ -196,6 +196,7 @@ async fn sync_cacerts(
                 serial: info.serial,
                 not_after: Time(info.not_after),
             });
+            prepared.report.intermediate_root = pki::chain_root_pem(&current);
             Ok(Some(current))
         }
         Err(e) => {

@@ -30,7 +30,9 @@ pub use issue::{
     CLOCK_SKEW, CacertsBundle, ISTIOD_DNS_NAME, IntermediatePolicy, RootCa, issue_intermediate,
 };
 pub use keys::{generate_private_key_pem, private_key_algorithm};
-pub use renewal::{LIFETIME_TOLERANCE, ReissueReason, certificate_set, chains_to, reissue_reason};
+pub use renewal::{
+    LIFETIME_TOLERANCE, ReissueReason, certificate_set, chain_root_pem, chains_to, reissue_reason,
+};
 
 /// Failures of the PKI functions; messages never contain key material.
 #[derive(thiserror::Error, Debug, Clone, PartialEq, Eq)]

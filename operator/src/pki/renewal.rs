@@ -170,6 +170,12 @@ pub fn chains_to(bundle: &CacertsBundle, root_pem: &str) -> bool {
     chain.len() > 1 && chain.last() == Some(&root)
 }
 
+/// The root (PEM) `bundle`'s chain ends at, if it can be read.
+pub fn chain_root_pem(bundle: &CacertsBundle) -> Option<String> {
+    let chain = pem::certificates(&bundle.cert_chain_pem, "cert-chain.pem").ok()?;
+    chain.last().map(|der| pem::encode(pem::CERTIFICATE, der))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
