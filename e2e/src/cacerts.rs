@@ -14,6 +14,16 @@ use meshfed::pki::inspect_bundle;
 /// (serials of `root-cert.pem`, serial of the root `cert-chain.pem` ends with)
 pub type CaState = (Vec<String>, String);
 
+/// The serial of a `cacerts` Secret's intermediate (`ca-cert.pem`).
+pub fn intermediate_serial(secret: &Secret) -> Result<String> {
+    let pem = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get("ca-cert.pem"))
+        .ok_or_else(|| anyhow::anyhow!("cacerts without ca-cert.pem"))?;
+    Ok(meshfed::pki::inspect(std::str::from_utf8(&pem.0)?)?.serial)
+}
+
 /// A member's `cacerts` as a [`CaState`].
 pub fn state_of(secret: &Secret) -> Option<CaState> {
     let text = |k: &str| String::from_utf8(secret.data.as_ref()?.get(k)?.0.clone()).ok();

@@ -686,12 +686,7 @@ async fn a_member_removed_under_revoke_is_trusted_nowhere_once_the_rotation_ends
         .retain(|m| m.name != fleet.cluster(2).name());
     apply_federation(host, &fed).await?;
     let left = Instant::now();
-    let kept_pem = kept
-        .data
-        .as_ref()
-        .and_then(|d| d.get("ca-cert.pem"))
-        .context("cacerts without ca-cert.pem")?;
-    let kept_serial = meshfed::pki::inspect(std::str::from_utf8(&kept_pem.0)?)?.serial;
+    let kept_serial = e2e::cacerts::intermediate_serial(&kept)?;
     wait_for_federation(host, "prod", WAIT, "the kept intermediate listed", |f| {
         f.status
             .as_ref()

@@ -325,12 +325,7 @@ async fn no_credential_meshfed_created_or_keeps_leads_to_a_write() -> Result<()>
     let kept = Api::<Secret>::namespaced(leaving.client(), "istio-system")
         .get("cacerts")
         .await?;
-    let kept_pem = kept
-        .data
-        .as_ref()
-        .and_then(|d| d.get("ca-cert.pem"))
-        .context("cacerts without ca-cert.pem")?;
-    let kept_serial = meshfed::pki::inspect(std::str::from_utf8(&kept_pem.0)?)?.serial;
+    let kept_serial = e2e::cacerts::intermediate_serial(&kept)?;
     let mut smaller = fed.clone();
     smaller.spec.members.retain(|m| m.name != leaving.name());
     apply_federation(&host, &smaller).await?;
