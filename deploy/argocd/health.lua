@@ -3,16 +3,31 @@
 -- Healthy:     Ready=True and status.observedGeneration == metadata.generation.
 -- Progressing: no status yet; status describes an older generation; Ready
 --              missing or Unknown; or Ready=False for a reason meshfed clears
---              by itself on a later pass (TRANSIENT below).
--- Degraded:    Ready=False for any other reason (an unreachable member, a
---              missing root or credentials Secret, an object of meshfed's name
---              that meshfed did not create...), with the Ready message.
+--              by itself (TRANSIENT below): nobody needs to do anything.
+-- Degraded:    Ready=False for any other reason: a person needs to act (an
+--              unreachable member, a missing root Secret, a refused install,
+--              an object of meshfed's name that meshfed did not create...).
+-- The message is the Ready message, which says what is wrong and what to do.
+-- Every reason is listed in docs/argocd.md.
 local TRANSIENT = {
+  -- A root rotation waits for its phase that signs with the new root.
+  IntermediatesWaitForRotation = true,
+  -- An intermediate could not be issued or written yet; every pass retries.
+  IntermediatesNotReady = true,
   -- A token could not be minted or a remote secret not written yet; every
   -- pass retries.
   RemoteSecretsNotReady = true,
-  -- An intermediate could not be issued or written yet; every pass retries.
-  IntermediatesNotReady = true,
+  -- meshfed applied istiod (Managed) and it is not available yet.
+  ControlPlanesStarting = true,
+  -- meshfed applied the east-west gateways and one does not serve yet
+  -- (pods starting, load balancer address pending).
+  GatewaysStarting = true,
+  -- Withdrawn members are healthy again and come back after settlePeriod.
+  MembersRestoring = true,
+  -- A member's first run has not finished yet.
+  MembersNotReconciled = true,
+  -- A member that left the spec waits for its cleanup.
+  MembersLeaving = true,
 }
 
 local hs = {}

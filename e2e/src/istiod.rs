@@ -44,6 +44,8 @@ use crate::workload::SecretProjection;
 pub const ROOT_ENV: &str = "MESHFED_ISTIO_ROOT";
 /// Path of a helm binary; skips running `build-helm.sh`.
 pub const HELM_ENV: &str = "MESHFED_HELM";
+/// Path of a promtool binary; skips running `build-promtool.sh`.
+pub const PROMTOOL_ENV: &str = "MESHFED_PROMTOOL";
 /// Istio's system namespace, where istiod reads `cacerts` and remote secrets.
 pub const ISTIO_NAMESPACE: &str = "istio-system";
 /// Label istiod reads a cluster's network from (on the system namespace).
@@ -164,6 +166,21 @@ pub async fn helm() -> Result<PathBuf> {
     })
     .await
     .cloned()
+}
+
+/// Finds promtool (for the chart's alert rules): `$MESHFED_PROMTOOL`, else
+/// what `e2e/testbed/build-promtool.sh` prints.
+pub async fn promtool() -> Result<PathBuf> {
+    static PROMTOOL: OnceCell<PathBuf> = OnceCell::const_new();
+    PROMTOOL
+        .get_or_try_init(|| async {
+            match std::env::var_os(PROMTOOL_ENV).filter(|v| !v.is_empty()) {
+                Some(p) => Ok(PathBuf::from(p)),
+                None => crate::fleet::tools::testbed_script_output("build-promtool.sh").await,
+            }
+        })
+        .await
+        .cloned()
 }
 
 /// `helm template <release>` of the pinned Istio's chart at `chart` (a path

@@ -1,8 +1,12 @@
 //! `kubectl meshfed` against the test bed: `check` preflights a cluster
-//! (finding a seeded legacy token Secret and the loopback address), `join`
-//! gives meshfed its least-privilege identity there with a short-lived
-//! token and adds the member, `status --wait` follows it to Ready, and
-//! `status` prints the table, JSON and YAML. Exit codes are checked.
+//! (finding a seeded legacy token Secret, the loopback address, a network
+//! label to reuse, a federation not created yet, and for a Managed
+//! federation the rights its identity lacks), `join` refuses a bad name or
+//! lifetime, a federation or namespace that does not exist, before writing
+//! anything, then gives meshfed its least-privilege identity there with a
+//! short-lived token and adds the member, `status --wait` follows it to
+//! Ready, and `status` prints the table, JSON and YAML. Exit codes are
+//! checked.
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
@@ -11,10 +15,11 @@ use anyhow::Result;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use e2e::mesh::*;
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
+use k8s_openapi::api::rbac::v1::ClusterRole;
 use kube::Api;
-use kube::api::{Patch, PatchParams, PostParams};
-use meshfed::api::MeshFederation;
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use meshfed::api::{ControlPlaneMode, ControlPlaneSpec, MeshFederation};
 
 const WAIT: Duration = Duration::from_secs(90);
 
@@ -45,6 +50,10 @@ fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
 fn path(p: &Path) -> &str {
     p.to_str().expect("UTF-8 path")
 }
@@ -72,10 +81,45 @@ async fn check_join_and_status_from_the_plugin() -> Result<()> {
         .create(&PostParams::default(), &legacy)
         .await?;
 
-    // --- check, before joining
+    // istio-system already carries a network label (an earlier install):
+    // advice to reuse it, printed before anything else is there.
+    let labelled: Namespace = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "istio-system", "labels": {"topology.istio.io/network": "net-a"}},
+    }))?;
+    Api::<Namespace>::all(member_client.clone())
+        .create(&PostParams::default(), &labelled)
+        .await?;
+
+    // --- check, before joining (and before the federation exists)
     let out = plugin.run(&["check", "--kubeconfig", path(&member_kubeconfig)]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "--federation is required, as for join"
+    );
+    let out = plugin.run(&[
+        "check",
+        "--kubeconfig",
+        path(&member_kubeconfig),
+        "--federation",
+        "prod",
+    ]);
     assert_eq!(out.status.code(), Some(0), "an admin may do everything");
     let text = stdout(&out);
+    assert!(
+        text.contains(
+            "NOTE  istio-system is labelled topology.istio.io/network=net-a\n      -> join with --network net-a"
+        ),
+        "the network advice is printed: {text}"
+    );
+    assert!(
+        text.contains("WARN  federation prod not found in the operator's cluster"),
+        "{text}"
+    );
+    assert!(
+        text.contains("ok    the identity may install Istio's charts"),
+        "Managed mode's rights are checked while the mode is not known: {text}"
+    );
     assert!(
         text.contains("ok    API server answers, Kubernetes v1."),
         "{text}"
@@ -96,7 +140,13 @@ async fn check_join_and_status_from_the_plugin() -> Result<()> {
             &e2e::fleet::pki::ClusterPki::generate("nowhere")?.admin,
         ),
     )?;
-    let out = plugin.run(&["check", "--kubeconfig", path(&unreachable)]);
+    let out = plugin.run(&[
+        "check",
+        "--kubeconfig",
+        path(&unreachable),
+        "--federation",
+        "prod",
+    ]);
     assert_eq!(out.status.code(), Some(1), "an unreachable cluster fails");
     assert!(stdout(&out).contains("FAIL  API server https://127.0.0.1:1"));
 
@@ -111,6 +161,73 @@ async fn check_join_and_status_from_the_plugin() -> Result<()> {
     })
     .await?;
     let name = fleet.cluster(1).name();
+
+    // --- join refuses, before writing anything, what would fail later
+    let credentials_version = || async {
+        Ok::<_, kube::Error>(
+            Api::<Secret>::namespaced(host.clone(), OPERATOR_NAMESPACE)
+                .get_opt(&format!("{name}-kubeconfig"))
+                .await?
+                .and_then(|s| s.metadata.resource_version),
+        )
+    };
+    let stored_before = credentials_version().await?;
+    let join = |member: &str, federation: &str, extra: &[&str]| {
+        let mut args = vec![
+            "join",
+            member,
+            "--kubeconfig",
+            path(&member_kubeconfig),
+            "--federation",
+            federation,
+        ];
+        args.extend_from_slice(extra);
+        plugin.run(&args)
+    };
+    let out = join("Cluster_1", "prod", &[]);
+    assert_eq!(out.status.code(), Some(2), "not a DNS-1123 label");
+    assert!(stderr(&out).contains("DNS-1123"), "{}", stderr(&out));
+    let out = join(name, "prod", &["--token-lifetime", "5m"]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "shorter than TokenRequest's 10m"
+    );
+    assert!(stderr(&out).contains("10m"), "{}", stderr(&out));
+    let out = join(name, "nosuch", &["--network", "net-a"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("federation nosuch not found in the operator's cluster")
+            && stderr(&out).contains(&format!(
+                "nothing was written to member {name} or to namespace {OPERATOR_NAMESPACE}"
+            )),
+        "{}",
+        stderr(&out)
+    );
+    let out = join(name, "prod", &["--namespace", "nosuch-system"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("namespace nosuch-system not found"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        Api::<ClusterRole>::all(member_client.clone())
+            .get_opt("meshfed-reader-nosuch")
+            .await?
+            .is_none()
+            && Api::<ServiceAccount>::namespaced(member_client.clone(), "istio-system")
+                .get_opt("meshfed-member")
+                .await?
+                .is_none(),
+        "no roles or identity in the member"
+    );
+    assert_eq!(
+        credentials_version().await?,
+        stored_before,
+        "nothing stored in the operator's namespace"
+    );
+
     let out = plugin.run(&[
         "join",
         name,
@@ -124,7 +241,15 @@ async fn check_join_and_status_from_the_plugin() -> Result<()> {
         "1h",
     ]);
     assert_eq!(out.status.code(), Some(0));
-    let out = plugin.run(&["status", "prod", "--wait", "--timeout", "90s"]);
+    let out = plugin.run(&[
+        "status",
+        "prod",
+        "--wait",
+        "--timeout",
+        "90s",
+        "--host-context",
+        fleet.cluster(0).name(),
+    ]);
     assert_eq!(out.status.code(), Some(0), "Ready after the join");
     let progress = String::from_utf8_lossy(&out.stderr);
     assert!(progress.contains("2/2 members ready"), "{progress}");
@@ -212,9 +337,79 @@ async fn check_join_and_status_from_the_plugin() -> Result<()> {
         text.contains("istio-system/cacerts is this federation's"),
         "{text}"
     );
+    assert!(
+        text.contains("ok    federation prod exists in the operator's cluster (no control plane)"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("Istio's charts") && !text.contains("Managed"),
+        "no Managed-mode rights asked of a federation without one: {text}"
+    );
 
-    // --- status: table, JSON, YAML
-    let out = plugin.run(&["status", "prod"]);
+    // --- a Managed federation: the joined identity may not install Istio,
+    // and check says what to grant.
+    let mut managed = federation("managed", vec![member(fleet.cluster(1), "net-a")]);
+    managed.spec.members[0].name = "ghost".into();
+    managed.spec.members[0]
+        .credentials
+        .secret_ref
+        .as_mut()
+        .unwrap()
+        .name = "ghost-kubeconfig".into();
+    managed.spec.control_plane = Some(ControlPlaneSpec {
+        mode: ControlPlaneMode::Managed,
+        version: Some("1.31".into()),
+        ..Default::default()
+    });
+    apply_federation(&host, &managed).await?;
+    let out = plugin.run(&[
+        "check",
+        "--kubeconfig",
+        path(&joined),
+        "--federation",
+        "managed",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "Managed needs more than join gives"
+    );
+    let text = stdout(&out);
+    assert!(
+        text.contains(
+            "FAIL  federation managed has a Managed control plane, and the identity may not: "
+        ) && text.contains("customresourcedefinitions.apiextensions.k8s.io (cluster-wide)"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "kubectl create clusterrolebinding meshfed-member-cluster-admin --clusterrole cluster-admin --serviceaccount istio-system:meshfed-member"
+        ),
+        "the binding for the identity check found: {text}"
+    );
+    let out = plugin.run(&[
+        "check",
+        "--kubeconfig",
+        path(&member_kubeconfig),
+        "--federation",
+        "managed",
+    ]);
+    assert!(
+        stdout(&out).contains("ok    the identity may install Istio's charts"),
+        "an admin may: {}",
+        stdout(&out)
+    );
+    let federations = Api::<MeshFederation>::all(host.clone());
+    federations
+        .delete("managed", &DeleteParams::default())
+        .await?;
+    poll(WAIT, "federation managed deleted", || async {
+        Ok(federations.get_opt("managed").await?.is_none())
+    })
+    .await?;
+
+    // --- status: table, JSON, YAML (--context: --host-context's old name)
+    let out = plugin.run(&["status", "prod", "--context", fleet.cluster(0).name()]);
     assert_eq!(out.status.code(), Some(0));
     let table = stdout(&out);
     assert!(

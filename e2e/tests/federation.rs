@@ -10,7 +10,7 @@ use e2e::mesh::*;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::api::{DeleteParams, ListParams, PostParams};
+use kube::api::{ApiResource, DeleteParams, DynamicObject, ListParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config};
 use meshfed::api::MeshFederation;
@@ -544,7 +544,16 @@ async fn invalid_specs_are_rejected_by_the_api_server() -> Result<()> {
         }),
         "spec.failover.withdrawal.probeInterval must be between 1s and 5m",
     ));
-    let mut ejection = federation("ejection", vec![member(c, "a")]);
+    let with_control_plane = |name: &str, mode: meshfed::api::ControlPlaneMode| {
+        let mut f = federation(name, vec![member(c, "a")]);
+        f.spec.control_plane = Some(meshfed::api::ControlPlaneSpec {
+            mode,
+            version: Some("1.31".into()),
+            ..Default::default()
+        });
+        f
+    };
+    let mut ejection = with_control_plane("ejection", meshfed::api::ControlPlaneMode::External);
     ejection.spec.failover = Some(meshfed::api::FailoverSpec {
         outlier_detection: Some(meshfed::api::OutlierDetectionSpec {
             max_ejection_percent: Some(101),
@@ -556,6 +565,70 @@ async fn invalid_specs_are_rejected_by_the_api_server() -> Result<()> {
         "ejecting more than every endpoint",
         ejection,
         "spec.failover.outlierDetection.maxEjectionPercent must be between 0 and 100",
+    ));
+
+    let mut order = with_control_plane("order", meshfed::api::ControlPlaneMode::External);
+    order.spec.control_plane.as_mut().unwrap().upgrade = Some(meshfed::api::UpgradeSpec {
+        order: Some(vec![c.name().into(), "nope".into()]),
+        ..Default::default()
+    });
+    cases.push((
+        "an upgrade order naming a cluster that is not a member",
+        order,
+        "spec.controlPlane.upgrade.order may name only members",
+    ));
+    cases.push((
+        "more members required healthy than there are",
+        withdrawal(meshfed::api::WithdrawalSpec {
+            min_healthy: Some(2),
+            ..Default::default()
+        }),
+        "spec.failover.withdrawal.minHealthy must be at most the number of members",
+    ));
+    for domain in [
+        "spiffe://cluster.local",
+        "cluster.local/ns/default",
+        "Cluster.Local",
+        "example.org:443",
+        "a..b",
+    ] {
+        let mut trust = federation("trust", vec![member(c, "a")]);
+        trust.spec.trust_domain = Some(domain.into());
+        cases.push((
+            "a trust domain that is not a DNS-like name",
+            trust,
+            "spec.trustDomain must be a DNS-like name",
+        ));
+    }
+    let mut outlier = federation("outlier", vec![member(c, "a")]);
+    outlier.spec.failover = Some(meshfed::api::FailoverSpec {
+        outlier_detection: Some(Default::default()),
+        ..Default::default()
+    });
+    cases.push((
+        "outlier detection without a control plane",
+        outlier,
+        "spec.failover.outlierDetection needs spec.controlPlane",
+    ));
+    let locality = |mut f: MeshFederation| {
+        f.spec.failover = Some(meshfed::api::FailoverSpec {
+            locality: Some(Default::default()),
+            ..Default::default()
+        });
+        f
+    };
+    cases.push((
+        "locality failover without a control plane",
+        locality(federation("locality", vec![member(c, "a")])),
+        "spec.failover.locality needs spec.controlPlane.mode: Managed",
+    ));
+    cases.push((
+        "locality failover with an External control plane",
+        locality(with_control_plane(
+            "locality",
+            meshfed::api::ControlPlaneMode::External,
+        )),
+        "spec.failover.locality needs spec.controlPlane.mode: Managed",
     ));
 
     for (what, fed, expected) in cases {
@@ -571,6 +644,83 @@ async fn invalid_specs_are_rejected_by_the_api_server() -> Result<()> {
             other => panic!("{what}: expected rejection, got {other:?}"),
         }
     }
+
+    // Durations as written, which the typed API cannot hold: the operator
+    // must never be handed one it reads differently from Istio, or not at all.
+    let untyped =
+        Api::<DynamicObject>::all_with(host.clone(), &ApiResource::erase::<MeshFederation>(&()));
+    let outlier_durations = |interval: &str, ejection: &str| -> Result<DynamicObject> {
+        let mut f = serde_json::to_value(with_control_plane(
+            "durations",
+            meshfed::api::ControlPlaneMode::External,
+        ))?;
+        f["spec"]["failover"] = serde_json::json!({
+            "outlierDetection": {"interval": interval, "baseEjectionTime": ejection},
+        });
+        Ok(serde_json::from_value(f)?)
+    };
+    for (interval, ejection, field) in [
+        ("10 s", "30s", "interval"),
+        ("-5s", "30s", "interval"),
+        ("10", "30s", "interval"),
+        ("500us", "30s", "interval"),
+        ("0s", "30s", "interval"),
+        ("10s", "1e3s", "baseEjectionTime"),
+        ("10s", "thirty seconds", "baseEjectionTime"),
+        ("10s", "99999999999999999999h", "baseEjectionTime"),
+    ] {
+        let what =
+            format!("outlier detection interval {interval:?}, baseEjectionTime {ejection:?}");
+        let expected = format!("spec.failover.outlierDetection.{field}");
+        match untyped
+            .create(
+                &PostParams::default(),
+                &outlier_durations(interval, ejection)?,
+            )
+            .await
+        {
+            Err(kube::Error::Api(e)) => {
+                assert_eq!(e.code, 422, "{what}: {e:?}");
+                assert!(
+                    e.message.contains(&expected),
+                    "{what}: message {:?} should name {expected:?}",
+                    e.message
+                );
+            }
+            other => panic!("{what}: expected rejection, got {other:?}"),
+        }
+    }
+
+    // What the rules allow still goes in: every field they look at, set.
+    let mut full = with_control_plane("full", meshfed::api::ControlPlaneMode::Managed);
+    full.spec.trust_domain = Some("mesh.example.org".into());
+    full.spec.control_plane.as_mut().unwrap().upgrade = Some(meshfed::api::UpgradeSpec {
+        order: Some(vec![c.name().into()]),
+        ..Default::default()
+    });
+    full.spec.failover = Some(meshfed::api::FailoverSpec {
+        withdrawal: Some(meshfed::api::WithdrawalSpec {
+            min_healthy: Some(1),
+            ..Default::default()
+        }),
+        locality: Some(Default::default()),
+        outlier_detection: Some(meshfed::api::OutlierDetectionSpec {
+            interval: Some("1m30s".parse().unwrap()),
+            base_ejection_time: Some("1.5s".parse().unwrap()),
+            ..Default::default()
+        }),
+    });
+    create_federation(&host, &full)
+        .await
+        .expect("a spec that sets every rule's field validly is accepted");
+    untyped
+        .create(&PostParams::default(), &{
+            let mut ms = outlier_durations("500ms", "2m")?;
+            ms.metadata.name = Some("durations-ok".into());
+            ms
+        })
+        .await
+        .expect("durations in ms and m are accepted");
     Ok(())
 }
 

@@ -428,7 +428,19 @@ async fn a_lost_status_orphans_nothing_and_lost_credentials_are_reported() -> Re
     }
 
     // cluster-1 leaves together with its credentials: reported, not counted
-    // as cleaned.
+    // as cleaned. It also holds an object as a Managed control plane's
+    // (labelled with its chart component), which the remedy must keep.
+    let c1 = fleet.cluster(1).client();
+    let installed: ConfigMap = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "istio-installed", "namespace": "istio-system", "labels": {
+            "app.kubernetes.io/managed-by": "meshfed",
+            "meshfed.io/federation": "prod",
+            "meshfed.io/component": "istiod",
+        }},
+    }))?;
+    Api::<ConfigMap>::namespaced(c1.clone(), "istio-system")
+        .create(&Default::default(), &installed)
+        .await?;
     apply_federation(&host, &federation("prod", members[..1].to_vec())).await?;
     Api::<Secret>::namespaced(host.clone(), OPERATOR_NAMESPACE)
         .delete(
@@ -441,16 +453,83 @@ async fn a_lost_status_orphans_nothing_and_lost_credentials_are_reported() -> Re
     })
     .await?;
     let gone = fleet.cluster(1).name().to_string();
-    poll(WAIT, "a MemberOrphaned warning names cluster-1", || async {
+    let orphaned_note = || async {
         let events = Api::<k8s_openapi::api::events::v1::Event>::all(host.clone())
             .list(&ListParams::default())
             .await?;
-        Ok(events.items.iter().any(|e| {
-            e.reason.as_deref() == Some("MemberOrphaned")
-                && e.type_.as_deref() == Some("Warning")
-                && e.note.as_deref().is_some_and(|n| n.contains(&gone))
+        anyhow::Ok(events.items.into_iter().find_map(|e| {
+            (e.reason.as_deref() == Some("MemberOrphaned") && e.type_.as_deref() == Some("Warning"))
+                .then_some(e.note?)
+                .filter(|n| n.contains(&gone))
         }))
+    };
+    poll(WAIT, "a MemberOrphaned warning names cluster-1", || async {
+        Ok(orphaned_note().await?.is_some())
     })
     .await?;
+    let note = orphaned_note().await?.expect("found above");
+    run_orphan_remedy(fleet.cluster(1), &note).await?;
+    let labelled = |kind: &str| format!("{kind} left: ");
+    let cms = Api::<ConfigMap>::namespaced(c1.clone(), "istio-system")
+        .list(&selector)
+        .await?;
+    let names: Vec<String> = cms.items.iter().map(|c| c.name_any()).collect();
+    ensure!(
+        names == ["istio-installed"],
+        "{}{names:?}",
+        labelled("ConfigMaps")
+    );
+    let secrets = Api::<Secret>::namespaced(c1.clone(), "istio-system")
+        .list(&selector)
+        .await?;
+    let names: Vec<String> = secrets.items.iter().map(|c| c.name_any()).collect();
+    ensure!(names == ["cacerts"], "{}{names:?}", labelled("Secrets"));
+    let accounts = Api::<ServiceAccount>::namespaced(c1.clone(), "istio-system")
+        .list(&selector)
+        .await?;
+    ensure!(
+        accounts.items.is_empty(),
+        "the reader's ServiceAccount stays"
+    );
+    let roles = Api::<k8s_openapi::api::rbac::v1::ClusterRole>::all(c1.clone())
+        .list(&selector)
+        .await?;
+    let bindings = Api::<k8s_openapi::api::rbac::v1::ClusterRoleBinding>::all(c1.clone())
+        .list(&selector)
+        .await?;
+    ensure!(
+        roles.items.is_empty() && bindings.items.is_empty(),
+        "the reader's roles stay"
+    );
+    Ok(())
+}
+
+/// Runs, in `cluster`, every backticked `kubectl` command of a
+/// MemberOrphaned note, as a user pasting it into a shell would.
+async fn run_orphan_remedy(cluster: &e2e::Cluster, note: &str) -> Result<()> {
+    let kubectl = e2e::fleet::tools::tools().await?.path("kubectl");
+    let commands: Vec<&str> = note
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .filter(|c| c.starts_with("kubectl "))
+        .collect();
+    ensure!(commands.len() == 2, "two commands in {note:?}");
+    for command in commands {
+        let line = format!(
+            "{} --kubeconfig {} {}",
+            kubectl.display(),
+            cluster.kubeconfig_path().display(),
+            command.trim_start_matches("kubectl ")
+        );
+        let out = std::process::Command::new("sh")
+            .args(["-c", &line])
+            .output()?;
+        ensure!(
+            out.status.success(),
+            "{command}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     Ok(())
 }

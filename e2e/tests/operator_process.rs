@@ -10,7 +10,7 @@ use e2e::Fleet;
 use e2e::mesh::*;
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::Api;
-use meshfed::api::RemoteSecretsSpec;
+use meshfed::api::{MeshFederation, RemoteSecretsSpec};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -311,5 +311,98 @@ async fn two_replicas_one_leader_and_a_takeover() -> Result<()> {
             );
         }
     }
+    Ok(())
+}
+
+/// A credentials Secret made by hand (a bound token, no
+/// `meshfed.io/renew-credentials`): meshfed may not renew it, so it warns
+/// once the token has a third of its lifetime left, while the member still
+/// works; annotated, it is renewed and the warning goes. The operator's
+/// clock runs 41 minutes ahead (faketime), so a one-hour token is in its
+/// last third at once without waiting 40 minutes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_credential_meshfed_may_not_renew_is_warned_of_before_it_expires() -> Result<()> {
+    let binary = operator_binary()?;
+    let fleet = Fleet::start(2).await?;
+    let _logs = fleet.log_guard();
+    let host = fleet.cluster(0).client();
+    install_operator_prerequisites(&host).await?;
+    let joined = fleet.cluster(1);
+    let secret = credentials_secret_name(joined);
+    store_kubeconfig(&host, &secret, &join_identity(joined, "prod").await?).await?;
+    let kubeconfig = fleet.cluster(0).kubeconfig_path().to_path_buf();
+    let _operator = start_under(
+        &["faketime", "-f", "+41m"],
+        &binary,
+        &kubeconfig,
+        "op",
+        fleet.dir(),
+    );
+    apply_federation(&host, &federation("prod", vec![member(joined, "net-a")])).await?;
+
+    let feds = Api::<MeshFederation>::all(host.clone());
+    let reachable = |f: &MeshFederation| {
+        condition(f, "MembersReachable").map(|c| (c.status.clone(), c.reason.clone()))
+    };
+    wait_for_federation(&host, "prod", WAIT, "Ready, warned of the expiry", |f| {
+        has_condition(f, "Ready", "True")
+            && reachable(f) == Some(("True".into(), "CredentialsExpiring".into()))
+    })
+    .await?;
+    let fed = feds.get("prod").await?;
+    let message = &condition(&fed, "MembersReachable").unwrap().message;
+    assert!(message.contains(joined.name()), "{message}");
+    let status = fed.status.as_ref().unwrap();
+    assert!(status.members[0].credentials_expiring.is_some());
+    let warnings = || async {
+        let events = Api::<k8s_openapi::api::events::v1::Event>::all(host.clone())
+            .list(&Default::default())
+            .await?;
+        anyhow::Ok(
+            events
+                .items
+                .into_iter()
+                .filter(|e| {
+                    e.reason.as_deref() == Some("CredentialsExpiring")
+                        && e.type_.as_deref() == Some("Warning")
+                })
+                .filter_map(|e| e.note)
+                .collect::<Vec<_>>(),
+        )
+    };
+    poll(WAIT, "a CredentialsExpiring Warning", || async {
+        Ok(!warnings().await?.is_empty())
+    })
+    .await?;
+    let notes = warnings().await?;
+    assert!(
+        notes[0].contains(&secret)
+            && notes[0].contains("kubectl meshfed join")
+            && notes[0].contains("meshfed.io/renew-credentials"),
+        "the Warning names the Secret and both fixes: {notes:?}"
+    );
+    // More runs (resync 2 s) warn no more for the same token.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(warnings().await?.len(), 1, "one Warning per token");
+
+    // The owner lets meshfed renew it: renewed, and the warning goes.
+    let secrets =
+        Api::<k8s_openapi::api::core::v1::Secret>::namespaced(host.clone(), OPERATOR_NAMESPACE);
+    secrets
+        .patch(
+            &secret,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(serde_json::json!({
+                "metadata": {"annotations": {"meshfed.io/renew-credentials": "true"}}
+            })),
+        )
+        .await?;
+    wait_for_federation(&host, "prod", WAIT, "renewed, no warning", |f| {
+        reachable(f) == Some(("True".into(), "AllReachable".into()))
+            && f.status
+                .as_ref()
+                .is_some_and(|s| s.members[0].credentials_expiring.is_none())
+    })
+    .await?;
     Ok(())
 }

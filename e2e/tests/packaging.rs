@@ -385,6 +385,208 @@ fn chart_lints_and_its_schema_rejects_bad_values() {
     eprintln!("chart lint/schema/values: {:?}", started.elapsed());
 }
 
+/// A values file for `helm template -f` (kept until the handle is dropped).
+fn values_file(yaml: &str) -> tempfile::NamedTempFile {
+    let mut file = tempfile::Builder::new().suffix(".yaml").tempfile().unwrap();
+    file.write_all(yaml.as_bytes()).unwrap();
+    file
+}
+
+/// What docs/install.md gives for OpenShift's restricted-v2 SCC, which
+/// assigns the UID and GID itself: with nulls, the template leaves them out.
+const OPENSHIFT_VALUES: &str = "\
+podSecurityContext:
+  runAsUser: null
+  runAsGroup: null
+securityContext:
+  runAsUser: null
+  runAsGroup: null
+";
+
+/// An Istio chart set mounted beside the image's, extra flags and
+/// environment, and the NetworkPolicy with egress rules.
+const EXTRAS_VALUES: &str = "\
+extraArgs: [--stall-timeout=15m]
+extraEnv:
+  - name: RUST_LOG
+    value: info,meshfed=debug
+volumes:
+  - name: istio-1-32
+    persistentVolumeClaim: {claimName: istio-charts-1-32, readOnly: true}
+volumeMounts:
+  - name: istio-1-32
+    mountPath: /charts/1.32
+    readOnly: true
+networkPolicy:
+  enabled: true
+  metricsFrom:
+    namespaceSelector:
+      matchLabels: {kubernetes.io/metadata.name: monitoring}
+    podSelector:
+      matchLabels: {app.kubernetes.io/name: prometheus}
+  egress:
+    - {}
+";
+
+#[test]
+fn chart_values_reach_the_pod_and_the_network_policy() {
+    let chart = chart_dir();
+    let chart = chart.to_str().unwrap();
+    for (set, complaint) in [
+        ("extraArgs={stall-timeout=5m}", "/extraArgs/0"),
+        ("extraEnv[0].value=x", "/extraEnv/0"),
+        ("volumes[0].name=tmp", "/volumes/0/name"),
+        ("volumeMounts[0].name=charts", "/volumeMounts/0"),
+        (
+            "podSecurityContext.runAsUser=root",
+            "/podSecurityContext/runAsUser",
+        ),
+        ("securityContext.readOnlyRootFS=true", "/securityContext"),
+        ("networkPolicy.enabled=maybe", "/networkPolicy/enabled"),
+        (
+            "networkPolicy.metricsFrom.podSelector.app=x",
+            "/networkPolicy/metricsFrom/podSelector",
+        ),
+    ] {
+        let err = helm(&["template", "x", chart, "--set", set])
+            .expect_err(&format!("--set {set} must be rejected"));
+        assert!(
+            err.contains("values don't meet the specifications of the schema")
+                && err.contains(complaint),
+            "--set {set}: expected a schema error about {complaint}, got:\n{err}"
+        );
+    }
+
+    // Defaults: the restricted settings as the image's user, no NetworkPolicy.
+    let defaults = documents(&helm_template(&[]));
+    let pod = &find(&defaults, "Deployment", FULLNAME).unwrap()["spec"]["template"]["spec"];
+    assert_eq!(
+        pod["securityContext"],
+        json!({"runAsNonRoot": true, "runAsUser": 65532, "runAsGroup": 65532,
+               "seccompProfile": {"type": "RuntimeDefault"}})
+    );
+    assert_eq!(
+        container(&defaults)["securityContext"],
+        json!({"runAsNonRoot": true, "runAsUser": 65532, "runAsGroup": 65532,
+               "readOnlyRootFilesystem": true, "allowPrivilegeEscalation": false,
+               "capabilities": {"drop": ["ALL"]},
+               "seccompProfile": {"type": "RuntimeDefault"}})
+    );
+    assert!(!defaults.iter().any(|o| o["kind"] == "NetworkPolicy"));
+
+    // A null drops a default, from a values file or --set, and leaves the rest.
+    let openshift = values_file(OPENSHIFT_VALUES);
+    for args in [
+        vec!["-f", openshift.path().to_str().unwrap()],
+        vec![
+            "--set",
+            "podSecurityContext.runAsUser=null,podSecurityContext.runAsGroup=null",
+            "--set",
+            "securityContext.runAsUser=null,securityContext.runAsGroup=null",
+        ],
+    ] {
+        let objects = documents(&helm_template(&args));
+        let pod = &find(&objects, "Deployment", FULLNAME).unwrap()["spec"]["template"]["spec"];
+        assert_eq!(
+            pod["securityContext"],
+            json!({"runAsNonRoot": true, "seccompProfile": {"type": "RuntimeDefault"}}),
+            "{args:?}"
+        );
+        let sc = &container(&objects)["securityContext"];
+        assert_eq!(
+            (&sc["runAsUser"], &sc["runAsGroup"], &sc["runAsNonRoot"]),
+            (&Value::Null, &Value::Null, &json!(true)),
+            "{args:?}: {sc}"
+        );
+        assert_eq!(sc["capabilities"], json!({"drop": ["ALL"]}));
+        assert_eq!(sc["readOnlyRootFilesystem"], true);
+    }
+    // A map left empty goes too (an empty seccompProfile is invalid).
+    let objects = documents(&helm_template(&[
+        "--set",
+        "securityContext.seccompProfile.type=null",
+    ]));
+    assert!(
+        container(&objects)["securityContext"]
+            .get("seccompProfile")
+            .is_none()
+    );
+
+    // Extras are appended to what the chart sets.
+    let extras = values_file(EXTRAS_VALUES);
+    let objects = documents(&helm_template(&["-f", extras.path().to_str().unwrap()]));
+    assert_eq!(
+        args(&objects),
+        [
+            "--metrics-addr=0.0.0.0:8080",
+            "--resync=60s",
+            "--member-timeout=10s",
+            "--stall-timeout=15m"
+        ]
+    );
+    let c = container(&objects);
+    let env: Vec<&str> = c["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(env, ["MESHFED_NAMESPACE", "POD_NAME", "RUST_LOG"]);
+    assert_eq!(
+        c["volumeMounts"],
+        json!([{"name": "tmp", "mountPath": "/tmp"},
+               {"name": "istio-1-32", "mountPath": "/charts/1.32", "readOnly": true}])
+    );
+    let pod = &find(&objects, "Deployment", FULLNAME).unwrap()["spec"]["template"]["spec"];
+    let volumes: Vec<&str> = pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(volumes, ["tmp", "istio-1-32"]);
+
+    // The NetworkPolicy: the operator's pods, ingress to the metrics port from
+    // the given peers only; egress restricted only when rules are given.
+    let np = find(&objects, "NetworkPolicy", FULLNAME).expect("NetworkPolicy");
+    assert_eq!(np["metadata"]["namespace"], OPERATOR_NAMESPACE);
+    let selector = &find(&objects, "Deployment", FULLNAME).unwrap()["spec"]["selector"];
+    assert_eq!(np["spec"]["podSelector"], *selector);
+    assert_eq!(np["spec"]["policyTypes"], json!(["Ingress", "Egress"]));
+    assert_eq!(
+        np["spec"]["ingress"],
+        json!([{
+            "from": [{
+                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
+                "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}},
+            }],
+            "ports": [{"port": "metrics", "protocol": "TCP"}],
+        }])
+    );
+    assert_eq!(np["spec"]["egress"], json!([{}]));
+    let open = documents(&helm_template(&["--set", "networkPolicy.enabled=true"]));
+    let np = find(&open, "NetworkPolicy", FULLNAME).unwrap();
+    assert_eq!(np["spec"]["policyTypes"], json!(["Ingress"]));
+    assert!(np["spec"].get("egress").is_none());
+    assert_eq!(
+        np["spec"]["ingress"][0]["from"],
+        json!([{"namespaceSelector": {}, "podSelector": {}}])
+    );
+
+    // Every value switched on lints.
+    let lint = helm(&[
+        "lint",
+        "--strict",
+        chart,
+        "-f",
+        extras.path().to_str().unwrap(),
+        "-f",
+        openshift.path().to_str().unwrap(),
+    ])
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert!(lint.contains("0 chart(s) failed"), "{lint}");
+}
+
 /// The operator's own rules hold no wildcard, and the rules a member needs
 /// mirror the reader role meshfed creates (RBAC escalation prevention).
 #[test]
@@ -690,12 +892,19 @@ fn argocd_health_check_gives_the_expected_health_for_every_fixture() {
         .collect();
     assert_eq!(listed, on_disk, "health_test.yaml must list every fixture");
     let mut seen = BTreeSet::new();
+    let mut ready_reasons = BTreeSet::new();
     for t in &tests.tests {
         let text = std::fs::read_to_string(dir.join(&t.input_path)).unwrap();
         let obj: Value = serde_yaml::from_str(&text).unwrap();
         // Fixtures are real MeshFederations, not free-form YAML.
-        serde_json::from_value::<MeshFederation>(obj.clone())
+        let fed = serde_json::from_value::<MeshFederation>(obj.clone())
             .unwrap_or_else(|e| panic!("{} is not a MeshFederation: {e}", t.input_path));
+        let conditions = fed.status.iter().flat_map(|s| &s.conditions);
+        ready_reasons.extend(
+            conditions
+                .filter(|c| c.type_ == "Ready" && c.status != "Unknown")
+                .map(|c| c.reason.clone()),
+        );
         let (status, message) = lua_health(&script, &obj);
         assert_eq!(
             (status.as_str(), message.as_str()),
@@ -711,6 +920,16 @@ fn argocd_health_check_gives_the_expected_health_for_every_fixture() {
     assert_eq!(
         seen,
         BTreeSet::from(["Degraded".into(), "Healthy".into(), "Progressing".into()])
+    );
+    // A fixture for every reason meshfed can give Ready, so a new one is
+    // given its health here before it ships.
+    let reasons: BTreeSet<String> = meshfed::fleet::status::READY_REASONS
+        .iter()
+        .map(|r| r.as_str().to_string())
+        .collect();
+    assert_eq!(
+        ready_reasons, reasons,
+        "the fixtures' Ready reasons must be READY_REASONS (operator/src/fleet/status.rs)"
     );
 
     // The ConfigMap snippet carries the script verbatim under Argo CD's key.
@@ -878,6 +1097,16 @@ async fn chart_and_kustomize_apply_to_a_real_api_server_and_the_operator_becomes
             ]),
             "helm template (HA)",
         )?;
+        let (openshift, extras) = (values_file(OPENSHIFT_VALUES), values_file(EXTRAS_VALUES));
+        dry_run(
+            &helm_template(&[
+                "-f",
+                openshift.path().to_str().unwrap(),
+                "-f",
+                extras.path().to_str().unwrap(),
+            ]),
+            "helm template (OpenShift security contexts, extras, NetworkPolicy)",
+        )?;
         dry_run(&kustomize("config/default"), "kustomize config/default")?;
         dry_run(
             &kustomize("config/local-member"),
@@ -955,6 +1184,39 @@ async fn chart_and_kustomize_apply_to_a_real_api_server_and_the_operator_becomes
     })
     .await
     .map_err(anyhow::Error::msg)?;
+
+    // The upgrade docs/install.md gives: the CRD by hand (Helm never
+    // upgrades crds/), over the one Helm installed, then the chart.
+    let kc = kubeconfig.clone();
+    blocking(move || -> Result<(), String> {
+        let out = kubectl(
+            &[
+                "apply",
+                "--kubeconfig",
+                &kc,
+                "-f",
+                "charts/meshfed-operator/crds/",
+            ],
+            None,
+        )?;
+        if !out.contains("meshfederations.meshfed.io") {
+            return Err(out);
+        }
+        let chart = chart_dir();
+        helm(&[
+            "upgrade",
+            RELEASE,
+            chart.to_str().unwrap(),
+            "--namespace",
+            OPERATOR_NAMESPACE,
+            "--kubeconfig",
+            &kc,
+        ])
+        .map(drop)
+    })
+    .await
+    .map_err(anyhow::Error::msg)?;
+    wait_crd_established(&client).await?;
 
     // Uninstall removes the cluster-scoped objects too.
     let kc = kubeconfig.clone();
@@ -1462,4 +1724,77 @@ fn sample_federation_uses_only_known_fields() {
         round_trip["spec"], value["spec"],
         "the sample has a field the API does not know"
     );
+}
+
+/// The onboarding path as the README gives it, on fresh clusters: `helm
+/// install` with the chart's defaults into a cluster without `istio-system`
+/// (the operator's, not a member), the operator as the chart's
+/// ServiceAccount, then `kubectl meshfed join` for two members (the plugin
+/// binary, as a user runs it) into a federation created with the first
+/// member's entry: Ready, with renewable credentials and nothing exposed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_onboarding_path_reaches_ready() -> Result<()> {
+    let plugin = e2e::mesh::build_binary("kubectl-meshfed", false)?;
+    let fleet = Fleet::start(3).await?;
+    let _logs = fleet.log_guard();
+    let host = fleet.cluster(0);
+    let admin = host.client();
+    let kc = host.kubeconfig_path().to_path_buf();
+    blocking(move || helm_install(&kc, &["--create-namespace"]))
+        .await
+        .map_err(anyhow::Error::msg)?;
+    wait_crd_established(&admin).await?;
+    ensure!(
+        Api::<Namespace>::all(admin.clone())
+            .get_opt(ISTIO_NAMESPACE)
+            .await?
+            .is_none(),
+        "the chart's defaults need no istio-system in the operator's cluster"
+    );
+    let config = service_account_config(host, &admin).await?;
+    let settings = Settings {
+        resync: Duration::from_secs(2),
+        member_timeout: Duration::from_secs(5),
+        ..Settings::new(OPERATOR_NAMESPACE)
+    };
+    let ctx = Context::new(Client::try_from(config.clone())?, config, settings)?;
+    let _operator = AbortOnDrop(tokio::spawn(run_operator(ctx)));
+
+    let (east, west) = (fleet.cluster(1), fleet.cluster(2));
+    Api::<MeshFederation>::all(admin.clone())
+        .create(
+            &PostParams::default(),
+            &federation("prod", vec![member(east, "net-east")]),
+        )
+        .await?;
+    for (cluster, network) in [(east, "net-east"), (west, "net-west")] {
+        let (plugin, host_kc) = (plugin.clone(), host.kubeconfig_path().to_path_buf());
+        let member_kc = cluster.kubeconfig_path().to_str().unwrap().to_string();
+        let name = cluster.name().to_string();
+        blocking(move || {
+            let out = Command::new(&plugin)
+                .args(["join", &name, "--kubeconfig", &member_kc])
+                .args(["--federation", "prod", "--network", network])
+                .env("KUBECONFIG", &host_kc)
+                .output()
+                .map_err(|e| e.to_string())?;
+            out.status
+                .success()
+                .then_some(())
+                .ok_or_else(|| format!("join {name}: {}", String::from_utf8_lossy(&out.stderr)))
+        })
+        .await
+        .map_err(anyhow::Error::msg)?;
+    }
+    let ready = wait_for_federation(&admin, "prod", Duration::from_secs(90), "Ready", |f| {
+        has_condition(f, "Ready", "True") && f.spec.members.len() == 2
+    })
+    .await?;
+    let reachable = e2e::mesh::condition(&ready, "MembersReachable").unwrap();
+    ensure!(
+        reachable.reason == "AllReachable",
+        "join's credentials are renewable: no expiry warning: {reachable:?}"
+    );
+    ensure!(has_condition(&ready, "CredentialsExposed", "False"));
+    Ok(())
 }

@@ -28,6 +28,8 @@ pub enum Reason {
     ClaimRepaired,
     /// The operator stored a new token of its own for a member.
     CredentialsRenewed,
+    /// A bound token meshfed may not renew has a third of its lifetime left.
+    CredentialsExpiring,
     /// Something the operator keeps is readable with a peer's reader token.
     CredentialsExposed,
     /// A member minted a new reader token for its peers on request.
@@ -64,7 +66,7 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, for the docs' reference table and its test.
-    pub const ALL: [Reason; 25] = [
+    pub const ALL: [Reason; 26] = [
         Self::MemberUnreachable,
         Self::MemberRecovered,
         Self::MemberRemoved,
@@ -74,6 +76,7 @@ impl Reason {
         Self::WithdrawalHeld,
         Self::ClaimRepaired,
         Self::CredentialsRenewed,
+        Self::CredentialsExpiring,
         Self::CredentialsExposed,
         Self::TokenRefreshed,
         Self::TokenRevoked,
@@ -103,6 +106,7 @@ impl Reason {
             Self::WithdrawalHeld => "WithdrawalHeld",
             Self::ClaimRepaired => "ClaimRepaired",
             Self::CredentialsRenewed => "CredentialsRenewed",
+            Self::CredentialsExpiring => "CredentialsExpiring",
             Self::CredentialsExposed => "CredentialsExposed",
             Self::TokenRefreshed => "TokenRefreshed",
             Self::TokenRevoked => "TokenRevoked",
@@ -131,6 +135,7 @@ impl Reason {
                 | Self::MemberWithdrawn
                 | Self::WithdrawalHeld
                 | Self::ClaimRepaired
+                | Self::CredentialsExpiring
                 | Self::CredentialsExposed
                 | Self::InvalidName
                 | Self::RootLost

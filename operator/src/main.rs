@@ -9,7 +9,7 @@ use kube::{Client, Config};
 use meshfed::controller::{Context, run};
 use meshfed::leader::LeaderElector;
 use meshfed::settings::Settings;
-use meshfed::telemetry::{Probes, serve};
+use meshfed::telemetry::{Liveness, Probes, serve};
 use tracing::{error, info};
 
 /// Joins Kubernetes clusters into one Istio multi-primary mesh: watches
@@ -57,6 +57,14 @@ struct Args {
     #[arg(long, env = "MESHFED_LEADER_LEASE_DURATION", default_value = "15s", value_parser = parse_duration)]
     leader_lease_duration: Duration,
 
+    /// Fail /healthz (the liveness probe) when the controller is stuck: a
+    /// reconcile has run this long, or a federation's periodic reconcile
+    /// (due within --resync) has not come for this long. A standby replica,
+    /// and a leader with no federations, stay live. At least twice --resync.
+    /// Default: 5 × --resync, and at least 5m.
+    #[arg(long, env = "MESHFED_STALL_TIMEOUT", value_parser = parse_duration)]
+    stall_timeout: Option<Duration>,
+
     /// Identity in the Lease. Default: $POD_NAME, else the host name and process id.
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
@@ -90,6 +98,18 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
         return Err("must be positive".into());
     }
     Ok(d.into())
+}
+
+/// --stall-timeout, or its default for `resync`.
+fn stall_timeout(given: Option<Duration>, resync: Duration) -> Result<Duration, String> {
+    let stall = given.unwrap_or_else(|| Liveness::default_stall_timeout(resync));
+    if stall < resync * 2 {
+        return Err(format!(
+            "--stall-timeout ({stall:?}) must be at least twice --resync ({resync:?}): \
+             a federation is reconciled once per resync"
+        ));
+    }
+    Ok(stall)
 }
 
 /// The charts directory as the command line or environment gives it,
@@ -126,6 +146,11 @@ async fn main() -> anyhow::Result<()> {
         ))
         .get_matches();
     let args = Args::from_arg_matches(&matches)?;
+    let stall_timeout = stall_timeout(args.stall_timeout, args.resync).unwrap_or_else(|e| {
+        Args::command()
+            .error(clap::error::ErrorKind::ValueValidation, e)
+            .exit()
+    });
     meshfed::telemetry::init_logging(args.log_json);
     let config = Config::infer().await?;
     let client = Client::try_from(config.clone())?;
@@ -137,7 +162,7 @@ async fn main() -> anyhow::Result<()> {
         charts_dir: args.charts_dir,
     };
     let ctx = Context::new(client.clone(), config, settings)?;
-    let health = Arc::new(Probes::default());
+    let health = Arc::new(Probes::new(ctx.liveness(), stall_timeout));
     let server = tokio::spawn(serve(args.metrics_addr, ctx.metrics(), health.clone()));
 
     let version = client.apiserver_version().await?;
@@ -193,6 +218,19 @@ async fn shutdown_signal() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stall_timeout_defaults_to_five_resyncs_and_is_at_least_two() {
+        let s = Duration::from_secs;
+        assert_eq!(stall_timeout(None, s(60)), Ok(s(300)));
+        assert_eq!(stall_timeout(None, s(3600)), Ok(s(18000)));
+        assert_eq!(stall_timeout(Some(s(120)), s(60)), Ok(s(120)));
+        let err = stall_timeout(Some(s(90)), s(60)).unwrap_err();
+        assert!(err.contains("at least twice --resync"), "{err}");
+        // A duration, as the other flags take.
+        let args = Args::try_parse_from(["meshfed-operator", "--stall-timeout=15m"]).unwrap();
+        assert_eq!(args.stall_timeout, Some(s(900)));
+    }
 
     #[test]
     fn help_finds_the_charts_dir_before_parsing() {

@@ -2,7 +2,10 @@
 //! of what it read. The binary (`src/bin/kubectl-meshfed.rs`) does the
 //! reading and writing.
 
-use crate::api::MeshFederation;
+use std::time::Duration;
+
+use crate::api::{ControlPlaneMode, MeshFederation};
+use crate::member::cluster_admin_binding;
 use crate::render::member_rbac;
 
 /// The ServiceAccount `join` gives meshfed in a member.
@@ -86,6 +89,187 @@ pub fn needed_permissions(federation: &str) -> Vec<Permission> {
         }
     }
     out
+}
+
+/// What a Managed control plane (`spec.controlPlane.mode: Managed`) writes
+/// in a member beyond the member roles, and a few of the rights istiod's
+/// ClusterRoles grant (Kubernetes lets meshfed create those roles only if it
+/// holds them itself): what `check` asks about for a Managed federation.
+/// Istio's charts (base, istiod, gateway) hold CRDs, webhook
+/// configurations, cluster RBAC, and Deployments, Services, ServiceAccounts,
+/// ConfigMaps, Roles, RoleBindings, HorizontalPodAutoscalers and
+/// PodDisruptionBudgets in istio-system; meshfed applies them, lists them
+/// by label, and deletes what a new render no longer has; it reads pods and
+/// namespaces cluster-wide to see what still uses an old revision.
+pub fn managed_permissions() -> Vec<Permission> {
+    let permission = |verb: &str, group: &str, resource: &str, namespace: &str| Permission {
+        verb: verb.into(),
+        group: group.into(),
+        resource: resource.into(),
+        subresource: String::new(),
+        namespace: namespace.into(),
+        name: String::new(),
+    };
+    let writes = ["get", "list", "create", "patch", "delete"];
+    let cluster_wide = [
+        ("apiextensions.k8s.io", "customresourcedefinitions"),
+        (
+            "admissionregistration.k8s.io",
+            "mutatingwebhookconfigurations",
+        ),
+        (
+            "admissionregistration.k8s.io",
+            "validatingwebhookconfigurations",
+        ),
+        ("rbac.authorization.k8s.io", "clusterroles"),
+        ("rbac.authorization.k8s.io", "clusterrolebindings"),
+    ];
+    let in_istio_system = [
+        ("apps", "deployments"),
+        ("", "services"),
+        ("", "serviceaccounts"),
+        ("", "configmaps"),
+        ("rbac.authorization.k8s.io", "roles"),
+        ("rbac.authorization.k8s.io", "rolebindings"),
+        ("autoscaling", "horizontalpodautoscalers"),
+        ("policy", "poddisruptionbudgets"),
+    ];
+    let mut out = Vec::new();
+    for (group, resource) in cluster_wide {
+        out.extend(writes.iter().map(|v| permission(v, group, resource, "")));
+    }
+    for (group, resource) in in_istio_system {
+        out.extend(
+            writes
+                .iter()
+                .map(|v| permission(v, group, resource, "istio-system")),
+        );
+    }
+    out.extend([
+        permission("list", "", "pods", ""),
+        permission("list", "", "namespaces", ""),
+        // istiod's own rights, held to be granted: its webhook's CA bundle,
+        // the gateway controller's Deployments and ServiceAccounts in every
+        // namespace, token and access reviews.
+        permission(
+            "update",
+            "admissionregistration.k8s.io",
+            "mutatingwebhookconfigurations",
+            "",
+        ),
+        permission("create", "apps", "deployments", ""),
+        permission("delete", "apps", "deployments", ""),
+        permission("create", "", "serviceaccounts", ""),
+        permission("create", "authentication.k8s.io", "tokenreviews", ""),
+        permission("create", "authorization.k8s.io", "subjectaccessreviews", ""),
+    ]);
+    out
+}
+
+/// `permissions` in few words: the verbs on one resource (and name and
+/// namespace) together, `create/patch/delete customresourcedefinitions...`,
+/// in the order first met; past eight resources, how many more.
+pub fn summarize(permissions: &[&Permission]) -> String {
+    const SHOWN: usize = 8;
+    let mut groups: Vec<(Permission, Vec<&str>)> = Vec::new();
+    for p in permissions {
+        let key = Permission {
+            verb: String::new(),
+            ..(*p).clone()
+        };
+        match groups.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, verbs)) => verbs.push(&p.verb),
+            None => groups.push((key, vec![&p.verb])),
+        }
+    }
+    let more = groups.len().saturating_sub(SHOWN);
+    let mut text = groups
+        .into_iter()
+        .take(SHOWN)
+        .map(|(key, verbs)| {
+            let what = Permission {
+                verb: verbs.join("/"),
+                ..key
+            };
+            let scope = if what.namespace.is_empty() && what.name.is_empty() {
+                " (cluster-wide)"
+            } else {
+                ""
+            };
+            format!("{what}{scope}")
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    if more > 0 {
+        text += &format!(" and {more} more resources");
+    }
+    text
+}
+
+/// TokenRequest's shortest lifetime (the API server refuses less).
+pub const MIN_TOKEN_LIFETIME: Duration = Duration::from_secs(10 * 60);
+/// TokenRequest's longest lifetime (2^32 seconds, about 136 years: the API
+/// server refuses more; it may also cap lifetimes lower, and then says so in
+/// the token it returns).
+pub const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(1 << 32);
+
+/// A member name as `spec.members[].name` takes it: a DNS-1123 label (it is
+/// the member's Istio cluster ID and names its Secret `<name>-kubeconfig`).
+pub fn validate_member_name(name: &str) -> Result<(), String> {
+    let chars_ok = name
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    let ends_ok = !name.starts_with('-') && !name.ends_with('-');
+    if !name.is_empty() && name.len() <= 63 && chars_ok && ends_ok {
+        return Ok(());
+    }
+    Err(format!(
+        "member name {name:?} is not a DNS-1123 label: at most 63 lowercase letters, digits and '-', starting and ending with a letter or digit (it is the member's Istio cluster ID, spec.members[].name)"
+    ))
+}
+
+/// A network as `spec.members[].network` takes it: a Kubernetes label value
+/// of 1 to 63 characters (it becomes `topology.istio.io/network`).
+pub fn validate_network(network: &str) -> Result<(), String> {
+    let alnum = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric());
+    let chars_ok = network
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if network.len() <= 63
+        && chars_ok
+        && alnum(network.chars().next())
+        && alnum(network.chars().last())
+    {
+        return Ok(());
+    }
+    Err(format!(
+        "network {network:?} is not a label value: 1 to 63 letters, digits, '-', '_' and '.', starting and ending with a letter or digit (it becomes the topology.istio.io/network label)"
+    ))
+}
+
+/// A token lifetime TokenRequest accepts: 10 minutes to 2^32 seconds.
+pub fn validate_token_lifetime(lifetime: Duration) -> Result<(), String> {
+    if lifetime < MIN_TOKEN_LIFETIME {
+        return Err(format!(
+            "{lifetime:?} is shorter than 10m, the shortest token Kubernetes issues (TokenRequest)"
+        ));
+    }
+    if lifetime > MAX_TOKEN_LIFETIME {
+        return Err(format!(
+            "{lifetime:?} is longer than 2^32 seconds, the longest token Kubernetes issues (TokenRequest)"
+        ));
+    }
+    Ok(())
+}
+
+/// An API server address meshfed will use: https only (it verifies TLS).
+pub fn validate_server(server: &str) -> Result<(), String> {
+    match server.strip_prefix("https://") {
+        Some(rest) if !rest.is_empty() => Ok(()),
+        _ => Err(format!(
+            "API server address {server:?} is not an https:// URL: meshfed only uses verified TLS"
+        )),
+    }
 }
 
 /// Ready members, members, and whether the federation is Ready for its
@@ -275,9 +459,48 @@ pub fn status_table(fed: &MeshFederation) -> String {
 /// How serious a preflight finding is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Level {
+    /// Nothing to do.
     Ok,
+    /// Advice: nothing is wrong, but a choice to make (printed with it).
+    Note,
+    /// Something that would go wrong or hurt unless acted on.
     Warn,
+    /// Something that stops meshfed (exit code 1).
     Fail,
+}
+
+impl Level {
+    /// How `check` prints it, four characters wide.
+    pub fn label(self) -> &'static str {
+        match self {
+            Level::Ok => "ok  ",
+            Level::Note => "NOTE",
+            Level::Warn => "WARN",
+            Level::Fail => "FAIL",
+        }
+    }
+}
+
+/// What `check` learnt of the federation in the operator's cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FederationLookup {
+    /// It exists; its control-plane mode (`None`: no `spec.controlPlane`).
+    Found(Option<ControlPlaneMode>),
+    /// The operator's cluster answered: there is no federation of that name.
+    Missing,
+    /// It could not be read, and why.
+    Unknown(String),
+}
+
+impl FederationLookup {
+    /// Whether the rights of a Managed control plane are needed: `None`
+    /// when that is not known.
+    pub fn managed(&self) -> Option<bool> {
+        match self {
+            FederationLookup::Found(mode) => Some(*mode == Some(ControlPlaneMode::Managed)),
+            _ => None,
+        }
+    }
 }
 
 /// One preflight finding and what to do about it.
@@ -314,8 +537,16 @@ pub struct Preflight {
     pub cacerts: Option<Option<String>>,
     /// The `topology.istio.io/network` label of istio-system, if any.
     pub network: Option<String>,
-    /// What meshfed needs to do there, and whether the identity may.
-    pub permissions: Vec<(String, bool)>,
+    /// Who the kubeconfig's identity is (SelfSubjectReview), when known.
+    pub identity: Option<String>,
+    /// The federation as found in the operator's cluster.
+    pub federation: FederationLookup,
+    /// What meshfed needs to do there ([`needed_permissions`]), and whether
+    /// the identity may.
+    pub permissions: Vec<(Permission, bool)>,
+    /// The same for a Managed control plane ([`managed_permissions`]);
+    /// empty when the federation is known not to be Managed.
+    pub managed_permissions: Vec<(Permission, bool)>,
     /// `namespace/name` of every ServiceAccount token Secret (long-lived).
     pub token_secrets: Vec<String>,
     /// What could not be read, and why (the other findings are then
@@ -360,16 +591,21 @@ fn minor(git_version: &str) -> Option<u32> {
         .ok()
 }
 
-/// What the preflight read comes to, each with what to do.
-pub fn findings(p: &Preflight, federation: Option<&str>) -> Vec<Finding> {
-    use Level::{Fail, Warn};
+/// What the preflight read comes to, each with what to do: every finding
+/// but an `Ok` one carries its fix.
+pub fn findings(p: &Preflight, federation: &str) -> Vec<Finding> {
+    use Level::{Fail, Note, Warn};
     let mut out = Vec::new();
     match &p.version {
         Err(why) => {
             out.push(Finding::new(
                 Fail,
                 format!("API server {} did not answer: {why}", p.server),
-                "check the kubeconfig's server address, CA and credentials",
+                if why.starts_with("no answer") {
+                    "check that this machine reaches that address (VPN, firewall, a tunnel) and that the API server is up; kubectl --kubeconfig <it> get --raw /version tries the same"
+                } else {
+                    "check the kubeconfig's server address, CA and credentials"
+                },
             ));
             return out;
         }
@@ -393,10 +629,33 @@ pub fn findings(p: &Preflight, federation: Option<&str>) -> Vec<Finding> {
             "peers' istiods cannot reach it from other clusters: set spec.members[].apiServer to an address they can reach",
         ));
     }
-    let owned_elsewhere = |label: &Option<String>| match (label, federation) {
-        (Some(f), Some(mine)) => f != mine,
-        (Some(_), None) => false,
-        (None, _) => true,
+    match &p.federation {
+        FederationLookup::Found(mode) => out.push(Finding::new(
+            Level::Ok,
+            format!(
+                "federation {federation} exists in the operator's cluster ({})",
+                match mode {
+                    Some(ControlPlaneMode::Managed) => "control plane: Managed",
+                    Some(ControlPlaneMode::External) => "control plane: External",
+                    None => "no control plane",
+                }
+            ),
+            "",
+        )),
+        FederationLookup::Missing => out.push(Finding::new(
+            Warn,
+            format!("federation {federation} not found in the operator's cluster"),
+            "create it before joining (config/samples/meshfederation.yaml), or check the name and the cluster: kubectl get meshfederations; --host-context picks the operator's cluster in the current kubeconfig. join refuses a federation that does not exist",
+        )),
+        FederationLookup::Unknown(why) => out.push(Finding::new(
+            Warn,
+            format!("could not read federation {federation} in the operator's cluster: {why}"),
+            "--host-context picks the operator's cluster in the current kubeconfig ($KUBECONFIG); until it is read, the rights a Managed control plane needs are advice",
+        )),
+    }
+    let owned_elsewhere = |label: &Option<String>| match label {
+        Some(f) => f != federation,
+        None => true,
     };
     match &p.istiod {
         None => out.push(Finding::new(Level::Ok, "no istiod in istio-system", "")),
@@ -432,17 +691,26 @@ pub fn findings(p: &Preflight, federation: Option<&str>) -> Vec<Finding> {
             "istio-system has no network label",
             "",
         )),
+        // Relabelling under a running istiod changes how peers reach its
+        // workloads; before Istio runs it is only a choice to make.
         Some(n) => out.push(Finding::new(
-            Level::Ok,
+            if p.istiod.is_some() { Warn } else { Note },
             format!("istio-system is labelled topology.istio.io/network={n}"),
-            "give the member this network in the spec, or meshfed relabels it",
+            format!(
+                "join with --network {n} (spec.members[].network: {n}), or meshfed relabels istio-system with the network you give{}",
+                if p.istiod.is_some() {
+                    ", which changes how peers reach the workloads of the istiod running there"
+                } else {
+                    ""
+                }
+            ),
         )),
     }
-    let denied: Vec<&str> = p
+    let denied: Vec<&Permission> = p
         .permissions
         .iter()
         .filter(|(_, allowed)| !allowed)
-        .map(|(what, _)| what.as_str())
+        .map(|(what, _)| what)
         .collect();
     if denied.is_empty() {
         out.push(Finding::new(
@@ -456,9 +724,44 @@ pub fn findings(p: &Preflight, federation: Option<&str>) -> Vec<Finding> {
     } else {
         out.push(Finding::new(
             Fail,
-            format!("the identity may not: {}", denied.join(", ")),
+            format!("the identity may not: {}", summarize(&denied)),
             "kubectl meshfed join creates an identity with exactly these rights",
         ));
+    }
+    let managed_denied: Vec<&Permission> = p
+        .managed_permissions
+        .iter()
+        .filter(|(_, allowed)| !allowed)
+        .map(|(what, _)| what)
+        .collect();
+    let grant = format!(
+        "a Managed control plane installs Istio's charts (CRDs, webhooks, cluster RBAC), which takes cluster-admin in effect (docs/security.md): in this cluster, {}",
+        cluster_admin_binding(p.identity.as_deref().unwrap_or(""))
+    );
+    match (p.federation.managed(), managed_denied.is_empty()) {
+        _ if p.managed_permissions.is_empty() => {}
+        (Some(false), _) => {}
+        (_, true) => out.push(Finding::new(
+            Level::Ok,
+            "the identity may install Istio's charts (a Managed control plane)",
+            "",
+        )),
+        (Some(true), false) => out.push(Finding::new(
+            Fail,
+            format!(
+                "federation {federation} has a Managed control plane, and the identity may not: {}",
+                summarize(&managed_denied)
+            ),
+            grant,
+        )),
+        (None, false) => out.push(Finding::new(
+            Note,
+            format!(
+                "if federation {federation} gets a Managed control plane (spec.controlPlane.mode: Managed), the identity may not: {}",
+                summarize(&managed_denied)
+            ),
+            grant,
+        )),
     }
     for what in &p.unreadable {
         out.push(Finding::new(
@@ -558,26 +861,50 @@ mod tests {
         }
     }
 
-    #[test]
-    fn every_finding_that_needs_doing_says_what_to_do() {
-        let p = Preflight {
+    fn permission(verb: &str, resource: &str) -> Permission {
+        Permission {
+            verb: verb.into(),
+            group: String::new(),
+            resource: resource.into(),
+            subresource: String::new(),
+            namespace: String::new(),
+            name: String::new(),
+        }
+    }
+
+    fn preflight() -> Preflight {
+        Preflight {
             server: "https://127.0.0.1:6443".into(),
             version: Ok("v1.28.3".into()),
             istiod: Some(None),
             cacerts: Some(Some("other".into())),
             network: Some("net-a".into()),
+            identity: None,
+            federation: FederationLookup::Missing,
             permissions: vec![
-                ("create namespaces".into(), true),
-                ("create clusterroles".into(), false),
+                (permission("create", "namespaces"), true),
+                (
+                    Permission {
+                        group: "rbac.authorization.k8s.io".into(),
+                        ..permission("create", "clusterroles")
+                    },
+                    false,
+                ),
             ],
+            managed_permissions: Vec::new(),
             token_secrets: vec!["default/legacy".into()],
             unreadable: vec!["Secrets cluster-wide: API error 403".into()],
-        };
-        let f = findings(&p, Some("prod"));
+        }
+    }
+
+    #[test]
+    fn every_finding_that_needs_doing_says_what_to_do() {
+        let p = preflight();
+        let f = findings(&p, "prod");
         let levels: Vec<Level> = f.iter().map(|f| f.level).collect();
         assert!(levels.contains(&Level::Fail));
-        for x in f.iter().filter(|f| f.level != Level::Ok) {
-            assert!(!x.fix.is_empty(), "{x:?}");
+        for x in &f {
+            assert_eq!(x.level == Level::Ok, x.fix.is_empty(), "{x:?}");
         }
         let text = format!("{f:?}");
         for expected in [
@@ -585,16 +912,183 @@ mod tests {
             "loopback",
             "not installed by meshfed",
             "federation other",
-            "create clusterroles",
+            "federation prod not found",
+            "create clusterroles.rbac.authorization.k8s.io (cluster-wide)",
             "default/legacy",
         ] {
             assert!(text.contains(expected), "{expected}: {text}");
         }
         let down = Preflight {
-            version: Err("connection refused".into()),
+            version: Err("no answer within 10s".into()),
             ..p
         };
-        assert_eq!(findings(&down, None).len(), 1, "nothing else is known");
+        let f = findings(&down, "prod");
+        assert_eq!(f.len(), 1, "nothing else is known");
+        assert!(f[0].fix.contains("get --raw /version"), "{f:?}");
+    }
+
+    #[test]
+    fn a_network_label_is_advice_before_istio_and_a_warning_under_it() {
+        let network = |p: &Preflight| {
+            findings(p, "prod")
+                .into_iter()
+                .find(|f| f.what.contains("topology.istio.io/network"))
+                .unwrap()
+        };
+        let under_istiod = network(&preflight());
+        assert_eq!(under_istiod.level, Level::Warn);
+        assert!(under_istiod.fix.starts_with("join with --network net-a"));
+        let before = network(&Preflight {
+            istiod: None,
+            ..preflight()
+        });
+        assert_eq!(before.level, Level::Note, "{before:?}");
+        assert!(
+            !before.fix.is_empty() && before.level != Level::Ok,
+            "printed"
+        );
+        let unlabelled = findings(
+            &Preflight {
+                network: None,
+                ..preflight()
+            },
+            "prod",
+        );
+        assert!(
+            unlabelled
+                .iter()
+                .any(|f| f.level == Level::Ok && f.what.contains("no network label"))
+        );
+    }
+
+    #[test]
+    fn managed_rights_fail_for_a_managed_federation_and_are_advice_when_unknown() {
+        let managed_row = |lookup: FederationLookup, allowed: bool| {
+            let p = Preflight {
+                federation: lookup,
+                identity: Some("system:serviceaccount:istio-system:meshfed-member".into()),
+                managed_permissions: managed_permissions()
+                    .into_iter()
+                    .map(|p| (p, allowed))
+                    .collect(),
+                ..preflight()
+            };
+            findings(&p, "prod").into_iter().find(|f| {
+                f.what.contains("Managed control plane") || f.what.contains("Istio's charts")
+            })
+        };
+        let fail = managed_row(
+            FederationLookup::Found(Some(ControlPlaneMode::Managed)),
+            false,
+        )
+        .unwrap();
+        assert_eq!(fail.level, Level::Fail);
+        assert!(
+            fail.what.contains(
+                "may not: get/list/create/patch/delete customresourcedefinitions.apiextensions.k8s.io (cluster-wide), "
+            ),
+            "{fail:?}"
+        );
+        assert!(fail.what.ends_with("more resources"), "{fail:?}");
+        assert!(
+            fail.fix.ends_with("kubectl create clusterrolebinding meshfed-member-cluster-admin --clusterrole cluster-admin --serviceaccount istio-system:meshfed-member"),
+            "{fail:?}"
+        );
+        let advice = managed_row(FederationLookup::Unknown("no kubeconfig".into()), false).unwrap();
+        assert_eq!(advice.level, Level::Note);
+        assert!(
+            advice
+                .what
+                .starts_with("if federation prod gets a Managed control plane")
+        );
+        let ok = managed_row(
+            FederationLookup::Found(Some(ControlPlaneMode::Managed)),
+            true,
+        )
+        .unwrap();
+        assert_eq!(ok.level, Level::Ok);
+        assert_eq!(
+            managed_row(
+                FederationLookup::Found(Some(ControlPlaneMode::External)),
+                false
+            ),
+            None,
+            "not needed, not said"
+        );
+    }
+
+    #[test]
+    fn managed_rights_cover_what_istios_charts_hold() {
+        let all: Vec<String> = managed_permissions()
+            .iter()
+            .map(|p| p.to_string())
+            .collect();
+        for expected in [
+            "create customresourcedefinitions.apiextensions.k8s.io",
+            "patch mutatingwebhookconfigurations.admissionregistration.k8s.io",
+            "delete clusterrolebindings.rbac.authorization.k8s.io",
+            "create deployments.apps in istio-system",
+            "patch horizontalpodautoscalers.autoscaling in istio-system",
+            "create poddisruptionbudgets.policy in istio-system",
+            "list pods",
+            "create deployments.apps",
+        ] {
+            assert!(all.contains(&expected.to_string()), "{expected}: {all:?}");
+        }
+    }
+
+    #[test]
+    fn summarize_groups_verbs_by_resource() {
+        let p = [
+            permission("create", "secrets"),
+            permission("patch", "secrets"),
+            Permission {
+                namespace: "istio-system".into(),
+                ..permission("get", "configmaps")
+            },
+        ];
+        let refs: Vec<&Permission> = p.iter().collect();
+        assert_eq!(
+            summarize(&refs),
+            "create/patch secrets (cluster-wide), get configmaps in istio-system"
+        );
+    }
+
+    #[test]
+    fn join_refuses_what_the_spec_or_tokenrequest_would() {
+        for ok in ["east", "a", "cluster-1", &"a".repeat(63)] {
+            assert_eq!(validate_member_name(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "",
+            "East",
+            "-east",
+            "east-",
+            "east_1",
+            "east.1",
+            &"a".repeat(64),
+        ] {
+            let e = validate_member_name(bad).unwrap_err();
+            assert!(e.contains("DNS-1123"), "{bad}: {e}");
+        }
+        for ok in ["net-a", "Net_A.1", "n"] {
+            assert_eq!(validate_network(ok), Ok(()), "{ok}");
+        }
+        for bad in ["", "-a", "a-", "a/b", &"n".repeat(64)] {
+            assert!(validate_network(bad).is_err(), "{bad}");
+        }
+        let minutes = |m: u64| Duration::from_secs(m * 60);
+        assert!(
+            validate_token_lifetime(minutes(9))
+                .unwrap_err()
+                .contains("10m")
+        );
+        assert_eq!(validate_token_lifetime(minutes(10)), Ok(()));
+        assert_eq!(validate_token_lifetime(MAX_TOKEN_LIFETIME), Ok(()));
+        assert!(validate_token_lifetime(MAX_TOKEN_LIFETIME + Duration::from_secs(1)).is_err());
+        assert_eq!(validate_server("https://10.0.0.1:6443"), Ok(()));
+        assert!(validate_server("http://10.0.0.1:6443").is_err());
+        assert!(validate_server("https://").is_err());
     }
 
     #[test]

@@ -77,3 +77,23 @@ The subject every binding grants to: the operator's ServiceAccount.
   name: {{ include "meshfed-operator.serviceAccountName" . }}
   namespace: {{ .Release.Namespace }}
 {{- end }}
+
+{{/*
+A map as YAML without its null values, at any depth, and without the maps
+left empty by that: a default the user set to null is left out (e.g.
+podSecurityContext.runAsUser on OpenShift, or seccompProfile.type).
+*/}}
+{{- define "meshfed-operator.withoutNulls" -}}
+{{- $out := dict }}
+{{- range $key, $value := . }}
+{{- if kindIs "map" $value }}
+{{- $inner := include "meshfed-operator.withoutNulls" $value | fromYaml }}
+{{- if $inner }}
+{{- $_ := set $out $key $inner }}
+{{- end }}
+{{- else if not (kindIs "invalid" $value) }}
+{{- $_ := set $out $key $value }}
+{{- end }}
+{{- end }}
+{{- toYaml $out }}
+{{- end }}

@@ -27,10 +27,10 @@ struct Args {
     /// Steady-state rounds (every member reconciled once) to average the request counts over.
     #[arg(long, default_value_t = 3)]
     reconciles: u64,
-    /// Members in the Istio control plane comparison (meshfed against the
-    /// manual path, one fresh fleet each); 0 skips it.
-    #[arg(long, default_value_t = 3)]
-    control_plane: usize,
+    /// Member counts of the Istio control plane comparison (meshfed against
+    /// the manual path, one fresh fleet each); `--control-plane 0` skips it.
+    #[arg(long, value_delimiter = ',', default_value = "3,10", num_args = 0..)]
+    control_plane: Vec<usize>,
     /// The operator's --resync in the control plane comparison. While a
     /// federation is not Ready the operator retries after 1 s, 2 s, 4 s, ...
     /// capped at this, so it bounds how late istiod's readiness is noticed.
@@ -60,13 +60,13 @@ async fn main() -> Result<()> {
         eprintln!(">> {n} members: starting fleet");
         rows.push(measure(&binary, n, args.reconciles).await?);
     }
-    let comparison = match args.control_plane {
-        0 => None,
-        n => Some(
+    let mut comparisons = Vec::new();
+    for &n in args.control_plane.iter().filter(|&&n| n > 0) {
+        comparisons.push(
             compare_control_plane(&binary, n, &args.control_plane_resync, args.values_edits)
                 .await?,
-        ),
-    };
+        );
+    }
     let cores = std::thread::available_parallelism()?;
     if !rows.is_empty() {
         println!("\nmeshfed operator benchmark (dev-profile binary, {cores} cores)");
@@ -85,7 +85,7 @@ async fn main() -> Result<()> {
             r.peak_rss_mib
         );
     }
-    if let Some(c) = comparison {
+    for c in comparisons {
         c.print();
     }
     Ok(())

@@ -8,6 +8,13 @@ use super::KeyAlgorithm;
 const DNS1123_LABEL: &str = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
 /// A Kubernetes label value (networks become `topology.istio.io/network` labels).
 const LABEL_VALUE: &str = "^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$";
+/// A trust domain as Istio validates it (`ValidateTrustDomain`): DNS-1123
+/// labels separated by dots.
+const TRUST_DOMAIN_RULE: &str =
+    "self.matches('^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?([.][a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*$')";
+/// Longest duration string accepted where admission parses it with a
+/// pattern (bounds the cost of the CEL rule).
+const DURATION_MAX_LENGTH: u32 = 32;
 
 /// Defaults live in code, not in the schema, so that the stored object is exactly
 /// what the user (or Argo CD) applied and never shows as OutOfSync.
@@ -39,13 +46,13 @@ pub mod defaults {
     pub const INGRESS_REPLICAS: i32 = 1;
 }
 
-/// A set of Kubernetes clusters joined into one Istio multi-primary mesh.
-///
-/// meshfed gives every member an intermediate CA signed by one shared root (the
-/// `cacerts` Secret), a read-only identity for its peers, and a remote secret for
-/// every peer, and reports each member's health in `status`.
+/// The federation as the user wants it: its members and how meshfed joins
+/// them (CA, remote secrets, control plane, failover). Only `meshID` and
+/// `members` are required; each other field's description says what holds
+/// while it is unset (its default).
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
+    doc = "Kubernetes clusters (its members) joined into one Istio multi-primary mesh. meshfed gives every member an intermediate CA under one shared root (its `cacerts` Secret), a read-only identity for its peers and a remote secret for every peer; with spec.controlPlane it installs (Managed) or checks (External) istiod and east-west gateways; with spec.failover it can withdraw an unhealthy member from its peers' view. `status` reports each member's state and the federation's conditions. Cluster-scoped.",
     group = "meshfed.io",
     version = "v1alpha1",
     kind = "MeshFederation",
@@ -62,6 +69,10 @@ pub mod defaults {
     validation = Rule::new("self.members.all(m, self.members.exists_one(n, n.name == m.name))").message("spec.members[].name must be unique").field_path(".members"),
     validation = Rule::new("self.members.size() == 1 || self.members.all(m, !has(m.credentials.local) || has(m.apiServer))").message("a member with credentials.local needs spec.members[].apiServer: peers cannot reach the in-cluster address").field_path(".members"),
     validation = Rule::new("self.members.all(m, !has(m.credentials.local)) || (has(self.allowPeersToReadOperatorSecrets) && self.allowPeersToReadOperatorSecrets)").message("a member with credentials.local is the operator's own cluster, where every peer's reader token could read the operator's Secrets (the root key, every member's credentials): run the operator in a cluster that is not a member, or set spec.allowPeersToReadOperatorSecrets: true (docs/security.md, Topologies)").field_path(".members"),
+    validation = Rule::new("!has(self.controlPlane) || !has(self.controlPlane.upgrade) || !has(self.controlPlane.upgrade.order) || self.controlPlane.upgrade.order.all(n, self.members.exists(m, m.name == n))").message("spec.controlPlane.upgrade.order may name only members: every name in it must be one of spec.members[].name (remove the others from the order, or add them to spec.members)").field_path(".controlPlane.upgrade.order"),
+    validation = Rule::new("!has(self.failover) || !has(self.failover.withdrawal) || !has(self.failover.withdrawal.minHealthy) || self.failover.withdrawal.minHealthy <= self.members.size()").message("spec.failover.withdrawal.minHealthy must be at most the number of members in spec.members, or no member could ever be withdrawn: lower it, or leave it unset (a strict majority)").field_path(".failover.withdrawal.minHealthy"),
+    validation = Rule::new("!has(self.failover) || !has(self.failover.outlierDetection) || has(self.controlPlane)").message("spec.failover.outlierDetection needs spec.controlPlane: meshfed applies its DestinationRule together with the control plane (Managed or External); set spec.controlPlane, or remove spec.failover.outlierDetection").field_path(".failover.outlierDetection"),
+    validation = Rule::new("!has(self.failover) || !has(self.failover.locality) || (has(self.controlPlane) && self.controlPlane.mode == 'Managed')").message("spec.failover.locality needs spec.controlPlane.mode: Managed: it goes into the meshConfig of the istiod meshfed installs; with External (or no spec.controlPlane) set meshConfig.localityLbSetting in your own Istio installation and remove spec.failover.locality").field_path(".failover.locality"),
 )]
 #[serde(rename_all = "camelCase")]
 pub struct MeshFederationSpec {
@@ -71,9 +82,12 @@ pub struct MeshFederationSpec {
     #[schemars(length(min = 1, max = 63), regex(pattern = DNS1123_LABEL))]
     pub mesh_id: String,
 
-    /// SPIFFE trust domain of the mesh. Default: cluster.local.
+    /// SPIFFE trust domain of the mesh (Istio's `meshConfig.trustDomain`): a
+    /// DNS-like name such as `example.org`, without a scheme or a path.
+    /// Default: cluster.local.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = Rule::new(TRUST_DOMAIN_RULE).message("spec.trustDomain must be a DNS-like name such as cluster.local or example.org: dot-separated labels of lowercase letters, digits and '-' (at most 63 characters each), with no scheme (spiffe://), slash or port"))]
     pub trust_domain: Option<String>,
 
     /// The member clusters. Each ordered pair of members gets a remote secret.
@@ -123,16 +137,19 @@ pub struct FailoverSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub withdrawal: Option<WithdrawalSpec>,
 
-    /// Mesh-wide locality failover (Managed): rendered into every member's
+    /// Mesh-wide locality failover: rendered into every member's
     /// `meshConfig.localityLbSetting`, the same everywhere. It only acts
     /// where outlier detection is configured (see `outlierDetection`).
+    /// Needs `spec.controlPlane.mode: Managed` (refused otherwise: with
+    /// External, set `localityLbSetting` in your own Istio installation).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub locality: Option<LocalityFailoverSpec>,
 
     /// A mesh-wide DestinationRule `meshfed-failover` for `*.local` in
     /// istio-system with this outlier detection, so that failover acts on
     /// every service. A service's own DestinationRule replaces it for that
-    /// service (Istio does not merge them). Unset: none.
+    /// service (Istio does not merge them). Needs `spec.controlPlane`
+    /// (Managed or External; refused without it). Unset: none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outlier_detection: Option<OutlierDetectionSpec>,
 }
@@ -195,6 +212,13 @@ pub struct RegionFailover {
     pub to: String,
 }
 
+/// An outlier detection duration: what Istio's DestinationRule takes (at
+/// least 1ms), in the units that make sense for it. The pattern keeps out
+/// what CEL's `duration()` or the operator would read differently (a sign,
+/// `ns`/`us`, spaces).
+const OUTLIER_DURATION_RULE: &str =
+    "self.matches('^([0-9]+([.][0-9]+)?(ms|s|m|h))+$') && duration(self) >= duration('1ms')";
+
 /// Outlier detection for the mesh-wide DestinationRule.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
@@ -203,11 +227,17 @@ pub struct OutlierDetectionSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self >= 1").message("spec.failover.outlierDetection.consecutive5xxErrors must be at least 1"))]
     pub consecutive_5xx_errors: Option<i32>,
-    /// Time between ejection sweeps. Default: 10s.
+    /// Time between ejection sweeps: at least 1ms, written with the units
+    /// ms, s, m or h (`500ms`, `10s`, `1m30s`). Default: 10s.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = DURATION_MAX_LENGTH))]
+    #[x_kube(validation = Rule::new(OUTLIER_DURATION_RULE).message("spec.failover.outlierDetection.interval must be a duration of at least 1ms written with the units ms, s, m or h, such as 500ms, 10s or 1m30s"))]
     pub interval: Option<Duration>,
-    /// Minimum ejection duration. Default: 30s.
+    /// Minimum ejection duration: at least 1ms, written with the units ms,
+    /// s, m or h (`500ms`, `30s`, `1m`). Default: 30s.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = DURATION_MAX_LENGTH))]
+    #[x_kube(validation = Rule::new(OUTLIER_DURATION_RULE).message("spec.failover.outlierDetection.baseEjectionTime must be a duration of at least 1ms written with the units ms, s, m or h, such as 500ms, 30s or 1m"))]
     pub base_ejection_time: Option<Duration>,
     /// Largest share of a service's endpoints that may be ejected. Default: 100.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -225,8 +255,10 @@ pub struct ControlPlaneSpec {
     /// meshfed wires CA, remote secrets and gateways and reports istiod's health.
     pub mode: ControlPlaneMode,
 
-    /// Istio version to install (Managed): the chart set the operator carries
-    /// under `--charts-dir/<version>`.
+    /// Istio version, one the operator carries charts for (under
+    /// `--charts-dir/<version>`, e.g. `1.31`). Managed: required, the
+    /// version installed. External: the version of the gateway chart meshfed
+    /// installs the gateways from; unset, it installs no gateways.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(
         length(min = 1, max = 63),
@@ -277,14 +309,20 @@ pub struct RevisionTag(
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct UpgradeSpec {
-    /// RevisionBased (default) or InPlace (every member re-rendered at once,
-    /// one revision-less istiod).
+    /// How a change of `version` is rolled out. RevisionBased (default): the
+    /// new version is installed beside the old as its own revision
+    /// (`istiod-1-31`), member by member in waves of `maxConcurrent`, and
+    /// the revision tags move to it once it is healthy. InPlace: one
+    /// revision-less istiod per member, re-rendered at the new version in
+    /// every member at once (no waves, gates or pause).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(transform = own_description)]
     pub strategy: Option<UpgradeStrategy>,
     /// Members that change first, in this order; the others follow in
-    /// spec.members order (names not in spec.members, and repeats, are
-    /// ignored).
+    /// spec.members order. Every name must be a member's (refused
+    /// otherwise); repeats are ignored.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64), inner(length(min = 1, max = 63)))]
     pub order: Option<Vec<String>>,
     /// Members changing at once (a wave). Default 1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -382,6 +420,19 @@ pub enum GatewayServiceType {
     LoadBalancer,
     NodePort,
     ClusterIP,
+}
+
+/// Keeps an optional enum field's own description in the CRD: kube hoists
+/// the enum's schema, description included, over the field's, so the
+/// type's description (the same for every field of that type) is dropped
+/// here and the field's doc comment stays.
+fn own_description(schema: &mut schemars::Schema) {
+    let inner = schema.get_mut("anyOf").and_then(|v| v.as_array_mut());
+    for s in inner.into_iter().flatten() {
+        if let Some(s) = s.as_object_mut() {
+            s.remove("description");
+        }
+    }
 }
 
 /// Any JSON object (Helm values).
@@ -484,9 +535,13 @@ pub struct CaSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub root_secret_ref: Option<SecretRef>,
 
-    /// Key algorithm of the generated root and of every intermediate.
-    /// One of ECDSA-P256 (default), ECDSA-P384, RSA-2048, RSA-4096.
+    /// Key type and size of the root meshfed generates and of every
+    /// member's intermediate CA: ECDSA-P256 (default; small and fast),
+    /// ECDSA-P384, RSA-2048 or RSA-4096 (Istio's reference layout, slow to
+    /// generate). Changing it re-issues every intermediate with the new
+    /// algorithm; a generated root keeps its own until it is rotated.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(transform = own_description)]
     pub key_algorithm: Option<KeyAlgorithm>,
 
     /// Lifetime of each member's intermediate CA. Default: 8760h (one year).
@@ -510,6 +565,7 @@ pub struct CaSpec {
     /// secrets and reader identities are always removed; Istio's CRDs never
     /// are.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(transform = own_description)]
     pub on_removal: Option<RemovalPolicy>,
 
     /// How the root is rotated. A rotation starts when `rootSecretRef`
@@ -608,7 +664,14 @@ pub struct MeshFederationStatus {
     /// The `metadata.generation` this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// Ready (summary), CertificatesReady, RemoteSecretsReady, MembersReachable.
+    /// Always set: Ready (the summary, for `kubectl wait` and Argo CD),
+    /// ClustersClaimed, MembersReachable, CertificatesReady,
+    /// RemoteSecretsReady, Degraded and CredentialsExposed (True is the bad
+    /// state for these two). ControlPlanesReady once a member reports on
+    /// istiod (spec.controlPlane set), GatewaysReady once some member should
+    /// have an east-west gateway, ControlPlanesUpToDate once meshfed rolls
+    /// out a version (Managed; False while a rollout runs). Each type and
+    /// reason is described in docs/reference.md.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
     /// Number of members in the spec.
@@ -775,8 +838,12 @@ pub struct MemberStatus {
     /// spec.controlPlane.revisionTags) point to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tags_revision: Option<String>,
-    /// Current, Waiting (for its wave), Installing, Switching, Halted or
-    /// RemovingOld, while a rollout runs.
+    /// Where the member is in a rollout (Managed): Waiting (for its wave),
+    /// Installing (the new revision beside the old), Switching (its tags
+    /// move to the new revision), Halted (a gate not met within
+    /// gateTimeout) or RemovingOld (at the target, an old revision still in
+    /// use). Unset when the member runs the target version, or when no
+    /// rollout is under way.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upgrade_phase: Option<String>,
     /// Whether the member is healthy enough to receive traffic from peers,
@@ -798,6 +865,13 @@ pub struct MemberStatus {
     /// Earliest expiry of the tokens in this member's remote secrets.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_expiry: Option<Time>,
+    /// When the token in this member's credentials Secret expires, set once
+    /// a third of its lifetime is left and meshfed may not renew it (a
+    /// Secret neither made by `kubectl meshfed join` nor annotated
+    /// `meshfed.io/renew-credentials: "true"`). Past it the member is
+    /// unreachable until the Secret holds a new token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_expiring: Option<Time>,
     /// Credentials used for this member, kept so that a member that leaves the spec
     /// can still be cleaned up.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -824,7 +898,11 @@ pub struct MemberHealth {
     /// watches it) and its east-west gateway, if it has one, has a ready
     /// endpoint and an address.
     pub healthy: bool,
-    /// Healthy, ApiServerUnreachable, GatewayNotReady or IstiodUnavailable.
+    /// Healthy; ApiServerUnreachable (no answer); AccessFailed (its API
+    /// server answered with errors: the operator's credentials or rights
+    /// are the problem); GatewayNotReady; IstiodUnavailable; or Unknown
+    /// (nothing was sent: no usable credentials, or withdrawn and not
+    /// checked since the operator started).
     pub reason: String,
     /// What is wrong, in words.
     #[serde(default, skip_serializing_if = "String::is_empty")]

@@ -8,7 +8,7 @@ use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::authentication::v1::{SelfSubjectReview, TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::authorization::v1::{
     ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
 };
@@ -17,17 +17,20 @@ use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::watcher;
 use kube::{Api, Client, Config, ResourceExt};
+use meshfed::api::ControlPlaneMode;
 use meshfed::api::{KubeconfigSecretRef, Member, MemberCredentials, MeshFederation};
-use meshfed::member::error_text;
-use meshfed::plugin::{self, Level, MEMBER_IDENTITY, Preflight};
+use meshfed::member::{cluster_admin_binding, denial, error_text};
+use meshfed::plugin::{self, FederationLookup, Level, MEMBER_IDENTITY, Permission, Preflight};
 use meshfed::render::{KubeconfigInputs, render_kubeconfig};
 
 /// Status, preflight checks and joining for meshfed federations.
 ///
-/// `status` and `join` talk to the cluster that runs the operator through the
-/// current kubeconfig ($KUBECONFIG or ~/.kube/config). Exit codes: 0 done (or
-/// Ready), 1 not done (a failed check, not Ready in time, an API error), 2
-/// bad usage.
+/// The cluster that runs the operator is reached through the current
+/// kubeconfig ($KUBECONFIG or ~/.kube/config), its context chosen with
+/// --host-context; a member through --kubeconfig, its context chosen with
+/// --context. Exit codes: 0 done (or Ready), 1 not done (a failed check, not
+/// Ready in time, an API error), 2 bad usage (also a member name, network
+/// or token lifetime the cluster would refuse: then nothing is written).
 #[derive(Parser, Debug)]
 #[command(name = "kubectl meshfed", bin_name = "kubectl meshfed", version)]
 struct Args {
@@ -53,8 +56,10 @@ enum Command {
         #[arg(long, default_value = "10m", value_parser = parse_duration)]
         timeout: Duration,
         /// Context of the operator's cluster in the current kubeconfig.
-        #[arg(long)]
-        context: Option<String>,
+        // `--context`, its name before it matched join's, stays as a hidden
+        // alias for scripts.
+        #[arg(long, alias = "context")]
+        host_context: Option<String>,
     },
     /// Preflight a cluster before it joins: what would stop meshfed or its peers.
     Check {
@@ -64,10 +69,16 @@ enum Command {
         /// Context in that kubeconfig (default: its current context).
         #[arg(long)]
         context: Option<String>,
-        /// The federation it would join (to tell its own objects from
-        /// others', and to check the rights on its reader).
-        #[arg(long, default_value = "prod")]
+        /// The federation it would join, as for join: to tell its own
+        /// objects from others', to check the rights on its reader, and
+        /// (read from the operator's cluster) whether its control plane is
+        /// Managed, which needs more rights.
+        #[arg(long)]
         federation: String,
+        /// Context of the operator's cluster in the current kubeconfig,
+        /// where the federation is read.
+        #[arg(long)]
+        host_context: Option<String>,
     },
     /// Give meshfed a least-privilege identity in a cluster and store a
     /// short-lived credential for it in the operator's namespace.
@@ -77,7 +88,8 @@ enum Command {
 /// `join`'s arguments.
 #[derive(clap::Args, Debug)]
 struct JoinArgs {
-    /// Member name (its Istio cluster ID).
+    /// Member name (its Istio cluster ID): a DNS-1123 label.
+    #[arg(value_parser = parse_member_name)]
     name: String,
     /// The cluster's kubeconfig, with rights to create RBAC there.
     #[arg(long)]
@@ -91,19 +103,20 @@ struct JoinArgs {
     /// The operator's namespace.
     #[arg(long, default_value = "meshfed-system")]
     namespace: String,
-    /// Lifetime of the stored token. The operator renews it (a new token of
-    /// the same lifetime) with a third left; if the operator is stopped for
-    /// longer, run join again.
-    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    /// Lifetime of the stored token: 10m to 2^32 seconds (what TokenRequest
+    /// accepts).
+    /// The operator renews it (a new token of the same lifetime) with a
+    /// third left; if the operator is stopped for longer, run join again.
+    #[arg(long, default_value = "24h", value_parser = parse_token_lifetime)]
     token_lifetime: Duration,
-    /// The federation it joins: the member's roles may change only its
-    /// reader role and mint tokens only for its reader. With --network the
-    /// member is also added (or updated) there; without, the entry to add is
-    /// printed.
+    /// The federation it joins; it must exist in the operator's cluster.
+    /// The member's roles may change only its reader role and mint tokens
+    /// only for its reader. With --network the member is also added (or
+    /// updated) there; without, the entry to add is printed.
     #[arg(long)]
     federation: String,
     /// The member's network (topology.istio.io/network).
-    #[arg(long)]
+    #[arg(long, value_parser = parse_network)]
     network: Option<String>,
     /// The API server address the operator (and peers) should use, when
     /// it differs from the one in --kubeconfig (a bastion, a loopback
@@ -120,9 +133,25 @@ enum Output {
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    s.parse::<kube::core::Duration>()
-        .map(Into::into)
-        .map_err(|e| e.to_string())
+    let d: kube::core::Duration = s.parse().map_err(|e| format!("{e}"))?;
+    if d.is_negative() {
+        return Err(format!("{s} is negative"));
+    }
+    Ok(d.into())
+}
+
+fn parse_token_lifetime(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    plugin::validate_token_lifetime(d)?;
+    Ok(d)
+}
+
+fn parse_member_name(s: &str) -> Result<String, String> {
+    plugin::validate_member_name(s).map(|()| s.to_string())
+}
+
+fn parse_network(s: &str) -> Result<String, String> {
+    plugin::validate_network(s).map(|()| s.to_string())
 }
 
 #[tokio::main]
@@ -169,9 +198,9 @@ async fn run(args: Args) -> Result<bool> {
             watch,
             wait,
             timeout,
-            context,
+            host_context,
         } => {
-            let api = Api::<MeshFederation>::all(host_client(&context).await?);
+            let api = Api::<MeshFederation>::all(host_client(&host_context).await?);
             if wait {
                 let name = name.context("--wait needs a federation name")?;
                 return wait_ready(&api, &name, timeout).await;
@@ -191,18 +220,15 @@ async fn run(args: Args) -> Result<bool> {
             kubeconfig,
             context,
             federation,
+            host_context,
         } => {
             let config = member_config(&kubeconfig, &context).await?;
-            let preflight = preflight(config, &federation).await?;
-            let findings = plugin::findings(&preflight, Some(&federation));
+            let lookup = lookup_federation(&host_context, &federation).await;
+            let preflight = preflight(config, &federation, lookup).await?;
+            let findings = plugin::findings(&preflight, &federation);
             for f in &findings {
-                let level = match f.level {
-                    Level::Ok => "ok  ",
-                    Level::Warn => "WARN",
-                    Level::Fail => "FAIL",
-                };
-                println!("{level}  {}", f.what);
-                if f.level != Level::Ok && !f.fix.is_empty() {
+                println!("{}  {}", f.level.label(), f.what);
+                if !f.fix.is_empty() {
                     println!("      -> {}", f.fix);
                 }
             }
@@ -294,19 +320,93 @@ async fn watch_status(api: &Api<MeshFederation>, name: &str, output: Output) -> 
     Ok(true)
 }
 
-async fn preflight(config: Config, federation: &str) -> Result<Preflight> {
+/// What the operator's cluster says of `federation`, for `check`: never an
+/// error (a member's admin may not reach the operator's cluster).
+async fn lookup_federation(context: &Option<String>, name: &str) -> FederationLookup {
+    let limit = Duration::from_secs(10);
+    let read = async {
+        let api = Api::<MeshFederation>::all(host_client(context).await?);
+        Ok::<_, anyhow::Error>(api.get_opt(name).await?)
+    };
+    match tokio::time::timeout(limit, read).await {
+        Ok(Ok(Some(fed))) => FederationLookup::Found(fed.spec.control_plane.map(|c| c.mode)),
+        Ok(Ok(None)) => FederationLookup::Missing,
+        Ok(Err(e)) => FederationLookup::Unknown(match e.downcast_ref::<kube::Error>() {
+            Some(e) => api_text(e),
+            None => format!("{e:#}"),
+        }),
+        Err(_) => FederationLookup::Unknown(format!("no answer within {limit:?}")),
+    }
+}
+
+/// An API error as `check` and `join` print it: a refusal says what was
+/// refused and to whom; the finding or error it is part of says what to do
+/// (the operator's fixes in [`error_text`] speak of a member's roles).
+fn api_text(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(s) if s.code == 403 => match denial(&s.message) {
+            Some(d) if !d.user.is_empty() => {
+                format!("access denied (403): {} may not {}", d.user, d.what)
+            }
+            Some(d) => format!("access denied (403): may not {}", d.what),
+            None => format!("API error 403: {}", s.message),
+        },
+        _ => error_text(e),
+    }
+}
+
+/// Whether the client's identity may do `needed` (a SelfSubjectAccessReview;
+/// a review that fails counts as no).
+async fn may(reviews: &Api<SelfSubjectAccessReview>, needed: &Permission) -> bool {
+    review(reviews, needed).await.unwrap_or(false)
+}
+
+/// What a SelfSubjectAccessReview says of `needed`; `None` when it failed.
+async fn review(reviews: &Api<SelfSubjectAccessReview>, needed: &Permission) -> Option<bool> {
+    let optional = |s: &str| (!s.is_empty()).then(|| s.to_string());
+    let review = SelfSubjectAccessReview {
+        spec: SelfSubjectAccessReviewSpec {
+            resource_attributes: Some(ResourceAttributes {
+                verb: Some(needed.verb.clone()),
+                group: Some(needed.group.clone()),
+                resource: Some(needed.resource.clone()),
+                subresource: optional(&needed.subresource),
+                namespace: optional(&needed.namespace),
+                name: optional(&needed.name),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    reviews
+        .create(&PostParams::default(), &review)
+        .await
+        .ok()
+        .and_then(|r| r.status)
+        .map(|s| s.allowed)
+}
+
+async fn preflight(
+    config: Config,
+    federation: &str,
+    lookup: FederationLookup,
+) -> Result<Preflight> {
     let server = config.cluster_url.to_string();
     let client = Client::try_from(config)?;
     let version = tokio::time::timeout(Duration::from_secs(10), client.apiserver_version())
         .await
         .map_err(|_| "no answer within 10s".to_string())
-        .and_then(|r| r.map(|v| v.git_version).map_err(|e| e.to_string()));
+        .and_then(|r| r.map(|v| v.git_version).map_err(|e| api_text(&e)));
     let mut p = Preflight {
         server,
         version,
         istiod: None,
         cacerts: None,
         network: None,
+        identity: None,
+        managed_permissions: Vec::new(),
+        federation: lookup,
         permissions: Vec::new(),
         token_secrets: Vec::new(),
         unreadable: Vec::new(),
@@ -318,7 +418,7 @@ async fn preflight(config: Config, federation: &str) -> Result<Preflight> {
         |labels: &BTreeMap<String, String>| labels.get("meshfed.io/federation").cloned();
     let mut unreadable = Vec::new();
     let mut note =
-        |what: &str, e: kube::Error| unreadable.push(format!("{what}: {}", error_text(&e)));
+        |what: &str, e: kube::Error| unreadable.push(format!("{what}: {}", api_text(&e)));
     // istiod, or istiod-<revision>: every istiod Deployment is labelled app=istiod.
     match Api::<Deployment>::namespaced(client.clone(), "istio-system")
         .list(&ListParams::default().labels("app=istiod"))
@@ -357,31 +457,22 @@ async fn preflight(config: Config, federation: &str) -> Result<Preflight> {
         Err(e) => note("Secrets cluster-wide", e),
     }
     p.unreadable = unreadable;
+    p.identity = Api::<SelfSubjectReview>::all(client.clone())
+        .create(&PostParams::default(), &SelfSubjectReview::default())
+        .await
+        .ok()
+        .and_then(|r| r.status?.user_info?.username);
     let reviews = Api::<SelfSubjectAccessReview>::all(client.clone());
     for needed in plugin::needed_permissions(federation) {
-        let optional = |s: &str| (!s.is_empty()).then(|| s.to_string());
-        let review = SelfSubjectAccessReview {
-            spec: SelfSubjectAccessReviewSpec {
-                resource_attributes: Some(ResourceAttributes {
-                    verb: Some(needed.verb.clone()),
-                    group: Some(needed.group.clone()),
-                    resource: Some(needed.resource.clone()),
-                    subresource: optional(&needed.subresource),
-                    namespace: optional(&needed.namespace),
-                    name: optional(&needed.name),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            },
-            ..Default::default()
-        };
-        let allowed = reviews
-            .create(&PostParams::default(), &review)
-            .await
-            .ok()
-            .and_then(|r| r.status)
-            .is_some_and(|s| s.allowed);
-        p.permissions.push((needed.to_string(), allowed));
+        let allowed = may(&reviews, &needed).await;
+        p.permissions.push((needed, allowed));
+    }
+    // Managed mode's rights, unless the federation is known not to need them.
+    if p.federation.managed() != Some(false) {
+        for needed in plugin::managed_permissions() {
+            let allowed = may(&reviews, &needed).await;
+            p.managed_permissions.push((needed, allowed));
+        }
     }
     Ok(p)
 }
@@ -396,12 +487,30 @@ async fn join(host: Client, member: Config, args: &JoinArgs) -> Result<()> {
         .server
         .clone()
         .unwrap_or_else(|| member.cluster_url.to_string());
+    plugin::validate_server(&server).map_err(anyhow::Error::msg)?;
     if plugin::unusable_by_peers(&server) {
         eprintln!(
             "warning: {server} is a loopback or cluster-internal address: the operator and peers must be able to reach it (--server, and spec.members[].apiServer for peers)"
         );
     }
     let ca_pem = member_ca_pem(&member)?;
+    // The operator's cluster first: nothing is written in the member until
+    // the federation and the namespace are there and the Secret may be stored.
+    let fed = host_ready_for(&host, args).await?;
+    let managed = fed
+        .spec
+        .control_plane
+        .as_ref()
+        .is_some_and(|c| c.mode == ControlPlaneMode::Managed);
+    if managed {
+        eprintln!(
+            "warning: federation {} has a Managed control plane: the roles join grants do not cover installing Istio's charts (cluster-admin in effect, docs/security.md); in member {name} also run: {}",
+            args.federation,
+            cluster_admin_binding(&format!(
+                "system:serviceaccount:istio-system:{MEMBER_IDENTITY}"
+            ))
+        );
+    }
     let client = Client::try_from(member)?;
     let params = PatchParams::apply("kubectl-meshfed").force();
 
@@ -477,6 +586,75 @@ async fn join(host: Client, member: Config, args: &JoinArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Checks what `join` needs in the operator's cluster before it writes
+/// anything anywhere: the federation and the operator's namespace exist, and
+/// the current identity may store the Secret there (and, with --network,
+/// change the federation). Returns the federation.
+async fn host_ready_for(host: &Client, args: &JoinArgs) -> Result<MeshFederation> {
+    let (fed_name, namespace, name) = (&args.federation, &args.namespace, &args.name);
+    let cluster = match &args.host_context {
+        Some(c) => format!("the operator's cluster (context {c})"),
+        None => "the operator's cluster (the current context)".to_string(),
+    };
+    let nothing = format!("nothing was written to member {name} or to namespace {namespace}");
+    let fed = match Api::<MeshFederation>::all(host.clone())
+        .get_opt(fed_name)
+        .await
+    {
+        Ok(Some(fed)) => fed,
+        Ok(None) => bail!(
+            "federation {fed_name} not found in {cluster}: create it first (config/samples/meshfederation.yaml), or check --federation and --host-context (kubectl get meshfederations); {nothing}"
+        ),
+        Err(e) => bail!(
+            "reading federation {fed_name} in {cluster}: {} (is meshfed installed there, and may you read MeshFederations?); {nothing}",
+            api_text(&e)
+        ),
+    };
+    // Someone who may only write in the namespace may not read it: then the
+    // access reviews below speak for it.
+    if let Ok(None) = Api::<Namespace>::all(host.clone()).get_opt(namespace).await {
+        bail!(
+            "namespace {namespace} not found in {cluster}: --namespace names the operator's namespace, where join stores the member's kubeconfig (default meshfed-system); {nothing}"
+        );
+    }
+    let on = |verb: &str, group: &str, resource: &str, ns: &str, name: &str| Permission {
+        verb: verb.into(),
+        group: group.into(),
+        resource: resource.into(),
+        subresource: String::new(),
+        namespace: ns.into(),
+        name: name.into(),
+    };
+    let secret = format!("{name}-kubeconfig");
+    let mut needed = vec![
+        on("create", "", "secrets", namespace, ""),
+        on("patch", "", "secrets", namespace, &secret),
+    ];
+    if args.network.is_some() {
+        needed.push(on("patch", "meshfed.io", "meshfederations", "", fed_name));
+    }
+    let reviews = Api::<SelfSubjectAccessReview>::all(host.clone());
+    let mut denied = Vec::new();
+    for p in &needed {
+        // A review that fails proves nothing: the write will tell.
+        if review(&reviews, p).await == Some(false) {
+            denied.push(p);
+        }
+    }
+    if !denied.is_empty() {
+        bail!(
+            "you may not {} in {cluster}: join stores the member's kubeconfig there{}; ask for these rights or use another context (--host-context); {nothing}",
+            plugin::summarize(&denied),
+            if args.network.is_some() {
+                " and adds the member to the federation"
+            } else {
+                ""
+            }
+        );
+    }
+    Ok(fed)
 }
 
 /// Adds `entry` to the federation's members (or updates the member of that

@@ -17,7 +17,7 @@ use crate::fleet::failover;
 use crate::member::MemberContext;
 use crate::member::worker::Workers;
 use crate::settings::Settings;
-use crate::telemetry::{Metrics, RequestCount};
+use crate::telemetry::{Liveness, Metrics, RequestCount};
 
 /// Errors that fail a whole reconcile (member problems go to status instead).
 #[derive(thiserror::Error, Debug)]
@@ -57,6 +57,8 @@ pub struct Context {
     /// without its finalizer and created again starts afresh), loaded from
     /// its record on first use.
     pub(super) failover: Mutex<HashMap<String, (Option<String>, failover::Tracker)>>,
+    /// Each reconcile's start and end, for `/healthz`.
+    pub(super) liveness: Arc<Liveness>,
 }
 
 impl Context {
@@ -96,6 +98,7 @@ impl Context {
             failures: Mutex::default(),
             stats: Mutex::default(),
             failover: Mutex::default(),
+            liveness: Arc::default(),
         }))
     }
 
@@ -123,6 +126,11 @@ impl Context {
     /// The operator's Prometheus metrics.
     pub fn metrics(&self) -> Arc<Metrics> {
         self.shared.metrics.clone()
+    }
+
+    /// Whether the controller loop makes progress (what `/healthz` reports).
+    pub fn liveness(&self) -> Arc<Liveness> {
+        self.liveness.clone()
     }
 
     /// Figures of the last finished reconcile of `federation`.

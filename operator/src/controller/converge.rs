@@ -417,6 +417,9 @@ fn next_status(
             kept_secrets: &kept_secrets,
             ca: ca_status,
             rollout: rollout.map(|r| r.status.clone()),
+            gateways_applied: spec.control_plane.as_ref().is_some_and(|c| {
+                c.mode == crate::api::ControlPlaneMode::Managed || c.version.is_some()
+            }),
         },
         previous,
         now,
@@ -564,6 +567,14 @@ pub(super) async fn known_members(
     }))
 }
 
+/// Why a member that left the spec is still reported.
+enum Cleanup {
+    /// Its cleanup waits for the current members: nothing is wrong.
+    Waits(String),
+    /// Its cleanup failed; it is tried again next reconcile.
+    Failed(String),
+}
+
 /// Recorded members that left the spec: clean them up with the recorded
 /// credentials (all at once, each with its own budget), drop them from
 /// `membership` once done, and keep reporting them until then. A member
@@ -601,11 +612,15 @@ async fn leave_departed(
             let unknown = member != name && !taken.values().any(|m| m == member);
             match (renamed, settled) {
                 (Some(m), _) => Ok(Removal::ClusterTakenBy(m.name.clone())),
-                (None, false) => Err("waiting for the current members' first run".to_string()),
-                (None, true) if unknown => Err(format!(
-                    "waiting for member {member}'s new cluster to be known"
+                (None, false) => Err(Cleanup::Waits(
+                    "waiting for the current members' first run".to_string(),
                 )),
-                (None, true) => remove_member(&ctx.shared, fed, member, credentials, taken).await,
+                (None, true) if unknown => Err(Cleanup::Waits(format!(
+                    "waiting for member {member}'s new cluster to be known"
+                ))),
+                (None, true) => remove_member(&ctx.shared, fed, member, credentials, taken)
+                    .await
+                    .map_err(Cleanup::Failed),
             }
         }
     }))
@@ -631,7 +646,16 @@ async fn leave_departed(
                     credentials: Some(credentials.clone()),
                     ..known.cloned().unwrap_or_default()
                 };
-                report.unreachable = Some(format!("cleanup after leaving: {e}"));
+                // Waiting is no problem (status: MembersLeaving); a failure
+                // is the member's cluster not answering meshfed as it should.
+                match e {
+                    Cleanup::Waits(why) => report
+                        .other_problems
+                        .push(format!("cleanup after leaving: {why}")),
+                    Cleanup::Failed(why) => {
+                        report.unreachable = Some(format!("cleanup after leaving: {why}"));
+                    }
+                }
                 reports.push(report);
             }
         }

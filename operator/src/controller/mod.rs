@@ -3,6 +3,7 @@
 //! its input, cleans up members that left, and writes the status.
 mod context;
 mod converge;
+mod unreadable;
 
 use context::Triggers;
 pub use context::{Context, Error, ReconcileStats};
@@ -14,13 +15,14 @@ use std::time::Instant;
 use futures::StreamExt;
 use futures::future::join_all;
 use k8s_openapi::api::core::v1::Secret;
+use kube::api::{ApiResource, DynamicObject};
 use kube::api::{Patch, PatchParams};
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Api, ResourceExt};
-use tracing::{Instrument, info, warn};
+use tracing::{Instrument, debug, info, warn};
 
 use crate::api::MeshFederation;
 use crate::events::{Event, Reason};
@@ -33,11 +35,36 @@ pub const FINALIZER: &str = "meshfed.io/cleanup";
 
 /// Runs the controller until the process is asked to stop.
 pub async fn run(ctx: Arc<Context>) {
-    let feds = Api::<MeshFederation>::all(ctx.shared.client.clone());
     let secrets =
         Api::<Secret>::namespaced(ctx.shared.client.clone(), &ctx.shared.settings.namespace);
-    let controller = Controller::new(feds, watcher::Config::default());
-    let store = controller.store();
+    // Federations are listed untyped and decoded one by one, so that one
+    // the operator cannot read is set aside instead of failing the list
+    // for every federation (see `unreadable`).
+    let raw = Api::<DynamicObject>::all_with(
+        ctx.shared.client.clone(),
+        &ApiResource::erase::<MeshFederation>(&()),
+    );
+    let federations = {
+        let client = ctx.shared.client.clone();
+        watcher(raw, watcher::Config::default()).filter_map(move |event| {
+            let client = client.clone();
+            async move {
+                let (event, set_aside) = match event {
+                    Ok(event) => unreadable::readable(event),
+                    Err(e) => return Some(Err(e)),
+                };
+                if let Some((obj, why)) = set_aside {
+                    unreadable::set_aside(&client, &obj, &why).await;
+                }
+                event.map(Ok)
+            }
+        })
+    };
+    let (store, writer) = reflector::store();
+    let controller = Controller::for_stream(
+        reflector(writer, federations).applied_objects(),
+        store.clone(),
+    );
     let Triggers { changed, finished } = ctx
         .triggers
         .lock()
@@ -75,6 +102,7 @@ pub async fn run(ctx: Arc<Context>) {
             }
         }
     };
+    let liveness = ctx.liveness.clone();
     controller
         // A worker finished: aggregate the federation's status.
         .reconcile_on(finished)
@@ -92,13 +120,33 @@ pub async fn run(ctx: Arc<Context>) {
                 .collect::<Vec<_>>()
         })
         .shutdown_on_signal()
-        .run(reconcile, error_policy, ctx)
-        .for_each(|result| async move {
-            if let Err(e) = result {
-                warn!(error = %e, "reconcile failed");
+        .run(reconcile_tracked, error_policy, ctx)
+        .for_each(|result| {
+            let liveness = liveness.clone();
+            async move {
+                match result {
+                    // A worker of a federation that was deleted, or set aside
+                    // as unreadable, finished a run: nothing to reconcile.
+                    Err(controller::Error::ObjectNotFound(obj)) => {
+                        liveness.forget(&obj.name);
+                        debug!(federation = %obj.name, "not in the store; not reconciled");
+                    }
+                    Err(e) => warn!(error = %e, "reconcile failed"),
+                    Ok(_) => {}
+                }
             }
         })
         .await;
+}
+
+/// [`reconcile`], with its start and end reported for `/healthz`: whether
+/// the controller runs the federation again without a change (a requeue, or
+/// an error's backoff) is what makes it due.
+async fn reconcile_tracked(fed: Arc<MeshFederation>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let run = ctx.liveness.started(&fed.name_any());
+    let result = reconcile(fed, ctx).await;
+    run.finished(!matches!(&result, Ok(action) if *action == Action::await_change()));
+    result
 }
 
 /// Aborts the task when dropped.

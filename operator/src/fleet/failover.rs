@@ -21,6 +21,15 @@ pub const ACCESS_FAILED: &str = "AccessFailed";
 /// A withdrawn member not checked since the operator started, or a member
 /// the operator holds no usable credentials for (nothing was sent to it).
 pub const UNKNOWN: &str = "Unknown";
+/// Every reason a member's health can carry.
+pub const HEALTH_REASONS: [&str; 6] = [
+    HEALTHY,
+    API_SERVER_UNREACHABLE,
+    ACCESS_FAILED,
+    GATEWAY_NOT_READY,
+    ISTIOD_UNAVAILABLE,
+    UNKNOWN,
+];
 
 /// A member's health as its worker last saw it.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -31,6 +31,19 @@ pub const GATEWAYS_READY: &str = "GatewaysReady";
 pub const CONTROL_PLANES_UP_TO_DATE: &str = "ControlPlanesUpToDate";
 /// Some member is unhealthy or withdrawn from its peers' view (True is bad).
 pub const DEGRADED: &str = "Degraded";
+/// Every condition type the status carries (the reference lists each).
+pub const CONDITION_TYPES: [&str; 10] = [
+    READY,
+    CLUSTERS_CLAIMED,
+    MEMBERS_REACHABLE,
+    CERTIFICATES_READY,
+    REMOTE_SECRETS_READY,
+    CONTROL_PLANES_READY,
+    GATEWAYS_READY,
+    CONTROL_PLANES_UP_TO_DATE,
+    DEGRADED,
+    CREDENTIALS_EXPOSED,
+];
 
 /// What the status needs beyond the members' reports.
 #[derive(Clone, Debug, Default)]
@@ -45,6 +58,9 @@ pub struct FleetFacts<'a> {
     pub ca: Option<CaStatus>,
     /// Where a control-plane rollout stands (Managed).
     pub rollout: Option<RolloutStatus>,
+    /// meshfed applies the gateways (Managed, or External with
+    /// spec.controlPlane.version): one that does not serve yet is starting.
+    pub gateways_applied: bool,
 }
 
 /// Whether a root rotation waits for the member of `report`: not when it
@@ -133,20 +149,38 @@ pub const CREDENTIALS_EXPOSED: &str = "CredentialsExposed";
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ConditionReason {
     Ready,
+    /// The stored spec cannot be decoded (a value stored before the CRD
+    /// refused it): set aside, the others go on (Ready).
+    SpecUnreadable,
     MembersNotReady,
+    /// A member in the spec has no finished run yet (Ready).
+    MembersNotReconciled,
+    /// A member that left the spec waits for its cleanup (Ready).
+    MembersLeaving,
     AllReachable,
+    /// Every member answered, but a token meshfed may not renew has a third
+    /// of its lifetime left (MembersReachable stays True).
+    CredentialsExpiring,
     MembersUnreachable,
     ClustersOwned,
     ClusterClaimedElsewhere,
     IntermediatesIssued,
     IntermediatesNotReady,
     RootUnavailable,
+    /// The key of the rotation phase's signing root is unavailable; new
+    /// intermediates wait for the phase that signs with the new root.
+    IntermediatesWaitForRotation,
     RemoteSecretsCurrent,
     RemoteSecretsNotReady,
     IstiodAvailable,
     ControlPlanesNotReady,
+    /// Managed: meshfed applied the control plane and istiod is not
+    /// available yet.
+    ControlPlanesStarting,
     GatewaysAvailable,
     GatewaysNotReady,
+    /// meshfed applied the east-west gateways and one does not serve yet.
+    GatewaysStarting,
     Complete,
     RollingOut,
     Paused,
@@ -154,6 +188,9 @@ pub enum ConditionReason {
     AllHealthy,
     MembersUnhealthy,
     MembersWithdrawn,
+    /// Every withdrawn member is healthy again: failover restores it once
+    /// settlePeriod has passed (Ready).
+    MembersRestoring,
     WithdrawalHeld,
     NoneFound,
     OperatorClusterIsMember,
@@ -161,23 +198,69 @@ pub enum ConditionReason {
 }
 
 impl ConditionReason {
-    pub fn as_str(self) -> &'static str {
+    /// Every reason, in declaration order (a new variant goes here too:
+    /// docs/reference.md must describe it).
+    pub const ALL: [ConditionReason; 34] = [
+        Self::Ready,
+        Self::SpecUnreadable,
+        Self::MembersNotReady,
+        Self::MembersNotReconciled,
+        Self::MembersLeaving,
+        Self::AllReachable,
+        Self::CredentialsExpiring,
+        Self::MembersUnreachable,
+        Self::ClustersOwned,
+        Self::ClusterClaimedElsewhere,
+        Self::IntermediatesIssued,
+        Self::IntermediatesNotReady,
+        Self::RootUnavailable,
+        Self::IntermediatesWaitForRotation,
+        Self::RemoteSecretsCurrent,
+        Self::RemoteSecretsNotReady,
+        Self::IstiodAvailable,
+        Self::ControlPlanesNotReady,
+        Self::ControlPlanesStarting,
+        Self::GatewaysAvailable,
+        Self::GatewaysNotReady,
+        Self::GatewaysStarting,
+        Self::Complete,
+        Self::RollingOut,
+        Self::Paused,
+        Self::Halted,
+        Self::AllHealthy,
+        Self::MembersUnhealthy,
+        Self::MembersWithdrawn,
+        Self::MembersRestoring,
+        Self::WithdrawalHeld,
+        Self::NoneFound,
+        Self::OperatorClusterIsMember,
+        Self::ReadableTokenSecrets,
+    ];
+
+    pub const fn as_str(self) -> &'static str {
         match self {
             Self::Ready => "Ready",
+            Self::SpecUnreadable => "SpecUnreadable",
             Self::MembersNotReady => "MembersNotReady",
+            Self::MembersNotReconciled => "MembersNotReconciled",
+            Self::MembersLeaving => "MembersLeaving",
             Self::AllReachable => "AllReachable",
+            Self::CredentialsExpiring => "CredentialsExpiring",
             Self::MembersUnreachable => "MembersUnreachable",
             Self::ClustersOwned => "ClustersOwned",
             Self::ClusterClaimedElsewhere => "ClusterClaimedElsewhere",
             Self::IntermediatesIssued => "IntermediatesIssued",
             Self::IntermediatesNotReady => "IntermediatesNotReady",
             Self::RootUnavailable => "RootUnavailable",
+            Self::IntermediatesWaitForRotation => "IntermediatesWaitForRotation",
             Self::RemoteSecretsCurrent => "RemoteSecretsCurrent",
             Self::RemoteSecretsNotReady => "RemoteSecretsNotReady",
             Self::IstiodAvailable => "IstiodAvailable",
             Self::ControlPlanesNotReady => "ControlPlanesNotReady",
+            Self::ControlPlanesStarting => "ControlPlanesStarting",
             Self::GatewaysAvailable => "GatewaysAvailable",
             Self::GatewaysNotReady => "GatewaysNotReady",
+            Self::GatewaysStarting => "GatewaysStarting",
             Self::Complete => "Complete",
             Self::RollingOut => "RollingOut",
             Self::Paused => "Paused",
@@ -185,6 +268,7 @@ impl ConditionReason {
             Self::AllHealthy => "AllHealthy",
             Self::MembersUnhealthy => "MembersUnhealthy",
             Self::MembersWithdrawn => "MembersWithdrawn",
+            Self::MembersRestoring => "MembersRestoring",
             Self::WithdrawalHeld => "WithdrawalHeld",
             Self::NoneFound => "NoneFound",
             Self::OperatorClusterIsMember => "OperatorClusterIsMember",
@@ -202,6 +286,55 @@ impl ConditionReason {
         }
     }
 }
+
+/// Every reason the `Ready` condition can carry, in the order [`ready`]
+/// tries them: the first failing concern names it. Argo CD's health check
+/// (deploy/argocd/health.lua) has a fixture for each (a unit test below
+/// and e2e/tests/packaging.rs check), and shows a False one as
+/// Progressing when meshfed clears it by itself, Degraded when it waits
+/// for a person.
+pub const READY_REASONS: &[ConditionReason] = &[
+    // True.
+    ConditionReason::Ready,
+    // A person: credentials, network or RBAC; or a member's cleanup after
+    // leaving failed.
+    ConditionReason::MembersUnreachable,
+    // A person: the operator's cluster is a member, or a cluster is
+    // another member's.
+    ConditionReason::OperatorClusterIsMember,
+    ConditionReason::ClusterClaimedElsewhere,
+    // A person: the root Secret is missing or not a usable CA.
+    ConditionReason::RootUnavailable,
+    // By itself: the rotation reaches the phase that signs with the new root.
+    ConditionReason::IntermediatesWaitForRotation,
+    // By itself: retried every run (a foreign cacerts needs a person).
+    ConditionReason::IntermediatesNotReady,
+    ConditionReason::RemoteSecretsNotReady,
+    // A person: failover took a member that is still unhealthy out of its
+    // peers' view.
+    ConditionReason::MembersWithdrawn,
+    // A person: meshfed could not apply the control plane (Managed), or
+    // your istiod is not available (External).
+    ConditionReason::ControlPlanesNotReady,
+    // By itself: istiod starts.
+    ConditionReason::ControlPlanesStarting,
+    // A person: gateways you installed (External without a version) do
+    // not serve.
+    ConditionReason::GatewaysNotReady,
+    // By itself: the gateways meshfed applied start (pods, load balancer).
+    ConditionReason::GatewaysStarting,
+    // By itself: withdrawn members are healthy again and come back after
+    // settlePeriod.
+    ConditionReason::MembersRestoring,
+    // A person: a member's problem named in its lastError.
+    ConditionReason::MembersNotReady,
+    // By itself: a member's first run, a departed member's cleanup.
+    ConditionReason::MembersNotReconciled,
+    ConditionReason::MembersLeaving,
+    // A person: the stored spec cannot be decoded; set by the controller
+    // (controller/unreadable.rs), never by `ready`.
+    ConditionReason::SpecUnreadable,
+];
 
 /// One condition's outcome: whether it is True, why, and what it says.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -289,11 +422,27 @@ struct Findings<'a> {
     operator_cluster_refused: bool,
     certificates: Vec<String>,
     remote_secrets: Vec<String>,
+    /// Problems of members in the spec that ran, not said elsewhere.
     other: Vec<String>,
+    /// Members in the spec whose worker has not finished a run yet.
+    not_reconciled: Vec<String>,
+    /// Members that left the spec, their cleanup waiting (a failed one is
+    /// in `unreachable`).
+    leaving: Vec<String>,
     /// "member (reason: message)" of members withdrawn from their peers.
     withdrawn: Vec<String>,
+    /// Names of the withdrawn members healthy again (failover restores
+    /// them after settlePeriod).
+    restoring: Vec<String>,
     /// The same of unhealthy members not withdrawn.
     unhealthy: Vec<String>,
+}
+
+/// Whether the member's worker finished a run: every run ends with the
+/// member reached or with why it was not, so a report that says neither
+/// stands in for a member not reconciled yet.
+fn has_run(r: &MemberReport) -> bool {
+    r.status.reachable || r.unreachable.is_some()
 }
 
 impl<'a> Findings<'a> {
@@ -345,18 +494,32 @@ impl<'a> Findings<'a> {
                         .map(move |p| named(r, p))
                 })
                 .collect(),
-            other: reports
+            other: in_spec()
+                .filter(|r| has_run(r))
+                .flat_map(|r| r.other_problems.iter().map(move |p| named(r, p)))
+                .collect(),
+            not_reconciled: in_spec()
+                .filter(|r| !has_run(r))
+                .map(|r| r.status.name.clone())
+                .collect(),
+            leaving: reports
                 .iter()
-                .flat_map(|r| {
-                    let leaving = r.status.leaving.then_some("leaving the federation");
-                    r.other_problems
-                        .iter()
-                        .map(String::as_str)
-                        .chain(leaving)
-                        .map(move |p| named(r, p))
+                .filter(|r| r.status.leaving && r.unreachable.is_none())
+                .map(|r| match r.other_problems.as_slice() {
+                    [] => named(r, "leaving the federation"),
+                    problems => named(r, &problems.join("; ")),
                 })
                 .collect(),
             withdrawn: health(true),
+            restoring: in_spec()
+                .filter(|r| {
+                    r.status
+                        .health
+                        .as_ref()
+                        .is_some_and(|h| h.healthy && h.withdrawn_since.is_some())
+                })
+                .map(|r| r.status.name.clone())
+                .collect(),
             unhealthy: health(false),
         }
     }
@@ -366,15 +529,31 @@ impl<'a> Findings<'a> {
     }
 }
 
+/// Reachable or not; when all are, whether a credential meshfed may not
+/// renew runs out soon (still True: nothing is wrong yet).
 fn members_reachable(f: &Findings) -> Verdict {
-    Verdict::from_problems(
-        &f.unreachable,
+    let all = format!("all {} members reachable", f.in_spec);
+    let expiring: Vec<String> = f
+        .reports
+        .iter()
+        .filter(|r| !r.status.leaving)
+        .filter_map(|r| {
+            let at = r.status.credentials_expiring.as_ref()?;
+            Some(format!(
+                "{}: the token in its credentials Secret expires at {} and meshfed may not renew it (see the CredentialsExpiring Event)",
+                r.status.name, at.0
+            ))
+        })
+        .collect();
+    let ok = if expiring.is_empty() {
+        (ConditionReason::AllReachable, all)
+    } else {
         (
-            ConditionReason::AllReachable,
-            format!("all {} members reachable", f.in_spec),
-        ),
-        ConditionReason::MembersUnreachable,
-    )
+            ConditionReason::CredentialsExpiring,
+            format!("{all}; {}", expiring.join("; ")),
+        )
+    };
+    Verdict::from_problems(&f.unreachable, ok, ConditionReason::MembersUnreachable)
 }
 
 fn clusters_claimed(f: &Findings) -> Verdict {
@@ -392,8 +571,21 @@ fn clusters_claimed(f: &Findings) -> Verdict {
     )
 }
 
-fn certificates_ready(f: &Findings, root: &Result<CertificateStatus, String>) -> Verdict {
+/// `rotating`: a root rotation is under way (`status.ca.phase`). Without
+/// a root then, the CA record is there but the phase's signing key is not
+/// (a lost generated root, a root Secret renewed in place): new
+/// intermediates wait for the phase that signs with the new root.
+fn certificates_ready(
+    f: &Findings,
+    root: &Result<CertificateStatus, String>,
+    rotating: bool,
+) -> Verdict {
     match root {
+        Err(e) if rotating => Verdict::new(
+            false,
+            ConditionReason::IntermediatesWaitForRotation,
+            e.clone(),
+        ),
         Err(e) => Verdict::new(false, ConditionReason::RootUnavailable, e.clone()),
         Ok(root) => Verdict::from_problems(
             &f.certificates,
@@ -417,18 +609,33 @@ fn remote_secrets_ready(f: &Findings) -> Verdict {
     )
 }
 
+/// Whether the member's istiod is only starting: meshfed applied the
+/// control plane (Managed) and read back what runs there (`installed`,
+/// which a failed apply never gets to), and istiod is not available yet.
+fn istiod_starting(r: &MemberReport) -> bool {
+    r.installed.is_some() && r.status.control_plane_ready == Some(false) && r.unreachable.is_none()
+}
+
 /// Only when some member reports on a control plane.
 fn control_planes_ready(f: &Findings) -> Option<Verdict> {
     f.in_spec()
         .any(|r| r.status.control_plane_ready.is_some())
         .then(|| {
+            let starting = f
+                .in_spec()
+                .filter(|r| r.control_plane_problem.is_some() || r.unreachable.is_some())
+                .all(istiod_starting);
             Verdict::from_problems(
                 &member_problems(f.in_spec(), |r| r.control_plane_problem.clone()),
                 (
                     ConditionReason::IstiodAvailable,
                     format!("istiod available in all {} members", f.in_spec),
                 ),
-                ConditionReason::ControlPlanesNotReady,
+                if starting {
+                    ConditionReason::ControlPlanesStarting
+                } else {
+                    ConditionReason::ControlPlanesNotReady
+                },
             )
         })
 }
@@ -471,16 +678,24 @@ fn control_planes_up_to_date(f: &Findings, rollout: Option<&RolloutStatus>) -> O
 }
 
 /// Only when some member should have an east-west gateway.
-fn gateways_ready(f: &Findings) -> Option<Verdict> {
+/// `applied`: meshfed applies the gateways; one that does not serve yet is
+/// starting (Kubernetes brings up its pods and load balancer), while the
+/// gateways of an External install without a version are yours.
+fn gateways_ready(f: &Findings, applied: bool) -> Option<Verdict> {
     let expected = || f.in_spec().filter(|r| r.gateway_expected);
     expected().next().is_some().then(|| {
+        let starting = applied && expected().all(|r| r.unreachable.is_none());
         Verdict::from_problems(
             &member_problems(expected(), |r| r.gateway_problem.clone()),
             (
                 ConditionReason::GatewaysAvailable,
                 "every east-west gateway is available and has an address".into(),
             ),
-            ConditionReason::GatewaysNotReady,
+            if starting {
+                ConditionReason::GatewaysStarting
+            } else {
+                ConditionReason::GatewaysNotReady
+            },
         )
     })
 }
@@ -517,9 +732,9 @@ fn degraded(f: &Findings, withdrawal_held: Option<&str>) -> Verdict {
 
 /// The summary: True when every member is ready and in its peers' view;
 /// otherwise the first failing concern, in the order a person would fix
-/// them, gives the reason.
+/// them, gives the reason (one of [`READY_REASONS`]).
 fn ready(f: &Findings, parts: &Parts) -> Verdict {
-    let failing = |v: &Option<Verdict>| v.as_ref().is_some_and(|v| !v.status);
+    let failing = |v: &Option<Verdict>| v.as_ref().filter(|v| !v.status).map(|v| v.reason);
     let (reason, detail) = if !f.unreachable.is_empty() {
         (
             ConditionReason::MembersUnreachable,
@@ -537,26 +752,47 @@ fn ready(f: &Findings, parts: &Parts) -> Verdict {
             ConditionReason::RemoteSecretsNotReady,
             f.remote_secrets.join("; "),
         )
-    } else if failing(&parts.control_planes) {
-        (
-            ConditionReason::ControlPlanesNotReady,
-            member_problems(f.reports.iter(), |r| r.control_plane_problem.clone()).join("; "),
-        )
-    } else if failing(&parts.gateways) {
-        (
-            ConditionReason::GatewaysNotReady,
-            member_problems(f.reports.iter(), |r| r.gateway_problem.clone()).join("; "),
-        )
-    } else if !f.withdrawn.is_empty() {
+    } else if f.withdrawn.len() > f.restoring.len() {
+        // Failover judged it an outage (a gateway that served, gone): ahead
+        // of the control planes and gateways, which may only be starting.
         (
             ConditionReason::MembersWithdrawn,
             format!("withdrawn from peers: {}", f.withdrawn.join(", ")),
         )
+    } else if let Some(reason) = failing(&parts.control_planes) {
+        (
+            reason,
+            member_problems(f.reports.iter(), |r| r.control_plane_problem.clone()).join("; "),
+        )
+    } else if let Some(reason) = failing(&parts.gateways) {
+        (
+            reason,
+            member_problems(f.reports.iter(), |r| r.gateway_problem.clone()).join("; "),
+        )
+    } else if !f.restoring.is_empty() {
+        (
+            ConditionReason::MembersRestoring,
+            format!(
+                "healthy again after a withdrawal: {}; restored to peers once spec.failover.withdrawal.settlePeriod has passed",
+                f.restoring.join(", ")
+            ),
+        )
     } else if !f.other.is_empty() {
         (ConditionReason::MembersNotReady, f.other.join("; "))
+    } else if !f.not_reconciled.is_empty() {
+        (
+            ConditionReason::MembersNotReconciled,
+            format!("not reconciled yet: {}", f.not_reconciled.join(", ")),
+        )
+    } else if !f.leaving.is_empty() {
+        (ConditionReason::MembersLeaving, f.leaving.join("; "))
     } else {
         (ConditionReason::Ready, String::new())
     };
+    debug_assert!(
+        READY_REASONS.contains(&reason),
+        "{reason:?} is not in READY_REASONS"
+    );
     let counts = format!("{}/{} members ready", f.ready, f.in_spec);
     let message = if detail.is_empty() {
         counts
@@ -588,10 +824,14 @@ pub fn build_status(
     let f = Findings::of(&reports);
     let parts = Parts {
         clusters: clusters_claimed(&f),
-        certificates: certificates_ready(&f, &root),
+        certificates: certificates_ready(
+            &f,
+            &root,
+            fleet.ca.as_ref().is_some_and(|ca| ca.phase.is_some()),
+        ),
         remote_secrets: remote_secrets_ready(&f),
         control_planes: control_planes_ready(&f),
-        gateways: gateways_ready(&f),
+        gateways: gateways_ready(&f, fleet.gateways_applied),
     };
     let mut conditions = Conditions::new(previous, generation, now);
     conditions.set(MEMBERS_REACHABLE, members_reachable(&f));
@@ -761,6 +1001,49 @@ mod tests {
     }
 
     #[test]
+    fn credentials_meshfed_may_not_renew_are_warned_of_while_still_ready() {
+        let mut expiring = healthy("b");
+        expiring.status.credentials_expiring = Some(Time(t("2026-01-01T06:00:00Z")));
+        let s = build_status(
+            Some(1),
+            vec![healthy("a"), expiring],
+            root(),
+            FleetFacts::default(),
+            None,
+            t("2026-01-01T00:00:00Z"),
+        );
+        let reachable = condition(&s, MEMBERS_REACHABLE);
+        assert_eq!(reachable.status, "True");
+        assert_eq!(reachable.reason, "CredentialsExpiring");
+        assert!(
+            reachable
+                .message
+                .contains("b: the token in its credentials Secret expires at 2026-01-01T06:00:00Z"),
+            "{}",
+            reachable.message
+        );
+        assert_eq!(condition(&s, READY).status, "True", "nothing is wrong yet");
+        let mut gone = healthy("a");
+        gone.status.reachable = false;
+        gone.unreachable = Some("connection refused".into());
+        let mut expiring = healthy("b");
+        expiring.status.credentials_expiring = Some(Time(t("2026-01-01T06:00:00Z")));
+        let s = build_status(
+            Some(1),
+            vec![gone, expiring],
+            root(),
+            FleetFacts::default(),
+            None,
+            t("2026-01-01T00:00:00Z"),
+        );
+        assert_eq!(
+            condition(&s, MEMBERS_REACHABLE).reason,
+            "MembersUnreachable",
+            "the worse news wins"
+        );
+    }
+
+    #[test]
     fn unreachable_member_is_named_and_others_stay_ready() {
         let mut down = healthy("b");
         down.status.reachable = false;
@@ -875,9 +1158,375 @@ mod tests {
         let ready = condition(&s2, READY);
         assert_eq!(
             (ready.status.as_str(), ready.reason.as_str()),
-            ("False", "MembersNotReady")
+            ("False", "MembersLeaving")
         );
         assert!(ready.message.contains("old: leaving the federation"));
+    }
+
+    /// The Ready condition of the status of `reports`.
+    fn ready_of(
+        reports: Vec<MemberReport>,
+        root: Result<CertificateStatus, String>,
+        fleet: FleetFacts,
+    ) -> Condition {
+        let s = build_status(
+            Some(1),
+            reports,
+            root,
+            fleet,
+            None,
+            t("2026-01-01T00:00:00Z"),
+        );
+        condition(&s, READY).clone()
+    }
+
+    fn withdrawn(name: &str, healthy: bool) -> MemberReport {
+        let mut r = self::healthy(name);
+        r.status.health = Some(crate::api::MemberHealth {
+            healthy,
+            reason: if healthy {
+                "Healthy"
+            } else {
+                "GatewayNotReady"
+            }
+            .into(),
+            message: String::new(),
+            withdrawn_since: Some(Time(t("2026-01-01T00:00:00Z"))),
+        });
+        r
+    }
+
+    /// A member whose control plane meshfed manages: `installed` is what
+    /// it read back after applying (none when an apply failed).
+    fn with_istiod(name: &str, ready: bool, installed: bool) -> MemberReport {
+        let mut r = healthy(name);
+        r.status.control_plane_ready = Some(ready);
+        r.installed = installed.then(Default::default);
+        if !ready {
+            r.control_plane_problem = Some(if installed {
+                "istiod-1-31 Deployment in istio-system is not available".into()
+            } else {
+                "applying Istio: API error 403: forbidden".into()
+            });
+        }
+        r
+    }
+
+    fn with_gateway(name: &str, problem: Option<&str>) -> MemberReport {
+        let mut r = with_istiod(name, true, true);
+        r.gateway_expected = true;
+        r.gateway_problem = problem.map(String::from);
+        r
+    }
+
+    /// One status for every reason Ready can carry.
+    fn every_ready_case() -> Vec<(ConditionReason, Condition)> {
+        use ConditionReason as R;
+        let rotating = || FleetFacts {
+            ca: Some(CaStatus {
+                phase: Some("TrustBoth".into()),
+                ..CaStatus::default()
+            }),
+            ..FleetFacts::default()
+        };
+        let applied = || FleetFacts {
+            gateways_applied: true,
+            ..FleetFacts::default()
+        };
+        let unreachable = {
+            let mut r = healthy("b");
+            r.status.reachable = false;
+            r.unreachable = Some("no answer within 10s".into());
+            r
+        };
+        let claimed = |operator_cluster: bool| {
+            let mut r = healthy("b");
+            r.claim_problem = Some("cluster uid-1 already belongs to member a".into());
+            r.status.operator_cluster = operator_cluster;
+            r
+        };
+        let mut cacerts = healthy("b");
+        cacerts.certificate_problem = Some("issuing intermediate: API error 409".into());
+        let mut secrets = healthy("b");
+        secrets
+            .remote_secret_problems
+            .push("istio-remote-secret-a: minting token in a: API error 500".into());
+        let mut other = healthy("b");
+        other
+            .other_problems
+            .push("no CA known for member b's API server".into());
+        // As the controller reports a member whose worker has not run.
+        let mut new = MemberReport::new("b");
+        new.other_problems.push("not reconciled yet".into());
+        let mut gone = MemberReport::new("old");
+        gone.status.leaving = true;
+        gone.other_problems
+            .push("cleanup after leaving: waiting for the current members' first run".into());
+        let gw = |p| vec![with_gateway("a", None), with_gateway("b", p)];
+        let no_gateway = Some("istio-eastwestgateway Service has no address yet");
+        let lost = || Err("the key of signing root 0a is gone (its Secret was lost)".into());
+        vec![
+            (
+                R::Ready,
+                ready_of(
+                    vec![healthy("a"), healthy("b")],
+                    root(),
+                    FleetFacts::default(),
+                ),
+            ),
+            (
+                R::MembersUnreachable,
+                ready_of(
+                    vec![healthy("a"), unreachable],
+                    root(),
+                    FleetFacts::default(),
+                ),
+            ),
+            (
+                R::OperatorClusterIsMember,
+                ready_of(
+                    vec![healthy("a"), claimed(true)],
+                    root(),
+                    FleetFacts::default(),
+                ),
+            ),
+            (
+                R::ClusterClaimedElsewhere,
+                ready_of(
+                    vec![healthy("a"), claimed(false)],
+                    root(),
+                    FleetFacts::default(),
+                ),
+            ),
+            (
+                R::RootUnavailable,
+                ready_of(
+                    vec![healthy("a")],
+                    Err("Secret x not found".into()),
+                    FleetFacts::default(),
+                ),
+            ),
+            (
+                R::IntermediatesWaitForRotation,
+                ready_of(vec![healthy("a")], lost(), rotating()),
+            ),
+            (
+                R::IntermediatesNotReady,
+                ready_of(vec![healthy("a"), cacerts], root(), FleetFacts::default()),
+            ),
+            (
+                R::RemoteSecretsNotReady,
+                ready_of(vec![healthy("a"), secrets], root(), FleetFacts::default()),
+            ),
+            (
+                R::MembersWithdrawn,
+                ready_of(
+                    vec![healthy("a"), withdrawn("b", false)],
+                    root(),
+                    FleetFacts::default(),
+                ),
+            ),
+            (
+                R::ControlPlanesNotReady,
+                ready_of(
+                    vec![with_istiod("a", true, true), with_istiod("b", false, false)],
+                    root(),
+                    FleetFacts::default(),
+                ),
+            ),
+            (
+                R::ControlPlanesStarting,
+                ready_of(
+                    vec![with_istiod("a", true, true), with_istiod("b", false, true)],
+                    root(),
+                    FleetFacts::default(),
+                ),
+            ),
+            (
+                R::GatewaysNotReady,
+                ready_of(gw(no_gateway), root(), FleetFacts::default()),
+            ),
+            (
+                R::GatewaysStarting,
+                ready_of(gw(no_gateway), root(), applied()),
+            ),
+            (
+                R::MembersRestoring,
+                ready_of(
+                    vec![healthy("a"), withdrawn("b", true)],
+                    root(),
+                    FleetFacts::default(),
+                ),
+            ),
+            (
+                R::MembersNotReady,
+                ready_of(vec![healthy("a"), other], root(), FleetFacts::default()),
+            ),
+            (
+                R::MembersNotReconciled,
+                ready_of(vec![healthy("a"), new], root(), FleetFacts::default()),
+            ),
+            (
+                R::MembersLeaving,
+                ready_of(vec![healthy("a"), gone], root(), FleetFacts::default()),
+            ),
+        ]
+    }
+
+    #[test]
+    fn every_ready_reason_is_reached_and_no_other() {
+        let cases = every_ready_case();
+        for (reason, c) in &cases {
+            let want = if *reason == ConditionReason::Ready {
+                "True"
+            } else {
+                "False"
+            };
+            assert_eq!(
+                (c.reason.as_str(), c.status.as_str()),
+                (reason.as_str(), want),
+                "{}",
+                c.message
+            );
+        }
+        let reached: Vec<ConditionReason> = cases.iter().map(|(r, _)| *r).collect();
+        // SpecUnreadable is the controller's (controller/unreadable.rs tests it).
+        let built: Vec<ConditionReason> = READY_REASONS
+            .iter()
+            .copied()
+            .filter(|r| *r != ConditionReason::SpecUnreadable)
+            .collect();
+        assert_eq!(
+            reached, built,
+            "one case per reason, in READY_REASONS' order"
+        );
+    }
+
+    #[test]
+    fn what_clears_by_itself_is_told_from_what_waits_for_a_person() {
+        // A brand-new federation: every member waits for its first run.
+        let new = |n: &str| {
+            let mut r = MemberReport::new(n);
+            r.other_problems.push("not reconciled yet".into());
+            r
+        };
+        let c = ready_of(vec![new("a"), new("b")], root(), FleetFacts::default());
+        assert_eq!(c.reason, "MembersNotReconciled");
+        assert_eq!(c.message, "0/2 members ready; not reconciled yet: a, b");
+        // A member's own problem comes first.
+        let mut stuck = healthy("a");
+        stuck.other_problems.push("no CA known".into());
+        let c = ready_of(vec![stuck, new("b")], root(), FleetFacts::default());
+        assert_eq!(c.reason, "MembersNotReady");
+        assert_eq!(c.message, "0/2 members ready; a: no CA known");
+        // A departed member whose cleanup failed is one meshfed cannot reach.
+        let mut failed = MemberReport::new("old");
+        failed.status.leaving = true;
+        failed.unreachable = Some("cleanup after leaving: no answer within 10s".into());
+        let c = ready_of(vec![healthy("a"), failed], root(), FleetFacts::default());
+        assert_eq!(c.reason, "MembersUnreachable");
+        // One member whose apply failed makes the control planes a person's.
+        let s = build_status(
+            None,
+            vec![
+                with_istiod("a", false, true),
+                with_istiod("b", false, false),
+            ],
+            root(),
+            FleetFacts::default(),
+            None,
+            t("2026-01-01T00:00:00Z"),
+        );
+        for type_ in [CONTROL_PLANES_READY, READY] {
+            assert_eq!(
+                condition(&s, type_).reason,
+                "ControlPlanesNotReady",
+                "{type_}"
+            );
+        }
+        // An istiod that is up while the DestinationRule failed is no start.
+        let mut rule = with_istiod("a", true, true);
+        rule.control_plane_problem = Some("mesh-wide DestinationRule: API error 403".into());
+        let c = ready_of(vec![rule], root(), FleetFacts::default());
+        assert_eq!(c.reason, "ControlPlanesNotReady");
+        // A withdrawn member still failing outranks gateways that may only be
+        // starting: failover judged it an outage.
+        let mut out = withdrawn("b", false);
+        out.gateway_expected = true;
+        out.gateway_problem = Some("istio-eastwestgateway Deployment is not available".into());
+        let c = ready_of(
+            vec![with_gateway("a", None), out],
+            root(),
+            FleetFacts {
+                gateways_applied: true,
+                ..FleetFacts::default()
+            },
+        );
+        assert_eq!(c.reason, "MembersWithdrawn");
+        // Without a rotation, a root that cannot sign is a person's.
+        let c = ready_of(
+            vec![healthy("a")],
+            Err("root Secret x no longer holds the key".into()),
+            FleetFacts {
+                ca: Some(CaStatus::default()),
+                ..FleetFacts::default()
+            },
+        );
+        assert_eq!(c.reason, "RootUnavailable");
+    }
+
+    /// The Ready reason and status of each fixture of deploy/argocd.
+    fn argocd_fixture_reasons() -> Vec<(String, String, String)> {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/argocd");
+        let read = |p: &std::path::Path| {
+            std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+        };
+        let tests: serde_yaml::Value =
+            serde_yaml::from_str(&read(&dir.join("health_test.yaml"))).unwrap();
+        tests["tests"]
+            .as_sequence()
+            .expect("tests")
+            .iter()
+            .filter_map(|t| {
+                let path = t["inputPath"].as_str().expect("inputPath");
+                let fixture: serde_yaml::Value =
+                    serde_yaml::from_str(&read(&dir.join(path))).unwrap();
+                let ready = fixture["status"]["conditions"]
+                    .as_sequence()?
+                    .iter()
+                    .find(|c| c["type"] == READY)?;
+                Some((
+                    path.to_string(),
+                    ready["status"].as_str()?.to_string(),
+                    ready["reason"].as_str()?.to_string(),
+                ))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_ready_reason_has_an_argocd_fixture() {
+        let fixtures = argocd_fixture_reasons();
+        for reason in READY_REASONS {
+            let want = if *reason == ConditionReason::Ready {
+                "True"
+            } else {
+                "False"
+            };
+            assert!(
+                fixtures
+                    .iter()
+                    .any(|(_, status, r)| r == reason.as_str() && status == want),
+                "no fixture in deploy/argocd/health_test.yaml has Ready={want} with reason {}: add one, with the health Argo CD should show",
+                reason.as_str()
+            );
+        }
+        for (path, status, reason) in &fixtures {
+            assert!(
+                status == "Unknown" || READY_REASONS.iter().any(|r| r.as_str() == reason),
+                "{path}: Ready reason {reason} is not one meshfed sets"
+            );
+        }
     }
 
     #[test]

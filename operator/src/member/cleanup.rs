@@ -81,6 +81,22 @@ pub async fn remove_from_member(
     Ok(removed)
 }
 
+/// The commands that remove from a member what `onRemoval: Retain` removes
+/// (everything meshfed labelled for `federation` but `cacerts` and the
+/// objects of a control plane it installed), for a member meshfed cannot
+/// reach any more. Each is backticked, so a reader can copy it.
+pub fn orphan_remedy(federation: &str) -> String {
+    let selector = format!(
+        "{}={},{}={federation},!{COMPONENT}",
+        crate::render::keys::MANAGED_BY,
+        crate::render::keys::MANAGED_BY_VALUE,
+        crate::render::keys::FEDERATION
+    );
+    format!(
+        "`kubectl delete secret,serviceaccount,configmap -n {ISTIO_NAMESPACE} -l '{selector}' --field-selector metadata.name!={CACERTS}` and `kubectl delete clusterrole,clusterrolebinding -l '{selector}'`"
+    )
+}
+
 /// What removing a member's objects came to.
 #[derive(Debug)]
 pub enum Removal {
@@ -103,7 +119,8 @@ impl Removal {
             Removal::CredentialsGone(why) => Event::new(
                 Reason::MemberOrphaned,
                 format!(
-                    "member {member} left but {why}: its objects stay in its cluster; remove them there with `kubectl delete secret,serviceaccount,configmap -n istio-system -l meshfed.io/federation={federation}` and `kubectl delete clusterrole,clusterrolebinding -l meshfed.io/federation={federation}`"
+                    "member {member} left but {why}: its objects stay in its cluster. To remove meshfed's wiring there (remote secrets, reader identity, claim) and keep its cacerts and any control plane meshfed installed, run there {}",
+                    orphan_remedy(federation)
                 ),
             ),
             Removal::ClusterTakenBy(owner) => Event::new(

@@ -11,7 +11,7 @@ use kube::api::{DynamicObject, GroupVersionKind, ListParams};
 use kube::{Api, Client, ResourceExt};
 
 use super::identity::record_kinds;
-use super::{MemberContext, PreparedMember, error_text};
+use super::{MemberContext, PreparedMember, Work, error_text, error_text_in};
 use crate::api::{ControlPlaneMode, Member, MeshFederation, MeshFederationSpec};
 use crate::apply::KindCache;
 use crate::apply::{apply_as, delete_all, is_not_found, write};
@@ -110,10 +110,16 @@ pub async fn sync_member_control_plane(
         plan,
         certificates_ready,
     );
+    let managed = fed
+        .spec
+        .control_plane
+        .as_ref()
+        .is_some_and(|c| c.mode == ControlPlaneMode::Managed);
     let cp = match tokio::time::timeout(budget, work).await {
         Ok(Ok(cp)) => cp,
         failed => {
             let why = match failed {
+                Ok(Err(e)) if managed => error_text_in(&e, Work::ManagedControlPlane),
                 Ok(Err(e)) => error_text(&e),
                 _ => format!("not done within {budget:?}; continuing next reconcile"),
             };
@@ -419,10 +425,7 @@ async fn read_health(
         if !report.ready && report.problem.is_none() {
             report.problem = Some(match (active, state) {
                 (Some(a), Some(r)) => r.problem.clone().unwrap_or_else(|| {
-                    format!(
-                        "{} Deployment in istio-system is not available",
-                        istiod_component(&a.revision)
-                    )
+                    deployment_problem(&istiod_component(&a.revision), "not ready")
                 }),
                 (Some(a), None) => {
                     format!("{} is not installed yet", istiod_component(&a.revision))
@@ -432,9 +435,10 @@ async fn read_health(
         }
         report.installed = Some(installed);
     } else {
-        report.ready = available(&deployments, "istiod").await?.is_none();
-        if !report.ready && report.problem.is_none() {
-            report.problem = Some("istiod Deployment in istio-system is not available".into());
+        let unavailable = available(&deployments, "istiod").await?;
+        report.ready = unavailable.is_none();
+        if let (Some(why), None) = (unavailable, &report.problem) {
+            report.problem = Some(external_istiod_problem(&why));
         }
     }
     if spec.wants_gateway(member) && report.gateway.is_none() {
@@ -490,12 +494,13 @@ async fn gateway_report(
         .list(&ListParams::default().labels(&format!("kubernetes.io/service-name={name}")))
         .await?;
     let endpoints = ready_endpoints(&slices.items);
-    let problem = match (unavailable, endpoints, &address) {
-        (Some(_), _, _) => Some(format!("{name} Deployment is not available")),
-        (None, 0, _) => Some(format!("{name} Service has no ready endpoint")),
-        (None, _, None) if needs_address => Some(format!("{name} Service has no address yet")),
-        _ => None,
-    };
+    let problem = gateway_problem(
+        name,
+        unavailable,
+        endpoints,
+        address.is_some(),
+        needs_address,
+    );
     Ok(GatewayReport {
         ready: problem.is_none(),
         address,
@@ -521,12 +526,8 @@ async fn find_installed(client: &Client, federation: &str) -> Result<Installed, 
             Revision {
                 version: labels.get(VERSION_LABEL).cloned(),
                 ready: deployment_unavailable(d).is_none(),
-                problem: deployment_unavailable(d).map(|why| {
-                    format!(
-                        "{} Deployment in istio-system is not available: {why}",
-                        d.name_any()
-                    )
-                }),
+                problem: deployment_unavailable(d)
+                    .map(|why| deployment_problem(&d.name_any(), &why)),
                 ..Default::default()
             },
         );
@@ -873,11 +874,56 @@ async fn apply_component(
     Ok(None)
 }
 
+/// What to say about the Deployment `name` in istio-system, not available
+/// for `why`, and where to look next.
+fn deployment_problem(name: &str, why: &str) -> String {
+    format!(
+        "{name} Deployment in istio-system is not available: {why}; see why in the member with kubectl -n istio-system describe deployment {name} (and the events of its pods)"
+    )
+}
+
+/// istiod of an External control plane (the Istio you installed) is not
+/// available for `why` (`not found`: not installed).
+fn external_istiod_problem(why: &str) -> String {
+    if why == NOT_FOUND {
+        return "istiod Deployment not found in istio-system: spec.controlPlane.mode External reads the Istio you installed; install it there (istiod with meshID, clusterName and network set), or use mode Managed to let meshfed install it".into();
+    }
+    deployment_problem("istiod", why)
+}
+
+/// Why a gateway `name` takes no traffic: its Deployment is not available
+/// (`unavailable`), its Service has no ready endpoint, or (when peers need
+/// it, `needs_address`) no address; `None` when it is ready.
+fn gateway_problem(
+    name: &str,
+    unavailable: Option<String>,
+    endpoints: usize,
+    has_address: bool,
+    needs_address: bool,
+) -> Option<String> {
+    match (unavailable, endpoints, has_address) {
+        (Some(why), _, _) if why == NOT_FOUND => Some(format!(
+            "{name} Deployment not found in istio-system: with spec.controlPlane.mode External and no spec.controlPlane.version, install it yourself, or set the version to let meshfed apply Istio's gateway chart (Managed applies it with istiod)"
+        )),
+        (Some(why), _, _) => Some(deployment_problem(name, &why)),
+        (None, 0, _) => Some(format!(
+            "{name} Service has no ready endpoint: its pods are not ready; see kubectl -n istio-system get endpointslices -l kubernetes.io/service-name={name} and the events of its pods"
+        )),
+        (None, _, false) if needs_address => Some(format!(
+            "{name} Service has no address yet: its LoadBalancer has not been given one; the member needs a load-balancer controller (its cloud provider, MetalLB); where peers reach this cluster's Service IPs directly, spec.controlPlane.eastWestGateway.serviceType: NodePort or ClusterIP does without one"
+        )),
+        _ => None,
+    }
+}
+
+/// What [`available`] says of a Deployment that does not exist.
+const NOT_FOUND: &str = "not found";
+
 /// Why the Deployment `name` is not available (`None`: it is).
 async fn available(api: &Api<Deployment>, name: &str) -> Result<Option<String>, kube::Error> {
     Ok(match api.get_opt(name).await? {
         Some(d) => deployment_unavailable(&d),
-        None => Some("not found".into()),
+        None => Some(NOT_FOUND.into()),
     })
 }
 
@@ -972,6 +1018,47 @@ mod tests {
         .unwrap();
         assert_eq!(ready_endpoints(&[slice.clone(), slice]), 4);
         assert_eq!(ready_endpoints(&[]), 0);
+    }
+
+    #[test]
+    fn every_gateway_and_istiod_problem_says_where_to_look_or_what_to_do() {
+        let gw = EAST_WEST_GATEWAY;
+        assert_eq!(gateway_problem(gw, None, 2, true, true), None);
+        assert_eq!(gateway_problem(gw, None, 2, false, false), None);
+        let unavailable = gateway_problem(
+            gw,
+            Some("MinimumReplicasUnavailable".into()),
+            0,
+            false,
+            true,
+        )
+        .unwrap();
+        assert!(
+            unavailable.starts_with(&format!(
+                "{gw} Deployment in istio-system is not available: MinimumReplicasUnavailable; "
+            )) && unavailable
+                .contains(&format!("kubectl -n istio-system describe deployment {gw}")),
+            "{unavailable}"
+        );
+        let missing = gateway_problem(gw, Some(NOT_FOUND.into()), 0, false, true).unwrap();
+        assert!(missing.contains("install it yourself"), "{missing}");
+        let no_endpoint = gateway_problem(gw, None, 0, true, true).unwrap();
+        assert!(
+            no_endpoint.contains("kubernetes.io/service-name=istio-eastwestgateway"),
+            "{no_endpoint}"
+        );
+        let no_address = gateway_problem(gw, None, 1, false, true).unwrap();
+        assert!(
+            no_address.starts_with(&format!("{gw} Service has no address yet: "))
+                && no_address.contains("load-balancer controller")
+                && no_address.contains("serviceType: NodePort"),
+            "{no_address}"
+        );
+        assert!(external_istiod_problem(NOT_FOUND).contains("install it there"));
+        assert!(
+            external_istiod_problem("Deployment does not have minimum availability.")
+                .contains("kubectl -n istio-system describe deployment istiod")
+        );
     }
 
     #[test]

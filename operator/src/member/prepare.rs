@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::ListParams;
 use kube::{Api, ResourceExt};
 
@@ -19,6 +20,54 @@ use crate::fleet::report::{Contact, MemberReport};
 use crate::pki::IntermediatePolicy;
 use crate::render::{ISTIO_NAMESPACE, keys, render_istio_namespace};
 use crate::telemetry::RequestCount;
+
+/// How to give meshfed a credential it may renew, for a member whose
+/// Secret `secret` it may not write.
+fn credentials_fix(fed: &MeshFederation, member: &Member, secret: &str) -> String {
+    format!(
+        "run `kubectl meshfed join {m} --kubeconfig <an admin kubeconfig of the member> --federation {f} --network <its network>` (it stores a token meshfed renews and points member {m} at it), or annotate Secret {secret} in the operator's namespace `{key}=true` and store a fresh token in it",
+        m = member.name,
+        f = fed.name_any(),
+        key = keys::RENEW_CREDENTIALS
+    )
+}
+
+/// A bound token meshfed may not renew, with a third of its lifetime left:
+/// reported in the member's status and, once per token, as a Warning.
+fn warn_of_expiring_credentials(
+    fed: &MeshFederation,
+    member: &Member,
+    conn: &MemberConnection,
+    now: Timestamp,
+    prepared: &mut PreparedMember,
+) {
+    let Some(credential) = conn
+        .credential
+        .as_ref()
+        .filter(|c| !c.renewable && now >= c.claims.renew_at())
+    else {
+        return;
+    };
+    let expires = Time(credential.claims.expires_at);
+    let warned = fed
+        .status
+        .iter()
+        .flat_map(|s| &s.members)
+        .any(|m| m.name == member.name && m.credentials_expiring.as_ref() == Some(&expires));
+    if !warned {
+        prepared.events.push(Event::new(
+            Reason::CredentialsExpiring,
+            format!(
+                "member {}: the token in credentials Secret {} expires at {} and meshfed may not renew it; {}",
+                member.name,
+                credential.secret,
+                credential.claims.expires_at,
+                credentials_fix(fed, member, &credential.secret)
+            ),
+        ));
+    }
+    prepared.report.status.credentials_expiring = Some(expires);
+}
 
 /// Connects to `member` and makes its network label, reader identity and
 /// `cacerts` right. Never fails: what went wrong lands in the report.
@@ -55,16 +104,26 @@ pub async fn prepare_member(ctx: &MemberContext, step: Step<'_>) -> PreparedMemb
         .as_ref()
         .filter(|c| c.claims.expires_at <= now)
     {
-        prepared.report.unreachable = Some(format!(
-            "the token in credentials Secret {} expired at {} (meshfed renews it only while it runs); bootstrap it again: kubectl meshfed join {} --kubeconfig <an admin kubeconfig of the member> --federation {}",
-            expired.secret,
-            expired.claims.expires_at,
-            member.name,
-            fed.name_any()
-        ));
+        let what = format!(
+            "the token in credentials Secret {} expired at {}",
+            expired.secret, expired.claims.expires_at
+        );
+        prepared.report.unreachable = Some(if expired.renewable {
+            format!(
+                "{what}: meshfed renews it only while it runs, and it was stopped past the token's lifetime; bootstrap it again: kubectl meshfed join {} --kubeconfig <an admin kubeconfig of the member> --federation {}",
+                member.name,
+                fed.name_any()
+            )
+        } else {
+            format!(
+                "{what} and meshfed may not renew it; {}",
+                credentials_fix(fed, member, &expired.secret)
+            )
+        });
         prepared.report.contact = Contact::NotTried;
         return prepared;
     }
+    warn_of_expiring_credentials(fed, member, &conn, now, &mut prepared);
     prepared.request_baseline = conn.requests.snapshot();
     prepared.endpoint = conn.peer_endpoint(member);
     if let Err(e) = &prepared.endpoint {
@@ -104,8 +163,8 @@ pub async fn prepare_member(ctx: &MemberContext, step: Step<'_>) -> PreparedMemb
         Err(_) => {
             prepared.report.contact = Contact::NoAnswer;
             prepared.report.unreachable = Some(format!(
-                "no answer within {:?}",
-                ctx.settings.member_timeout
+                "no answer from {} within {:?}: check that the operator's cluster reaches that address (firewall, network policy, VPN, a private endpoint) and that the API server is up; it is the server in the member's kubeconfig (kubectl meshfed join --server sets another)",
+                conn.server, ctx.settings.member_timeout
             ))
         }
     }

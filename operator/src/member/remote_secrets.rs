@@ -234,7 +234,7 @@ pub async fn sync_remote_secrets(
     let work = carry_out(federation, policy, member, plan, peers, &mut held);
     if tokio::time::timeout(timeout, work).await.is_err() {
         member.report.remote_secret_problems.push(format!(
-            "writing remote secrets: no answer within {timeout:?}"
+            "writing remote secrets: no answer within {timeout:?} (retried next reconcile; if it persists, the member's API server is overloaded or the path to it is slow)"
         ));
     }
     held

@@ -590,7 +590,9 @@ async fn mint_for_peers(
             return Some((reader.clone(), token));
         }
         Ok(Err(e)) => error_text(&e),
-        Err(_) => format!("no answer within {timeout:?}"),
+        Err(_) => format!(
+            "no answer within {timeout:?} (retried next reconcile; if it persists, the member's API server is overloaded or the path to it is slow)"
+        ),
     };
     prepared
         .report

@@ -431,6 +431,59 @@ mod tests {
         }
     }
 
+    /// docs/reference.md's metric rows are exactly the families served
+    /// (every family sampled once, since empty families are not encoded).
+    #[test]
+    fn the_reference_lists_every_metric() {
+        let m = Metrics::default();
+        let now = "2026-01-01T00:00:00Z".parse().unwrap();
+        let mut s = status(&[("a", true)]);
+        s.members[0].token_expiry = Some(Time("2026-01-01T01:00:00Z".parse().unwrap()));
+        s.members[0].health = Some(crate::api::MemberHealth {
+            healthy: true,
+            reason: "Healthy".into(),
+            ..Default::default()
+        });
+        s.root = s.members[0].intermediate.clone();
+        s.control_plane = Some(crate::api::RolloutStatus {
+            phase: "Complete".into(),
+            ..Default::default()
+        });
+        m.members("prod", None, &s, now);
+        m.reconciled("prod", ReconcileResult::Ready, Duration::from_millis(20));
+        let count = RequestCount {
+            reads: 1,
+            writes: 1,
+        };
+        m.member_run("prod", "a", true, count);
+        m.token_minted("prod", "a");
+        let served: Vec<String> = m
+            .encode()
+            .lines()
+            .filter_map(|l| {
+                let mut words = l.strip_prefix("# TYPE ")?.split_whitespace();
+                let (name, kind) = (words.next()?, words.next()?);
+                Some(match kind {
+                    "counter" => format!("{name}_total"),
+                    _ => name.to_string(),
+                })
+            })
+            .collect();
+        let documented: Vec<String> = include_str!("../../../docs/reference.md")
+            .lines()
+            .filter_map(|l| {
+                let cell = l.strip_prefix("| `meshfed_")?.split('`').next()?;
+                Some(format!("meshfed_{cell}"))
+            })
+            .collect();
+        assert_eq!(served.len(), 15, "every family sampled: {served:?}");
+        let mut sorted = served.clone();
+        sorted.sort();
+        let mut documented_sorted = documented.clone();
+        documented_sorted.sort();
+        assert_eq!(documented_sorted, sorted, "docs/reference.md's metrics");
+    }
+
     #[test]
     fn exposition_has_prefixed_conventional_names() {
         let m = Metrics::default();

@@ -1,9 +1,11 @@
 //! Observability plumbing kept out of the reconcile logic: logs, metrics,
 //! health endpoints, request counting.
+mod liveness;
 mod metrics;
 mod request_counter;
 mod server;
 
+pub use liveness::{Liveness, Reconcile};
 pub use metrics::{Metrics, ReconcileResult};
 pub use request_counter::{RequestCount, RequestCounter};
 pub use server::{Probes, serve};
