@@ -186,6 +186,9 @@ struct Comparison {
     meshfed_reconciles: (u64, f64),
     /// The operator's peak RSS over the Managed-mode run.
     meshfed_peak_rss_mib: f64,
+    /// The peak of the operator's RSS plus its `helm template` children's,
+    /// sampled every 10 ms: what the pod's memory limit must hold.
+    meshfed_tree_peak_rss_mib: f64,
     edits: Option<Edits>,
     manual: Duration,
     manual_commands: usize,
@@ -226,8 +229,11 @@ impl Comparison {
             .collect();
         println!("manual phases: {}", phases.join(", "));
         println!(
-            "meshfed operator peak RSS in Managed mode: {:.1} MiB",
-            self.meshfed_peak_rss_mib
+            "meshfed operator peak RSS in Managed mode: {:.1} MiB; with its helm children: \
+             {:.1} MiB (the chart's memory limit: {})",
+            self.meshfed_peak_rss_mib,
+            self.meshfed_tree_peak_rss_mib,
+            chart_memory_limit()
         );
         println!(
             "meshfed: reconciles {}, working {:.2} s in all; operator --resync {}; (+{}): \
@@ -342,7 +348,7 @@ async fn compare_control_plane(
     quiet(Command::new("openssl").arg("version"))?;
 
     eprintln!(">> control plane, {n} members: meshfed");
-    let (meshfed, meshfed_reconciles, meshfed_peak_rss_mib, edits) =
+    let (meshfed, meshfed_reconciles, (meshfed_peak_rss_mib, meshfed_tree_peak_rss_mib), edits) =
         time_meshfed(binary, n, resync, &charts_dir, &version, &helm, edits).await?;
     eprintln!(">> control plane, {n} members: manual path");
     let (manual, phases, manual_commands) =
@@ -353,6 +359,7 @@ async fn compare_control_plane(
         meshfed,
         meshfed_reconciles,
         meshfed_peak_rss_mib,
+        meshfed_tree_peak_rss_mib,
         edits,
         manual,
         manual_commands,
@@ -393,7 +400,7 @@ async fn time_meshfed(
     version: &str,
     helm: &Path,
     edits: usize,
-) -> Result<(Duration, (u64, f64), f64, Option<Edits>)> {
+) -> Result<(Duration, (u64, f64), (f64, f64), Option<Edits>)> {
     let fleet = Fleet::start(n).await?;
     let host = fleet.cluster(0).client();
     prepare_host(&fleet).await?;
@@ -417,6 +424,7 @@ async fn time_meshfed(
         .stdout(log_file.try_clone()?)
         .stderr(log_file)
         .spawn()?;
+    let tree_peak = e2e::fleet::TreeRssPeak::watch(operator.id());
     let result = async {
         poll(Duration::from_secs(30), "operator ready", || async {
             Ok(http_get(metrics_addr, "/readyz").await?.0 == 200)
@@ -462,7 +470,11 @@ async fn time_meshfed(
             Ok(scrape(metrics_addr).await?.0 >= 1)
         })
         .await?;
-        let peak_rss_mib = e2e::fleet::peak_rss_bytes(operator.id()) as f64 / (1024.0 * 1024.0);
+        let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+        let peak_rss_mib = (
+            mib(e2e::fleet::peak_rss_bytes(operator.id())),
+            mib(tree_peak.peak_bytes()),
+        );
         let work = reconcile_work(metrics_addr).await?;
         let edits = match edits {
             0 => None,
@@ -589,4 +601,19 @@ async fn check_federated(fleet: &Fleet) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// `resources.limits.memory` of the chart's values.yaml.
+fn chart_memory_limit() -> String {
+    let values = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../charts/meshfed-operator/values.yaml");
+    std::fs::read_to_string(values)
+        .ok()
+        .and_then(|t| serde_yaml::from_str::<serde_yaml::Value>(&t).ok())
+        .and_then(|v| {
+            v["resources"]["limits"]["memory"]
+                .as_str()
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| "unknown".into())
 }

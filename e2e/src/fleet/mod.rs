@@ -23,7 +23,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 
 pub use cluster::{Cluster, KWOK_NODE_ANNOTATION, SERVICE_CIDR, kubeconfig_yaml};
-pub use process::{Proc, Spec, free_port, peak_rss_bytes, rss_bytes, tail_file};
+pub use process::{
+    Proc, Spec, TreeRssPeak, free_port, peak_rss_bytes, rss_bytes, tail_file, tree_rss_bytes,
+};
 pub use tools::{Tools, tools};
 
 use cluster::ClusterEnv;

@@ -291,6 +291,70 @@ pub fn peak_rss_bytes(pid: u32) -> u64 {
     status_kib(pid, "VmHWM:") * 1024
 }
 
+/// Resident set size of a process and all its descendants, in bytes: what
+/// a container's memory limit sees of an operator that runs `helm template`.
+pub fn tree_rss_bytes(pid: u32) -> u64 {
+    rss_bytes(pid) + children(pid).into_iter().map(tree_rss_bytes).sum::<u64>()
+}
+
+/// The children of every thread of `pid`.
+fn children(pid: u32) -> Vec<u32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
+        .flat_map(|c| {
+            c.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect::<Vec<u32>>()
+        })
+        .collect()
+}
+
+/// The highest [`tree_rss_bytes`] of a process, sampled every 10 ms on a
+/// thread of its own until dropped (short-lived children such as a `helm
+/// template` run live for hundreds of milliseconds).
+pub struct TreeRssPeak {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    peak: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    sampler: Option<std::thread::JoinHandle<()>>,
+}
+
+impl TreeRssPeak {
+    pub fn watch(pid: u32) -> TreeRssPeak {
+        use std::sync::atomic::Ordering::Relaxed;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (s, p) = (stop.clone(), peak.clone());
+        let sampler = std::thread::spawn(move || {
+            while !s.load(Relaxed) {
+                p.fetch_max(tree_rss_bytes(pid), Relaxed);
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        });
+        TreeRssPeak {
+            stop,
+            peak,
+            sampler: Some(sampler),
+        }
+    }
+
+    pub fn peak_bytes(&self) -> u64 {
+        self.peak.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl Drop for TreeRssPeak {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(s) = self.sampler.take() {
+            let _ = s.join();
+        }
+    }
+}
+
 /// A kB figure from /proc/<pid>/status; 0 when the process is gone.
 fn status_kib(pid: u32, field: &str) -> u64 {
     let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
