@@ -3,6 +3,7 @@
 
 pub mod bridge;
 pub mod cacerts;
+pub mod chart;
 pub mod fleet;
 pub mod injection;
 pub mod istiod;

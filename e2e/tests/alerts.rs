@@ -16,82 +16,27 @@
 //! Needs `helm` (e2e/testbed/build-helm.sh) and `promtool`
 //! (e2e/testbed/build-promtool.sh, about five minutes on a cold cache).
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
-use serde::Deserialize;
+use e2e::chart::{chart_dir, run, workspace};
 use serde_json::Value;
 
-const RELEASE: &str = "meshfed";
-const NAMESPACE: &str = "meshfed-system";
-
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn chart_dir() -> PathBuf {
-    workspace().join("charts/meshfed-operator")
-}
-
-/// Runs a program; Ok(stdout) on success, Err(the whole story) otherwise.
-fn run(program: &Path, args: &[&str], dir: &Path) -> Result<String, String> {
-    let out = Command::new(program)
-        .args(args)
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("starting {}: {e}", program.display()));
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    match out.status.success() {
-        true => Ok(stdout),
-        false => Err(format!(
-            "{} {} failed ({}):\n{stdout}\n{}",
-            program.display(),
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        )),
-    }
-}
+const NAMESPACE: &str = e2e::mesh::OPERATOR_NAMESPACE;
 
 /// Runs the pinned helm with its own state in a throwaway directory (never
-/// the user's): Ok(stdout), or Err(stderr).
+/// the user's): Ok(stdout), or Err(what went wrong).
 async fn helm(args: &[&str]) -> Result<String, String> {
     let helm = e2e::istiod::helm().await.expect("helm");
-    let home = tempfile::tempdir().unwrap();
-    let out = Command::new(&helm)
-        .args(args)
-        .env("HELM_CACHE_HOME", home.path().join("cache"))
-        .env("HELM_CONFIG_HOME", home.path().join("config"))
-        .env("HELM_DATA_HOME", home.path().join("data"))
-        .stdin(Stdio::null())
-        .output()
-        .expect("run helm");
-    match out.status.success() {
-        true => Ok(String::from_utf8(out.stdout).unwrap()),
-        false => Err(String::from_utf8_lossy(&out.stderr).into_owned()),
-    }
+    e2e::chart::helm(&helm, args)
 }
 
 /// `helm template` of the chart with `set` (a `--set` argument, may be
 /// empty): every rendered object, or helm's complaint.
 async fn helm_template(set: &str) -> Result<Vec<Value>, String> {
-    let chart = chart_dir();
-    let mut args = vec![
-        "template",
-        RELEASE,
-        chart.to_str().unwrap(),
-        "--namespace",
-        NAMESPACE,
-    ];
-    if !set.is_empty() {
-        args.extend(["--set", set]);
+    let helm = e2e::istiod::helm().await.expect("helm");
+    match set.is_empty() {
+        true => e2e::chart::render(&helm, &[]),
+        false => e2e::chart::render(&helm, &["--set", set]),
     }
-    let text = helm(&args).await?;
-    Ok(serde_yaml::Deserializer::from_str(&text)
-        .map(|doc| Value::deserialize(doc).expect("valid YAML"))
-        .filter(|v| !v.is_null())
-        .collect())
 }
 
 fn only<'a>(objects: &'a [Value], kind: &str) -> &'a Value {

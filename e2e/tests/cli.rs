@@ -17,8 +17,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use e2e::mesh::*;
 use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
 use k8s_openapi::api::rbac::v1::ClusterRole;
-use kube::Api;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::{Api, ResourceExt};
 use meshfed::api::{ControlPlaneMode, ControlPlaneSpec, MeshFederation};
 
 const WAIT: Duration = Duration::from_secs(90);
@@ -514,4 +514,179 @@ fn unix_now() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs() as i64
+}
+
+/// `version`, `completion`, `rotate`, `leave` and `upgrade` against a
+/// federation the test writes (no operator runs: these commands only read
+/// and change the federation, and `version` finds no operator Deployment).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn version_rotate_leave_upgrade_and_completion() -> Result<()> {
+    let binary = tokio::task::spawn_blocking(|| build_binary("kubectl-meshfed", false)).await??;
+    let fleet = e2e::Fleet::start(1).await?;
+    let _logs = fleet.log_guard();
+    prepare_host(&fleet).await?;
+    let host = fleet.cluster(0).client();
+    let plugin = Plugin {
+        binary,
+        kubeconfig: fleet.cluster(0).kubeconfig_path().to_path_buf(),
+    };
+    let federations = Api::<MeshFederation>::all(host.clone());
+    let named = |name: &str| {
+        let mut m = member(fleet.cluster(0), "net-a");
+        m.name = name.into();
+        m
+    };
+    let mut ops = federation("ops", vec![named("a"), named("b"), named("c")]);
+    ops.spec.control_plane = Some(serde_json::from_value(serde_json::json!({
+        "mode": "Managed", "version": "1.30",
+        "upgrade": {"order": ["c"], "maxConcurrent": 2},
+    }))?);
+    apply_federation(&host, &ops).await?;
+    apply_federation(&host, &federation("solo", vec![named("a")])).await?;
+
+    // --- version: no operator Deployment in the test bed
+    let out = plugin.run(&["version"]);
+    assert_eq!(out.status.code(), Some(0));
+    let text = stdout(&out);
+    assert!(text.starts_with("plugin:   "), "{text}");
+    assert!(
+        text.contains(
+            "operator: not found (no Deployment labelled app.kubernetes.io/name=meshfed-operator in namespace meshfed-system"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("CRD:      meshfederations.meshfed.io serves v1alpha1"),
+        "{text}"
+    );
+    assert!(!stderr(&out).contains("warning"), "no operator, no skew");
+
+    // --- completion
+    let out = plugin.run(&["completion", "bash"]);
+    assert_eq!(out.status.code(), Some(0));
+    let script = stdout(&out);
+    assert!(!script.is_empty() && script.contains("meshfed"), "{script}");
+    assert!(script.contains("rotate"), "subcommands are completed");
+    let out = plugin.run(&["completion", "tcsh"]);
+    assert_eq!(out.status.code(), Some(2), "an unknown shell is bad usage");
+
+    // --- rotate: --dry-run prints the patch and changes nothing
+    let out = plugin.run(&["rotate", "ops", "--root", "--dry-run"]);
+    assert_eq!(out.status.code(), Some(0));
+    let patch: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    assert!(
+        patch["spec"]["ca"]["rootRotation"]["request"].is_string(),
+        "{patch}"
+    );
+    assert!(federations.get("ops").await?.spec.ca.is_none());
+    let out = plugin.run(&["rotate", "ops", "--root"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        stdout(&out).contains("kubectl meshfed status ops --wait"),
+        "says how to follow it"
+    );
+    let fed = federations.get("ops").await?;
+    let first = fed
+        .spec
+        .ca
+        .as_ref()
+        .and_then(|c| c.rotation_request())
+        .expect("spec.ca.rootRotation.request is set")
+        .to_string();
+    let out = plugin.run(&["rotate", "ops", "--root"]);
+    assert_eq!(out.status.code(), Some(0));
+    let fed = federations.get("ops").await?;
+    assert_ne!(
+        fed.spec.ca.as_ref().and_then(|c| c.rotation_request()),
+        Some(first.as_str()),
+        "a second rotation is a new request"
+    );
+    let out = plugin.run(&["rotate", "ops", "--tokens", "--dry-run"]);
+    assert_eq!(out.status.code(), Some(0));
+    let patch: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    assert!(
+        patch["metadata"]["annotations"]["meshfed.io/refresh-tokens"].is_string(),
+        "{patch}"
+    );
+    let out = plugin.run(&["rotate", "ops", "--tokens"]);
+    assert_eq!(out.status.code(), Some(0));
+    let fed = federations.get("ops").await?;
+    assert!(
+        fed.annotations().contains_key("meshfed.io/refresh-tokens"),
+        "{:?}",
+        fed.annotations()
+    );
+    let out = plugin.run(&["rotate", "ops"]);
+    assert_eq!(out.status.code(), Some(2), "--root or --tokens is required");
+    let out = plugin.run(&["rotate", "nosuch", "--tokens"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("federation nosuch not found"));
+
+    // --- upgrade --dry-run: the plan and the patch, nothing changed
+    let out = plugin.run(&["upgrade", "ops", "--to", "1.31", "--dry-run"]);
+    assert_eq!(out.status.code(), Some(0));
+    let text = stdout(&out);
+    assert!(
+        text.contains("federation ops: Istio 1.30 -> 1.31\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("  wave 1: c, a\n  wave 2: b\n"),
+        "order first, then spec order, two at a time: {text}"
+    );
+    assert!(
+        text.contains("\"version\": \"1.31\""),
+        "the patch is printed: {text}"
+    );
+    let fed = federations.get("ops").await?;
+    assert_eq!(
+        fed.spec.control_plane.as_ref().unwrap().version.as_deref(),
+        Some("1.30")
+    );
+    let out = plugin.run(&["upgrade", "solo", "--to", "1.31"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("federation solo has no spec.controlPlane"),
+        "refused without spec.controlPlane"
+    );
+
+    // --- leave: --dry-run changes nothing; then the member goes, with its
+    // place in upgrade.order
+    let out = plugin.run(&["leave", "ops", "c", "--dry-run"]);
+    assert_eq!(out.status.code(), Some(0));
+    let patch: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(patch["spec"]["members"].as_array().map(Vec::len), Some(2));
+    assert!(
+        stderr(&out).contains("spec.ca.onRemoval is Retain"),
+        "says what onRemoval does"
+    );
+    assert_eq!(federations.get("ops").await?.spec.members.len(), 3);
+    let out = plugin.run(&["leave", "ops", "c"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(stdout(&out).contains("member c left federation ops"));
+    let fed = federations.get("ops").await?;
+    let names: Vec<&str> = fed.spec.members.iter().map(|m| m.name.as_str()).collect();
+    assert_eq!(names, ["a", "b"]);
+    assert_eq!(fed.spec.upgrade().order, Some(vec![]));
+    let out = plugin.run(&["leave", "ops", "c"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("federation ops has no member c (members: a, b)"));
+    let out = plugin.run(&["leave", "solo", "a"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("a is the last member of federation solo"),
+        "the last member is refused"
+    );
+    assert_eq!(federations.get("solo").await?.spec.members.len(), 1);
+
+    // --- upgrade, applied
+    let out = plugin.run(&["upgrade", "ops", "--to", "1.31"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(stdout(&out).contains("  wave 1: a, b\n"));
+    let fed = federations.get("ops").await?;
+    assert_eq!(
+        fed.spec.control_plane.as_ref().unwrap().version.as_deref(),
+        Some("1.31")
+    );
+    Ok(())
 }

@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, ensure};
 use e2e::Fleet;
+use e2e::chart::{RELEASE, chart_dir, documents, workspace};
 use e2e::mesh::{
     OPERATOR_NAMESPACE, credentials_secret_name, federation, has_condition, local_member, member,
     poll, store_kubeconfig, token_kubeconfig, wait_for_federation,
@@ -44,21 +45,12 @@ use meshfed::settings::Settings;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-const RELEASE: &str = "meshfed";
 const FULLNAME: &str = "meshfed-operator";
 const ISTIO_NAMESPACE: &str = "istio-system";
 
 // ---------------------------------------------------------------------------
 // Tools and rendering
 // ---------------------------------------------------------------------------
-
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn chart_dir() -> PathBuf {
-    workspace().join("charts/meshfed-operator")
-}
 
 /// A path the test bed's own lookup finds (async, in the e2e crate), for
 /// these synchronous helpers: on a thread of its own, so that it works from
@@ -91,86 +83,23 @@ fn kubectl_path() -> &'static Path {
         .get_or_init(|| looked_up(async { Ok(e2e::fleet::tools::tools().await?.path("kubectl")) }))
 }
 
-/// Helm's own state (repositories, cache, plugins) in a throwaway directory,
-/// so tests never read or write the user's.
-fn helm_home() -> &'static Path {
-    static HOME: OnceLock<tempfile::TempDir> = OnceLock::new();
-    HOME.get_or_init(|| tempfile::tempdir().unwrap()).path()
-}
-
-/// Runs a program; Ok(stdout) on success, Err(stdout + stderr) otherwise.
-fn run(program: &Path, args: &[&str], stdin: Option<&str>) -> Result<String, String> {
-    let home = helm_home();
-    let mut child = Command::new(program)
-        .args(args)
-        .current_dir(workspace())
-        .env("HELM_CACHE_HOME", home.join("cache"))
-        .env("HELM_CONFIG_HOME", home.join("config"))
-        .env("HELM_DATA_HOME", home.join("data"))
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("starting {}: {e}", program.display()));
-    if let Some(input) = stdin {
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(input.as_bytes())
-            .unwrap();
-    }
-    let out = child.wait_with_output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    if out.status.success() {
-        Ok(stdout)
-    } else {
-        Err(format!(
-            "{} {} failed ({}):\n{stdout}\n{}",
-            program.display(),
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        ))
-    }
-}
-
 fn helm(args: &[&str]) -> Result<String, String> {
-    run(helm_path(), args, None)
+    e2e::chart::helm(helm_path(), args)
 }
 
+/// kubectl in the workspace, `stdin` as its input (`e2e::chart::run`'s
+/// runner): Ok(stdout), or Err(stdout + stderr).
 fn kubectl(args: &[&str], stdin: Option<&str>) -> Result<String, String> {
-    run(kubectl_path(), args, stdin)
+    e2e::chart::run_with_stdin(kubectl_path(), args, &workspace(), stdin)
 }
 
 /// `helm template meshfed charts/meshfed-operator -n meshfed-system` plus `extra`.
 fn helm_template(extra: &[&str]) -> String {
-    let chart = chart_dir();
-    let mut args = vec![
-        "template",
-        RELEASE,
-        chart.to_str().unwrap(),
-        "--namespace",
-        OPERATOR_NAMESPACE,
-    ];
-    args.extend_from_slice(extra);
-    helm(&args).unwrap_or_else(|e| panic!("{e}"))
+    e2e::chart::template(helm_path(), extra).unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn kustomize(dir: &str) -> String {
     kubectl(&["kustomize", dir], None).unwrap_or_else(|e| panic!("{e}"))
-}
-
-/// Every non-empty document of a YAML stream, as JSON.
-fn documents(yaml: &str) -> Vec<Value> {
-    serde_yaml::Deserializer::from_str(yaml)
-        .map(|doc| Value::deserialize(doc).expect("valid YAML"))
-        .filter(|v| !v.is_null())
-        .collect()
 }
 
 /// kind/namespace/name, e.g. `Role/istio-system/meshfed-member`.

@@ -791,6 +791,314 @@ pub fn findings(p: &Preflight, federation: &str) -> Vec<Finding> {
     out
 }
 
+/// The field manager and user agent the plugin writes with.
+pub const FIELD_MANAGER: &str = "kubectl-meshfed";
+
+/// The label the operator's Deployment carries, from the chart and from
+/// `config/manager` alike.
+pub const OPERATOR_SELECTOR: &str = "app.kubernetes.io/name=meshfed-operator";
+
+/// The MeshFederation CRD's name.
+pub const CRD_NAME: &str = "meshfederations.meshfed.io";
+
+/// The tag of a container image reference (`repo/x:1.2.3@sha256:...` ->
+/// `1.2.3`), if it has one.
+pub fn image_tag(image: &str) -> Option<&str> {
+    let image = image.split('@').next().unwrap_or(image);
+    let last = image.rsplit('/').next().unwrap_or(image);
+    last.split_once(':')
+        .map(|(_, tag)| tag)
+        .filter(|t| !t.is_empty())
+}
+
+/// What `version` found: the operator's image tag (`Err`: why none),
+/// the CRD's served versions and its `app.kubernetes.io/version` label
+/// (`Err`: why the CRD was not read).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Versions {
+    pub plugin: String,
+    pub operator: Result<String, String>,
+    pub crd: Result<(Vec<String>, Option<String>), String>,
+}
+
+/// `version`'s text, and a skew warning when the plugin and the operator
+/// are of different versions (a leading `v` ignored).
+pub fn version_text(v: &Versions) -> (String, Option<String>) {
+    let operator = match &v.operator {
+        Ok(tag) => tag.clone(),
+        Err(why) => format!("not found ({why})"),
+    };
+    let crd = match &v.crd {
+        Ok((served, label)) => {
+            let label = label
+                .as_ref()
+                .map(|l| format!(", app.kubernetes.io/version {l}"))
+                .unwrap_or_default();
+            format!("{CRD_NAME} serves {}{label}", served.join(", "))
+        }
+        Err(why) => format!("not found ({why})"),
+    };
+    let text = format!(
+        "plugin:   {}\noperator: {operator}\nCRD:      {crd}\n",
+        v.plugin
+    );
+    let bare = |s: &str| s.trim_start_matches('v').to_string();
+    let skew = match &v.operator {
+        Ok(tag) if bare(tag) != bare(&v.plugin) => Some(format!(
+            "warning: the plugin ({}) and the operator ({tag}) differ in version: install the plugin of the operator's version, or upgrade the operator (docs/install.md)",
+            v.plugin
+        )),
+        _ => None,
+    };
+    (text, skew)
+}
+
+/// What `rotate` rotates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rotation {
+    /// The generated root (`spec.ca.rootRotation.request`).
+    Root,
+    /// Every reader token (`meshfed.io/refresh-tokens`).
+    Tokens,
+}
+
+/// A request value for `rotate`: the time in UTC, different from
+/// `current` (the value set now, if any).
+pub fn rotation_value(now: jiff::Timestamp, current: Option<&str>) -> String {
+    let value = now.strftime("%Y%m%dt%H%M%Sz").to_string();
+    if current == Some(value.as_str()) {
+        format!("{value}-2")
+    } else {
+        value
+    }
+}
+
+/// The current request `rotate` replaces.
+pub fn rotation_current(fed: &MeshFederation, what: Rotation) -> Option<&str> {
+    match what {
+        Rotation::Root => fed.spec.ca.as_ref()?.rotation_request(),
+        Rotation::Tokens => fed
+            .metadata
+            .annotations
+            .as_ref()?
+            .get(crate::render::keys::REFRESH_TOKENS)
+            .map(String::as_str),
+    }
+}
+
+/// The merge patch `rotate` applies: only the request, so that the same
+/// change can be committed to Git. A root named by `spec.ca.rootSecretRef`
+/// is not meshfed's to replace: refused.
+pub fn rotate_patch(
+    fed: &MeshFederation,
+    what: Rotation,
+    value: &str,
+) -> Result<serde_json::Value, String> {
+    let name = fed.metadata.name.as_deref().unwrap_or("?");
+    match what {
+        Rotation::Root => {
+            if let Some(r) = fed
+                .spec
+                .ca
+                .as_ref()
+                .and_then(|c| c.root_secret_ref.as_ref())
+            {
+                return Err(format!(
+                    "federation {name} uses your own root (spec.ca.rootSecretRef: {}): meshfed rotates it when rootSecretRef names another Secret with the new root (docs/rotation.md); --root rotates only a generated root",
+                    r.name
+                ));
+            }
+            Ok(serde_json::json!({"spec": {"ca": {"rootRotation": {"request": value}}}}))
+        }
+        Rotation::Tokens => {
+            let key = crate::render::keys::REFRESH_TOKENS;
+            Ok(serde_json::json!({"metadata": {"annotations": {key: value}}}))
+        }
+    }
+}
+
+/// The merge patch `leave` applies: `spec.members` without `member` (and
+/// `spec.controlPlane.upgrade.order` without it, which may name only
+/// members), carrying the resourceVersion it was computed from. Refuses a
+/// member that is not there and the last member.
+pub fn leave_patch(fed: &MeshFederation, member: &str) -> Result<serde_json::Value, String> {
+    let name = fed.metadata.name.as_deref().unwrap_or("?");
+    let names: Vec<&str> = fed.spec.members.iter().map(|m| m.name.as_str()).collect();
+    if !names.contains(&member) {
+        return Err(format!(
+            "federation {name} has no member {member} (members: {})",
+            names.join(", ")
+        ));
+    }
+    if names.len() == 1 {
+        return Err(format!(
+            "{member} is the last member of federation {name}, and a federation needs at least one (spec.members): to take it apart, delete the federation instead (kubectl delete meshfederation {name}); spec.ca.onRemoval decides what stays in the member"
+        ));
+    }
+    let members: Vec<&crate::api::Member> = fed
+        .spec
+        .members
+        .iter()
+        .filter(|m| m.name != member)
+        .collect();
+    let mut patch = serde_json::json!({
+        "metadata": {"resourceVersion": fed.metadata.resource_version},
+        "spec": {"members": members},
+    });
+    let order = fed
+        .spec
+        .control_plane
+        .as_ref()
+        .and_then(|c| c.upgrade.as_ref())
+        .and_then(|u| u.order.as_ref());
+    if let Some(order) = order.filter(|o| o.iter().any(|n| n == member)) {
+        let rest: Vec<&String> = order.iter().filter(|n| *n != member).collect();
+        patch["spec"]["controlPlane"] = serde_json::json!({"upgrade": {"order": rest}});
+    }
+    Ok(patch)
+}
+
+/// What the operator does once `member` has left, by `spec.ca.onRemoval`.
+pub fn removal_text(fed: &MeshFederation, member: &str) -> String {
+    use crate::api::RemovalPolicy;
+    let policy = fed
+        .spec
+        .ca
+        .as_ref()
+        .map(|c| c.on_removal())
+        .unwrap_or_default();
+    let always = format!(
+        "the operator removes {member}'s remote secrets from its peers, its peers' from {member}, and its reader identity"
+    );
+    let rest = match policy {
+        RemovalPolicy::Retain => format!(
+            "spec.ca.onRemoval is Retain: {member} keeps its cacerts and any control plane meshfed installed, so it keeps working on its own"
+        ),
+        RemovalPolicy::Delete => format!(
+            "spec.ca.onRemoval is Delete: {member}'s cacerts and the control plane meshfed installed there are deleted too"
+        ),
+        RemovalPolicy::Revoke => format!(
+            "spec.ca.onRemoval is Revoke: {member}'s cacerts and the control plane meshfed installed there are deleted, and the generated root is replaced through a full rotation without {member}, so its intermediate is trusted nowhere (docs/rotation.md)"
+        ),
+    };
+    format!(
+        "{always}; {rest}. Its kubeconfig Secret in the operator's namespace stays until you delete it."
+    )
+}
+
+/// The waves in which a change of `spec.controlPlane.version` to `to`
+/// would reach the members if every gate were met at once: the rollout
+/// planner ([`crate::fleet::rollout::plan`]) run on a fleet at the current
+/// version, each wave taken as done before the next (pauses left out).
+/// Refused without `spec.controlPlane`, and for the version already set.
+pub fn upgrade_waves(fed: &MeshFederation, to: &str) -> Result<Vec<Vec<String>>, String> {
+    use crate::api::UpgradeStrategy;
+    use crate::fleet::rollout::{Installed, Policy, Revision, plan, revision_of};
+    use std::collections::BTreeMap;
+    let name = fed.metadata.name.as_deref().unwrap_or("?");
+    let Some(cp) = fed.spec.control_plane.as_ref() else {
+        return Err(format!(
+            "federation {name} has no spec.controlPlane: meshfed installs no Istio there, so there is nothing to upgrade (upgrade your own Istio, or set spec.controlPlane, docs/istio.md)"
+        ));
+    };
+    if cp.version.as_deref() == Some(to) {
+        return Err(format!(
+            "federation {name} is already at version {to} (spec.controlPlane.version)"
+        ));
+    }
+    let order: Vec<String> = fed
+        .spec
+        .upgrade_order()
+        .into_iter()
+        .map(String::from)
+        .collect();
+    let upgrade = fed.spec.upgrade();
+    if cp.mode != ControlPlaneMode::Managed || upgrade.strategy() == UpgradeStrategy::InPlace {
+        return Ok(vec![order]);
+    }
+    let settings = Policy {
+        version: to,
+        strategy: upgrade.strategy(),
+        order: order.iter().map(String::as_str).collect(),
+        max_concurrent: upgrade.max_concurrent(),
+        pause: Duration::ZERO,
+        gate_timeout: upgrade.gate_timeout(),
+        keep_old: upgrade.keeps_old_revisions(),
+    };
+    let at = |version: &str| {
+        let revision = revision_of(version);
+        Installed {
+            revisions: BTreeMap::from([(
+                revision.clone(),
+                Revision {
+                    version: Some(version.to_string()),
+                    ready: true,
+                    ..Revision::default()
+                },
+            )]),
+            tags_at: Some(revision),
+            base_version: None,
+        }
+    };
+    let from = cp.version.clone().unwrap_or_default();
+    let mut observed: BTreeMap<String, Option<Installed>> =
+        order.iter().map(|m| (m.clone(), Some(at(&from)))).collect();
+    let now = jiff::Timestamp::now();
+    let mut previous = None;
+    let mut waves = Vec::new();
+    for _ in 0..=order.len() {
+        let rollout = plan(&settings, &observed, previous.as_ref(), now);
+        if rollout.status.wave.is_empty() {
+            break;
+        }
+        for m in &rollout.status.wave {
+            observed.insert(m.clone(), Some(at(to)));
+        }
+        waves.push(rollout.status.wave.clone());
+        previous = Some(rollout.status);
+    }
+    Ok(waves)
+}
+
+/// `upgrade`'s plan in words: one line per wave.
+pub fn upgrade_plan_text(fed: &MeshFederation, to: &str, waves: &[Vec<String>]) -> String {
+    let name = fed.metadata.name.as_deref().unwrap_or("?");
+    let cp = fed.spec.control_plane.as_ref();
+    let from = cp.and_then(|c| c.version.as_deref()).unwrap_or("(none)");
+    let upgrade = fed.spec.upgrade();
+    let mut out = format!("federation {name}: Istio {from} -> {to}\n");
+    if cp.is_some_and(|c| c.mode != ControlPlaneMode::Managed) {
+        out += "External control plane: meshfed installs no istiod; the east-west gateways of every member move to the new gateway chart at once\n";
+        return out;
+    }
+    if upgrade.strategy() == crate::api::UpgradeStrategy::InPlace {
+        out += &format!(
+            "InPlace: every member is re-rendered at once: {}\n",
+            waves.concat().join(", ")
+        );
+        return out;
+    }
+    let pause = upgrade.pause();
+    out += &format!(
+        "RevisionBased, maxConcurrent {}, pause {:?} between waves, gate timeout {:?}:\n",
+        upgrade.max_concurrent(),
+        pause,
+        upgrade.gate_timeout()
+    );
+    for (i, wave) in waves.iter().enumerate() {
+        out += &format!("  wave {}: {}\n", i + 1, wave.join(", "));
+    }
+    if waves.is_empty() {
+        out += "  no member changes revision\n";
+    }
+    out
+}
+
+/// The merge patch `upgrade` applies.
+pub fn upgrade_patch(to: &str) -> serde_json::Value {
+    serde_json::json!({"spec": {"controlPlane": {"version": to}}})
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1213,6 +1521,206 @@ mod tests {
             [
                 "warning: CredentialsExposed (OperatorClusterIsMember): the operator runs in member a's cluster"
             ]
+        );
+    }
+
+    /// A federation of `members` (names), as read from the API server.
+    fn federation(members: &[&str], extra: serde_json::Value) -> MeshFederation {
+        let members: Vec<serde_json::Value> = members
+            .iter()
+            .map(|m| {
+                serde_json::json!({"name": m, "network": "n",
+                    "credentials": {"secretRef": {"name": format!("{m}-kubeconfig")}}})
+            })
+            .collect();
+        let mut spec = serde_json::json!({"meshID": "m", "members": members});
+        if let (Some(s), Some(e)) = (spec.as_object_mut(), extra.as_object()) {
+            s.extend(e.clone());
+        }
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "meshfed.io/v1alpha1", "kind": "MeshFederation",
+            "metadata": {"name": "prod", "resourceVersion": "42"},
+            "spec": spec,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn image_tags() {
+        assert_eq!(image_tag("ghcr.io/x/meshfed:0.3.0"), Some("0.3.0"));
+        assert_eq!(
+            image_tag("localhost:5000/meshfed:v1@sha256:abc"),
+            Some("v1")
+        );
+        assert_eq!(image_tag("localhost:5000/meshfed"), None);
+        assert_eq!(image_tag("meshfed@sha256:abc"), None);
+    }
+
+    #[test]
+    fn version_text_warns_of_skew_only_when_the_operator_differs() {
+        let mut v = Versions {
+            plugin: "0.3.0".into(),
+            operator: Ok("v0.3.0".into()),
+            crd: Ok((vec!["v1alpha1".into()], Some("0.3.0".into()))),
+        };
+        let (text, skew) = version_text(&v);
+        assert_eq!(
+            text,
+            "plugin:   0.3.0\noperator: v0.3.0\nCRD:      meshfederations.meshfed.io serves v1alpha1, app.kubernetes.io/version 0.3.0\n"
+        );
+        assert_eq!(skew, None);
+        v.operator = Ok("0.2.1".into());
+        let skew = version_text(&v).1.unwrap();
+        assert!(
+            skew.contains("the plugin (0.3.0) and the operator (0.2.1) differ"),
+            "{skew}"
+        );
+        v.operator = Err("no Deployment".into());
+        v.crd = Err("the CRD is not installed".into());
+        let (text, skew) = version_text(&v);
+        assert!(
+            text.contains("operator: not found (no Deployment)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("CRD:      not found (the CRD is not installed)"),
+            "{text}"
+        );
+        assert_eq!(skew, None, "nothing to compare");
+    }
+
+    #[test]
+    fn rotate_patches_set_only_the_request() {
+        let fed = federation(&["a", "b"], serde_json::json!({}));
+        assert_eq!(
+            rotate_patch(&fed, Rotation::Root, "r1").unwrap(),
+            serde_json::json!({"spec": {"ca": {"rootRotation": {"request": "r1"}}}})
+        );
+        assert_eq!(
+            rotate_patch(&fed, Rotation::Tokens, "t1").unwrap(),
+            serde_json::json!({"metadata": {"annotations": {"meshfed.io/refresh-tokens": "t1"}}})
+        );
+        let own = federation(
+            &["a"],
+            serde_json::json!({"ca": {"rootSecretRef": {"name": "my-root"}}}),
+        );
+        let e = rotate_patch(&own, Rotation::Root, "r1").unwrap_err();
+        assert!(e.contains("spec.ca.rootSecretRef: my-root"), "{e}");
+        assert!(rotate_patch(&own, Rotation::Tokens, "t1").is_ok());
+    }
+
+    #[test]
+    fn rotation_values_change() {
+        let now: jiff::Timestamp = "2026-12-06T03:14:15Z".parse().unwrap();
+        assert_eq!(rotation_value(now, None), "20261206t031415z");
+        assert_eq!(rotation_value(now, Some("x")), "20261206t031415z");
+        assert_eq!(
+            rotation_value(now, Some("20261206t031415z")),
+            "20261206t031415z-2"
+        );
+        let fed = federation(
+            &["a"],
+            serde_json::json!({"ca": {"rootRotation": {"request": "old"}}}),
+        );
+        assert_eq!(rotation_current(&fed, Rotation::Root), Some("old"));
+        assert_eq!(rotation_current(&fed, Rotation::Tokens), None);
+    }
+
+    #[test]
+    fn leave_removes_the_member_and_its_place_in_the_order() {
+        let fed = federation(
+            &["a", "b", "c"],
+            serde_json::json!({"controlPlane": {"mode": "External",
+                "upgrade": {"order": ["b", "a"]}}}),
+        );
+        let patch = leave_patch(&fed, "b").unwrap();
+        assert_eq!(patch["metadata"]["resourceVersion"], "42");
+        let names: Vec<&str> = patch["spec"]["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, ["a", "c"]);
+        assert_eq!(
+            patch["spec"]["members"][0]["credentials"]["secretRef"]["name"], "a-kubeconfig",
+            "the others are kept whole"
+        );
+        assert_eq!(
+            patch["spec"]["controlPlane"],
+            serde_json::json!({"upgrade": {"order": ["a"]}})
+        );
+        let patch = leave_patch(&fed, "c").unwrap();
+        assert!(patch["spec"].get("controlPlane").is_none(), "{patch}");
+
+        let e = leave_patch(&fed, "d").unwrap_err();
+        assert_eq!(e, "federation prod has no member d (members: a, b, c)");
+        let e = leave_patch(&federation(&["a"], serde_json::json!({})), "a").unwrap_err();
+        assert!(e.contains("a is the last member of federation prod"), "{e}");
+        assert!(e.contains("kubectl delete meshfederation prod"), "{e}");
+    }
+
+    #[test]
+    fn removal_text_follows_on_removal() {
+        let retain = federation(&["a", "b"], serde_json::json!({}));
+        assert!(removal_text(&retain, "b").contains("Retain: b keeps its cacerts"));
+        let revoke = federation(
+            &["a", "b"],
+            serde_json::json!({"ca": {"onRemoval": "Revoke"}}),
+        );
+        let text = removal_text(&revoke, "b");
+        assert!(
+            text.contains("replaced through a full rotation without b"),
+            "{text}"
+        );
+        assert!(text.contains("removes b's remote secrets"), "{text}");
+    }
+
+    #[test]
+    fn upgrade_plans_waves_with_the_rollout_planner() {
+        let fed = federation(
+            &["a", "b", "c", "d", "e"],
+            serde_json::json!({"controlPlane": {"mode": "Managed", "version": "1.30",
+                "upgrade": {"order": ["d", "b"], "maxConcurrent": 2, "pause": "5m"}}}),
+        );
+        let waves = upgrade_waves(&fed, "1.31").unwrap();
+        assert_eq!(waves, [vec!["d", "b"], vec!["a", "c"], vec!["e"]]);
+        let text = upgrade_plan_text(&fed, "1.31", &waves);
+        assert_eq!(
+            text,
+            "federation prod: Istio 1.30 -> 1.31\nRevisionBased, maxConcurrent 2, pause 300s between waves, gate timeout 300s:\n  wave 1: d, b\n  wave 2: a, c\n  wave 3: e\n"
+        );
+        assert_eq!(
+            upgrade_patch("1.31"),
+            serde_json::json!({"spec": {"controlPlane": {"version": "1.31"}}})
+        );
+
+        let one_at_a_time = federation(
+            &["a", "b"],
+            serde_json::json!({"controlPlane": {"mode": "Managed", "version": "1.30"}}),
+        );
+        assert_eq!(
+            upgrade_waves(&one_at_a_time, "1.31").unwrap(),
+            [vec!["a"], vec!["b"]]
+        );
+        let e = upgrade_waves(&one_at_a_time, "1.30").unwrap_err();
+        assert!(e.contains("already at version 1.30"), "{e}");
+
+        let in_place = federation(
+            &["a", "b"],
+            serde_json::json!({"controlPlane": {"mode": "Managed", "version": "1.30",
+                "upgrade": {"strategy": "InPlace"}}}),
+        );
+        let waves = upgrade_waves(&in_place, "1.31").unwrap();
+        assert!(
+            upgrade_plan_text(&in_place, "1.31", &waves)
+                .contains("InPlace: every member is re-rendered at once: a, b")
+        );
+
+        let e = upgrade_waves(&federation(&["a"], serde_json::json!({})), "1.31").unwrap_err();
+        assert!(
+            e.contains("federation prod has no spec.controlPlane"),
+            "{e}"
         );
     }
 }

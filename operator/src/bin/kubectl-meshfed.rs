@@ -23,7 +23,8 @@ use meshfed::member::{cluster_admin_binding, denial, error_text};
 use meshfed::plugin::{self, FederationLookup, Level, MEMBER_IDENTITY, Permission, Preflight};
 use meshfed::render::{KubeconfigInputs, render_kubeconfig};
 
-/// Status, preflight checks and joining for meshfed federations.
+/// Status, preflight checks, joining and day-two changes (rotate, leave,
+/// upgrade) for meshfed federations.
 ///
 /// The cluster that runs the operator is reached through the current
 /// kubeconfig ($KUBECONFIG or ~/.kube/config), its context chosen with
@@ -83,6 +84,92 @@ enum Command {
     /// Give meshfed a least-privilege identity in a cluster and store a
     /// short-lived credential for it in the operator's namespace.
     Join(JoinArgs),
+    /// Versions of the plugin, the operator and the CRD.
+    ///
+    /// The operator's is the image tag of its Deployment ("not found" when
+    /// it runs elsewhere, e.g. as a process); the CRD's are the versions
+    /// meshfederations.meshfed.io serves, with its app.kubernetes.io/version
+    /// label when it has one. A warning when plugin and operator differ.
+    Version {
+        /// The operator's namespace, where its Deployment (labelled
+        /// app.kubernetes.io/name=meshfed-operator) is looked for.
+        #[arg(long, default_value = "meshfed-system")]
+        namespace: String,
+        /// Context of the operator's cluster in the current kubeconfig.
+        #[arg(long)]
+        host_context: Option<String>,
+    },
+    /// Print a shell completion script for kubectl-meshfed.
+    ///
+    /// The script completes the kubectl-meshfed executable, e.g. bash:
+    /// `source <(kubectl-meshfed completion bash)`; zsh: `kubectl-meshfed
+    /// completion zsh > "${fpath[1]}/_kubectl-meshfed"`.
+    Completion {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Rotate the root CA or the reader tokens, through the federation.
+    ///
+    /// The request is a change of the federation itself, so that it can
+    /// live in Git: --root sets spec.ca.rootRotation.request to
+    /// a new value (a new generated root, through every phase of
+    /// docs/rotation.md); --tokens sets the annotation
+    /// meshfed.io/refresh-tokens to a new value (every reader token is
+    /// replaced, docs/security.md).
+    #[command(group(clap::ArgGroup::new("what").required(true).args(["root", "tokens"])))]
+    Rotate {
+        /// The federation.
+        name: String,
+        /// Rotate the generated root CA.
+        #[arg(long)]
+        root: bool,
+        /// Replace every reader token in every member's remote secrets.
+        #[arg(long)]
+        tokens: bool,
+        /// Print the merge patch (to commit to Git) instead of applying it.
+        #[arg(long)]
+        dry_run: bool,
+        /// Context of the operator's cluster in the current kubeconfig.
+        #[arg(long)]
+        host_context: Option<String>,
+    },
+    /// Remove a member from a federation.
+    ///
+    /// Removes it from spec.members (and spec.controlPlane.upgrade.order)
+    /// with a merge patch that applies only to the federation as read, and
+    /// says what spec.ca.onRemoval will do with it. The last member is
+    /// refused: delete the federation instead.
+    Leave {
+        /// The federation.
+        name: String,
+        /// The member that leaves.
+        member: String,
+        /// Print the merge patch (to commit to Git) instead of applying it.
+        #[arg(long)]
+        dry_run: bool,
+        /// Context of the operator's cluster in the current kubeconfig.
+        #[arg(long)]
+        host_context: Option<String>,
+    },
+    /// Move the federation's Istio to another version.
+    ///
+    /// Shows the waves in which the version would reach the members
+    /// (spec.controlPlane.upgrade: order, maxConcurrent, strategy), then sets
+    /// spec.controlPlane.version. Needs spec.controlPlane.
+    Upgrade {
+        /// The federation.
+        name: String,
+        /// The Istio version to move to (one the operator carries charts for).
+        #[arg(long)]
+        to: String,
+        /// Print the plan and the merge patch only.
+        #[arg(long)]
+        dry_run: bool,
+        /// Context of the operator's cluster in the current kubeconfig.
+        #[arg(long)]
+        host_context: Option<String>,
+    },
 }
 
 /// `join`'s arguments.
@@ -240,7 +327,207 @@ async fn run(args: Args) -> Result<bool> {
             join(host, config, &args).await?;
             Ok(true)
         }
+        Command::Version {
+            namespace,
+            host_context,
+        } => {
+            let versions = versions(&host_context, &namespace).await;
+            let (text, skew) = plugin::version_text(&versions);
+            print!("{text}");
+            if let Some(w) = skew {
+                eprintln!("{w}");
+            }
+            Ok(true)
+        }
+        Command::Completion { shell } => {
+            use clap::CommandFactory;
+            use std::io::Write as _;
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Args::command(), "kubectl-meshfed", &mut script);
+            match std::io::stdout().write_all(&script) {
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                    Err(e).context("writing the script")
+                }
+                _ => Ok(true),
+            }
+        }
+        Command::Rotate {
+            name,
+            root,
+            tokens: _,
+            dry_run,
+            host_context,
+        } => {
+            let what = if root {
+                plugin::Rotation::Root
+            } else {
+                plugin::Rotation::Tokens
+            };
+            let api = Api::<MeshFederation>::all(host_client(&host_context).await?);
+            let fed = get_federation(&api, &name).await?;
+            let value = plugin::rotation_value(
+                jiff::Timestamp::now(),
+                plugin::rotation_current(&fed, what),
+            );
+            let patch = plugin::rotate_patch(&fed, what, &value).map_err(anyhow::Error::msg)?;
+            if dry_run {
+                print_patch(&name, &patch)?;
+                return Ok(true);
+            }
+            api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+                .with_context(|| format!("updating federation {name}"))?;
+            match what {
+                plugin::Rotation::Root => println!(
+                    "root rotation requested: spec.ca.rootRotation.request of {name} is {value}"
+                ),
+                plugin::Rotation::Tokens => println!(
+                    "token refresh requested: meshfed.io/refresh-tokens of {name} is {value}"
+                ),
+            }
+            println!("follow it with: kubectl meshfed status {name} --wait");
+            Ok(true)
+        }
+        Command::Leave {
+            name,
+            member,
+            dry_run,
+            host_context,
+        } => {
+            let api = Api::<MeshFederation>::all(host_client(&host_context).await?);
+            if dry_run {
+                let fed = get_federation(&api, &name).await?;
+                let mut patch = plugin::leave_patch(&fed, &member).map_err(anyhow::Error::msg)?;
+                eprintln!("{}", plugin::removal_text(&fed, &member));
+                if let Some(p) = patch.as_object_mut() {
+                    p.remove("metadata");
+                }
+                print_patch(&name, &patch)?;
+                return Ok(true);
+            }
+            let fed = update_federation(&api, &name, |fed| {
+                plugin::leave_patch(fed, &member).map_err(anyhow::Error::msg)
+            })
+            .await?;
+            println!("member {member} left federation {name}");
+            println!("{}", plugin::removal_text(&fed, &member));
+            println!("follow it with: kubectl meshfed status {name} --wait");
+            Ok(true)
+        }
+        Command::Upgrade {
+            name,
+            to,
+            dry_run,
+            host_context,
+        } => {
+            let api = Api::<MeshFederation>::all(host_client(&host_context).await?);
+            let fed = get_federation(&api, &name).await?;
+            let waves = plugin::upgrade_waves(&fed, &to).map_err(anyhow::Error::msg)?;
+            print!("{}", plugin::upgrade_plan_text(&fed, &to, &waves));
+            let patch = plugin::upgrade_patch(&to);
+            if dry_run {
+                print_patch(&name, &patch)?;
+                return Ok(true);
+            }
+            // The plan shown is the plan of the federation as read: applied
+            // only if it did not change meanwhile.
+            let mut guarded = patch.clone();
+            guarded["metadata"] =
+                serde_json::json!({"resourceVersion": fed.metadata.resource_version});
+            match api
+                .patch(&name, &PatchParams::default(), &Patch::Merge(&guarded))
+                .await
+            {
+                Ok(_) => {}
+                Err(kube::Error::Api(e)) if e.code == 409 => bail!(
+                    "federation {name} changed while the plan was made: run upgrade again to see the new plan"
+                ),
+                Err(e) => return Err(e).with_context(|| format!("updating federation {name}")),
+            }
+            println!("spec.controlPlane.version of {name} is {to}");
+            println!("follow it with: kubectl meshfed status {name} --wait");
+            Ok(true)
+        }
     }
+}
+
+/// A merge patch as `--dry-run` prints it: the JSON on stdout (to commit,
+/// or to pass to kubectl patch), how to apply it on stderr.
+fn print_patch(name: &str, patch: &serde_json::Value) -> Result<()> {
+    eprintln!(
+        "merge patch for meshfederation {name} (kubectl patch meshfederation {name} --type merge -p \"$(cat patch.json)\"):"
+    );
+    println!("{}", serde_json::to_string_pretty(patch)?);
+    Ok(())
+}
+
+/// What `version` reports of the operator's cluster; never an error.
+async fn versions(context: &Option<String>, namespace: &str) -> plugin::Versions {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let mut v = plugin::Versions {
+        plugin: env!("CARGO_PKG_VERSION").to_string(),
+        operator: Err("the operator's cluster was not reached".into()),
+        crd: Err("the operator's cluster was not reached".into()),
+    };
+    let client = match host_client(context).await {
+        Ok(c) => c,
+        Err(e) => {
+            v.operator = Err(format!("{e:#}"));
+            v.crd = Err(format!("{e:#}"));
+            return v;
+        }
+    };
+    v.operator = match Api::<Deployment>::namespaced(client.clone(), namespace)
+        .list(&ListParams::default().labels(plugin::OPERATOR_SELECTOR))
+        .await
+    {
+        Ok(list) => match list.items.first() {
+            None => Err(format!(
+                "no Deployment labelled {} in namespace {namespace}; --namespace names the operator's namespace",
+                plugin::OPERATOR_SELECTOR
+            )),
+            Some(d) => {
+                let containers = d
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.template.spec.as_ref())
+                    .map(|s| s.containers.clone())
+                    .unwrap_or_default();
+                let image = containers
+                    .iter()
+                    .find(|c| c.name == "operator")
+                    .or(containers.first())
+                    .and_then(|c| c.image.clone())
+                    .unwrap_or_default();
+                plugin::image_tag(&image).map(String::from).ok_or_else(|| {
+                    format!(
+                        "image {image:?} of Deployment {namespace}/{} has no tag",
+                        d.name_any()
+                    )
+                })
+            }
+        },
+        Err(e) => Err(api_text(&e)),
+    };
+    v.crd = match Api::<CustomResourceDefinition>::all(client)
+        .get_opt(plugin::CRD_NAME)
+        .await
+    {
+        Ok(Some(crd)) => {
+            let served = crd
+                .spec
+                .versions
+                .iter()
+                .filter(|v| v.served)
+                .map(|v| v.name.clone())
+                .collect();
+            let label = crd.labels().get("app.kubernetes.io/version").cloned();
+            Ok((served, label))
+        }
+        Ok(None) => Err("the CRD is not installed (docs/install.md)".into()),
+        Err(e) => Err(api_text(&e)),
+    };
+    v
 }
 
 fn render(feds: &[MeshFederation], output: Output) -> Result<String> {
@@ -658,13 +945,9 @@ async fn host_ready_for(host: &Client, args: &JoinArgs) -> Result<MeshFederation
 }
 
 /// Adds `entry` to the federation's members (or updates the member of that
-/// name), touching nothing else in the object: a merge patch of
-/// `spec.members` carrying the resourceVersion it was computed from (the API
-/// server refuses it with 409 if the federation changed meanwhile; then it is
-/// computed again).
+/// name), touching nothing else in the object.
 async fn add_member(api: &Api<MeshFederation>, federation: &str, entry: &Member) -> Result<()> {
-    for _ in 0..5 {
-        let fed = get_federation(api, federation).await?;
+    update_federation(api, federation, |fed| {
         let mut members = serde_json::to_value(&fed.spec.members)?;
         let list = members.as_array_mut().context("spec.members is a list")?;
         let new = serde_json::to_value(entry)?;
@@ -675,21 +958,41 @@ async fn add_member(api: &Api<MeshFederation>, federation: &str, entry: &Member)
             }
             None => list.push(new),
         }
-        let patch = serde_json::json!({
+        Ok(serde_json::json!({
             "metadata": {"resourceVersion": fed.metadata.resource_version},
             "spec": {"members": members},
-        });
+        }))
+    })
+    .await
+    .map(|_| ())
+}
+
+/// Applies the merge patch `change` computes from the federation as read:
+/// the patch carries the resourceVersion it was computed from (the API
+/// server refuses it with 409 if the federation changed meanwhile; then it
+/// is read and computed again). Returns the federation it was computed from.
+async fn update_federation(
+    api: &Api<MeshFederation>,
+    federation: &str,
+    change: impl Fn(&MeshFederation) -> Result<serde_json::Value>,
+) -> Result<MeshFederation> {
+    for _ in 0..5 {
+        let fed = get_federation(api, federation).await?;
+        let patch = change(&fed)?;
         match api
             .patch(federation, &PatchParams::default(), &Patch::Merge(&patch))
             .await
         {
-            Ok(_) => return Ok(()),
+            Ok(_) => return Ok(fed),
             // The federation changed since it was read: read it again.
             Err(kube::Error::Api(e)) if e.code == 409 => continue,
-            Err(e) => return Err(e).context("updating the federation"),
+            Err(e) => {
+                return Err(anyhow::Error::msg(api_text(&e)))
+                    .with_context(|| format!("updating federation {federation}"));
+            }
         }
     }
-    bail!("federation {federation} kept changing; run join again")
+    bail!("federation {federation} kept changing; run the command again")
 }
 
 /// The CA the member's kubeconfig trusts, as PEM: peers and the operator
