@@ -38,7 +38,7 @@ impl Unreadable {
     /// The `Ready` message: what is wrong, the fix, and what holds until then.
     pub fn message(&self, federation: &str) -> String {
         format!(
-            "meshfed cannot read {}: {}. Fix that field (kubectl edit meshfederation {federation}); until then meshfed does not reconcile this federation: its members keep what they have, the rest of this status is not updated, and deleting it waits for the fix",
+            "meshfed cannot read {}: {}. Fix that field (kubectl edit meshfederation {federation}); until then the federation's own pass does not run: spec changes are not applied, the rest of this status is not updated, and deleting it waits for the fix; member workers this operator process already runs go on with the last readable spec (a restarted operator starts none)",
             self.field, self.problem
         )
     }
@@ -64,7 +64,9 @@ pub fn decode(obj: &DynamicObject) -> Result<MeshFederation, Unreadable> {
 /// What the typed store and the controller get of one untyped watcher
 /// event, and the object to set aside, if any. An unreadable object is left
 /// out of a (re)list, and a change that makes one unreadable removes it
-/// from the store, so that nothing reconciles it from an older spec.
+/// from the store, so that the federation's pass never runs on an older
+/// spec. Member workers already running are not stopped: they keep the
+/// members as the last readable spec had them until the process exits.
 pub fn readable(
     event: Event<DynamicObject>,
 ) -> (
